@@ -1,0 +1,104 @@
+/**
+ * The only reader of the environment. Returns a frozen, validated Config, or throws a
+ * ConfigError whose message is one line naming the variable.
+ */
+import cron from 'node-cron';
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export interface Config {
+  readonly host: string;
+  readonly port: number;
+  readonly dbPath: string;
+  readonly poolFile: string;
+  readonly leaseTtlSeconds: number;
+  readonly reaperSchedule: string;
+  readonly reuseCooldownSeconds: number;
+  readonly startupGraceSeconds: number;
+  readonly reaperMaxFraction: number;
+  readonly reaperMinHold: number;
+  readonly reaperBatchSize: number;
+  readonly dbBusyTimeoutMs: number;
+  readonly agentTokens: readonly string[];
+  readonly adminTokens: readonly string[];
+  readonly logLevel: LogLevel;
+}
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  constructor(readonly variable: string, reason: string) {
+    super(`${variable}: ${reason}`);
+  }
+}
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+function read(env: Env, name: string): string | undefined {
+  const v = env[name];
+  return v === undefined || v.trim() === '' ? undefined : v.trim();
+}
+
+function number(env: Env, name: string, fallback: number, check: { min: number; max?: number; integer?: boolean; minExclusive?: boolean }): number {
+  const raw = read(env, name);
+  if (raw === undefined) return fallback;
+  const n = Number(raw);
+  const kind = check.integer ? 'a whole number' : 'a number';
+  const range = `${check.minExclusive ? 'above' : 'at least'} ${check.min}${check.max !== undefined ? ` and at most ${check.max}` : ''}`;
+  if (!/^-?\d+(\.\d+)?$/.test(raw) || !Number.isFinite(n) || (check.integer && !Number.isInteger(n))) {
+    throw new ConfigError(name, `"${raw}" is not ${kind} (expected ${kind} ${range})`);
+  }
+  if ((check.minExclusive ? n <= check.min : n < check.min) || (check.max !== undefined && n > check.max)) {
+    throw new ConfigError(name, `${raw} is out of range (expected ${range})`);
+  }
+  return n;
+}
+
+function tokens(env: Env, name: string): string[] {
+  const raw = read(env, name);
+  if (raw === undefined) return [];
+  const list = raw.split(',').map((t) => t.trim());
+  if (list.some((t) => t === '')) throw new ConfigError(name, 'has an empty token (comma-separated, no empty entries)');
+  if (list.some((t) => !/^[\x21-\x7e]+$/.test(t))) throw new ConfigError(name, 'tokens must be printable ASCII without spaces');
+  if (list.some((t) => t.length < 16)) throw new ConfigError(name, 'every token must be at least 16 characters long');
+  return list;
+}
+
+export function loadConfig(env: Env): Config {
+  const host = read(env, 'HOST') ?? '127.0.0.1';
+  const port = number(env, 'PORT', 8080, { min: 0, max: 65535, integer: true });
+  const leaseTtlSeconds = number(env, 'LEASE_TTL_SECONDS', 90, { min: 0, minExclusive: true });
+  const reaperSchedule = read(env, 'REAPER_SCHEDULE') ?? '*/10 * * * * *';
+  if (!cron.validate(reaperSchedule)) {
+    throw new ConfigError('REAPER_SCHEDULE', `"${reaperSchedule}" is not a valid cron expression (e.g. "*/10 * * * * *")`);
+  }
+  const logLevel = read(env, 'LOG_LEVEL') ?? 'info';
+  const level = LOG_LEVELS.find((l) => l === logLevel);
+  if (!level) throw new ConfigError('LOG_LEVEL', `"${logLevel}" is not one of ${LOG_LEVELS.join(', ')}`);
+  const agentTokens = tokens(env, 'AGENT_TOKENS');
+  const adminTokens = tokens(env, 'ADMIN_TOKENS');
+  const shared = agentTokens.find((t) => adminTokens.includes(t));
+  if (shared !== undefined) throw new ConfigError('AGENT_TOKENS', 'a token may not be both an agent and an admin token');
+  return Object.freeze({
+    host,
+    port,
+    dbPath: read(env, 'DB_PATH') ?? './data/registry.db',
+    poolFile: read(env, 'POOL_FILE') ?? 'seed/identifiers.txt',
+    leaseTtlSeconds,
+    reaperSchedule,
+    reuseCooldownSeconds: number(env, 'REUSE_COOLDOWN_SECONDS', leaseTtlSeconds, { min: 0 }),
+    startupGraceSeconds: number(env, 'STARTUP_GRACE_SECONDS', leaseTtlSeconds, { min: 0 }),
+    reaperMaxFraction: number(env, 'REAPER_MAX_FRACTION', 0.5, { min: 0, max: 1, minExclusive: true }),
+    reaperMinHold: number(env, 'REAPER_MIN_HOLD', 10, { min: 0, integer: true }),
+    reaperBatchSize: number(env, 'REAPER_BATCH_SIZE', 1000, { min: 1, max: 100_000, integer: true }),
+    dbBusyTimeoutMs: number(env, 'DB_BUSY_TIMEOUT_MS', 2000, { min: 0, max: 60_000, integer: true }),
+    agentTokens: Object.freeze(agentTokens),
+    adminTokens: Object.freeze(adminTokens),
+    logLevel: level,
+  });
+}
+
+/** The environment, for main.ts: nothing else touches process.env. */
+export function processEnv(): Env {
+  return process.env;
+}

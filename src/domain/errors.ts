@@ -1,0 +1,30 @@
+/** Every failure the registry can report. The HTTP layer alone maps these to statuses. */
+export type ErrorCode =
+  | 'invalid_json'
+  | 'invalid_request'
+  | 'unauthorized'
+  | 'forbidden'
+  | 'not_found'
+  | 'identifier_not_found'
+  | 'client_not_found'
+  | 'method_not_allowed'
+  | 'not_owner'
+  | 'stale_epoch'
+  | 'payload_too_large'
+  | 'unsupported_media_type'
+  | 'pool_exhausted'
+  | 'unavailable'
+  | 'internal';
+
+export class RegistryError extends Error {
+  override readonly name = 'RegistryError';
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+export function isRegistryError(e: unknown): e is RegistryError {
+  return e instanceof RegistryError;
+}

@@ -1,0 +1,77 @@
+/** The lease model of SPEC.md, free of storage and transport. Times are epoch milliseconds. */
+
+export type Status = 'leased' | 'free' | 'cooling' | 'retired';
+export const STATUSES: readonly Status[] = ['leased', 'free', 'cooling', 'retired'];
+
+export type HistoryEvent = 'allocated' | 'released' | 'reclaimed' | 'force_released' | 'retired' | 'restored';
+export const HISTORY_EVENTS: readonly HistoryEvent[] = [
+  'allocated', 'released', 'reclaimed', 'force_released', 'retired', 'restored',
+];
+
+/** Who holds an identifier, and since when. */
+export interface Holder {
+  readonly clientId: string;
+  readonly allocatedAt: number;
+  readonly lastSeen: number;
+}
+
+/** One identifier as stored. */
+export interface IdentifierRecord {
+  readonly rowId: number;
+  readonly name: string;
+  readonly poolOrder: number;
+  /** The fencing token of the latest grant; 0 before the first. */
+  readonly epoch: number;
+  readonly retired: boolean;
+  readonly holder: Holder | null;
+  /** For an identifier nobody holds: when it is (or was) allocatable again. 0 if never used. */
+  readonly availableAt: number;
+}
+
+/** A held identifier, as its owner sees it. */
+export interface Lease {
+  readonly identifier: string;
+  readonly clientId: string;
+  readonly epoch: number;
+  readonly allocatedAt: number;
+  readonly lastSeen: number;
+  readonly expiresAt: number;
+}
+
+/** Any identifier, held or not, as an operator sees it. */
+export interface IdentifierInfo {
+  readonly identifier: string;
+  readonly status: Status;
+  readonly epoch: number;
+  readonly lease: Lease | null;
+}
+
+export interface HistoryEntry {
+  readonly at: number;
+  readonly event: HistoryEvent;
+  readonly clientId: string | null;
+  readonly epoch: number;
+}
+
+export interface PoolCounts {
+  readonly total: number;
+  readonly leased: number;
+  readonly free: number;
+  readonly cooling: number;
+  readonly retired: number;
+}
+
+export interface ReaperState {
+  readonly lastRunAt: number | null;
+  readonly lastReclaimed: number;
+  /** True while the mass-expiry guard is holding back a sweep. */
+  readonly held: boolean;
+  readonly reason: string | null;
+}
+
+export interface SyncResult {
+  readonly total: number;
+  readonly added: number;
+  readonly retired: number;
+  readonly restored: number;
+}

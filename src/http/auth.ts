@@ -1,0 +1,53 @@
+/** Bearer tokens: agent tokens for the fleet's routes, admin tokens for everything. */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { Context, Next } from 'koa';
+import { RegistryError } from '../domain/errors.js';
+
+export type Role = 'agent' | 'admin';
+
+export interface AuthOptions {
+  readonly agentTokens: readonly string[];
+  readonly adminTokens: readonly string[];
+}
+
+const digest = (t: string): Buffer => createHash('sha256').update(t, 'utf8').digest();
+
+/** Compares against every token, never stopping early, on fixed-length digests: no timing signal. */
+function matchesAny(presented: Buffer, known: readonly Buffer[]): boolean {
+  let found = false;
+  for (const k of known) found = timingSafeEqual(presented, k) || found;
+  return found;
+}
+
+function bearer(ctx: Context): string | null {
+  const h = ctx.get('authorization');
+  const m = /^Bearer[ ]+([^ ]+)[ ]*$/i.exec(h);
+  return m?.[1] ?? null;
+}
+
+/**
+ * A route class is open while its token list is unset. Agent routes also take admin tokens;
+ * an agent token on an admin route is 403, anything else missing or wrong is 401.
+ */
+export function createAuth(opts: AuthOptions): (role: Role) => (ctx: Context, next: Next) => Promise<void> {
+  const agent = opts.agentTokens.map(digest);
+  const admin = opts.adminTokens.map(digest);
+  return function requireRole(role: Role) {
+    const open = role === 'agent' ? agent.length === 0 : admin.length === 0;
+    return async function authMiddleware(ctx: Context, next: Next): Promise<void> {
+      if (!open) {
+        const token = bearer(ctx);
+        if (token === null) throw new RegistryError('unauthorized', 'missing bearer token (Authorization: Bearer <token>)');
+        const d = digest(token);
+        const isAdmin = matchesAny(d, admin);
+        const isAgent = matchesAny(d, agent);
+        if (role === 'admin' && !isAdmin) {
+          if (isAgent) throw new RegistryError('forbidden', 'this route needs an admin token');
+          throw new RegistryError('unauthorized', 'invalid bearer token');
+        }
+        if (role === 'agent' && !isAgent && !isAdmin) throw new RegistryError('unauthorized', 'invalid bearer token');
+      }
+      await next();
+    };
+  };
+}

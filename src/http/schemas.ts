@@ -1,0 +1,118 @@
+/**
+ * Request schemas: the routes validate with them and the OpenAPI document is built from
+ * them, so the two cannot drift. Unknown fields are refused, so a misspelled `epoch` is an
+ * error instead of a lease renewed without its fencing check.
+ */
+import { Ajv } from 'ajv';
+import type { ErrorObject, ValidateFunction } from 'ajv';
+import { RegistryError } from '../domain/errors.js';
+import { CLIENT_ID_PATTERN, IDENTIFIER_PATTERN } from '../domain/identifiers.js';
+import { STATUSES } from '../domain/types.js';
+import type { Status } from '../domain/types.js';
+
+export const MAX_PAGE = 10_000;
+
+export const clientIdSchema = {
+  type: 'string',
+  pattern: CLIENT_ID_PATTERN,
+  description: '1-255 characters of A-Z a-z 0-9 . _ : - (a hostname or an instance id)',
+} as const;
+
+export const identifierSchema = {
+  type: 'string',
+  pattern: IDENTIFIER_PATTERN,
+  description: '1-128 characters of A-Z a-z 0-9 . _ : -',
+} as const;
+
+export const epochSchema = {
+  type: 'integer',
+  minimum: 0,
+  maximum: Number.MAX_SAFE_INTEGER,
+  description: 'the fencing token the client was granted; a mismatch is 409 stale_epoch',
+} as const;
+
+export const allocateBodySchema = {
+  type: 'object',
+  required: ['client_id'],
+  additionalProperties: false,
+  properties: { client_id: clientIdSchema },
+} as const;
+
+export const leaseBodySchema = {
+  type: 'object',
+  required: ['client_id', 'identifier'],
+  additionalProperties: false,
+  properties: { client_id: clientIdSchema, identifier: identifierSchema, epoch: epochSchema },
+} as const;
+
+export const listQuerySchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    status: { type: 'string', enum: STATUSES, description: 'only identifiers with this status' },
+    limit: { type: 'integer', minimum: 1, maximum: MAX_PAGE, description: `page size, 1-${MAX_PAGE}; without it, every identifier` },
+    after: { ...identifierSchema, description: 'start after this identifier (from the Link header of the previous page)' },
+  },
+} as const;
+
+export const reapQuerySchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: { force: { type: 'string', enum: ['true', 'false'], description: 'true: sweep past the startup grace and the mass-expiry guard' } },
+} as const;
+
+export interface AllocateBody { client_id: string }
+export interface LeaseBody { client_id: string; identifier: string; epoch?: number }
+export interface ListQuery { status?: Status; limit?: number; after?: string }
+export interface ReapQuery { force?: 'true' | 'false' }
+
+const bodies = new Ajv({ allErrors: false, verbose: true, strict: true });
+// Query strings arrive as text: numbers are coerced, and a repeated parameter (an array) is refused.
+const queries = new Ajv({ allErrors: false, verbose: true, strict: true, coerceTypes: true });
+
+const validators = {
+  allocate: bodies.compile<AllocateBody>(allocateBodySchema),
+  lease: bodies.compile<LeaseBody>(leaseBodySchema),
+  list: queries.compile<ListQuery>(listQuerySchema),
+  reap: queries.compile<ReapQuery>(reapQuerySchema),
+  clientId: bodies.compile<string>(clientIdSchema),
+  identifier: bodies.compile<string>(identifierSchema),
+};
+
+function fieldOf(err: ErrorObject, where: string): string {
+  const path = err.instancePath.split('/').filter(Boolean).join('.');
+  const extra = err.keyword === 'required' ? String(err.params['missingProperty'])
+    : err.keyword === 'additionalProperties' ? String(err.params['additionalProperty'])
+      : '';
+  return [path, extra].filter(Boolean).join('.') || where;
+}
+
+function describe(err: ErrorObject, where: string): string {
+  const field = fieldOf(err, where);
+  const parent: unknown = err.parentSchema;
+  const hint = typeof parent === 'object' && parent !== null && 'description' in parent && typeof parent.description === 'string'
+    ? parent.description : null;
+  switch (err.keyword) {
+    case 'required': return `${field}: is required`;
+    case 'additionalProperties': return `${field}: is not a known field`;
+    case 'type': return `${field}: must be ${where === 'body' && field === 'body' ? 'a JSON object' : `of type ${String(err.params['type'])}`}`;
+    case 'pattern': return `${field}: must be ${hint ?? 'well-formed'}`;
+    case 'enum': return `${field}: must be one of ${Array.isArray(err.params['allowedValues']) ? err.params['allowedValues'].join(', ') : '?'}`;
+    default: return `${field}: ${err.message ?? 'is invalid'}`;
+  }
+}
+
+function check<T>(validate: ValidateFunction<T>, data: unknown, where: string): T {
+  if (validate(data)) return data;
+  const err = validate.errors?.[0];
+  throw new RegistryError('invalid_request', err ? describe(err, where) : `${where}: is invalid`);
+}
+
+export const parse = {
+  allocateBody: (data: unknown): AllocateBody => check(validators.allocate, data, 'body'),
+  leaseBody: (data: unknown): LeaseBody => check(validators.lease, data, 'body'),
+  listQuery: (query: Readonly<Record<string, unknown>>): ListQuery => check(validators.list, { ...query }, 'query'),
+  reapQuery: (query: Readonly<Record<string, unknown>>): ReapQuery => check(validators.reap, { ...query }, 'query'),
+  clientIdParam: (v: unknown): string => check(validators.clientId, v, 'client_id'),
+  identifierParam: (v: unknown): string => check(validators.identifier, v, 'identifier'),
+};

@@ -1,0 +1,34 @@
+/** Structured JSON logs (pino). Tokens never reach a log: requests are logged field by field. */
+import { pino } from 'pino';
+import type { Logger } from 'pino';
+import type { LogLevel } from './config.js';
+import type { RegistryEvent } from './registry.js';
+
+export type { Logger };
+
+export function createLogger(level: LogLevel, destination?: pino.DestinationStream): Logger {
+  const opts = { level, base: { service: 'asg-id-registry' }, timestamp: pino.stdTimeFunctions.isoTime };
+  return destination ? pino(opts, destination) : pino(opts);
+}
+
+/** One line per ownership change and per sweep; renewals only at debug. */
+export function logRegistryEvent(log: Logger, e: RegistryEvent): void {
+  switch (e.type) {
+    case 'ownership':
+      log.info({ event: e.event, identifier: e.identifier, client_id: e.clientId, epoch: e.epoch }, `ownership ${e.event}`);
+      return;
+    case 'renewed':
+      log.debug({ identifier: e.identifier, client_id: e.clientId }, 'liveness');
+      return;
+    case 'sweep': {
+      const fields = { reclaimed: e.reclaimed, expired: e.expired, leased: e.leased, held: e.held, reason: e.reason, forced: e.forced, duration_ms: e.durationMs };
+      if (e.held) log.warn(fields, 'reaper held by the mass-expiry guard');
+      else if (e.reclaimed > 0 || e.forced) log.info(fields, 'reaper sweep');
+      else log.debug(fields, 'reaper sweep');
+      return;
+    }
+    case 'pool_synced':
+      log.info({ ...e.result }, 'pool synced');
+      return;
+  }
+}

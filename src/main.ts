@@ -1,0 +1,131 @@
+/**
+ * Wiring only: config -> db -> store -> registry -> http app -> listen -> reaper.
+ * SIGHUP re-reads the pool file; SIGTERM/SIGINT stop the reaper, stop accepting, finish
+ * in-flight requests and close the database.
+ */
+import { createServer } from 'node:http';
+import type { Server } from 'node:http';
+import { anchoredClock, systemTimeSource } from './clock.js';
+import { ConfigError, loadConfig, processEnv } from './config.js';
+import type { Config } from './config.js';
+import { createApp } from './http/app.js';
+import { startReaper } from './jobs/reaper.js';
+import { createLogger, logRegistryEvent } from './log.js';
+import type { Logger } from './log.js';
+import { readPoolFile } from './pool/load.js';
+import { Registry } from './registry.js';
+import { Store } from './store/store.js';
+
+function die(message: string): never {
+  process.stderr.write(`asg-id-registry: ${message}\n`);
+  process.exit(1);
+}
+
+function configure(): Config {
+  try {
+    return loadConfig(processEnv());
+  } catch (e) {
+    if (e instanceof ConfigError) die(`configuration error: ${e.message}`);
+    throw e;
+  }
+}
+
+/** Server limits: a slow or idle client cannot hold a socket for long. */
+function tuneServer(server: Server): void {
+  server.headersTimeout = 10_000;
+  server.requestTimeout = 30_000;
+  server.keepAliveTimeout = 5_000;
+  server.maxHeadersCount = 100;
+  server.maxRequestsPerSocket = 10_000;
+}
+
+function listen(server: Server, config: Config): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.port, config.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
+async function reloadPool(registry: Registry, config: Config, log: Logger): Promise<void> {
+  try {
+    await registry.syncPool(readPoolFile(config.poolFile));
+  } catch (e) {
+    log.error({ err: e instanceof Error ? e.message : String(e) }, 'pool reload failed; the pool is unchanged');
+  }
+}
+
+async function main(): Promise<void> {
+  const config = configure();
+  const log = createLogger(config.logLevel);
+  let names: string[];
+  let store: Store;
+  try {
+    names = readPoolFile(config.poolFile);
+    store = new Store({ path: config.dbPath, busyTimeoutMs: config.dbBusyTimeoutMs });
+  } catch (e) {
+    die(e instanceof Error ? e.message : String(e));
+  }
+  const clock = anchoredClock(systemTimeSource, store.latestTime());
+  const registry = new Registry({
+    store,
+    clock,
+    rules: {
+      ttlMs: config.leaseTtlSeconds * 1000,
+      cooldownMs: config.reuseCooldownSeconds * 1000,
+      graceMs: config.startupGraceSeconds * 1000,
+      maxFraction: config.reaperMaxFraction,
+      minHold: config.reaperMinHold,
+      reapBatchSize: config.reaperBatchSize,
+    },
+    observe: (e) => logRegistryEvent(log, e),
+  });
+  await registry.syncPool(names);
+
+  const app = createApp({
+    registry,
+    auth: { agentTokens: config.agentTokens, adminTokens: config.adminTokens },
+    reportError: (err, ctx) => log.error({ err: err instanceof Error ? (err.cause ?? err) : err, method: ctx.method, path: ctx.path }, 'request failed'),
+  });
+  const server = createServer(app.callback());
+  tuneServer(server);
+  await listen(server, config);
+  if (config.adminTokens.length === 0) log.warn('ADMIN_TOKENS is unset: listing, inspection and admin routes are open');
+  log.info({ host: config.host, port: config.port, db: config.dbPath, pool: names.length }, 'asg-id-registry listening');
+
+  const stopReaper = startReaper({
+    schedule: config.reaperSchedule,
+    sweep: () => registry.reap(),
+    onError: (e) => log.error({ err: e instanceof Error ? e.message : String(e) }, 'reaper sweep failed'),
+  });
+
+  process.on('SIGHUP', () => {
+    log.info('SIGHUP: re-reading the pool file');
+    void reloadPool(registry, config, log);
+  });
+
+  let stopping = false;
+  const shutdown = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'shutting down: finishing in-flight requests');
+    stopReaper();
+    server.close(() => {
+      store.close();
+      log.info('database closed; bye');
+      process.exit(0);
+    });
+    server.closeIdleConnections();
+    // In-flight requests get 10 s; then the database is closed anyway (committed writes are safe).
+    setTimeout(() => {
+      log.warn('in-flight requests did not finish in 10 s; closing');
+      server.closeAllConnections();
+    }, 10_000).unref();
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+}
+
+main().catch((e: unknown) => die(e instanceof Error ? e.message : String(e)));

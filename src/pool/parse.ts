@@ -1,0 +1,93 @@
+/**
+ * The pool file: one entry a line, `#` starts a comment. An entry is an identifier or a
+ * pattern with numeric ranges in brackets (`worker-[0-1023]`, `node-[000-255]`,
+ * `az[1-3]-slot[00-99]`). Pure: text in, identifiers out, or the first bad line.
+ */
+import { IDENTIFIER_RE } from '../domain/identifiers.js';
+
+/** Far above any real fleet; stops `x-[0-99999999999]` from eating the machine's memory. */
+export const MAX_POOL_SIZE = 10_000_000;
+
+export class PoolParseError extends Error {
+  override readonly name = 'PoolParseError';
+  constructor(readonly line: number, readonly reason: string) {
+    super(`line ${line}: ${reason}`);
+  }
+}
+
+type Part = string | { readonly from: number; readonly to: number; readonly width: number };
+
+const RANGE = /\[(\d+)-(\d+)\]/g;
+
+/** Splits an entry into literal text and ranges; throws PoolParseError (with `line`) when malformed. */
+export function parseEntry(entry: string, line = 0): Part[] {
+  const fail = (reason: string): never => {
+    throw new PoolParseError(line, reason);
+  };
+  const parts: Part[] = [];
+  let last = 0;
+  for (const m of entry.matchAll(RANGE)) {
+    const [whole, lo = '', hi = ''] = m;
+    if (m.index > last) parts.push(entry.slice(last, m.index));
+    const from = Number(lo);
+    const to = Number(hi);
+    if (!Number.isSafeInteger(from) || !Number.isSafeInteger(to)) fail(`range [${lo}-${hi}] is too large`);
+    if (from > to) fail(`range [${lo}-${hi}] goes backwards`);
+    const width = lo.length > 1 && lo.startsWith('0') ? lo.length : 0;
+    parts.push({ from, to, width });
+    last = m.index + whole.length;
+  }
+  if (last < entry.length) parts.push(entry.slice(last));
+  for (const p of parts) {
+    if (typeof p === 'string' && /[[\]]/.test(p)) fail(`malformed range in "${entry}": use [from-to] with whole numbers`);
+  }
+  return parts;
+}
+
+/** How many identifiers an entry expands to. */
+export function entrySize(parts: readonly Part[]): number {
+  return parts.reduce((n, p) => (typeof p === 'string' ? n : n * (p.to - p.from + 1)), 1);
+}
+
+/** Every identifier of an entry, in order: the rightmost range varies fastest. */
+export function* expand(parts: readonly Part[], i = 0, prefix = ''): Generator<string> {
+  if (i === parts.length) {
+    yield prefix;
+    return;
+  }
+  const p = parts[i];
+  if (p === undefined) return;
+  if (typeof p === 'string') {
+    yield* expand(parts, i + 1, prefix + p);
+    return;
+  }
+  for (let n = p.from; n <= p.to; n++) yield* expand(parts, i + 1, prefix + String(n).padStart(p.width, '0'));
+}
+
+/** Parses a whole pool file into its identifiers in file order. Throws PoolParseError. */
+export function parsePool(text: string): string[] {
+  const out: string[] = [];
+  const firstLine = new Map<string, number>();
+  const lines = text.split(/\r?\n/);
+  for (let idx = 0; idx < lines.length; idx++) {
+    const lineNo = idx + 1;
+    const raw = lines[idx] ?? '';
+    const hash = raw.indexOf('#');
+    const entry = (hash === -1 ? raw : raw.slice(0, hash)).trim();
+    if (entry === '') continue;
+    const parts = parseEntry(entry, lineNo);
+    if (out.length + entrySize(parts) > MAX_POOL_SIZE) {
+      throw new PoolParseError(lineNo, `the pool would exceed ${MAX_POOL_SIZE} identifiers`);
+    }
+    for (const name of expand(parts)) {
+      if (!IDENTIFIER_RE.test(name)) {
+        throw new PoolParseError(lineNo, `"${name}" is not a valid identifier (1-128 of A-Z a-z 0-9 . _ : -)`);
+      }
+      const seen = firstLine.get(name);
+      if (seen !== undefined) throw new PoolParseError(lineNo, `"${name}" is already in the pool (line ${seen})`);
+      firstLine.set(name, lineNo);
+      out.push(name);
+    }
+  }
+  return out;
+}

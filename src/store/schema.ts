@@ -1,0 +1,58 @@
+/**
+ * Migrations, applied in order; `PRAGMA user_version` records how many have run.
+ * Never edit a shipped migration: add the next one.
+ */
+export const MIGRATIONS: readonly string[] = [
+  `
+  CREATE TABLE identifiers (
+    id           INTEGER PRIMARY KEY,
+    name         TEXT    NOT NULL UNIQUE,
+    pool_order   INTEGER NOT NULL,
+    retired      INTEGER NOT NULL DEFAULT 0 CHECK (retired IN (0, 1)),
+    epoch        INTEGER NOT NULL DEFAULT 0 CHECK (epoch >= 0),
+    client_id    TEXT,
+    allocated_at INTEGER,
+    last_seen    INTEGER,
+    available_at INTEGER NOT NULL DEFAULT 0,
+    CHECK ((client_id IS NULL) = (allocated_at IS NULL)),
+    CHECK ((client_id IS NULL) = (last_seen IS NULL))
+  ) STRICT;
+
+  -- One client, one identifier: the database refuses a second holder even from a buggy caller.
+  CREATE UNIQUE INDEX identifiers_by_client ON identifiers (client_id) WHERE client_id IS NOT NULL;
+  -- Allocation: the allocatable identifier free the longest, never-used (available_at 0) first in pool order.
+  CREATE INDEX identifiers_allocatable ON identifiers (available_at, pool_order) WHERE client_id IS NULL AND retired = 0;
+  -- The reaper walks leases by age instead of scanning the pool.
+  CREATE INDEX identifiers_by_last_seen ON identifiers (last_seen) WHERE client_id IS NOT NULL;
+  CREATE INDEX identifiers_by_order ON identifiers (pool_order);
+
+  -- Fencing tokens never go back, and every new grant takes a new one.
+  CREATE TRIGGER identifiers_epoch_never_decreases BEFORE UPDATE OF epoch ON identifiers
+  WHEN NEW.epoch < OLD.epoch
+  BEGIN SELECT RAISE(ABORT, 'epoch may not decrease'); END;
+
+  CREATE TRIGGER identifiers_grant_takes_new_epoch BEFORE UPDATE OF client_id ON identifiers
+  WHEN OLD.client_id IS NULL AND NEW.client_id IS NOT NULL AND NEW.epoch <= OLD.epoch
+  BEGIN SELECT RAISE(ABORT, 'a new grant must take a new epoch'); END;
+
+  -- An identifier passes from one holder to another only through being free.
+  CREATE TRIGGER identifiers_no_direct_handover BEFORE UPDATE OF client_id ON identifiers
+  WHEN OLD.client_id IS NOT NULL AND NEW.client_id IS NOT NULL AND NEW.client_id <> OLD.client_id
+  BEGIN SELECT RAISE(ABORT, 'an identifier may not pass between holders without being freed'); END;
+
+  CREATE TABLE history (
+    id            INTEGER PRIMARY KEY,
+    identifier_id INTEGER NOT NULL REFERENCES identifiers (id),
+    at            INTEGER NOT NULL,
+    event         TEXT    NOT NULL CHECK (event IN ('allocated', 'released', 'reclaimed', 'force_released', 'retired', 'restored')),
+    client_id     TEXT,
+    epoch         INTEGER NOT NULL
+  ) STRICT;
+  CREATE INDEX history_by_identifier ON history (identifier_id, id);
+
+  CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+  ) STRICT;
+  `,
+];

@@ -1,0 +1,370 @@
+/**
+ * SQLite storage. Statements are prepared once; every write runs inside `write()`, which
+ * commits the writes of one event-loop tick together (group commit) and fsyncs that one
+ * commit when any of them changed ownership.
+ */
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import Database from 'better-sqlite3';
+import type { Statement, Transaction } from 'better-sqlite3';
+import { isRegistryError } from '../domain/errors.js';
+import type { HistoryEntry, HistoryEvent, IdentifierRecord, Status } from '../domain/types.js';
+import { toRegistryError } from './errors.js';
+import { RECORD_COLUMNS, asRow, intColumn, scalar, toHistoryEntry, toRecord } from './rows.js';
+import { MIGRATIONS } from './schema.js';
+
+export interface StoreOptions {
+  /** File path, or `:memory:` for a throwaway database. */
+  readonly path: string;
+  /** How long a write waits for another process's write lock before answering `unavailable`. */
+  readonly busyTimeoutMs?: number;
+  readonly readonly?: boolean;
+}
+
+/** An identifier as the pool sync needs to see it. */
+export interface PoolRow {
+  readonly rowId: number;
+  readonly name: string;
+  readonly poolOrder: number;
+  readonly retired: boolean;
+  readonly clientId: string | null;
+  readonly epoch: number;
+}
+
+export interface ListQuery {
+  readonly status: Status | null;
+  readonly now: number;
+  /** Start after this position (exclusive), from `positionOf()`. */
+  readonly after: { readonly poolOrder: number; readonly rowId: number } | null;
+  /** At most this many rows; null for all. */
+  readonly limit: number | null;
+}
+
+export interface RawCounts {
+  readonly total: number;
+  readonly leased: number;
+  readonly cooling: number;
+  readonly retired: number;
+}
+
+interface Pending {
+  readonly fn: () => unknown;
+  readonly durable: boolean;
+  readonly resolve: (v: unknown) => void;
+  readonly reject: (e: unknown) => void;
+}
+
+type Outcome = { ok: true; value: unknown } | { ok: false; error: unknown };
+
+const STATUS_WHERE: Readonly<Record<Status | 'all', string>> = {
+  all: '1 = 1',
+  leased: 'client_id IS NOT NULL',
+  free: 'client_id IS NULL AND retired = 0 AND available_at <= @now',
+  cooling: 'client_id IS NULL AND retired = 0 AND available_at > @now',
+  retired: 'client_id IS NULL AND retired = 1',
+};
+
+export function openDatabase(opts: StoreOptions): Database.Database {
+  if (opts.path !== ':memory:' && !opts.readonly) mkdirSync(dirname(opts.path), { recursive: true });
+  const db = new Database(opts.path, { timeout: opts.busyTimeoutMs ?? 5000, readonly: opts.readonly ?? false });
+  if (!opts.readonly) {
+    db.pragma('journal_mode = WAL');
+    db.pragma('foreign_keys = ON');
+    db.pragma('synchronous = FULL');
+    migrate(db);
+  }
+  return db;
+}
+
+function migrate(db: Database.Database): void {
+  const run = db.transaction(() => {
+    const version = Number(db.pragma('user_version', { simple: true }));
+    for (let v = version; v < MIGRATIONS.length; v++) {
+      db.exec(MIGRATIONS[v] ?? '');
+      db.pragma(`user_version = ${v + 1}`);
+    }
+  });
+  run.immediate();
+}
+
+export class Store {
+  readonly db: Database.Database;
+  private queue: Pending[] = [];
+  private flushScheduled = false;
+  private syncMode: 'FULL' | 'NORMAL' = 'FULL';
+
+  private readonly byNameStmt: Statement;
+  private readonly byClientStmt: Statement;
+  private readonly nextAllocatableStmt: Statement;
+  private readonly grantStmt: Statement;
+  private readonly renewStmt: Statement;
+  private readonly freeStmt: Statement;
+  private readonly historyInsertStmt: Statement;
+  private readonly historyStmt: Statement;
+  private readonly expiredStmt: Statement;
+  private readonly countExpiredStmt: Statement;
+  private readonly countLeasedStmt: Statement;
+  private readonly countsStmt: Statement;
+  private readonly listStmts: ReadonlyMap<string, Statement>;
+  private readonly poolRowsStmt: Statement;
+  private readonly insertStmt: Statement;
+  private readonly setRetiredStmt: Statement;
+  private readonly setOrderStmt: Statement;
+  private readonly metaGetStmt: Statement;
+  private readonly metaSetStmt: Statement;
+  private readonly latestLastSeenStmt: Statement;
+  private readonly latestHistoryStmt: Statement;
+  private readonly pingStmt: Statement;
+  private readonly syncFullStmt: Statement;
+  private readonly syncNormalStmt: Statement;
+  private readonly runBatch: Transaction<(batch: readonly Pending[]) => Outcome[]>;
+
+  constructor(opts: StoreOptions | Database.Database) {
+    this.db = opts instanceof Database ? opts : openDatabase(opts);
+    const db = this.db;
+    const p = (sql: string): Statement => db.prepare(sql);
+    this.byNameStmt = p(`SELECT ${RECORD_COLUMNS} FROM identifiers WHERE name = ?`);
+    this.byClientStmt = p(`SELECT ${RECORD_COLUMNS} FROM identifiers WHERE client_id = ?`);
+    this.nextAllocatableStmt = p(
+      `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE client_id IS NULL AND retired = 0 AND available_at <= ?
+       ORDER BY available_at, pool_order LIMIT 1`,
+    );
+    this.grantStmt = p(
+      `UPDATE identifiers SET client_id = @clientId, epoch = @epoch, allocated_at = @now, last_seen = @now
+       WHERE id = @rowId AND client_id IS NULL`,
+    );
+    this.renewStmt = p(`UPDATE identifiers SET last_seen = max(last_seen, @now) WHERE id = @rowId AND client_id = @clientId`);
+    this.freeStmt = p(
+      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = @availableAt
+       WHERE id = @rowId`,
+    );
+    this.historyInsertStmt = p(
+      `INSERT INTO history (identifier_id, at, event, client_id, epoch) VALUES (@rowId, @at, @event, @clientId, @epoch)`,
+    );
+    this.historyStmt = p(`SELECT at, event, client_id, epoch FROM history WHERE identifier_id = ? ORDER BY id`);
+    this.expiredStmt = p(
+      `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE client_id IS NOT NULL AND last_seen <= @cutoff
+       ORDER BY last_seen LIMIT @limit`,
+    );
+    this.countExpiredStmt = p(`SELECT count(*) AS n FROM identifiers WHERE client_id IS NOT NULL AND last_seen <= ?`);
+    this.countLeasedStmt = p(`SELECT count(*) AS n FROM identifiers WHERE client_id IS NOT NULL`);
+    this.countsStmt = p(
+      `SELECT count(*) AS total,
+              count(client_id) AS leased,
+              coalesce(sum(client_id IS NULL AND retired = 0 AND available_at > @now), 0) AS cooling,
+              coalesce(sum(client_id IS NULL AND retired = 1), 0) AS retired
+       FROM identifiers`,
+    );
+    const lists = new Map<string, Statement>();
+    for (const [status, where] of Object.entries(STATUS_WHERE)) {
+      const base = `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE ${where}`;
+      lists.set(`${status}:first`, p(`${base} ORDER BY pool_order, id LIMIT @limit`));
+      lists.set(`${status}:after`, p(`${base} AND (pool_order, id) > (@afterOrder, @afterId) ORDER BY pool_order, id LIMIT @limit`));
+    }
+    this.listStmts = lists;
+    this.poolRowsStmt = p(`SELECT id, name, pool_order, retired, client_id, epoch FROM identifiers`);
+    this.insertStmt = p(`INSERT INTO identifiers (name, pool_order) VALUES (?, ?)`);
+    this.setRetiredStmt = p(`UPDATE identifiers SET retired = @retired, pool_order = @poolOrder WHERE id = @rowId`);
+    this.setOrderStmt = p(`UPDATE identifiers SET pool_order = ? WHERE id = ?`);
+    this.metaGetStmt = p(`SELECT value FROM meta WHERE key = ?`);
+    this.metaSetStmt = p(`INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`);
+    this.latestLastSeenStmt = p(`SELECT max(last_seen) AS n FROM identifiers WHERE client_id IS NOT NULL`);
+    this.latestHistoryStmt = p(`SELECT at AS n FROM history ORDER BY id DESC LIMIT 1`);
+    this.pingStmt = p(`SELECT count(*) AS n FROM meta`);
+    this.syncFullStmt = p(`PRAGMA synchronous = FULL`);
+    this.syncNormalStmt = p(`PRAGMA synchronous = NORMAL`);
+
+    // Each queued write runs in its own savepoint, so one that fails leaves the others' writes in.
+    const runOne = db.transaction((fn: () => unknown) => fn());
+    this.runBatch = db.transaction((batch: readonly Pending[]) =>
+      batch.map((item): Outcome => {
+        try {
+          return { ok: true, value: runOne(item.fn) };
+        } catch (error) {
+          if (isRegistryError(error)) return { ok: false, error };
+          throw error; // a storage failure: the whole batch rolls back
+        }
+      }),
+    );
+  }
+
+  /**
+   * Runs `fn` in a write transaction (BEGIN IMMEDIATE: the read and the write it decides see
+   * one state, with other processes locked out). Resolves after the commit, and, when
+   * `durable`, after the commit is fsynced. `fn` must be synchronous.
+   */
+  write<T>(fn: () => T, durable: boolean): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.queue.push({ fn, durable, resolve: (v) => resolve(v as T), reject });
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        setImmediate(() => this.flush());
+      }
+    });
+  }
+
+  /** Commits everything queued so far in one transaction. */
+  flush(): void {
+    this.flushScheduled = false;
+    const batch = this.queue;
+    this.queue = [];
+    if (batch.length === 0) return;
+    let outcomes: Outcome[];
+    try {
+      this.setSynchronous(batch.some((b) => b.durable) ? 'FULL' : 'NORMAL');
+      outcomes = this.runBatch.immediate(batch);
+    } catch (e) {
+      const err = toRegistryError(e);
+      for (const item of batch) item.reject(err);
+      return;
+    }
+    outcomes.forEach((o, i) => {
+      const item = batch[i];
+      if (!item) return;
+      if (o.ok) item.resolve(o.value);
+      else item.reject(o.error);
+    });
+  }
+
+  /** Runs a read; storage failures come back as RegistryError. */
+  read<T>(fn: () => T): Promise<T> {
+    try {
+      return Promise.resolve(fn());
+    } catch (e) {
+      return Promise.reject(toRegistryError(e));
+    }
+  }
+
+  private setSynchronous(mode: 'FULL' | 'NORMAL'): void {
+    if (mode === this.syncMode) return;
+    (mode === 'FULL' ? this.syncFullStmt : this.syncNormalStmt).run();
+    this.syncMode = mode;
+  }
+
+  // ---- reads (inside or outside a write) ----
+
+  byName(name: string): IdentifierRecord | null {
+    const r: unknown = this.byNameStmt.get(name);
+    return r === undefined ? null : toRecord(r);
+  }
+
+  byClient(clientId: string): IdentifierRecord | null {
+    const r: unknown = this.byClientStmt.get(clientId);
+    return r === undefined ? null : toRecord(r);
+  }
+
+  nextAllocatable(now: number): IdentifierRecord | null {
+    const r: unknown = this.nextAllocatableStmt.get(now);
+    return r === undefined ? null : toRecord(r);
+  }
+
+  history(rowId: number): HistoryEntry[] {
+    return this.historyStmt.all(rowId).map(toHistoryEntry);
+  }
+
+  expired(cutoff: number, limit: number): IdentifierRecord[] {
+    return this.expiredStmt.all({ cutoff, limit }).map(toRecord);
+  }
+
+  countExpired(cutoff: number): number {
+    return scalar(this.countExpiredStmt.get(cutoff)) ?? 0;
+  }
+
+  countLeased(): number {
+    return scalar(this.countLeasedStmt.get()) ?? 0;
+  }
+
+  counts(now: number): RawCounts {
+    const r = asRow(this.countsStmt.get({ now }));
+    return {
+      total: intColumn(r, 'total'),
+      leased: intColumn(r, 'leased'),
+      cooling: intColumn(r, 'cooling'),
+      retired: intColumn(r, 'retired'),
+    };
+  }
+
+  list(q: ListQuery): IdentifierRecord[] {
+    const stmt = this.listStmts.get(`${q.status ?? 'all'}:${q.after ? 'after' : 'first'}`);
+    if (!stmt) throw new Error('no list statement');
+    const params: Record<string, number> = { now: q.now, limit: q.limit ?? -1 };
+    if (q.after) {
+      params['afterOrder'] = q.after.poolOrder;
+      params['afterId'] = q.after.rowId;
+    }
+    return stmt.all(params).map(toRecord);
+  }
+
+  poolRows(): PoolRow[] {
+    return this.poolRowsStmt.all().map((raw) => {
+      const r = asRow(raw);
+      const clientId = r['client_id'];
+      return {
+        rowId: intColumn(r, 'id'),
+        name: String(r['name']),
+        poolOrder: intColumn(r, 'pool_order'),
+        retired: intColumn(r, 'retired') === 1,
+        clientId: typeof clientId === 'string' ? clientId : null,
+        epoch: intColumn(r, 'epoch'),
+      };
+    });
+  }
+
+  meta(key: string): string | null {
+    const r: unknown = this.metaGetStmt.get(key);
+    if (r === undefined) return null;
+    const v = asRow(r)['value'];
+    return typeof v === 'string' ? v : null;
+  }
+
+  /** The latest registry time written to the database: a floor for the clock after a restart. */
+  latestTime(): number {
+    return Math.max(scalar(this.latestLastSeenStmt.get()) ?? 0, scalar(this.latestHistoryStmt.get()) ?? 0);
+  }
+
+  /** Throws when the database cannot be read. */
+  ping(): void {
+    this.pingStmt.get();
+  }
+
+  // ---- writes (only inside `write()`) ----
+
+  grant(rowId: number, clientId: string, epoch: number, now: number): void {
+    const r = this.grantStmt.run({ rowId, clientId, epoch, now });
+    if (r.changes !== 1) throw new Error(`grant of row ${rowId} changed ${r.changes} rows`);
+  }
+
+  renew(rowId: number, clientId: string, now: number): void {
+    this.renewStmt.run({ rowId, clientId, now });
+  }
+
+  free(rowId: number, availableAt: number): void {
+    this.freeStmt.run({ rowId, availableAt });
+  }
+
+  appendHistory(rowId: number, at: number, event: HistoryEvent, clientId: string | null, epoch: number): void {
+    this.historyInsertStmt.run({ rowId, at, event, clientId, epoch });
+  }
+
+  insertIdentifier(name: string, poolOrder: number): number {
+    return Number(this.insertStmt.run(name, poolOrder).lastInsertRowid);
+  }
+
+  setRetired(rowId: number, retired: boolean, poolOrder: number): void {
+    this.setRetiredStmt.run({ rowId, retired: retired ? 1 : 0, poolOrder });
+  }
+
+  setPoolOrder(rowId: number, poolOrder: number): void {
+    this.setOrderStmt.run(poolOrder, rowId);
+  }
+
+  setMeta(key: string, value: string): void {
+    this.metaSetStmt.run(key, value);
+  }
+
+  /** Commits what is queued, then closes the database. */
+  close(): void {
+    this.flush();
+    if (this.db.open) this.db.close();
+  }
+}
