@@ -1,0 +1,60 @@
+import { expect } from 'chai';
+import { ConfigError, loadConfig } from '../src/config.js';
+
+function failure(env: Record<string, string>): ConfigError {
+  try {
+    loadConfig(env);
+  } catch (e) {
+    if (e instanceof ConfigError) return e;
+    throw e;
+  }
+  throw new Error(`expected ${JSON.stringify(env)} to be refused`);
+}
+
+describe('config', () => {
+  it('has the defaults of SPEC.md', () => {
+    const c = loadConfig({});
+    expect(c).to.include({
+      host: '127.0.0.1', port: 8080, dbPath: './data/registry.db', poolFile: 'seed/identifiers.txt',
+      leaseTtlSeconds: 90, reaperSchedule: '*/10 * * * * *', reuseCooldownSeconds: 90, startupGraceSeconds: 90,
+      reaperMaxFraction: 0.5, reaperMinHold: 10, logLevel: 'info',
+    });
+    expect(c.agentTokens).to.deep.equal([]);
+    expect(Object.isFrozen(c)).to.equal(true);
+  });
+
+  it('cool-down and grace default to the TTL', () => {
+    const c = loadConfig({ LEASE_TTL_SECONDS: '30' });
+    expect(c.reuseCooldownSeconds).to.equal(30);
+    expect(c.startupGraceSeconds).to.equal(30);
+    expect(loadConfig({ LEASE_TTL_SECONDS: '30', REUSE_COOLDOWN_SECONDS: '0' }).reuseCooldownSeconds).to.equal(0);
+  });
+
+  it('splits token lists for rotation', () => {
+    const c = loadConfig({ AGENT_TOKENS: 'agent-token-aaaaaaaa, agent-token-bbbbbbbb', ADMIN_TOKENS: 'admin-token-cccccccc' });
+    expect(c.agentTokens).to.deep.equal(['agent-token-aaaaaaaa', 'agent-token-bbbbbbbb']);
+    expect(c.adminTokens).to.deep.equal(['admin-token-cccccccc']);
+  });
+
+  const bad: Array<[string, string]> = [
+    ['PORT', '80a'], ['PORT', '70000'], ['PORT', '-1'],
+    ['LEASE_TTL_SECONDS', 'soon'], ['LEASE_TTL_SECONDS', '0'], ['LEASE_TTL_SECONDS', '-5'],
+    ['REUSE_COOLDOWN_SECONDS', '-1'], ['STARTUP_GRACE_SECONDS', 'x'],
+    ['REAPER_SCHEDULE', 'every ten seconds'], ['REAPER_SCHEDULE', '99 * * * *'],
+    ['REAPER_MAX_FRACTION', '1.5'], ['REAPER_MAX_FRACTION', '0'], ['REAPER_MIN_HOLD', '2.5'],
+    ['LOG_LEVEL', 'loud'], ['AGENT_TOKENS', 'short'], ['ADMIN_TOKENS', 'admin-token-cccccccc,,x'],
+    ['DB_BUSY_TIMEOUT_MS', 'forever'],
+  ];
+  for (const [name, value] of bad) {
+    it(`refuses ${name}=${JSON.stringify(value)}, naming it on one line`, () => {
+      const e = failure({ [name]: value });
+      expect(e.variable).to.equal(name);
+      expect(e.message.startsWith(`${name}: `)).to.equal(true);
+      expect(e.message).to.not.include('\n');
+    });
+  }
+
+  it('refuses a token that is both an agent and an admin token', () => {
+    expect(failure({ AGENT_TOKENS: 'same-token-0123456789', ADMIN_TOKENS: 'same-token-0123456789' }).variable).to.equal('AGENT_TOKENS');
+  });
+});

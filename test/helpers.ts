@@ -1,0 +1,95 @@
+/** Builds a registry (and its app) on a fresh database for one test. */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import request from 'supertest';
+import type Koa from 'koa';
+import { FakeClock } from '../src/clock.js';
+import type { Clock } from '../src/clock.js';
+import { createApp } from '../src/http/app.js';
+import type { AppDeps } from '../src/http/app.js';
+import { parsePool } from '../src/pool/parse.js';
+import { Registry } from '../src/registry.js';
+import type { RegistryEvent, RegistryRules } from '../src/registry.js';
+import { Store } from '../src/store/store.js';
+
+export const SECOND = 1000;
+
+export const DEFAULT_RULES: RegistryRules = {
+  ttlMs: 90 * SECOND,
+  cooldownMs: 90 * SECOND,
+  graceMs: 0,
+  maxFraction: 1,
+  minHold: 10,
+  reapBatchSize: 1000,
+};
+
+export interface Harness {
+  readonly registry: Registry;
+  readonly store: Store;
+  readonly clock: FakeClock;
+  readonly events: RegistryEvent[];
+  readonly app: Koa;
+  readonly http: ReturnType<typeof request>;
+  /** Raw SQL look at the database, for asserting what a request left behind. */
+  row(name: string): Record<string, unknown> | undefined;
+  leasedCount(): number;
+}
+
+export interface HarnessOptions {
+  readonly pool?: string;
+  readonly rules?: Partial<RegistryRules>;
+  readonly path?: string;
+  readonly clock?: FakeClock;
+  readonly auth?: AppDeps['auth'];
+}
+
+export async function makeRegistry(opts: HarnessOptions = {}): Promise<Harness> {
+  const clock = opts.clock ?? new FakeClock();
+  const store = new Store({ path: opts.path ?? ':memory:' });
+  const events: RegistryEvent[] = [];
+  const registry = new Registry({
+    store,
+    clock,
+    rules: { ...DEFAULT_RULES, ...opts.rules },
+    observe: (e) => events.push(e),
+  });
+  await registry.syncPool(parsePool(opts.pool ?? 'w-[0-4]\n'));
+  events.length = 0;
+  const app = createApp({ registry, auth: opts.auth ?? { agentTokens: [], adminTokens: [] } });
+  const rowStmt = store.db.prepare('SELECT * FROM identifiers WHERE name = ?');
+  const leasedStmt = store.db.prepare('SELECT count(*) AS n FROM identifiers WHERE client_id IS NOT NULL');
+  return {
+    registry, store, clock, events, app,
+    http: request(app.callback()),
+    row: (name) => {
+      const r: unknown = rowStmt.get(name);
+      return typeof r === 'object' && r !== null ? Object.fromEntries(Object.entries(r)) : undefined;
+    },
+    leasedCount: () => {
+      const r: unknown = leasedStmt.get();
+      return typeof r === 'object' && r !== null && 'n' in r && typeof r.n === 'number' ? r.n : -1;
+    },
+  };
+}
+
+/** A registry on a fresh database, with the given clock; for tests that restart it. */
+export function makeRegistryOn(store: Store, clock: Clock, rules: Partial<RegistryRules> = {}): Registry {
+  return new Registry({ store, clock, rules: { ...DEFAULT_RULES, ...rules } });
+}
+
+export function tempDir(): { dir: string; cleanup: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), 'idreg-test-'));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** Resolves with the RegistryError code a promise rejects with; fails if it resolves. */
+export async function errorCode(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (e) {
+    if (typeof e === 'object' && e !== null && 'code' in e && typeof e.code === 'string') return e.code;
+    throw e;
+  }
+  throw new Error('expected a rejection, but it resolved');
+}

@@ -1,0 +1,79 @@
+import { expect } from 'chai';
+import { PoolParseError, parsePool } from '../../src/pool/parse.js';
+
+function parseError(text: string): PoolParseError {
+  try {
+    parsePool(text);
+  } catch (e) {
+    if (e instanceof PoolParseError) return e;
+    throw e;
+  }
+  throw new Error('expected a PoolParseError');
+}
+
+describe('pool file', () => {
+  it('expands a range without padding', () => {
+    expect(parsePool('worker-[0-3]')).to.deep.equal(['worker-0', 'worker-1', 'worker-2', 'worker-3']);
+  });
+
+  it('zero-pads to the width of a lower bound with a leading zero', () => {
+    const ids = parsePool('node-[000-255]');
+    expect(ids).to.have.length(256);
+    expect(ids[0]).to.equal('node-000');
+    expect(ids[9]).to.equal('node-009');
+    expect(ids[255]).to.equal('node-255');
+  });
+
+  it('expands every combination of several ranges, the rightmost fastest', () => {
+    const ids = parsePool('az[1-3]-slot[00-99]');
+    expect(ids).to.have.length(300);
+    expect(ids.slice(0, 2)).to.deep.equal(['az1-slot00', 'az1-slot01']);
+    expect(ids[100]).to.equal('az2-slot00');
+    expect(ids[299]).to.equal('az3-slot99');
+  });
+
+  it('ignores comments and blank lines, keeps file order, and takes plain identifiers', () => {
+    const text = '# the pool\n\nsolo   # trailing comment\n  w-[08-10]\r\nip-10-0-0-1.ec2:internal\n';
+    expect(parsePool(text)).to.deep.equal(['solo', 'w-08', 'w-09', 'w-10', 'ip-10-0-0-1.ec2:internal']);
+  });
+
+  it('an empty file is an empty pool', () => {
+    expect(parsePool('# nothing yet\n')).to.deep.equal([]);
+  });
+
+  it('names the line of a backwards range', () => {
+    const e = parseError('ok-1\n\nbad-[9-1]\n');
+    expect(e.line).to.equal(3);
+    expect(e.message).to.match(/^line 3: .*backwards/);
+  });
+
+  it('names the line of a malformed bracket', () => {
+    expect(parseError('a\nw-[0-x]\n').line).to.equal(2);
+    expect(parseError('w-[0-3\n').line).to.equal(1);
+    expect(parseError('w-0-3]\n').line).to.equal(1);
+  });
+
+  it('refuses characters SPEC.md does not allow in identifiers', () => {
+    const e = parseError('good\nhas space\n');
+    expect(e.line).to.equal(2);
+    expect(parseError('naïve\n').line).to.equal(1);
+    expect(parseError('slash/name\n').line).to.equal(1);
+  });
+
+  it('refuses identifiers longer than 128 characters', () => {
+    expect(parsePool('x'.repeat(128))).to.have.length(1);
+    expect(parseError('x'.repeat(129)).line).to.equal(1);
+    expect(parsePool(`${'x'.repeat(127)}[0-9]`)).to.have.length(10);
+    expect(parseError(`${'x'.repeat(127)}[10-11]`).line).to.equal(1);
+  });
+
+  it('refuses a duplicate, naming both lines', () => {
+    const e = parseError('w-[0-5]\nw-3\n');
+    expect(e.line).to.equal(2);
+    expect(e.message).to.include('line 1');
+  });
+
+  it('refuses a pool too large to hold, before expanding it', () => {
+    expect(parseError('w-[0-99999999999]').message).to.match(/exceed/);
+  });
+});

@@ -1,0 +1,112 @@
+/** Starts the real registry (src/main.ts) as a child process on a free loopback port. */
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { join } from 'node:path';
+
+export const ROOT = new URL('..', import.meta.url).pathname;
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr ? addr.port : 0;
+      srv.close(() => resolve(port));
+    });
+    srv.on('error', reject);
+  });
+}
+
+export interface RunningRegistry {
+  readonly base: string;
+  readonly child: ChildProcess;
+  readonly output: () => string;
+  /** Resolves with the exit code (or signal) once the process has ended. */
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export interface StartOptions {
+  readonly dir: string;
+  readonly pool?: string;
+  readonly env?: Record<string, string>;
+  readonly port?: number;
+  /** Resolve once the process is listening (default), or at once (for start-up failures). */
+  readonly wait?: boolean;
+}
+
+export async function startProcess(opts: StartOptions): Promise<RunningRegistry> {
+  const port = opts.port ?? (await freePort());
+  const poolFile = join(opts.dir, 'pool.txt');
+  if (opts.pool !== undefined) writeFileSync(poolFile, opts.pool);
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    cwd: ROOT,
+    env: {
+      PATH: process.env['PATH'] ?? '',
+      HOST: '127.0.0.1',
+      PORT: String(port),
+      DB_PATH: join(opts.dir, 'registry.db'),
+      POOL_FILE: poolFile,
+      LOG_LEVEL: 'info',
+      ...opts.env,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
+  child.stderr?.on('data', (d: Buffer) => { out += d.toString(); });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.on('exit', (code, signal) => resolve({ code, signal }));
+  });
+  const base = `http://127.0.0.1:${port}`;
+  const running: RunningRegistry = {
+    base, child, exited, output: () => out,
+    async stop(signal = 'SIGTERM') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+      const r = await exited;
+      clearTimeout(timer);
+      return r;
+    },
+  };
+  if (opts.wait === false) return running;
+  let done = false;
+  void exited.then(() => { done = true; });
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline && !done) {
+    try {
+      const r = await fetch(`${base}/health`);
+      if (r.status === 200 || r.status === 503) return running;
+    } catch { /* not up yet */ }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await running.stop('SIGKILL');
+  throw new Error(`registry did not come up:\n${out}`);
+}
+
+/** Polls `probe` until it returns true or the deadline passes; for real processes only. */
+export async function eventually(probe: () => Promise<boolean>, timeoutMs = 10_000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await probe()) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+export async function json(base: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: unknown }> {
+  const init: RequestInit = { method };
+  if (body !== undefined) {
+    init.body = JSON.stringify(body);
+    init.headers = { 'content-type': 'application/json' };
+  }
+  const r = await fetch(base + path, init);
+  const text = await r.text();
+  try {
+    return { status: r.status, body: JSON.parse(text) };
+  } catch {
+    return { status: r.status, body: text };
+  }
+}

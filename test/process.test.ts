@@ -1,0 +1,107 @@
+import { expect } from 'chai';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { tempDir } from './helpers.js';
+import { ROOT, eventually, json, startProcess } from './process-helpers.js';
+
+function field(body: unknown, k: string): unknown {
+  return typeof body === 'object' && body !== null && k in body ? Object.fromEntries(Object.entries(body))[k] : undefined;
+}
+
+function dump(path: string): string {
+  const db = new Database(path, { readonly: true });
+  try {
+    return JSON.stringify([db.prepare('SELECT * FROM identifiers ORDER BY id').all(), db.prepare('SELECT * FROM history ORDER BY id').all()]);
+  } finally {
+    db.close();
+  }
+}
+
+describe('the registry process', function () {
+  this.timeout(60_000);
+  let t: ReturnType<typeof tempDir>;
+  beforeEach(() => { t = tempDir(); });
+  afterEach(() => t.cleanup());
+
+  it('stops at start-up with one line naming a bad variable', async () => {
+    const reg = await startProcess({ dir: t.dir, pool: 'a\n', env: { LEASE_TTL_SECONDS: 'soon' }, wait: false });
+    const { code } = await reg.exited;
+    expect(code).to.equal(1);
+    const lines = reg.output().trim().split('\n');
+    expect(lines).to.have.length(1);
+    expect(lines[0]).to.match(/LEASE_TTL_SECONDS/);
+  });
+
+  it('a malformed pool line stops start-up with its line number and leaves the database as it was', async () => {
+    const first = await startProcess({ dir: t.dir, pool: 'w-[0-2]\n' });
+    expect((await json(first.base, 'POST', '/allocate', { client_id: 'vm-a' })).status).to.equal(200);
+    expect((await first.stop()).code).to.equal(0);
+    const dbPath = join(t.dir, 'registry.db');
+    const before = dump(dbPath);
+    const bad = await startProcess({ dir: t.dir, pool: 'w-[0-2]\nnew-one\nw-[5-x]\n', wait: false });
+    expect((await bad.exited).code).to.equal(1);
+    expect(bad.output()).to.match(/line 3/);
+    expect(dump(dbPath)).to.equal(before);
+  });
+
+  it('SIGHUP re-reads the pool: adds, retires, keeps a held lease', async () => {
+    const reg = await startProcess({ dir: t.dir, pool: 'a\nb\n' });
+    try {
+      expect(field((await json(reg.base, 'POST', '/allocate', { client_id: 'vm-a' })).body, 'identifier')).to.equal('a');
+      writeFileSync(join(t.dir, 'pool.txt'), 'b\nc\n');
+      reg.child.kill('SIGHUP');
+      await eventually(async () => (await json(reg.base, 'GET', '/identifier/c')).status === 200, 10_000, 'c to be added');
+      expect(field((await json(reg.base, 'GET', '/identifier/a')).body, 'status')).to.equal('leased');
+      expect(field((await json(reg.base, 'POST', '/release', { client_id: 'vm-a', identifier: 'a' })).body, 'status')).to.equal('retired');
+      // A bad file on SIGHUP is refused and the registry carries on with the pool it has.
+      writeFileSync(join(t.dir, 'pool.txt'), 'b\n[oops\n');
+      reg.child.kill('SIGHUP');
+      await eventually(async () => /pool reload failed/.test(reg.output()), 10_000, 'the reload failure to be logged');
+      expect(field((await json(reg.base, 'GET', '/identifier/c')).body, 'status')).to.equal('free');
+    } finally {
+      await reg.stop();
+    }
+  });
+
+  it('SIGTERM finishes cleanly: exit 0, database closed, grants kept', async () => {
+    const reg = await startProcess({ dir: t.dir, pool: 'w-[0-9]\n' });
+    const grants = await Promise.all(Array.from({ length: 5 }, (_, i) => json(reg.base, 'POST', '/allocate', { client_id: `vm-${i}` })));
+    expect(grants.every((g) => g.status === 200)).to.equal(true);
+    const { code } = await reg.stop('SIGTERM');
+    expect(code).to.equal(0);
+    expect(reg.output()).to.match(/database closed/);
+    const db = new Database(join(t.dir, 'registry.db'), { readonly: true });
+    try {
+      expect(db.prepare('SELECT count(*) AS n FROM identifiers WHERE client_id IS NOT NULL').get()).to.deep.equal({ n: 5 });
+      expect(db.prepare('PRAGMA integrity_check').get()).to.deep.equal({ integrity_check: 'ok' });
+    } finally {
+      db.close();
+    }
+  });
+
+  it('the cron reaper reclaims a silent lease on schedule', async () => {
+    const reg = await startProcess({
+      dir: t.dir, pool: 'only\n',
+      env: { LEASE_TTL_SECONDS: '1', REAPER_SCHEDULE: '* * * * * *', REUSE_COOLDOWN_SECONDS: '0', STARTUP_GRACE_SECONDS: '0' },
+    });
+    try {
+      expect((await json(reg.base, 'POST', '/allocate', { client_id: 'vm-a' })).status).to.equal(200);
+      await eventually(async () => (await json(reg.base, 'GET', '/client/vm-a')).status === 404, 10_000, 'the lease to be reclaimed');
+      const history = (await json(reg.base, 'GET', '/identifier/only/history')).body;
+      expect(Array.isArray(history) ? history.map((h) => field(h, 'event')) : history).to.deep.equal(['allocated', 'reclaimed']);
+    } finally {
+      await reg.stop();
+    }
+  });
+
+  it('serves the shipped seed pool: 1,024 worker ids, handed out from worker-0000', async () => {
+    const reg = await startProcess({ dir: t.dir, env: { POOL_FILE: join(ROOT, 'seed/identifiers.txt') } });
+    try {
+      expect(field(field((await json(reg.base, 'GET', '/health')).body, 'pool'), 'total')).to.equal(1024);
+      expect(field((await json(reg.base, 'POST', '/allocate', { client_id: 'vm-a' })).body, 'identifier')).to.equal('worker-0000');
+    } finally {
+      await reg.stop();
+    }
+  });
+});
