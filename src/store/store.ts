@@ -115,8 +115,6 @@ export class Store {
   private readonly latestLastSeenStmt: Statement;
   private readonly latestHistoryStmt: Statement;
   private readonly pingStmt: Statement;
-  private readonly syncFullStmt: Statement;
-  private readonly syncNormalStmt: Statement;
   private readonly runBatch: Transaction<(batch: readonly Pending[]) => Outcome[]>;
 
   constructor(opts: StoreOptions | Database.Database) {
@@ -171,8 +169,6 @@ export class Store {
     this.latestLastSeenStmt = p(`SELECT max(last_seen) AS n FROM identifiers WHERE client_id IS NOT NULL`);
     this.latestHistoryStmt = p(`SELECT at AS n FROM history ORDER BY id DESC LIMIT 1`);
     this.pingStmt = p(`SELECT count(*) AS n FROM meta`);
-    this.syncFullStmt = p(`PRAGMA synchronous = FULL`);
-    this.syncNormalStmt = p(`PRAGMA synchronous = NORMAL`);
 
     // Each queued write runs in its own savepoint, so one that fails leaves the others' writes in.
     const runOne = db.transaction((fn: () => unknown) => fn());
@@ -235,9 +231,13 @@ export class Store {
     }
   }
 
+  /**
+   * Not a prepared statement: SQLite applies `PRAGMA synchronous` when the statement is
+   * prepared, so a statement prepared once and run later does not switch the mode.
+   */
   private setSynchronous(mode: 'FULL' | 'NORMAL'): void {
     if (mode === this.syncMode) return;
-    (mode === 'FULL' ? this.syncFullStmt : this.syncNormalStmt).run();
+    this.db.pragma(`synchronous = ${mode}`);
     this.syncMode = mode;
   }
 
