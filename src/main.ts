@@ -5,7 +5,7 @@
  */
 import { createServer } from 'node:http';
 import type { Server } from 'node:http';
-import { anchoredClock, systemTimeSource } from './clock.js';
+import { systemTimeSource } from './clock.js';
 import { ConfigError, loadConfig, processEnv } from './config.js';
 import type { Config } from './config.js';
 import { createApp } from './http/app.js';
@@ -13,7 +13,8 @@ import { startReaper } from './jobs/reaper.js';
 import { createLogger, logRegistryEvent } from './log.js';
 import type { Logger } from './log.js';
 import { readPoolFile } from './pool/load.js';
-import { Registry } from './registry.js';
+import { openRegistry } from './registry.js';
+import type { Registry } from './registry.js';
 import { Store } from './store/store.js';
 
 function die(message: string): never {
@@ -68,10 +69,9 @@ async function main(): Promise<void> {
   } catch (e) {
     die(e instanceof Error ? e.message : String(e));
   }
-  const clock = anchoredClock(systemTimeSource, store.latestTime());
-  const registry = new Registry({
+  const registry = await openRegistry({
     store,
-    clock,
+    source: systemTimeSource,
     rules: {
       ttlMs: config.leaseTtlSeconds * 1000,
       cooldownMs: config.reuseCooldownSeconds * 1000,

@@ -3,7 +3,8 @@
  * transaction that reads the current state and decides on it, so uniqueness rests on
  * SQLite's write lock, never on this process's memory: several processes may share a file.
  */
-import type { Clock } from './clock.js';
+import { anchoredClock } from './clock.js';
+import type { Clock, TimeSource } from './clock.js';
 import { RegistryError } from './domain/errors.js';
 import { assertOwner, expiryCutoff, guardReason, infoOf, leaseOf } from './domain/lease.js';
 import type { GuardRules, LeaseRules } from './domain/lease.js';
@@ -214,6 +215,18 @@ export class Registry {
   }
 
   /**
+   * After a restart. The registry cannot know how much real time passed while it was down
+   * (the wall clock may have been stepped forward), so a cool-down that was running at the
+   * last write counts its remaining part again from now: a jump cannot cut it short and hand
+   * an identifier to a new VM while its old holder may still be using it.
+   */
+  async resumeCooldowns(floor: number): Promise<number> {
+    const shift = this.clock.now() - floor;
+    if (shift <= 0) return 0;
+    return this.store.write(() => this.store.shiftCooldowns(floor, shift), true);
+  }
+
+  /**
    * Brings the database in line with the pool file in one transaction: new identifiers are
    * added free, missing ones retired (a held one keeps its lease), returning ones restored.
    */
@@ -345,4 +358,27 @@ export class Registry {
   private emitOwnership(event: HistoryEvent, identifier: string, clientId: string | null, epoch: number): void {
     this.observe({ type: 'ownership', event, identifier, clientId, epoch });
   }
+}
+
+export interface OpenOptions {
+  readonly store: Store;
+  readonly source: TimeSource;
+  readonly rules: RegistryRules;
+  readonly observe?: RegistryObserver;
+}
+
+/**
+ * Start-up: registry time resumes from the latest time in the database (never earlier), then
+ * advances by the monotonic clock; cool-downs in progress are resumed.
+ */
+export async function openRegistry(opts: OpenOptions): Promise<Registry> {
+  const floor = opts.store.latestTime();
+  const registry = new Registry({
+    store: opts.store,
+    clock: anchoredClock(opts.source, floor),
+    rules: opts.rules,
+    ...(opts.observe ? { observe: opts.observe } : {}),
+  });
+  await registry.resumeCooldowns(floor);
+  return registry;
 }

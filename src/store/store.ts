@@ -115,6 +115,7 @@ export class Store {
   private readonly latestLastSeenStmt: Statement;
   private readonly latestHistoryStmt: Statement;
   private readonly pingStmt: Statement;
+  private readonly shiftCooldownsStmt: Statement;
   private readonly runBatch: Transaction<(batch: readonly Pending[]) => Outcome[]>;
 
   constructor(opts: StoreOptions | Database.Database) {
@@ -169,6 +170,7 @@ export class Store {
     this.latestLastSeenStmt = p(`SELECT max(last_seen) AS n FROM identifiers WHERE client_id IS NOT NULL`);
     this.latestHistoryStmt = p(`SELECT at AS n FROM history ORDER BY id DESC LIMIT 1`);
     this.pingStmt = p(`SELECT count(*) AS n FROM meta`);
+    this.shiftCooldownsStmt = p(`UPDATE identifiers SET available_at = available_at + @shift WHERE client_id IS NULL AND available_at > @floor`);
 
     // Each queued write runs in its own savepoint, so one that fails leaves the others' writes in.
     const runOne = db.transaction((fn: () => unknown) => fn());
@@ -356,6 +358,11 @@ export class Store {
 
   setPoolOrder(rowId: number, poolOrder: number): void {
     this.setOrderStmt.run(poolOrder, rowId);
+  }
+
+  /** Pushes every cool-down still running at `floor` later by `shift` ms; returns how many. */
+  shiftCooldowns(floor: number, shift: number): number {
+    return this.shiftCooldownsStmt.run({ floor, shift }).changes;
   }
 
   setMeta(key: string, value: string): void {

@@ -1,0 +1,386 @@
+/**
+ * Model-based property test. Random sequences of allocate, liveness, release, force release,
+ * reaper sweeps, clock advances and wall-clock jumps, restarts and pool edits run against
+ * the real registry on a real SQLite file and against a small in-memory model of SPEC.md.
+ * After every step the two agree on every identifier, and no identifier is believed held by
+ * two live VMs (each VM fencing itself as SPEC.md tells it to).
+ */
+import { expect } from 'chai';
+import { join } from 'node:path';
+import fc from 'fast-check';
+import { FakeTimeSource } from '../src/clock.js';
+import { openRegistry } from '../src/registry.js';
+import type { Registry } from '../src/registry.js';
+import type { RegistryRules } from '../src/registry.js';
+import { Store } from '../src/store/store.js';
+import type { Status } from '../src/domain/types.js';
+import { tempDir } from './helpers.js';
+
+const SEC = 1000;
+// Small on purpose: few identifiers and clients make reuse, contention and exhaustion common.
+const UNIVERSE = Array.from({ length: 5 }, (_, i) => `u-${i}`);
+const INITIAL_POOL = UNIVERSE.slice(0, 3);
+const CLIENTS = Array.from({ length: 4 }, (_, i) => `vm-${i}`);
+
+// ---------------------------------------------------------------- the model of SPEC.md
+
+interface MIdent {
+  order: number;
+  retired: boolean;
+  epoch: number;
+  holder: { client: string; allocatedAt: number; lastSeen: number } | null;
+  availableAt: number;
+}
+
+type Outcome = { ok: true; value: unknown } | { ok: false; code: string };
+const ok = (value: unknown): Outcome => ({ ok: true, value });
+const fail = (code: string): Outcome => ({ ok: false, code });
+
+class Model {
+  readonly ids = new Map<string, MIdent>();
+  private lastHistoryAt = 0;
+  private anchorWall = 0;
+  private anchorMono = 0;
+  startedAt = 0;
+
+  constructor(readonly rules: RegistryRules, readonly src: FakeTimeSource, pool: readonly string[]) {
+    this.boot();
+    this.sync(pool);
+  }
+
+  /** Registry time: the anchored clock of src/clock.ts, restated. */
+  now(): number {
+    return this.anchorWall + (this.src.monotonic() - this.anchorMono);
+  }
+
+  boot(): void {
+    let floor = this.lastHistoryAt;
+    for (const i of this.ids.values()) if (i.holder) floor = Math.max(floor, i.holder.lastSeen);
+    this.anchorWall = Math.max(this.src.wall(), floor);
+    this.anchorMono = this.src.monotonic();
+    this.startedAt = this.now();
+    // A cool-down running at the last write counts its remaining part again from boot.
+    const shift = this.startedAt - floor;
+    for (const i of this.ids.values()) if (!i.holder && i.availableAt > floor && shift > 0) i.availableAt += shift;
+  }
+
+  private history(): void {
+    this.lastHistoryAt = this.now();
+  }
+
+  status(i: MIdent): Status {
+    if (i.holder) return 'leased';
+    if (i.retired) return 'retired';
+    return i.availableAt > this.now() ? 'cooling' : 'free';
+  }
+
+  allocate(client: string): Outcome {
+    const t = this.now();
+    for (const [name, i] of this.ids) {
+      if (i.holder?.client === client) {
+        i.holder.lastSeen = Math.max(i.holder.lastSeen, t);
+        return ok({ identifier: name, epoch: i.epoch });
+      }
+    }
+    let best: [string, MIdent] | null = null;
+    for (const [name, i] of this.ids) {
+      if (i.holder || i.retired || i.availableAt > t) continue;
+      if (!best || i.availableAt < best[1].availableAt || (i.availableAt === best[1].availableAt && i.order < best[1].order)) best = [name, i];
+    }
+    if (!best) return fail('pool_exhausted');
+    const [name, i] = best;
+    i.epoch += 1;
+    i.holder = { client, allocatedAt: t, lastSeen: t };
+    this.history();
+    return ok({ identifier: name, epoch: i.epoch });
+  }
+
+  private owned(client: string, name: string, epoch: number | undefined): MIdent | Outcome {
+    const i = this.ids.get(name);
+    if (!i) return fail('identifier_not_found');
+    if (i.holder?.client !== client) return fail('not_owner');
+    if (epoch !== undefined && epoch !== i.epoch) return fail('stale_epoch');
+    return i;
+  }
+
+  renew(client: string, name: string, epoch: number | undefined): Outcome {
+    const i = this.owned(client, name, epoch);
+    if ('ok' in i) return i;
+    if (i.holder) i.holder.lastSeen = Math.max(i.holder.lastSeen, this.now());
+    return ok({ identifier: name, epoch: i.epoch });
+  }
+
+  release(client: string, name: string, epoch: number | undefined): Outcome {
+    const i = this.owned(client, name, epoch);
+    if ('ok' in i) return i;
+    i.holder = null;
+    i.availableAt = this.now();
+    this.history();
+    return ok({ identifier: name, epoch: i.epoch });
+  }
+
+  forceRelease(name: string): Outcome {
+    const i = this.ids.get(name);
+    if (!i) return fail('identifier_not_found');
+    if (i.holder) {
+      i.holder = null;
+      i.availableAt = this.now() + this.rules.cooldownMs;
+      this.history();
+    }
+    return ok({ identifier: name, epoch: i.epoch });
+  }
+
+  reap(force: boolean): Outcome {
+    const t = this.now();
+    const held = [...this.ids.values()].filter((i) => i.holder);
+    const expired = held.filter((i) => i.holder && i.holder.lastSeen <= t - this.rules.ttlMs);
+    if (!force && this.startedAt + this.rules.graceMs - t > 0) return ok({ reclaimed: 0, held: false });
+    if (!force && expired.length > this.rules.minHold && expired.length > this.rules.maxFraction * held.length) {
+      return ok({ reclaimed: 0, held: true });
+    }
+    for (const i of expired) {
+      i.holder = null;
+      i.availableAt = t + this.rules.cooldownMs;
+      this.history();
+    }
+    return ok({ reclaimed: expired.length, held: false });
+  }
+
+  sync(pool: readonly string[]): void {
+    const inFile = new Set(pool);
+    pool.forEach((name, order) => {
+      const i = this.ids.get(name);
+      if (!i) {
+        this.ids.set(name, { order, retired: false, epoch: 0, holder: null, availableAt: 0 });
+        return;
+      }
+      if (i.retired) this.history();
+      i.retired = false;
+      i.order = order;
+    });
+    for (const [name, i] of this.ids) {
+      if (!inFile.has(name) && !i.retired) {
+        i.retired = true;
+        this.history();
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- the commands
+
+type Cmd =
+  | { t: 'allocate'; c: number }
+  | { t: 'renew'; c: number; target: number | null; epoch: 'none' | 'current' | 'stale' }
+  | { t: 'release'; c: number; target: number | null; epoch: 'none' | 'current' | 'stale' }
+  | { t: 'force'; id: number | null; c: number }
+  | { t: 'reap'; force: boolean }
+  | { t: 'advance'; ms: number }
+  | { t: 'jump'; ms: number }
+  | { t: 'restart'; downMs: number; jumpMs: number }
+  | { t: 'pool'; names: string[] };
+
+const client = fc.integer({ min: 0, max: CLIENTS.length - 1 });
+const ident = fc.integer({ min: 0, max: UNIVERSE.length - 1 });
+const epochMode = fc.constantFrom<'none' | 'current' | 'stale'>('none', 'current', 'current', 'stale');
+const target = fc.option(ident, { freq: 4 }); // mostly the identifier the VM believes it holds
+const HOUR = 3600 * SEC;
+
+const cmdArb: fc.Arbitrary<Cmd> = fc.oneof(
+  { weight: 5, arbitrary: fc.record({ t: fc.constant('allocate' as const), c: client }) },
+  { weight: 6, arbitrary: fc.record({ t: fc.constant('renew' as const), c: client, target, epoch: epochMode }) },
+  { weight: 2, arbitrary: fc.record({ t: fc.constant('release' as const), c: client, target, epoch: epochMode }) },
+  // An operator force-releases a VM's identifier (null: the one client c holds) or any identifier.
+  { weight: 2, arbitrary: fc.record({ t: fc.constant('force' as const), id: fc.option(ident, { freq: 2 }), c: client }) },
+  { weight: 3, arbitrary: fc.record({ t: fc.constant('reap' as const), force: fc.oneof({ weight: 6, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }) }) },
+  { weight: 5, arbitrary: fc.record({ t: fc.constant('advance' as const), ms: fc.oneof(fc.integer({ min: 0, max: 20 * SEC }), fc.integer({ min: 0, max: 90 * SEC })) }) },
+  { weight: 1, arbitrary: fc.record({ t: fc.constant('jump' as const), ms: fc.integer({ min: -6 * HOUR, max: 6 * HOUR }) }) },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      t: fc.constant('restart' as const),
+      downMs: fc.oneof(fc.integer({ min: 0, max: 5 * SEC }), fc.integer({ min: 0, max: 5 * 60 * SEC })),
+      jumpMs: fc.oneof(fc.constant(0), fc.integer({ min: -6 * HOUR, max: 6 * HOUR })),
+    }),
+  },
+  { weight: 1, arbitrary: fc.record({ t: fc.constant('pool' as const), names: fc.shuffledSubarray(UNIVERSE, { minLength: 1 }) }) },
+);
+
+// ---------------------------------------------------------------- the real system
+
+class Real {
+  store!: Store;
+  registry!: Registry;
+  constructor(readonly path: string, readonly rules: RegistryRules, readonly src: FakeTimeSource) {}
+  async start(pool: readonly string[]): Promise<void> {
+    this.store = new Store({ path: this.path });
+    this.registry = await openRegistry({ store: this.store, source: this.src, rules: this.rules });
+    await this.registry.syncPool(pool);
+  }
+  stop(): void {
+    this.store.close();
+  }
+}
+
+async function outcome(p: Promise<{ identifier: string; epoch: number }>): Promise<Outcome> {
+  try {
+    const v = await p;
+    return ok({ identifier: v.identifier, epoch: v.epoch });
+  } catch (e) {
+    if (typeof e === 'object' && e !== null && 'code' in e && typeof e.code === 'string') return fail(e.code);
+    throw e;
+  }
+}
+
+/** What each VM believes it holds, and until when by its own (real-time) clock. */
+interface Belief { identifier: string; epoch: number; sentAt: number }
+
+async function runScenario(rules: RegistryRules, cmds: Cmd[], checkBeliefs: boolean): Promise<void> {
+  const t = tempDir();
+  const src = new FakeTimeSource();
+  let pool: string[] = [...INITIAL_POOL];
+  const real = new Real(join(t.dir, 'model.db'), rules, src);
+  try {
+    await real.start(pool);
+    const model = new Model(rules, src, pool);
+    const beliefs = new Map<string, Belief>();
+    const lastEpoch = new Map<string, number>();
+    const realTime = (): number => src.monotonic(); // the VMs' clocks: they run at the rate of real time
+
+    for (const [step, cmd] of cmds.entries()) {
+      const where = `step ${step} ${JSON.stringify(cmd)}`;
+      switch (cmd.t) {
+        case 'allocate': {
+          const c = CLIENTS[cmd.c] ?? '';
+          const sentAt = realTime();
+          const got = await outcome(real.registry.allocate(c));
+          expect(got, where).to.deep.equal(model.allocate(c));
+          if (got.ok && typeof got.value === 'object' && got.value && 'identifier' in got.value && 'epoch' in got.value) {
+            beliefs.set(c, { identifier: String(got.value.identifier), epoch: Number(got.value.epoch), sentAt });
+          }
+          break;
+        }
+        case 'renew':
+        case 'release': {
+          const c = CLIENTS[cmd.c] ?? '';
+          const belief = beliefs.get(c);
+          const name = cmd.target === null ? (belief?.identifier ?? UNIVERSE[0] ?? '') : (UNIVERSE[cmd.target] ?? '');
+          const current = belief && belief.identifier === name ? belief.epoch : 1;
+          const epoch = cmd.epoch === 'none' ? undefined : cmd.epoch === 'current' ? current : current + 1;
+          const sentAt = realTime();
+          const got = cmd.t === 'renew'
+            ? await outcome(real.registry.renew(c, name, epoch))
+            : await outcome(real.registry.release(c, name, epoch).then((i) => ({ identifier: i.identifier, epoch: i.epoch })));
+          expect(got, where).to.deep.equal(cmd.t === 'renew' ? model.renew(c, name, epoch) : model.release(c, name, epoch));
+          // The VM's side: a success renews its belief (or ends it, on release); a 409 on what it holds ends it.
+          if (got.ok && cmd.t === 'renew') beliefs.set(c, { identifier: name, epoch: model.ids.get(name)?.epoch ?? 0, sentAt });
+          if (got.ok && cmd.t === 'release') beliefs.delete(c);
+          if (!got.ok && belief?.identifier === name && cmd.epoch !== 'stale' && got.code === 'not_owner') beliefs.delete(c);
+          break;
+        }
+        case 'force': {
+          const name = cmd.id === null ? (beliefs.get(CLIENTS[cmd.c] ?? '')?.identifier ?? UNIVERSE[0] ?? '') : (UNIVERSE[cmd.id] ?? '');
+          const got = await outcome(real.registry.forceRelease(name));
+          expect(got, where).to.deep.equal(model.forceRelease(name));
+          break;
+        }
+        case 'reap': {
+          const r = await real.registry.reap({ force: cmd.force });
+          expect(ok({ reclaimed: r.reclaimed, held: r.held }), where).to.deep.equal(model.reap(cmd.force));
+          break;
+        }
+        case 'advance':
+          src.advance(cmd.ms);
+          break;
+        case 'jump':
+          src.jumpWall(cmd.ms);
+          break;
+        case 'restart':
+          real.stop();
+          src.advance(cmd.downMs);
+          src.jumpWall(cmd.jumpMs);
+          await real.start(pool);
+          model.boot();
+          model.sync(pool);
+          break;
+        case 'pool':
+          pool = cmd.names;
+          await real.registry.syncPool(pool);
+          model.sync(pool);
+          break;
+      }
+
+      // The two agree on time and on every identifier.
+      expect(real.registry.now(), `${where}: registry time`).to.equal(model.now());
+      for (const name of UNIVERSE) {
+        const m = model.ids.get(name);
+        let r;
+        try {
+          r = await real.registry.identifier(name);
+        } catch (e) {
+          expect(m, `${where}: ${name} missing from the registry`).to.equal(undefined);
+          expect(e).to.have.property('code', 'identifier_not_found');
+          continue;
+        }
+        expect(m, `${where}: ${name} missing from the model`).to.not.equal(undefined);
+        if (!m) continue;
+        expect({
+          status: r.status, epoch: r.epoch, client: r.lease?.clientId ?? null,
+          allocatedAt: r.lease?.allocatedAt ?? null, lastSeen: r.lease?.lastSeen ?? null,
+        }, `${where}: ${name}`).to.deep.equal({
+          status: model.status(m), epoch: m.epoch, client: m.holder?.client ?? null,
+          allocatedAt: m.holder?.allocatedAt ?? null, lastSeen: m.holder?.lastSeen ?? null,
+        });
+        // Epochs never go back.
+        expect(r.epoch, `${where}: epoch of ${name} went back`).to.be.at.least(lastEpoch.get(name) ?? 0);
+        lastEpoch.set(name, r.epoch);
+      }
+      // One client, one identifier.
+      const holders = (await real.registry.list({ status: 'leased', after: null, limit: null })).items.map((i) => i.lease?.clientId);
+      expect(new Set(holders).size, `${where}: a client holds two identifiers`).to.equal(holders.length);
+
+      // The promise: no identifier is believed held by two live VMs. A VM stops using its
+      // identifier a full TTL after it sent its last successful liveness.
+      if (checkBeliefs) {
+        const live = new Map<string, string[]>();
+        for (const [c, b] of beliefs) {
+          if (realTime() < b.sentAt + rules.ttlMs) live.set(b.identifier, [...(live.get(b.identifier) ?? []), c]);
+        }
+        for (const [name, cs] of live) expect(cs, `${where}: ${name} believed held by ${cs.join(', ')}`).to.have.length(1);
+      }
+    }
+  } finally {
+    try { real.stop(); } catch { /* already closed */ }
+    t.cleanup();
+  }
+}
+
+// About 4 s a property on this machine; MODEL_RUNS=2000 for a long hunt.
+const RUNS = Number(process.env['MODEL_RUNS'] ?? 250);
+
+describe('model: the registry agrees with SPEC.md under random histories', function () {
+  this.timeout(120_000);
+
+  it('with SPEC.md defaults (cool-down and grace = TTL): agreement, and never two live holders', async () => {
+    const rules: RegistryRules = { ttlMs: 30 * SEC, cooldownMs: 30 * SEC, graceMs: 30 * SEC, maxFraction: 0.5, minHold: 1, reapBatchSize: 2 };
+    await fc.assert(
+      fc.asyncProperty(fc.array(cmdArb, { minLength: 1, maxLength: 50, size: 'max' }), (cmds) => runScenario(rules, cmds, true)),
+      { numRuns: RUNS },
+    );
+  });
+
+  it('with random timing rules: agreement with the model', async () => {
+    const rulesArb = fc.record({
+      ttlMs: fc.integer({ min: 1, max: 60 }).map((s) => s * SEC),
+      cooldownMs: fc.integer({ min: 0, max: 60 }).map((s) => s * SEC),
+      graceMs: fc.integer({ min: 0, max: 60 }).map((s) => s * SEC),
+      maxFraction: fc.constantFrom(0.25, 0.5, 1),
+      minHold: fc.integer({ min: 0, max: 3 }),
+      reapBatchSize: fc.integer({ min: 1, max: 4 }),
+    });
+    await fc.assert(
+      fc.asyncProperty(rulesArb, fc.array(cmdArb, { minLength: 1, maxLength: 50, size: 'max' }), (rules, cmds) => runScenario(rules, cmds, false)),
+      { numRuns: RUNS },
+    );
+  });
+});

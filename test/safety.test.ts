@@ -1,0 +1,270 @@
+/**
+ * The rules that keep the promise when things go wrong, one example each: startup grace,
+ * the mass-expiry guard, clock jumps, force release through the cool-down, fencing epochs.
+ */
+import { expect } from 'chai';
+import { join } from 'node:path';
+import { FakeTimeSource } from '../src/clock.js';
+import { createApp } from '../src/http/app.js';
+import { openRegistry } from '../src/registry.js';
+import type { Registry } from '../src/registry.js';
+import type { RegistryRules } from '../src/registry.js';
+import { Store } from '../src/store/store.js';
+import request from 'supertest';
+import { DEFAULT_RULES, SECOND, errorCode, makeRegistry, tempDir } from './helpers.js';
+
+const HOUR = 3600 * SECOND;
+const POOL = Array.from({ length: 30 }, (_, i) => `w-${i}`);
+
+/** A registry process on a file, on a fake machine whose clocks the test controls; restartable. */
+class Deployment {
+  readonly source = new FakeTimeSource();
+  registry!: Registry;
+  private store!: Store;
+  constructor(readonly path: string, readonly rules: RegistryRules) {}
+
+  async start(): Promise<this> {
+    this.store = new Store({ path: this.path });
+    this.registry = await openRegistry({ store: this.store, source: this.source, rules: this.rules });
+    await this.registry.syncPool(POOL);
+    return this;
+  }
+
+  /** The process stops, `downMs` of real time pass, and it starts again. */
+  async restart(downMs: number, wallJumpMs = 0): Promise<void> {
+    this.store.close();
+    this.source.advance(downMs);
+    this.source.jumpWall(wallJumpMs);
+    await this.start();
+  }
+
+  stop(): void {
+    this.store.close();
+  }
+}
+
+describe('safety: startup grace', () => {
+  let t: ReturnType<typeof tempDir>;
+  beforeEach(() => { t = tempDir(); });
+  afterEach(() => t.cleanup());
+
+  it('reclaims nothing until STARTUP_GRACE_SECONDS of uptime, however long the registry was down', async () => {
+    const d = await new Deployment(join(t.dir, 'r.db'), { ...DEFAULT_RULES, ttlMs: 90 * SECOND, graceMs: 90 * SECOND, maxFraction: 1 }).start();
+    try {
+      await d.registry.allocate('vm-a');
+      await d.restart(6 * HOUR); // down for six hours: every lease looks long dead
+      const during = await d.registry.reap();
+      expect(during.reclaimed).to.equal(0);
+      expect(during.reason).to.match(/startup grace/);
+      expect((await d.registry.health()).reaper.held).to.equal(false); // grace is normal, not degraded
+      d.source.advance(90 * SECOND - 1);
+      expect((await d.registry.reap()).reclaimed).to.equal(0);
+      d.source.advance(1);
+      expect((await d.registry.reap()).reclaimed).to.equal(1);
+    } finally {
+      d.stop();
+    }
+  });
+
+  it('a VM that renews during the grace keeps its identifier', async () => {
+    const d = await new Deployment(join(t.dir, 'r.db'), { ...DEFAULT_RULES, graceMs: 90 * SECOND }).start();
+    try {
+      const l = await d.registry.allocate('vm-a');
+      await d.restart(2 * HOUR);
+      d.source.advance(30 * SECOND);
+      await d.registry.renew('vm-a', l.identifier, l.epoch);
+      d.source.advance(60 * SECOND);
+      expect((await d.registry.reap()).reclaimed).to.equal(0);
+      expect((await d.registry.leaseOfClient('vm-a')).epoch).to.equal(l.epoch);
+    } finally {
+      d.stop();
+    }
+  });
+});
+
+describe('safety: mass-expiry guard', () => {
+  const rules = { maxFraction: 0.5, minHold: 10 };
+
+  it('holds a sweep that would reclaim more than the fraction, reports degraded, and force overrides it', async () => {
+    const h = await makeRegistry({ pool: 'w-[0-29]', rules });
+    for (let i = 0; i < 30; i++) await h.registry.allocate(`vm-${i}`);
+    h.clock.advance(91 * SECOND);
+    for (let i = 0; i < 5; i++) await h.registry.renew(`vm-${i}`, `w-${i}`);
+
+    const held = await h.http.post('/admin/reap');
+    expect(held.body).to.deep.include({ reclaimed: 0, held: true });
+    expect(held.body.reason).to.match(/25 of 30/);
+    expect(h.leasedCount()).to.equal(30);
+
+    const health = await h.http.get('/health');
+    expect(health.status).to.equal(200);
+    expect(health.body.status).to.equal('degraded');
+    expect(health.body.reaper).to.include({ held: true, last_reclaimed: 0 });
+    expect(health.body.reaper.reason).to.match(/mass expiry/);
+
+    const forced = await h.http.post('/admin/reap?force=true');
+    expect(forced.body).to.deep.equal({ reclaimed: 25, held: false, reason: null });
+    expect(h.leasedCount()).to.equal(5);
+    expect((await h.http.get('/health')).body.status).to.equal('healthy');
+  });
+
+  it('looks again next sweep: once the fleet renews, the few that stay silent are reclaimed', async () => {
+    const h = await makeRegistry({ pool: 'w-[0-29]', rules });
+    for (let i = 0; i < 30; i++) await h.registry.allocate(`vm-${i}`);
+    h.clock.advance(91 * SECOND);
+    expect((await h.registry.reap()).held).to.equal(true);
+    for (let i = 0; i < 27; i++) await h.registry.renew(`vm-${i}`, `w-${i}`); // the network came back
+    expect(await h.registry.reap()).to.deep.equal({ reclaimed: 3, held: false, reason: null });
+    expect((await h.registry.health()).reaper.held).to.equal(false);
+  });
+
+  it('does not hold when no more than REAPER_MIN_HOLD leases expire, whatever the fraction', async () => {
+    const h = await makeRegistry({ pool: 'w-[0-9]', rules });
+    for (let i = 0; i < 10; i++) await h.registry.allocate(`vm-${i}`);
+    h.clock.advance(91 * SECOND);
+    expect((await h.registry.reap()).reclaimed).to.equal(10);
+  });
+
+  it('REAPER_MAX_FRACTION=1 turns the guard off', async () => {
+    const h = await makeRegistry({ pool: 'w-[0-29]', rules: { maxFraction: 1, minHold: 0 } });
+    for (let i = 0; i < 30; i++) await h.registry.allocate(`vm-${i}`);
+    h.clock.advance(91 * SECOND);
+    expect((await h.registry.reap()).reclaimed).to.equal(30);
+  });
+});
+
+describe('safety: clock jumps', () => {
+  let t: ReturnType<typeof tempDir>;
+  beforeEach(() => { t = tempDir(); });
+  afterEach(() => t.cleanup());
+  const rules: RegistryRules = { ...DEFAULT_RULES, ttlMs: 90 * SECOND, cooldownMs: 90 * SECOND, graceMs: 0, maxFraction: 0.5, minHold: 10 };
+
+  it('the wall clock jumping forward by hours while running frees nothing: leases age by real time', async () => {
+    const d = await new Deployment(join(t.dir, 'r.db'), rules).start();
+    try {
+      for (let i = 0; i < 20; i++) await d.registry.allocate(`vm-${i}`);
+      d.source.jumpWall(5 * HOUR);
+      d.source.advance(10 * SECOND);
+      expect((await d.registry.reap()).reclaimed).to.equal(0);
+      expect((await d.registry.health()).pool.leased).to.equal(20);
+    } finally {
+      d.stop();
+    }
+  });
+
+  it('a restart after the wall clock jumped forward: the guard catches the mass expiry', async () => {
+    const d = await new Deployment(join(t.dir, 'r.db'), rules).start();
+    try {
+      for (let i = 0; i < 20; i++) await d.registry.allocate(`vm-${i}`);
+      await d.restart(5 * SECOND, 5 * HOUR); // grace 0 here, to show the guard alone
+      const r = await d.registry.reap();
+      expect(r).to.include({ reclaimed: 0, held: true });
+      expect((await d.registry.health()).pool.leased).to.equal(20);
+    } finally {
+      d.stop();
+    }
+  });
+
+  it('the wall clock jumping back while running neither extends a lease nor a cool-down', async () => {
+    const d = await new Deployment(join(t.dir, 'r.db'), { ...rules, minHold: 100 }).start();
+    try {
+      await d.registry.allocate('vm-a');
+      d.source.jumpWall(-3 * HOUR);
+      d.source.advance(90 * SECOND);
+      expect((await d.registry.reap()).reclaimed).to.equal(1); // on time, by real time
+      d.source.jumpWall(-3 * HOUR);
+      d.source.advance(90 * SECOND);
+      expect((await d.registry.allocate('vm-b')).identifier).to.equal('w-1'); // never-used first…
+      for (let i = 2; i < POOL.length; i++) await d.registry.allocate(`vm-x${i}`);
+      expect((await d.registry.allocate('vm-c')).identifier).to.equal('w-0'); // …and w-0's cool-down ended
+    } finally {
+      d.stop();
+    }
+  });
+
+  it('a restart with the wall clock jumped forward does not cut a cool-down short', async () => {
+    const d = await new Deployment(join(t.dir, 'r.db'), { ...rules, minHold: 100 }).start();
+    try {
+      await d.registry.allocate('vm-a');
+      for (let i = 1; i < POOL.length; i++) await d.registry.allocate(`vm-x${i}`);
+      await d.registry.forceRelease('w-0'); // vm-a may be partitioned: it keeps using w-0 for up to a TTL
+      await d.restart(SECOND, 6 * HOUR);
+      expect(await errorCode(d.registry.allocate('vm-b'))).to.equal('pool_exhausted');
+      d.source.advance(89 * SECOND);
+      expect(await errorCode(d.registry.allocate('vm-b'))).to.equal('pool_exhausted');
+      d.source.advance(SECOND);
+      expect((await d.registry.allocate('vm-b')).identifier).to.equal('w-0');
+    } finally {
+      d.stop();
+    }
+  });
+
+  it('a restart with the wall clock set back does not rewind registry time: expiry and cool-down still end', async () => {
+    const d = await new Deployment(join(t.dir, 'r.db'), { ...rules, minHold: 100 }).start();
+    try {
+      const l = await d.registry.allocate('vm-a');
+      d.source.advance(30 * SECOND);
+      await d.registry.renew('vm-a', l.identifier);
+      const before = d.registry.now();
+      await d.restart(SECOND, -6 * HOUR);
+      expect(d.registry.now()).to.be.at.least(before); // never back
+      const seen = (await d.registry.leaseOfClient('vm-a')).lastSeen;
+      expect(seen).to.be.at.most(d.registry.now());
+      d.source.advance(90 * SECOND);
+      expect((await d.registry.reap()).reclaimed).to.equal(1);
+      expect((await d.registry.identifier(l.identifier)).status).to.equal('cooling');
+      await d.restart(SECOND, -6 * HOUR);
+      d.source.advance(90 * SECOND);
+      expect((await d.registry.identifier(l.identifier)).status).to.equal('free');
+    } finally {
+      d.stop();
+    }
+  });
+});
+
+describe('safety: fencing and force release', () => {
+  it('an old incarnation of a VM cannot renew or release its successor\'s lease', async () => {
+    const { registry, clock } = await makeRegistry({ pool: 'only', rules: { cooldownMs: 0 } });
+    const old = await registry.allocate('vm-a');
+    clock.advance(91 * SECOND);
+    await registry.reap();
+    const now = await registry.allocate('vm-a'); // same hostname, rebooted VM
+    expect(now.epoch).to.equal(old.epoch + 1);
+    expect(await errorCode(registry.renew('vm-a', 'only', old.epoch))).to.equal('stale_epoch');
+    expect(await errorCode(registry.release('vm-a', 'only', old.epoch))).to.equal('stale_epoch');
+    expect((await registry.leaseOfClient('vm-a')).epoch).to.equal(now.epoch);
+  });
+
+  it('a force-released identifier is not handed out before the cool-down, so its old holder has time to notice', async () => {
+    const { registry, clock } = await makeRegistry({ pool: 'only', rules: { ttlMs: 90 * SECOND, cooldownMs: 90 * SECOND } });
+    const a = await registry.allocate('vm-a');
+    clock.advance(10 * SECOND);
+    await registry.forceRelease('only');
+    expect(await errorCode(registry.renew('vm-a', 'only', a.epoch))).to.equal('not_owner'); // vm-a fences itself
+    clock.advance(89 * SECOND);
+    expect(await errorCode(registry.allocate('vm-b'))).to.equal('pool_exhausted');
+    clock.advance(SECOND);
+    expect((await registry.allocate('vm-b')).epoch).to.equal(a.epoch + 1);
+  });
+});
+
+describe('safety: several processes on one database file', () => {
+  it('uniqueness comes from the database, not from a process\'s memory', async () => {
+    const t = tempDir();
+    try {
+      const path = join(t.dir, 'shared.db');
+      const source = new FakeTimeSource();
+      const mk = (): Promise<Registry> => openRegistry({ store: new Store({ path }), source, rules: DEFAULT_RULES });
+      const a = await mk();
+      await a.syncPool(['w-0', 'w-1']);
+      const b = await mk();
+      const appB = request(createApp({ registry: b, auth: { agentTokens: [], adminTokens: [] } }).callback());
+      await a.allocate('vm-1');
+      expect((await appB.post('/allocate').send({ client_id: 'vm-1' })).body.identifier).to.equal('w-0'); // same client, same answer
+      expect((await appB.post('/allocate').send({ client_id: 'vm-2' })).body.identifier).to.equal('w-1');
+      expect(await errorCode(a.allocate('vm-3'))).to.equal('pool_exhausted');
+    } finally {
+      t.cleanup();
+    }
+  });
+});
