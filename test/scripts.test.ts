@@ -1,0 +1,205 @@
+/**
+ * The VM side: the real POSIX sh scripts (run by /bin/sh, dash on Debian) against a real
+ * registry process on loopback.
+ */
+import { expect } from 'chai';
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { Server } from 'node:http';
+import { join } from 'node:path';
+import { tempDir } from './helpers.js';
+import { ROOT, eventually, freePort, json, startProcess } from './process-helpers.js';
+import type { RunningRegistry } from './process-helpers.js';
+
+interface Ran { code: number | null; out: string; ms: number }
+
+function script(name: string, env: Record<string, string>): { child: ChildProcess; done: Promise<Ran>; out: () => string } {
+  const started = Date.now();
+  const child = spawn('/bin/sh', [join(ROOT, 'scripts', name)], {
+    env: { PATH: process.env['PATH'] ?? '', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
+  child.stderr?.on('data', (d: Buffer) => { out += d.toString(); });
+  const done = new Promise<Ran>((resolve) => child.on('exit', (code) => resolve({ code, out, ms: Date.now() - started })));
+  return { child, done, out: () => out };
+}
+
+function readIdentity(file: string): Record<string, string> {
+  return Object.fromEntries(readFileSync(file, 'utf8').trim().split('\n').map((l) => {
+    const i = l.indexOf('=');
+    return [l.slice(0, i), l.slice(i + 1)];
+  }));
+}
+
+function get(body: unknown, k: string): unknown {
+  return typeof body === 'object' && body !== null ? Object.fromEntries(Object.entries(body))[k] : undefined;
+}
+
+const REGISTRY_ENV = { LEASE_TTL_SECONDS: '3', REAPER_SCHEDULE: '0 0 1 1 *', STARTUP_GRACE_SECONDS: '0' };
+
+describe('VM scripts against a live registry', function () {
+  this.timeout(60_000);
+  let t: ReturnType<typeof tempDir>;
+  let reg: RunningRegistry | null = null;
+  let env: Record<string, string>;
+  let identityFile: string;
+
+  beforeEach(async () => {
+    t = tempDir();
+    reg = await startProcess({ dir: t.dir, pool: 'worker-[00-02]\n', env: REGISTRY_ENV });
+    env = { ASG_ID_REGISTRY_URL: reg.base, ASG_ID_STATE_DIR: join(t.dir, 'run'), ASG_ID_IMDS_URL: 'off', ASG_ID_CLIENT_ID: 'vm-test-1', TMPDIR: t.dir };
+    identityFile = join(t.dir, 'run', 'identity.env');
+  });
+  afterEach(async () => {
+    await reg?.stop();
+    reg = null;
+    t.cleanup();
+  });
+
+  it('boot claim: allocates and writes identifier, epoch and TTL atomically', async () => {
+    const r = await script('asg-id-claim', env).done;
+    expect(r.code, r.out).to.equal(0);
+    expect(r.out).to.include('worker-00');
+    const id = readIdentity(identityFile);
+    expect(id).to.include({ ASG_ID_IDENTIFIER: 'worker-00', ASG_ID_EPOCH: '1', ASG_ID_CLIENT_ID: 'vm-test-1', ASG_ID_TTL_SECONDS: '3' });
+    expect(get((await json(reg!.base, 'GET', '/client/vm-test-1')).body, 'identifier')).to.equal('worker-00');
+    // Claiming again (a re-run of user-data) keeps the same identity.
+    expect((await script('asg-id-claim', env).done).code).to.equal(0);
+    expect(readIdentity(identityFile)['ASG_ID_EPOCH']).to.equal('1');
+  });
+
+  it('boot claim: uses the IMDSv2 instance id when metadata answers, else the hostname', async () => {
+    const port = await freePort();
+    const imds: Server = createServer((req, res) => {
+      if (req.method === 'PUT' && req.url === '/latest/api/token' && req.headers['x-aws-ec2-metadata-token-ttl-seconds']) return res.end('tok-123');
+      if (req.url === '/latest/meta-data/instance-id' && req.headers['x-aws-ec2-metadata-token'] === 'tok-123') return res.end('i-0abc1234def');
+      res.statusCode = 401;
+      res.end();
+    });
+    await new Promise<void>((r) => imds.listen(port, '127.0.0.1', r));
+    try {
+      const { ASG_ID_CLIENT_ID: _, ...noId } = env;
+      const r = await script('asg-id-claim', { ...noId, ASG_ID_IMDS_URL: `http://127.0.0.1:${port}` }).done;
+      expect(r.code, r.out).to.equal(0);
+      expect(readIdentity(identityFile)['ASG_ID_CLIENT_ID']).to.equal('i-0abc1234def');
+    } finally {
+      imds.close();
+    }
+    const { ASG_ID_CLIENT_ID: _, ...noId } = env;
+    const r = await script('asg-id-claim', { ...noId, ASG_ID_STATE_DIR: join(t.dir, 'run2') }).done;
+    expect(r.code, r.out).to.equal(0);
+    const host = (await import('node:os')).hostname();
+    expect(readIdentity(join(t.dir, 'run2', 'identity.env'))['ASG_ID_CLIENT_ID']).to.equal(host);
+  });
+
+  it('boot claim: retries with backoff until the registry comes up', async () => {
+    const port = await freePort();
+    const run = script('asg-id-claim', { ...env, ASG_ID_REGISTRY_URL: `http://127.0.0.1:${port}`, ASG_ID_ATTEMPTS: '10', ASG_ID_BACKOFF_MAX: '1' });
+    await eventually(async () => /attempt 2: registry unreachable/.test(run.out()), 10_000, 'two failed attempts');
+    const late = await startProcess({ dir: join(t.dir), port, pool: 'worker-[00-02]\n', env: { ...REGISTRY_ENV, DB_PATH: join(t.dir, 'late.db') } });
+    try {
+      const r = await run.done;
+      expect(r.code, r.out).to.equal(0);
+      expect(r.out).to.match(/attempt 1: registry unreachable; retrying/);
+      expect(readIdentity(identityFile)['ASG_ID_IDENTIFIER']).to.equal('worker-00');
+    } finally {
+      await late.stop();
+    }
+  });
+
+  it('boot claim: gives up after the configured attempts, non-zero, with no identity written', async () => {
+    const port = await freePort();
+    const r = await script('asg-id-claim', { ...env, ASG_ID_REGISTRY_URL: `http://127.0.0.1:${port}`, ASG_ID_ATTEMPTS: '2' }).done;
+    expect(r.code).to.equal(1);
+    expect(r.out).to.match(/no identifier after 2 attempts/);
+    expect(existsSync(identityFile)).to.equal(false);
+  });
+
+  it('boot claim: fails loudly when it cannot make a temporary file', async () => {
+    const r = await script('asg-id-claim', { ...env, TMPDIR: join(t.dir, 'missing') }).done;
+    expect(r.code).to.equal(70);
+    expect(r.out).to.match(/cannot create a temporary file/);
+  });
+
+  it('boot claim: a refused request (bad client id) fails at once without retrying', async () => {
+    const r = await script('asg-id-claim', { ...env, ASG_ID_CLIENT_ID: 'bad name' }).done;
+    expect(r.code).to.equal(65);
+    expect(existsSync(identityFile)).to.equal(false);
+  });
+
+  it('sidecar: renews with the epoch, and releases on SIGTERM', async () => {
+    expect((await script('asg-id-claim', env).done).code).to.equal(0);
+    const first = get((await json(reg!.base, 'GET', '/client/vm-test-1')).body, 'last_seen');
+    const side = script('asg-id-sidecar', { ...env, ASG_ID_INTERVAL: '0.2' });
+    await eventually(async () => get((await json(reg!.base, 'GET', '/client/vm-test-1')).body, 'last_seen') !== first, 10_000, 'a renewal');
+    side.child.kill('SIGTERM');
+    const r = await side.done;
+    expect(r.code, r.out).to.equal(0);
+    expect(r.out).to.match(/released worker-00 \(epoch 1\)/);
+    expect(existsSync(identityFile)).to.equal(false);
+    expect(get((await json(reg!.base, 'GET', '/identifier/worker-00')).body, 'status')).to.equal('free');
+  });
+
+  it('sidecar: a forced release (409) makes it give the identity up, exit 3', async () => {
+    expect((await script('asg-id-claim', env).done).code).to.equal(0);
+    const side = script('asg-id-sidecar', { ...env, ASG_ID_INTERVAL: '0.2' });
+    expect((await json(reg!.base, 'DELETE', '/identifier/worker-00')).status).to.equal(200);
+    const r = await side.done;
+    expect(r.code, r.out).to.equal(3);
+    expect(r.out).to.match(/lost: not_owner/);
+    expect(existsSync(identityFile)).to.equal(false);
+  });
+
+  it('sidecar: a stale epoch (an older incarnation) is fenced off, exit 3', async () => {
+    expect((await script('asg-id-claim', env).done).code).to.equal(0);
+    await json(reg!.base, 'POST', '/release', { client_id: 'vm-test-1', identifier: 'worker-00' });
+    await json(reg!.base, 'POST', '/allocate', { client_id: 'vm-test-1' }); // worker-01 now, epoch 1
+    // The identity file still says worker-00 epoch 1: not ours.
+    const r = await script('asg-id-sidecar', { ...env, ASG_ID_INTERVAL: '0.2' }).done;
+    expect(r.code).to.equal(3);
+    expect(existsSync(identityFile)).to.equal(false);
+  });
+
+  it('sidecar: when the registry is unreachable it gives the identity up one TTL after its last success', async () => {
+    expect((await script('asg-id-claim', env).done).code).to.equal(0);
+    const side = script('asg-id-sidecar', { ...env, ASG_ID_INTERVAL: '0.5' });
+    const first = get((await json(reg!.base, 'GET', '/client/vm-test-1')).body, 'last_seen');
+    await eventually(async () => get((await json(reg!.base, 'GET', '/client/vm-test-1')).body, 'last_seen') !== first, 10_000, 'a renewal');
+    await reg!.stop('SIGKILL');
+    const stoppedAt = Date.now();
+    const r = await side.done;
+    const after = Date.now() - stoppedAt;
+    expect(r.code, r.out).to.equal(4);
+    expect(r.out).to.match(/no successful liveness for a full TTL/);
+    // Not before a TTL from its last success (which was at most one 0.5 s interval before the kill),
+    // and never much past it.
+    expect(after).to.be.at.least(3_000 - 600);
+    expect(after).to.be.lessThan(3_000 + 1_000);
+    expect(existsSync(identityFile)).to.equal(false);
+  });
+
+  it('release script: frees the identifier (ExecStop), and is a no-op the second time', async () => {
+    expect((await script('asg-id-claim', env).done).code).to.equal(0);
+    const r = await script('asg-id-release', env).done;
+    expect(r.code, r.out).to.equal(0);
+    expect(get((await json(reg!.base, 'GET', '/identifier/worker-00')).body, 'status')).to.equal('free');
+    expect((await script('asg-id-release', env).done).code).to.equal(0);
+  });
+
+  it('agent tokens: the scripts send ASG_ID_TOKEN; a wrong one fails the claim at once', async () => {
+    await reg!.stop();
+    reg = await startProcess({ dir: t.dir, pool: 'worker-[00-02]\n', env: { ...REGISTRY_ENV, AGENT_TOKENS: 'agent-token-0123456789', ADMIN_TOKENS: 'admin-token-0123456789' } });
+    env['ASG_ID_REGISTRY_URL'] = reg.base;
+    const bad = await script('asg-id-claim', { ...env, ASG_ID_TOKEN: 'wrong-token-0123456789' }).done;
+    expect(bad.code).to.equal(2);
+    expect(bad.out).to.match(/HTTP 401 unauthorized/);
+    const good = await script('asg-id-claim', { ...env, ASG_ID_TOKEN: 'agent-token-0123456789' }).done;
+    expect(good.code, good.out).to.equal(0);
+    const rel = await script('asg-id-release', { ...env, ASG_ID_TOKEN: 'agent-token-0123456789' }).done;
+    expect(rel.out).to.match(/released worker-00/);
+  });
+});
