@@ -17,16 +17,19 @@ import { openRegistry } from './registry.js';
 import type { Registry } from './registry.js';
 import { Store } from './store/store.js';
 
-function die(message: string): never {
+/** Exit status for a bad setting or pool file (sysexits EX_CONFIG): systemd will not restart-loop on it. */
+const EX_CONFIG = 78;
+
+function die(message: string, status = 1): never {
   process.stderr.write(`asg-id-registry: ${message}\n`);
-  process.exit(1);
+  process.exit(status);
 }
 
 function configure(): Config {
   try {
     return loadConfig(processEnv());
   } catch (e) {
-    if (e instanceof ConfigError) die(`configuration error: ${e.message}`);
+    if (e instanceof ConfigError) die(`configuration error: ${e.message}`, EX_CONFIG);
     throw e;
   }
 }
@@ -65,9 +68,13 @@ async function main(): Promise<void> {
   let store: Store;
   try {
     names = readPoolFile(config.poolFile);
+  } catch (e) {
+    die(e instanceof Error ? e.message : String(e), EX_CONFIG);
+  }
+  try {
     store = new Store({ path: config.dbPath, busyTimeoutMs: config.dbBusyTimeoutMs });
   } catch (e) {
-    die(e instanceof Error ? e.message : String(e));
+    die(`database ${config.dbPath}: ${e instanceof Error ? e.message : String(e)}`);
   }
   const registry = await openRegistry({
     store,

@@ -27,7 +27,7 @@ describe('the registry process', function () {
   it('stops at start-up with one line naming a bad variable', async () => {
     const reg = await startProcess({ dir: t.dir, pool: 'a\n', env: { LEASE_TTL_SECONDS: 'soon' }, wait: false });
     const { code } = await reg.exited;
-    expect(code).to.equal(1);
+    expect(code).to.equal(78); // EX_CONFIG
     const lines = reg.output().trim().split('\n');
     expect(lines).to.have.length(1);
     expect(lines[0]).to.match(/LEASE_TTL_SECONDS/);
@@ -40,7 +40,7 @@ describe('the registry process', function () {
     const dbPath = join(t.dir, 'registry.db');
     const before = dump(dbPath);
     const bad = await startProcess({ dir: t.dir, pool: 'w-[0-2]\nnew-one\nw-[5-x]\n', wait: false });
-    expect((await bad.exited).code).to.equal(1);
+    expect((await bad.exited).code).to.equal(78);
     expect(bad.output()).to.match(/line 3/);
     expect(dump(dbPath)).to.equal(before);
   });

@@ -182,6 +182,12 @@ describe('VM scripts against a live registry', function () {
     expect(existsSync(identityFile)).to.equal(false);
   });
 
+  it('sidecar: with no identity to keep, exits 66 (systemd does not restart it)', async () => {
+    const r = await script('asg-id-sidecar', env).done;
+    expect(r.code).to.equal(66);
+    expect(r.out).to.match(/no identity/);
+  });
+
   it('release script: frees the identifier (ExecStop), and is a no-op the second time', async () => {
     expect((await script('asg-id-claim', env).done).code).to.equal(0);
     const r = await script('asg-id-release', env).done;
