@@ -102,3 +102,20 @@ export function loadConfig(env: Env): Config {
 export function processEnv(): Env {
   return process.env;
 }
+
+/** What the `idreg` operator command needs; flags override these. */
+export interface CliConfig {
+  readonly url: string;
+  readonly token: string | null;
+  readonly dbPath: string;
+  readonly poolFile: string;
+}
+
+export function loadCliConfig(env: Env): CliConfig {
+  return Object.freeze({
+    url: read(env, 'IDREG_URL') ?? 'http://127.0.0.1:8080',
+    token: read(env, 'IDREG_TOKEN') ?? null,
+    dbPath: read(env, 'DB_PATH') ?? './data/registry.db',
+    poolFile: read(env, 'POOL_FILE') ?? 'seed/identifiers.txt',
+  });
+}

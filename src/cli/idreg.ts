@@ -1,0 +1,235 @@
+#!/usr/bin/env node
+/**
+ * idreg: the operator command. It talks HTTP to a registry (IDREG_URL, IDREG_TOKEN), except
+ * `pool sync` and `backup`, which work on the database file (DB_PATH) and are safe with the
+ * registry running or stopped: SQLite's locks order them with the registry's writes.
+ */
+import { parseArgs } from 'node:util';
+import Database from 'better-sqlite3';
+import { systemTimeSource, anchoredClock } from '../clock.js';
+import { loadCliConfig, loadConfig, processEnv } from '../config.js';
+import type { CliConfig } from '../config.js';
+import { readPoolFile } from '../pool/load.js';
+import { Registry } from '../registry.js';
+import { Store } from '../store/store.js';
+import { ago, table } from './format.js';
+
+const USAGE = `usage: idreg [--url URL] [--token TOKEN] COMMAND
+
+  list [--status leased|free|cooling|retired] [--limit N]   who holds what
+  show IDENTIFIER|CLIENT_ID                                   one identifier, or one client's lease
+  history IDENTIFIER                                          ownership changes, oldest first
+  release IDENTIFIER                                          force release (admin; cools down)
+  reap [--force]                                              sweep now (--force: past grace and guard)
+  pool sync [--db PATH] [--pool FILE]                         bring the database in line with the pool file
+  backup FILE [--db PATH]                                     online backup of the database file
+
+environment: IDREG_URL (default http://127.0.0.1:8080), IDREG_TOKEN, DB_PATH, POOL_FILE
+exit status: 0 ok, 1 refused by the registry, 2 usage, 3 registry unreachable or database error`;
+
+class CliError extends Error {
+  constructor(message: string, readonly status: number) {
+    super(message);
+  }
+}
+
+type Json = unknown;
+
+interface Reply { status: number; body: Json; date: number }
+
+function field(o: Json, k: string): Json {
+  return typeof o === 'object' && o !== null && !Array.isArray(o) ? Object.fromEntries(Object.entries(o))[k] : undefined;
+}
+
+const text = (v: Json): string => (v === null || v === undefined ? '-' : String(v));
+
+async function call(cfg: CliConfig, method: string, path: string): Promise<Reply> {
+  const headers: Record<string, string> = {};
+  if (cfg.token) headers['authorization'] = `Bearer ${cfg.token}`;
+  let res: Response;
+  try {
+    res = await fetch(cfg.url.replace(/\/$/, '') + path, { method, headers });
+  } catch (e) {
+    throw new CliError(`cannot reach the registry at ${cfg.url}: ${e instanceof Error ? (e.cause instanceof Error ? e.cause.message : e.message) : String(e)}`, 3);
+  }
+  const raw = await res.text();
+  let body: Json = raw;
+  try { body = JSON.parse(raw); } catch { /* not JSON */ }
+  // The registry's own clock says what "now" is, so "12s ago" does not depend on this machine's.
+  const date = Date.parse(res.headers.get('date') ?? '');
+  return { status: res.status, body, date: Number.isNaN(date) ? systemTimeSource.wall() : date };
+}
+
+function ok(r: Reply): Reply {
+  if (r.status >= 200 && r.status < 300) return r;
+  const err = field(r.body, 'error');
+  throw new CliError(`error: ${text(field(err, 'code'))}: ${text(field(err, 'message'))} (HTTP ${r.status})`, r.status >= 500 ? 3 : 1);
+}
+
+function identifierRows(list: Json, now: number): string[][] {
+  const items = Array.isArray(list) ? list : [];
+  return items.map((x: Json) => [
+    text(field(x, 'identifier')), text(field(x, 'client_id')), text(field(x, 'epoch')),
+    ago(typeof field(x, 'last_seen') === 'string' ? String(field(x, 'last_seen')) : null, now), text(field(x, 'status')),
+  ]);
+}
+
+function describe(view: Json, now: number): string {
+  const keys = ['identifier', 'status', 'client_id', 'epoch', 'allocated_at', 'last_seen', 'expires_at'];
+  const lines = keys.filter((k) => field(view, k) !== undefined).map((k) => {
+    const v = field(view, k);
+    const extra = k === 'last_seen' && typeof v === 'string' ? ` (${ago(v, now)})` : '';
+    return `${k}: ${text(v)}${extra}`;
+  });
+  return lines.join('\n');
+}
+
+async function list(cfg: CliConfig, args: string[]): Promise<string> {
+  const { values } = parseArgs({ args, options: { status: { type: 'string' }, limit: { type: 'string' } } });
+  const q = new URLSearchParams();
+  if (values.status) q.set('status', values.status);
+  if (values.limit) q.set('limit', values.limit);
+  const r = ok(await call(cfg, 'GET', `/identifiers${q.size ? `?${q}` : ''}`));
+  return table(['IDENTIFIER', 'OWNER', 'EPOCH', 'LAST SEEN', 'STATUS'], identifierRows(r.body, r.date));
+}
+
+async function show(cfg: CliConfig, name: string): Promise<string> {
+  const byId = await call(cfg, 'GET', `/identifier/${encodeURIComponent(name)}`);
+  if (byId.status === 200) return describe(byId.body, byId.date);
+  if (byId.status !== 404 && byId.status !== 400) ok(byId);
+  const byClient = await call(cfg, 'GET', `/client/${encodeURIComponent(name)}`);
+  if (byClient.status === 404 || byClient.status === 400) throw new CliError(`error: no identifier or client named ${name}`, 1);
+  return describe(ok(byClient).body, byClient.date);
+}
+
+async function history(cfg: CliConfig, name: string): Promise<string> {
+  const r = ok(await call(cfg, 'GET', `/identifier/${encodeURIComponent(name)}/history`));
+  const rows = (Array.isArray(r.body) ? r.body : []).map((h: Json) => [
+    text(field(h, 'at')), text(field(h, 'event')), text(field(h, 'client_id')), text(field(h, 'epoch')),
+  ]);
+  return table(['AT', 'EVENT', 'CLIENT', 'EPOCH'], rows);
+}
+
+async function release(cfg: CliConfig, name: string): Promise<string> {
+  const r = ok(await call(cfg, 'DELETE', `/identifier/${encodeURIComponent(name)}`));
+  return `${name}: ${text(field(r.body, 'status'))} (epoch ${text(field(r.body, 'epoch'))})`;
+}
+
+async function reap(cfg: CliConfig, args: string[]): Promise<string> {
+  const { values } = parseArgs({ args, options: { force: { type: 'boolean', default: false } } });
+  const r = ok(await call(cfg, 'POST', `/admin/reap${values.force ? '?force=true' : ''}`));
+  const reason = field(r.body, 'reason');
+  return `reclaimed ${text(field(r.body, 'reclaimed'))}${field(r.body, 'held') === true ? ' (held by the mass-expiry guard)' : ''}` +
+    (typeof reason === 'string' ? `\n${reason}` : '');
+}
+
+function fileOptions(cfg: CliConfig, args: string[]): { db: string; pool: string; rest: string[] } {
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { db: { type: 'string' }, pool: { type: 'string' } } });
+  return { db: values.db ?? cfg.dbPath, pool: values.pool ?? cfg.poolFile, rest: positionals };
+}
+
+async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
+  const { db, pool } = fileOptions(cfg, args);
+  let names: string[];
+  try {
+    names = readPoolFile(pool);
+  } catch (e) {
+    throw new CliError(`error: ${e instanceof Error ? e.message : String(e)}; the database is unchanged`, 1);
+  }
+  const store = new Store({ path: db });
+  try {
+    const c = loadConfig({});
+    const registry = new Registry({
+      store,
+      clock: anchoredClock(systemTimeSource, store.latestTime()),
+      rules: { ttlMs: c.leaseTtlSeconds * 1000, cooldownMs: 0, graceMs: 0, maxFraction: 1, minHold: 0, reapBatchSize: 1 },
+    });
+    const r = await registry.syncPool(names);
+    return `pool synced: ${r.total} identifiers in the file; ${r.added} added, ${r.retired} retired, ${r.restored} restored`;
+  } finally {
+    store.close();
+  }
+}
+
+async function backup(cfg: CliConfig, args: string[]): Promise<string> {
+  const { db, rest } = fileOptions(cfg, args);
+  const dest = rest[0];
+  if (!dest) throw new CliError(USAGE, 2);
+  const src = new Database(db, { readonly: true, fileMustExist: true });
+  try {
+    const { totalPages } = await src.backup(dest);
+    const copy = new Database(dest, { readonly: true });
+    try {
+      const check: unknown = copy.pragma('integrity_check', { simple: true });
+      if (check !== 'ok') throw new CliError(`error: the backup at ${dest} failed its integrity check: ${String(check)}`, 3);
+    } finally {
+      copy.close();
+    }
+    return `backed up ${db} to ${dest} (${totalPages} pages, integrity ok)`;
+  } finally {
+    src.close();
+  }
+}
+
+/** Global flags (--url, --token, --help) may stand anywhere; everything else is the command. */
+function splitGlobal(argv: readonly string[]): { url?: string; token?: string; help: boolean; rest: string[] } {
+  const out: { url?: string; token?: string; help: boolean; rest: string[] } = { help: false, rest: [] };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] ?? '';
+    const m = /^--(url|token)(?:=(.*))?$/.exec(a);
+    if (m) {
+      const v = m[2] ?? argv[++i];
+      if (v === undefined) throw new CliError(`--${m[1]} needs a value\n${USAGE}`, 2);
+      if (m[1] === 'url') out.url = v;
+      else out.token = v;
+    } else if (a === '-h' || a === '--help') {
+      out.help = true;
+    } else {
+      out.rest.push(a);
+    }
+  }
+  return out;
+}
+
+export async function run(argv: readonly string[], env = processEnv()): Promise<string> {
+  const g = splitGlobal(argv);
+  const base = loadCliConfig(env);
+  const cfg: CliConfig = { ...base, url: g.url ?? base.url, token: g.token ?? base.token };
+  const [cmd, ...rest] = g.rest;
+  const arg = (): string => {
+    const a = rest.find((x) => !x.startsWith('-'));
+    if (!a) throw new CliError(USAGE, 2);
+    return a;
+  };
+  if (g.help) throw new CliError(USAGE, 0);
+  switch (cmd) {
+    case 'list': return list(cfg, rest);
+    case 'show': return show(cfg, arg());
+    case 'history': return history(cfg, arg());
+    case 'release': return release(cfg, arg());
+    case 'reap': return reap(cfg, rest);
+    case 'pool':
+      if (rest[0] !== 'sync') throw new CliError(USAGE, 2);
+      return poolSync(cfg, rest.slice(1));
+    case 'backup': return backup(cfg, rest);
+    case undefined: throw new CliError(USAGE, 2);
+    default: throw new CliError(`unknown command ${cmd}\n${USAGE}`, 2);
+  }
+}
+
+async function main(): Promise<void> {
+  try {
+    process.stdout.write(`${await run(process.argv.slice(2))}\n`);
+  } catch (e) {
+    if (e instanceof CliError) {
+      (e.status === 0 ? process.stdout : process.stderr).write(`${e.message}\n`);
+      process.exitCode = e.status;
+      return;
+    }
+    const usage = e instanceof Error && 'code' in e && String(e.code).startsWith('ERR_PARSE_ARGS');
+    process.stderr.write(`error: ${e instanceof Error ? e.message : String(e)}\n${usage ? `${USAGE}\n` : ''}`);
+    process.exitCode = usage ? 2 : 3;
+  }
+}
+
+await main();

@@ -1,0 +1,140 @@
+/** idreg against a live registry process (and its database file), asserting what it prints. */
+import { expect } from 'chai';
+import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { tempDir } from './helpers.js';
+import { ROOT, json, startProcess } from './process-helpers.js';
+import type { RunningRegistry } from './process-helpers.js';
+
+interface Ran { code: number | null; stdout: string; stderr: string }
+
+function idreg(args: string[], env: Record<string, string> = {}): Promise<Ran> {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/idreg.ts'), ...args], {
+    cwd: ROOT, env: { PATH: process.env['PATH'] ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+  child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+  return new Promise((resolve) => child.on('exit', (code) => resolve({ code, stdout, stderr })));
+}
+
+const ADMIN = 'admin-token-0123456789';
+const AGENT = 'agent-token-0123456789';
+
+describe('idreg, the operator command', function () {
+  this.timeout(60_000);
+  let t: ReturnType<typeof tempDir>;
+  let reg: RunningRegistry;
+  let env: Record<string, string>;
+
+  before(async () => {
+    t = tempDir();
+    reg = await startProcess({
+      dir: t.dir, pool: 'w-[0-3]\n',
+      env: { ADMIN_TOKENS: ADMIN, AGENT_TOKENS: AGENT, REAPER_SCHEDULE: '0 0 1 1 *', STARTUP_GRACE_SECONDS: '0', REAPER_MIN_HOLD: '0', REAPER_MAX_FRACTION: '1' },
+    });
+    env = { IDREG_URL: reg.base, IDREG_TOKEN: ADMIN, DB_PATH: join(t.dir, 'registry.db') };
+    const agent = { authorization: `Bearer ${AGENT}`, 'content-type': 'application/json' };
+    for (const c of ['vm-a', 'vm-b']) {
+      const r = await fetch(`${reg.base}/allocate`, { method: 'POST', headers: agent, body: JSON.stringify({ client_id: c }) });
+      expect(r.status).to.equal(200);
+    }
+  });
+  after(async () => {
+    await reg.stop();
+    t.cleanup();
+  });
+
+  it('list: a table of identifier, owner, epoch, last seen ago, status', async () => {
+    const r = await idreg(['list'], env);
+    expect(r.code, r.stderr).to.equal(0);
+    const lines = r.stdout.trim().split('\n');
+    expect(lines[0]).to.match(/^IDENTIFIER\s+OWNER\s+EPOCH\s+LAST SEEN\s+STATUS$/);
+    expect(lines).to.have.length(5);
+    expect(lines[1]).to.match(/^w-0\s+vm-a\s+1\s+\d+s ago\s+leased$/);
+    expect(lines[3]).to.match(/^w-2\s+-\s+0\s+-\s+free$/);
+  });
+
+  it('list --status filters', async () => {
+    const r = await idreg(['list', '--status', 'leased'], env);
+    expect(r.stdout.trim().split('\n').slice(1).map((l) => l.split(/\s+/)[0])).to.deep.equal(['w-0', 'w-1']);
+    const bad = await idreg(['list', '--status', 'busy'], env);
+    expect(bad.code).to.equal(1);
+    expect(bad.stderr).to.match(/^error: invalid_request: status/);
+  });
+
+  it('show: by identifier, or by client', async () => {
+    const byId = await idreg(['show', 'w-1'], env);
+    expect(byId.code).to.equal(0);
+    expect(byId.stdout).to.match(/^identifier: w-1$/m).and.match(/^status: leased$/m).and.match(/^client_id: vm-b$/m).and.match(/^last_seen: \S+ \(\d+s ago\)$/m);
+    const byClient = await idreg(['show', 'vm-a'], env);
+    expect(byClient.stdout).to.match(/^identifier: w-0$/m).and.match(/^epoch: 1$/m);
+    const none = await idreg(['show', 'nobody'], env);
+    expect(none.code).to.equal(1);
+    expect(none.stderr).to.match(/no identifier or client named nobody/);
+  });
+
+  it('release (force) and history', async () => {
+    const r = await idreg(['release', 'w-1'], env);
+    expect(r.code, r.stderr).to.equal(0);
+    expect(r.stdout.trim()).to.equal('w-1: cooling (epoch 1)');
+    const h = await idreg(['history', 'w-1'], env);
+    const lines = h.stdout.trim().split('\n');
+    expect(lines[0]).to.match(/^AT\s+EVENT\s+CLIENT\s+EPOCH$/);
+    expect(lines.slice(1).map((l) => l.split(/\s+/).slice(1))).to.deep.equal([['allocated', 'vm-b', '1'], ['force_released', 'vm-b', '1']]);
+    expect((await json(reg.base, 'GET', '/identifier/w-1')).status).to.equal(401); // the API needs the token; idreg sent it
+  });
+
+  it('reap --force', async () => {
+    const r = await idreg(['reap', '--force'], env);
+    expect(r.code, r.stderr).to.equal(0);
+    expect(r.stdout.trim()).to.equal('reclaimed 0');
+  });
+
+  it('auth: no token is refused (exit 1), an agent token is forbidden', async () => {
+    const none = await idreg(['list'], { IDREG_URL: reg.base });
+    expect(none.code).to.equal(1);
+    expect(none.stderr).to.match(/error: unauthorized/);
+    const agent = await idreg(['--token', AGENT, 'list'], { IDREG_URL: reg.base });
+    expect(agent.stderr).to.match(/error: forbidden/);
+  });
+
+  it('unreachable registry: exit 3; usage errors: exit 2', async () => {
+    const r = await idreg(['list'], { IDREG_URL: 'http://127.0.0.1:9', IDREG_TOKEN: ADMIN });
+    expect(r.code).to.equal(3);
+    expect(r.stderr).to.match(/cannot reach the registry/);
+    expect((await idreg(['frobnicate'], env)).code).to.equal(2);
+    expect((await idreg([], env)).code).to.equal(2);
+    expect((await idreg(['list', '--colour'], env)).code).to.equal(2);
+  });
+
+  it('pool sync on the database file: adds and retires, a bad file changes nothing', async () => {
+    const pool = join(t.dir, 'pool2.txt');
+    writeFileSync(pool, 'w-[0-2]\nextra\n');
+    const r = await idreg(['pool', 'sync', '--pool', pool], env);
+    expect(r.code, r.stderr).to.equal(0);
+    expect(r.stdout.trim()).to.equal('pool synced: 4 identifiers in the file; 1 added, 1 retired, 0 restored');
+    expect((await idreg(['show', 'w-3'], env)).stdout).to.match(/^status: retired$/m); // the running registry sees it
+    writeFileSync(pool, 'w-[0-2]\nbad name\n');
+    const bad = await idreg(['pool', 'sync', '--pool', pool], env);
+    expect(bad.code).to.equal(1);
+    expect(bad.stderr).to.match(/line 2/).and.match(/unchanged/);
+    expect((await idreg(['show', 'extra'], env)).stdout).to.match(/^status: free$/m);
+  });
+
+  it('backup: an online copy that passes its integrity check and holds the leases', async () => {
+    const dest = join(t.dir, 'backup.db');
+    const r = await idreg(['backup', dest], env);
+    expect(r.code, r.stderr).to.equal(0);
+    expect(r.stdout).to.match(/integrity ok/);
+    const db = new Database(dest, { readonly: true });
+    try {
+      expect(db.prepare(`SELECT client_id FROM identifiers WHERE name = 'w-0'`).get()).to.deep.equal({ client_id: 'vm-a' });
+    } finally {
+      db.close();
+    }
+  });
+});
