@@ -7,7 +7,12 @@ import type { RegistryEvent } from './registry.js';
 export type { Logger };
 
 export function createLogger(level: LogLevel, destination?: pino.DestinationStream): Logger {
-  const opts = { level, base: { service: 'asg-id-registry' }, timestamp: pino.stdTimeFunctions.isoTime };
+  const opts = {
+    level,
+    base: { service: 'asg-id-registry' },
+    timestamp: pino.stdTimeFunctions.isoTime,
+    formatters: { level: (label: string) => ({ level: label }) },
+  };
   return destination ? pino(opts, destination) : pino(opts);
 }
 

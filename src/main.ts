@@ -12,6 +12,7 @@ import { createApp } from './http/app.js';
 import { startReaper } from './jobs/reaper.js';
 import { createLogger, logRegistryEvent } from './log.js';
 import type { Logger } from './log.js';
+import { Metrics } from './metrics.js';
 import { readPoolFile } from './pool/load.js';
 import { openRegistry } from './registry.js';
 import type { Registry } from './registry.js';
@@ -76,6 +77,7 @@ async function main(): Promise<void> {
   } catch (e) {
     die(`database ${config.dbPath}: ${e instanceof Error ? e.message : String(e)}`);
   }
+  const metrics = new Metrics({ processMetrics: true });
   const registry = await openRegistry({
     store,
     source: systemTimeSource,
@@ -87,14 +89,19 @@ async function main(): Promise<void> {
       minHold: config.reaperMinHold,
       reapBatchSize: config.reaperBatchSize,
     },
-    observe: (e) => logRegistryEvent(log, e),
+    observe: (e) => {
+      logRegistryEvent(log, e);
+      metrics.onRegistryEvent(e);
+    },
   });
+  metrics.watch(() => registry.health());
   await registry.syncPool(names);
 
   const app = createApp({
     registry,
     auth: { agentTokens: config.agentTokens, adminTokens: config.adminTokens },
-    reportError: (err, ctx) => log.error({ err: err instanceof Error ? (err.cause ?? err) : err, method: ctx.method, path: ctx.path }, 'request failed'),
+    metrics,
+    log,
   });
   const server = createServer(app.callback());
   tuneServer(server);

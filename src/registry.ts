@@ -48,7 +48,10 @@ export interface ReapResult {
 }
 
 export interface Health {
+  readonly nowMs: number;
   readonly uptimeMs: number;
+  /** The least recent liveness among leases, or null with none. */
+  readonly oldestLastSeen: number | null;
   readonly pool: PoolCounts;
   readonly reaper: ReaperState;
 }
@@ -316,7 +319,9 @@ export class Registry {
       const now = this.clock.now();
       const c = this.store.counts(now);
       return {
+        nowMs: now,
         uptimeMs: now - this.startedAt,
+        oldestLastSeen: this.store.oldestLastSeen(),
         pool: { total: c.total, leased: c.leased, cooling: c.cooling, retired: c.retired, free: c.total - c.leased - c.cooling - c.retired },
         reaper: this.reaper,
       };

@@ -7,6 +7,8 @@ import type Koa from 'koa';
 import { FakeClock } from '../src/clock.js';
 import type { Clock } from '../src/clock.js';
 import { createApp } from '../src/http/app.js';
+import { Metrics } from '../src/metrics.js';
+import type { Logger } from '../src/log.js';
 import type { AppDeps } from '../src/http/app.js';
 import { parsePool } from '../src/pool/parse.js';
 import { Registry } from '../src/registry.js';
@@ -30,6 +32,7 @@ export interface Harness {
   readonly clock: FakeClock;
   readonly events: RegistryEvent[];
   readonly app: Koa;
+  readonly metrics: Metrics;
   readonly http: ReturnType<typeof request>;
   /** Raw SQL look at the database, for asserting what a request left behind. */
   row(name: string): Record<string, unknown> | undefined;
@@ -42,25 +45,35 @@ export interface HarnessOptions {
   readonly path?: string;
   readonly clock?: FakeClock;
   readonly auth?: AppDeps['auth'];
+  readonly log?: Logger;
 }
 
 export async function makeRegistry(opts: HarnessOptions = {}): Promise<Harness> {
   const clock = opts.clock ?? new FakeClock();
   const store = new Store({ path: opts.path ?? ':memory:' });
   const events: RegistryEvent[] = [];
+  const metrics = new Metrics();
   const registry = new Registry({
     store,
     clock,
     rules: { ...DEFAULT_RULES, ...opts.rules },
-    observe: (e) => events.push(e),
+    observe: (e) => {
+      events.push(e);
+      metrics.onRegistryEvent(e);
+    },
   });
   await registry.syncPool(parsePool(opts.pool ?? 'w-[0-4]\n'));
   events.length = 0;
-  const app = createApp({ registry, auth: opts.auth ?? { agentTokens: [], adminTokens: [] } });
+  metrics.watch(() => registry.health());
+  const app = createApp({
+    registry, metrics,
+    auth: opts.auth ?? { agentTokens: [], adminTokens: [] },
+    ...(opts.log ? { log: opts.log } : {}),
+  });
   const rowStmt = store.db.prepare('SELECT * FROM identifiers WHERE name = ?');
   const leasedStmt = store.db.prepare('SELECT count(*) AS n FROM identifiers WHERE client_id IS NOT NULL');
   return {
-    registry, store, clock, events, app,
+    registry, store, clock, events, app, metrics,
     http: request(app.callback()),
     row: (name) => {
       const r: unknown = rowStmt.get(name);

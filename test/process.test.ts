@@ -95,6 +95,26 @@ describe('the registry process', function () {
     }
   });
 
+  it('exposes process metrics and writes only JSON log lines, level by name', async () => {
+    const reg = await startProcess({ dir: t.dir, pool: 'w-[0-2]\n' });
+    try {
+      await json(reg.base, 'POST', '/allocate', { client_id: 'vm-a' });
+      await json(reg.base, 'POST', '/liveness', { client_id: 'vm-b', identifier: 'w-0' });
+      const metrics = await (await fetch(`${reg.base}/metrics`)).text();
+      for (const name of ['asg_id_registry_process_cpu_user_seconds_total', 'asg_id_registry_process_resident_memory_bytes',
+        'asg_id_registry_nodejs_eventloop_lag_seconds', 'asg_id_registry_allocations_total 1', 'asg_id_registry_pool_identifiers{status="leased"} 1']) {
+        expect(metrics).to.include(name);
+      }
+    } finally {
+      await reg.stop();
+    }
+    const lines = reg.output().trim().split('\n');
+    expect(lines.length).to.be.greaterThan(4);
+    const parsed = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(parsed.map((l) => l['msg'])).to.include.members(['asg-id-registry listening', 'request', 'ownership allocated', 'database closed; bye']);
+    expect(parsed.find((l) => l['msg'] === 'request' && l['status'] === 409)).to.include({ level: 'info', route: '/liveness', error_code: 'not_owner', client_id: 'vm-b' });
+  });
+
   it('serves the shipped seed pool: 1,024 worker ids, handed out from worker-0000', async () => {
     const reg = await startProcess({ dir: t.dir, env: { POOL_FILE: join(ROOT, 'seed/identifiers.txt') } });
     try {

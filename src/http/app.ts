@@ -1,23 +1,24 @@
 /** The Koa application. It never listens: main.ts (or a test through supertest) does. */
 import Koa from 'koa';
 import type { Context, Next } from 'koa';
-import type Router from '@koa/router';
+import { pino } from 'pino';
+import type { Logger } from 'pino';
 import { RegistryError } from '../domain/errors.js';
+import { Metrics } from '../metrics.js';
 import type { Registry } from '../registry.js';
 import { createAuth } from './auth.js';
 import type { AuthOptions } from './auth.js';
 import { errorHandler } from './errors.js';
-import type { ErrorReporter } from './errors.js';
 import { createRouter } from './routes.js';
+import { telemetry } from './telemetry.js';
 
 export interface AppDeps {
   readonly registry: Registry;
   readonly auth: AuthOptions;
-  /** Told of every 5xx, with the cause; never shown to the client. */
-  readonly reportError?: ErrorReporter;
-  /** Middleware that sees every request and its final status (logging, metrics). */
-  readonly observe?: Koa.Middleware;
-  readonly extraRoutes?: (router: Router) => void;
+  /** Default: a fresh set, watching `registry`. */
+  readonly metrics?: Metrics;
+  /** Default: silent. */
+  readonly log?: Logger;
 }
 
 /** Unmatched paths become 404 not_found, and a known path with the wrong method 405 with Allow. */
@@ -31,16 +32,17 @@ async function routeMisses(ctx: Context, next: Next): Promise<void> {
 }
 
 export function createApp(deps: AppDeps): Koa {
+  const registry = deps.registry;
+  const metrics = deps.metrics ?? new Metrics().watch(() => registry.health());
+  const log = deps.log ?? pino({ level: 'silent' });
   const app = new Koa();
   app.proxy = false;
   app.silent = true;
-  const router = createRouter({
-    registry: deps.registry,
-    auth: createAuth(deps.auth),
-    ...(deps.extraRoutes ? { extra: deps.extraRoutes } : {}),
-  });
-  if (deps.observe) app.use(deps.observe);
-  app.use(errorHandler(deps.reportError ?? (() => {})));
+  const router = createRouter({ registry, metrics }, createAuth(deps.auth));
+  app.use(telemetry(metrics, log));
+  app.use(errorHandler((err, ctx) => {
+    log.error({ req_id: ctx.state['requestId'], err: err.cause ?? err, method: ctx.method, path: ctx.path }, 'request failed');
+  }));
   app.use(routeMisses);
   app.use(router.routes());
   app.use(router.allowedMethods());

@@ -24,9 +24,8 @@ export const STATUS_OF: Readonly<Record<ErrorCode, number>> = {
 /** Seconds a client should wait before retrying an `unavailable`. */
 export const RETRY_AFTER_SECONDS = 1;
 
-export interface ErrorReporter {
-  (err: unknown, ctx: Context): void;
-}
+/** Told of every 5xx, with its cause; the client never sees the cause. */
+export type ErrorReporter = (err: RegistryError, ctx: Context) => void;
 
 /** What an error thrown by Koa or its middleware (http-errors) means in our vocabulary. */
 function fromHttpError(e: unknown): RegistryError | null {
@@ -55,6 +54,7 @@ export function errorHandler(report: ErrorReporter) {
       const err = isRegistryError(e) ? e : (fromHttpError(e) ?? new RegistryError('internal', 'internal error', { cause: e }));
       ctx.status = STATUS_OF[err.code];
       ctx.body = errorBody(err.code, err.message);
+      ctx.state['errorCode'] = err.code;
       if (err.code === 'unavailable') ctx.set('Retry-After', String(RETRY_AFTER_SECONDS));
       if (err.code === 'unauthorized') ctx.set('WWW-Authenticate', 'Bearer');
       if (ctx.status >= 500) report(err, ctx);

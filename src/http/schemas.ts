@@ -116,3 +116,108 @@ export const parse = {
   clientIdParam: (v: unknown): string => check(validators.clientId, v, 'client_id'),
   identifierParam: (v: unknown): string => check(validators.identifier, v, 'identifier'),
 };
+
+// ---- responses: documented in /openapi.json and checked against real answers in the tests ----
+
+const isoTime = {
+  type: 'string',
+  pattern: '^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}\\.\\d{3}Z$',
+  description: 'ISO 8601 UTC with milliseconds',
+} as const;
+const isoOrNull = { ...isoTime, type: ['string', 'null'] } as const;
+
+export const leaseViewSchema = {
+  type: 'object',
+  required: ['identifier', 'client_id', 'epoch', 'allocated_at', 'last_seen', 'expires_at'],
+  additionalProperties: false,
+  properties: {
+    identifier: identifierSchema,
+    client_id: clientIdSchema,
+    epoch: { type: 'integer', minimum: 1, description: 'fencing token of this grant' },
+    allocated_at: isoTime,
+    last_seen: isoTime,
+    expires_at: { ...isoTime, description: 'last_seen + LEASE_TTL_SECONDS; the reaper may reclaim after this' },
+  },
+} as const;
+
+export const identifierViewSchema = {
+  type: 'object',
+  required: ['identifier', 'status', 'client_id', 'epoch', 'allocated_at', 'last_seen', 'expires_at'],
+  additionalProperties: false,
+  properties: {
+    identifier: identifierSchema,
+    status: { type: 'string', enum: STATUSES },
+    client_id: { ...clientIdSchema, type: ['string', 'null'] },
+    epoch: { type: 'integer', minimum: 0, description: 'epoch of the latest grant; 0 before the first' },
+    allocated_at: isoOrNull,
+    last_seen: isoOrNull,
+    expires_at: isoOrNull,
+  },
+} as const;
+
+export const identifierListSchema = { type: 'array', items: identifierViewSchema } as const;
+
+export const historySchema = {
+  type: 'array',
+  items: {
+    type: 'object',
+    required: ['at', 'event', 'client_id', 'epoch'],
+    additionalProperties: false,
+    properties: {
+      at: isoTime,
+      event: { type: 'string', enum: ['allocated', 'released', 'reclaimed', 'force_released', 'retired', 'restored'] },
+      client_id: { ...clientIdSchema, type: ['string', 'null'] },
+      epoch: { type: 'integer', minimum: 0 },
+    },
+  },
+} as const;
+
+export const reapResultSchema = {
+  type: 'object',
+  required: ['reclaimed', 'held', 'reason'],
+  additionalProperties: false,
+  properties: {
+    reclaimed: { type: 'integer', minimum: 0 },
+    held: { type: 'boolean', description: 'true when the mass-expiry guard held the sweep' },
+    reason: { type: ['string', 'null'] },
+  },
+} as const;
+
+const countSchema = { type: 'integer', minimum: 0 } as const;
+
+export const healthSchema = {
+  type: 'object',
+  required: ['status', 'uptime', 'uptime_seconds', 'pool', 'reaper'],
+  properties: {
+    status: { type: 'string', enum: ['healthy', 'degraded', 'unhealthy'] },
+    uptime: { type: 'string', pattern: '^(\\d+[dhms])+$', description: 'e.g. 2h34m' },
+    uptime_seconds: countSchema,
+    pool: {
+      type: ['object', 'null'],
+      required: ['total', 'leased', 'free', 'cooling', 'retired'],
+      additionalProperties: false,
+      properties: { total: countSchema, leased: countSchema, free: countSchema, cooling: countSchema, retired: countSchema },
+    },
+    reaper: {
+      type: 'object',
+      required: ['last_run_at', 'last_reclaimed', 'held', 'reason'],
+      additionalProperties: false,
+      properties: { last_run_at: isoOrNull, last_reclaimed: countSchema, held: { type: 'boolean' }, reason: { type: ['string', 'null'] } },
+    },
+    error: { type: 'string', description: 'why the registry is unhealthy' },
+  },
+} as const;
+
+export const errorSchema = {
+  type: 'object',
+  required: ['error'],
+  additionalProperties: false,
+  properties: {
+    error: {
+      type: 'object',
+      required: ['code', 'message'],
+      additionalProperties: false,
+      properties: { code: { type: 'string' }, message: { type: 'string' } },
+    },
+  },
+} as const;

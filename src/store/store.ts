@@ -113,6 +113,7 @@ export class Store {
   private readonly metaGetStmt: Statement;
   private readonly metaSetStmt: Statement;
   private readonly latestLastSeenStmt: Statement;
+  private readonly oldestLastSeenStmt: Statement;
   private readonly latestHistoryStmt: Statement;
   private readonly pingStmt: Statement;
   private readonly shiftCooldownsStmt: Statement;
@@ -168,6 +169,7 @@ export class Store {
     this.metaGetStmt = p(`SELECT value FROM meta WHERE key = ?`);
     this.metaSetStmt = p(`INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`);
     this.latestLastSeenStmt = p(`SELECT max(last_seen) AS n FROM identifiers WHERE client_id IS NOT NULL`);
+    this.oldestLastSeenStmt = p(`SELECT min(last_seen) AS n FROM identifiers WHERE client_id IS NOT NULL`);
     this.latestHistoryStmt = p(`SELECT at AS n FROM history ORDER BY id DESC LIMIT 1`);
     this.pingStmt = p(`SELECT count(*) AS n FROM meta`);
     this.shiftCooldownsStmt = p(`UPDATE identifiers SET available_at = available_at + @shift WHERE client_id IS NULL AND available_at > @floor`);
@@ -322,6 +324,10 @@ export class Store {
   /** The latest registry time written to the database: a floor for the clock after a restart. */
   latestTime(): number {
     return Math.max(scalar(this.latestLastSeenStmt.get()) ?? 0, scalar(this.latestHistoryStmt.get()) ?? 0);
+  }
+
+  oldestLastSeen(): number | null {
+    return scalar(this.oldestLastSeenStmt.get());
   }
 
   /** Throws when the database cannot be read. */

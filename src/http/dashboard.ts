@@ -1,0 +1,130 @@
+/**
+ * The dashboard: one self-contained page (no build step) that reads the same JSON API as
+ * everyone else. The admin token, when auth is on, is asked for once and kept in the
+ * browser's localStorage.
+ */
+export const DASHBOARD_HTML = `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>asg-id-registry</title>
+<style>
+  :root { --leased: #2e9d5b; --free: #d9dde3; --cooling: #e8a33d; --retired: #6b7280; }
+  body { font: 14px/1.4 system-ui, sans-serif; margin: 0; color: #1f2933; background: #f7f8fa; }
+  header { display: flex; flex-wrap: wrap; gap: 24px; align-items: baseline; padding: 16px 24px; background: #fff; border-bottom: 1px solid #e3e6ea; }
+  h1 { font-size: 18px; margin: 0; }
+  .counts span { margin-right: 16px; }
+  .dot { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 4px; vertical-align: -1px; }
+  .banner { padding: 10px 24px; font-weight: 600; display: none; }
+  .banner.degraded { display: block; background: #fde8e8; color: #9b1c1c; border-bottom: 1px solid #f5b5b5; }
+  .banner.unhealthy { display: block; background: #1f2933; color: #fff; }
+  main { padding: 16px 24px; }
+  #grid { display: flex; flex-wrap: wrap; gap: 3px; }
+  .cell { width: 14px; height: 14px; border-radius: 2px; cursor: default; }
+  .cell.leased { background: var(--leased); } .cell.free { background: var(--free); }
+  .cell.cooling { background: var(--cooling); } .cell.retired { background: var(--retired); }
+  #tip { position: fixed; pointer-events: none; background: #1f2933; color: #fff; padding: 6px 8px; border-radius: 4px; font-size: 12px; display: none; white-space: pre; }
+  .muted { color: #6b7280; }
+  form#login { display: none; margin: 24px; }
+  form#login input { font: inherit; padding: 4px 8px; width: 320px; }
+</style>
+</head>
+<body>
+<header>
+  <h1>asg-id-registry</h1>
+  <div class="counts" id="counts"></div>
+  <div class="muted" id="reaper"></div>
+  <div class="muted" id="updated"></div>
+</header>
+<div class="banner" id="banner"></div>
+<form id="login"><label>Admin token <input id="token" type="password" autocomplete="off"></label> <button>Use</button></form>
+<main>
+  <div id="grid" aria-label="identifiers"></div>
+  <p class="muted" id="more"></p>
+</main>
+<div id="tip"></div>
+<script>
+(function () {
+  'use strict';
+  var PAGE = 10000, REFRESH_MS = 5000;
+  var COLORS = { leased: 'var(--leased)', free: 'var(--free)', cooling: 'var(--cooling)', retired: 'var(--retired)' };
+  var $ = function (id) { return document.getElementById(id); };
+  var token = localStorage.getItem('idreg-token') || '';
+  var lastOk = 0;
+
+  function human(s) {
+    s = Math.max(0, Math.floor(s));
+    var d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600), m = Math.floor(s % 3600 / 60), x = s % 60;
+    return d ? d + 'd' + h + 'h' : h ? h + 'h' + m + 'm' : m ? m + 'm' + x + 's' : x + 's';
+  }
+
+  function get(path) {
+    var headers = token ? { Authorization: 'Bearer ' + token } : {};
+    return fetch(path, { headers: headers }).then(function (r) {
+      return r.json().then(function (body) { return { status: r.status, body: body, date: Date.parse(r.headers.get('date') || '') }; });
+    });
+  }
+
+  function renderHealth(h) {
+    var b = h.body, banner = $('banner');
+    banner.className = 'banner';
+    if (b.status === 'degraded') { banner.className = 'banner degraded'; banner.textContent = 'Degraded: ' + (b.reaper.reason || 'the reaper is held'); }
+    if (b.status === 'unhealthy') { banner.className = 'banner unhealthy'; banner.textContent = 'Unhealthy: ' + (b.error || 'the database cannot be read'); }
+    if (b.pool) {
+      $('counts').innerHTML = ['leased', 'free', 'cooling', 'retired'].map(function (s) {
+        return '<span data-count="' + s + '"><i class="dot" style="background:' + COLORS[s] + '"></i>' + s + ' <b>' + b.pool[s] + '</b></span>';
+      }).join('') + '<span>total <b>' + b.pool.total + '</b></span>';
+    }
+    var r = b.reaper;
+    $('reaper').textContent = 'up ' + b.uptime + ' · reaper: ' + (r.last_run_at ? 'last sweep ' + human((h.date - Date.parse(r.last_run_at)) / 1000) + ' ago, reclaimed ' + r.last_reclaimed : 'not run yet') + (r.held ? ' · HELD' : '');
+  }
+
+  function renderGrid(res) {
+    var now = res.date || Date.now(), grid = $('grid'), frag = document.createDocumentFragment();
+    res.body.forEach(function (x) {
+      var c = document.createElement('div');
+      c.className = 'cell ' + x.status;
+      c.dataset.identifier = x.identifier;
+      c.dataset.status = x.status;
+      c.dataset.owner = x.client_id || '';
+      c.dataset.tip = x.identifier + '  ' + x.status + (x.client_id ? '\\nowner ' + x.client_id + '  epoch ' + x.epoch + '\\nlast seen ' + human((now - Date.parse(x.last_seen)) / 1000) + ' ago' : '\\nepoch ' + x.epoch);
+      frag.appendChild(c);
+    });
+    grid.replaceChildren(frag);
+    $('more').textContent = res.body.length >= PAGE ? 'Showing the first ' + PAGE + ' identifiers.' : '';
+  }
+
+  function refresh() {
+    Promise.all([get('/health'), get('/identifiers?limit=' + PAGE)]).then(function (rs) {
+      renderHealth(rs[0]);
+      if (rs[1].status === 401 || rs[1].status === 403) { $('login').style.display = 'block'; return; }
+      $('login').style.display = 'none';
+      renderGrid(rs[1]);
+      lastOk = Date.now();
+    }).catch(function () { $('banner').className = 'banner unhealthy'; $('banner').textContent = 'The registry cannot be reached.'; });
+  }
+
+  $('login').addEventListener('submit', function (e) {
+    e.preventDefault();
+    token = $('token').value.trim();
+    localStorage.setItem('idreg-token', token);
+    refresh();
+  });
+  $('grid').addEventListener('mousemove', function (e) {
+    var t = e.target, tip = $('tip');
+    if (!t.dataset || !t.dataset.tip) { tip.style.display = 'none'; return; }
+    tip.textContent = t.dataset.tip;
+    tip.style.left = (e.clientX + 12) + 'px';
+    tip.style.top = (e.clientY + 12) + 'px';
+    tip.style.display = 'block';
+  });
+  $('grid').addEventListener('mouseleave', function () { $('tip').style.display = 'none'; });
+  setInterval(function () { if (lastOk) $('updated').textContent = 'updated ' + human((Date.now() - lastOk) / 1000) + ' ago'; }, 1000);
+  setInterval(refresh, REFRESH_MS);
+  refresh();
+})();
+</script>
+</body>
+</html>
+`;

@@ -1,0 +1,134 @@
+/**
+ * Prometheus metrics (prom-client). Counters follow the registry's events and the HTTP
+ * requests; the pool and reaper gauges are read from the registry when scraped, so they are
+ * never stale and cost nothing between scrapes.
+ */
+import client from 'prom-client';
+import type { Health, RegistryEvent } from './registry.js';
+
+const P = 'asg_id_registry_';
+
+export interface MetricsOptions {
+  /** CPU, memory, event loop, GC of this process (once per process: they install monitors). */
+  readonly processMetrics?: boolean;
+}
+
+export class Metrics {
+  readonly register = new client.Registry();
+  private readonly allocations: client.Counter;
+  private readonly renewals: client.Counter;
+  private readonly releases: client.Counter<'kind'>;
+  private readonly reclaims: client.Counter;
+  private readonly poolChanges: client.Counter<'event'>;
+  private readonly httpErrors: client.Counter<'status' | 'code'>;
+  private readonly httpDuration: client.Histogram<'method' | 'route' | 'status'>;
+  private readonly reaperRuns: client.Counter<'result'>;
+
+  constructor(opts: MetricsOptions = {}) {
+    const registers = [this.register];
+    this.allocations = new client.Counter({ name: `${P}allocations_total`, help: 'New grants of an identifier to a client', registers });
+    this.renewals = new client.Counter({ name: `${P}renewals_total`, help: 'Successful liveness renewals', registers });
+    this.releases = new client.Counter({
+      name: `${P}releases_total`, help: 'Identifiers freed by their owner (kind=owner) or by an operator (kind=forced)', labelNames: ['kind'], registers,
+    });
+    this.reclaims = new client.Counter({ name: `${P}reclaims_total`, help: 'Leases reclaimed by the reaper', registers });
+    this.poolChanges = new client.Counter({ name: `${P}pool_changes_total`, help: 'Identifiers retired or restored by a pool sync', labelNames: ['event'], registers });
+    this.httpErrors = new client.Counter({ name: `${P}http_errors_total`, help: 'Error responses by status and error code', labelNames: ['status', 'code'], registers });
+    this.httpDuration = new client.Histogram({
+      name: `${P}http_request_duration_seconds`,
+      help: 'Request latency by route',
+      labelNames: ['method', 'route', 'status'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers,
+    });
+    this.reaperRuns = new client.Counter({
+      name: `${P}reaper_runs_total`, help: 'Reaper sweeps by result (reclaimed, idle, held, grace)', labelNames: ['result'], registers,
+    });
+    for (const kind of ['owner', 'forced']) this.releases.inc({ kind }, 0);
+    for (const result of ['reclaimed', 'idle', 'held', 'grace']) this.reaperRuns.inc({ result }, 0);
+    if (opts.processMetrics) client.collectDefaultMetrics({ register: this.register, prefix: P });
+  }
+
+  /** Pool and reaper gauges, read from `snapshot` at scrape time (one read per scrape). Call once. */
+  watch(snapshot: () => Promise<Health>): this {
+    const registers = [this.register];
+    let pending: Promise<Health> | null = null;
+    const read = (): Promise<Health> => {
+      pending ??= snapshot().finally(() => { pending = null; });
+      return pending;
+    };
+    new client.Gauge({
+      name: `${P}pool_identifiers`, help: 'Identifiers by status', labelNames: ['status'], registers,
+      async collect() {
+        const h = await read();
+        for (const [status, n] of Object.entries(h.pool)) if (status !== 'total') this.set({ status }, n);
+      },
+    });
+    new client.Gauge({
+      name: `${P}oldest_lease_age_seconds`, help: 'Seconds since the least recent liveness among leased identifiers (0 with none)', registers,
+      async collect() {
+        const h = await read();
+        this.set(h.oldestLastSeen === null ? 0 : Math.max(0, (h.nowMs - h.oldestLastSeen) / 1000));
+      },
+    });
+    new client.Gauge({
+      name: `${P}reaper_last_run_timestamp_seconds`, help: 'When the reaper last swept (0: never)', registers,
+      async collect() {
+        const h = await read();
+        this.set(h.reaper.lastRunAt === null ? 0 : h.reaper.lastRunAt / 1000);
+      },
+    });
+    new client.Gauge({
+      name: `${P}reaper_last_reclaimed`, help: 'Leases reclaimed by the last sweep', registers,
+      async collect() {
+        this.set((await read()).reaper.lastReclaimed);
+      },
+    });
+    new client.Gauge({
+      name: `${P}reaper_held`, help: '1 while the mass-expiry guard holds the reaper (health: degraded)', registers,
+      async collect() {
+        this.set((await read()).reaper.held ? 1 : 0);
+      },
+    });
+    new client.Gauge({
+      name: `${P}uptime_seconds`, help: 'Seconds since the registry started', registers,
+      async collect() {
+        this.set((await read()).uptimeMs / 1000);
+      },
+    });
+    return this;
+  }
+
+  onRegistryEvent(e: RegistryEvent): void {
+    switch (e.type) {
+      case 'ownership':
+        if (e.event === 'allocated') this.allocations.inc();
+        else if (e.event === 'released') this.releases.inc({ kind: 'owner' });
+        else if (e.event === 'force_released') this.releases.inc({ kind: 'forced' });
+        else if (e.event === 'reclaimed') this.reclaims.inc();
+        else this.poolChanges.inc({ event: e.event });
+        return;
+      case 'renewed':
+        this.renewals.inc();
+        return;
+      case 'sweep':
+        this.reaperRuns.inc({ result: e.held ? 'held' : e.reason !== null ? 'grace' : e.reclaimed > 0 ? 'reclaimed' : 'idle' });
+        return;
+      case 'pool_synced':
+        return;
+    }
+  }
+
+  onRequest(method: string, route: string, status: number, seconds: number, errorCode: string | null): void {
+    this.httpDuration.observe({ method, route, status: String(status) }, seconds);
+    if (errorCode !== null) this.httpErrors.inc({ status: String(status), code: errorCode });
+  }
+
+  get contentType(): string {
+    return this.register.contentType;
+  }
+
+  render(): Promise<string> {
+    return this.register.metrics();
+  }
+}
