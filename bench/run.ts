@@ -1,0 +1,291 @@
+/**
+ * npm run bench [-- --quick]
+ *
+ * Starts the built registry (dist/main.js) as a real process on a temp database and, in the
+ * same run, a bare node:http server (bench/baseline.mjs): the physical limit of one Node
+ * process here. Throughput is reported as a ratio to that baseline, median of alternating
+ * rounds. Writes bench/results/latest.json and prints one table.
+ */
+import { mkdtempSync, rmSync, mkdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { ROOT, load, median, metric, percentile, post, startServer, writePool } from './lib.js';
+import type { LoadResult, Request, Server } from './lib.js';
+
+const QUICK = process.argv.includes('--quick');
+const CFG = QUICK
+  ? { rounds: 1, seconds: 2, latencySeconds: 3, bigPool: 100_000, reclaims: 10_000, allocSamples: 300 }
+  : { rounds: 5, seconds: 5, latencySeconds: 10, bigPool: 1_000_000, reclaims: 100_000, allocSamples: 2_000 };
+const LIVE_CLIENTS = QUICK ? 2_000 : 10_000;
+const JSON_HEADERS = { 'content-type': 'application/json' };
+const MAIN = join(ROOT, 'dist/main.js');
+const BASELINE = join(ROOT, 'bench/baseline.mjs');
+let nextPort = 20_000 + Math.floor(Math.random() * 20_000);
+const port = (): number => nextPort++;
+
+interface Row { scenario: string; value: string; baseline?: string; ratio?: number; target: string; met: boolean | null }
+const rows: Row[] = [];
+const raw: Record<string, unknown> = {};
+
+function dir(): string {
+  return mkdtempSync(join(tmpdir(), 'idreg-bench-'));
+}
+
+function registry(d: string, pool: string, env: Record<string, string> = {}): Promise<Server> {
+  return startServer(MAIN, { DB_PATH: join(d, 'registry.db'), POOL_FILE: writePool(d, pool), REAPER_SCHEDULE: '0 0 1 1 *', LOG_LEVEL: 'info', ...env }, port());
+}
+
+// ---------------------------------------------------------------- request mixes
+
+interface Lease { client_id: string; identifier: string; epoch: number }
+
+function livenessRequests(leases: readonly Lease[]): Request[] {
+  let i = 0;
+  return [{
+    method: 'POST', path: '/liveness', headers: JSON_HEADERS,
+    setupRequest(req) {
+      const l = leases[i++ % leases.length];
+      req.body = JSON.stringify({ client_id: l?.client_id, identifier: l?.identifier, epoch: l?.epoch });
+      return req;
+    },
+  }];
+}
+
+function baselineRequests(): Request[] {
+  let i = 0;
+  return [{
+    method: 'POST', path: '/liveness', headers: JSON_HEADERS,
+    setupRequest(req) {
+      req.body = JSON.stringify({ client_id: `vm-${i++ % 10_000}`, identifier: 'b-00001', epoch: 1 });
+      return req;
+    },
+  }];
+}
+
+function allocateReleaseRequests(): Request[] {
+  let n = 0;
+  const ctxOf = (c: object): Record<string, string> => c as Record<string, string>;
+  return [
+    {
+      method: 'POST', path: '/allocate', headers: JSON_HEADERS,
+      setupRequest(req, context) {
+        const ctx = ctxOf(context);
+        ctx['client'] = `fresh-${process.pid}-${n++}`;
+        req.body = JSON.stringify({ client_id: ctx['client'] });
+        return req;
+      },
+      onResponse(status, body, context) {
+        if (status === 200) ctxOf(context)['identifier'] = (JSON.parse(body) as { identifier: string }).identifier;
+      },
+    },
+    {
+      method: 'POST', path: '/release', headers: JSON_HEADERS,
+      setupRequest(req, context) {
+        const ctx = ctxOf(context);
+        req.body = JSON.stringify({ client_id: ctx['client'], identifier: ctx['identifier'] ?? 'none' });
+        return req;
+      },
+    },
+  ];
+}
+
+function getIdentifierRequests(names: readonly string[]): Request[] {
+  let i = 0;
+  return [{ method: 'GET', setupRequest(req) { req.path = `/identifier/${names[i++ % names.length]}`; return req; } }];
+}
+
+function pageRequests(names: readonly string[]): Request[] {
+  let i = 0;
+  return [{ method: 'GET', setupRequest(req) { req.path = `/identifiers?limit=1000&after=${names[(i++ * 997) % names.length]}`; return req; } }];
+}
+
+async function allocateMany(base: string, prefix: string, n: number): Promise<Lease[]> {
+  const out: Lease[] = [];
+  for (let i = 0; i < n; i += 100) {
+    const batch = await Promise.all(Array.from({ length: Math.min(100, n - i) }, (_, k) => post(base, '/allocate', { client_id: `${prefix}${i + k}` })));
+    for (const r of batch) {
+      if (r.status !== 200) throw new Error(`seed allocate failed: ${JSON.stringify(r.body)}`);
+      const b = r.body as Lease;
+      out.push({ client_id: b.client_id, identifier: b.identifier, epoch: b.epoch });
+    }
+  }
+  return out;
+}
+
+function check(r: LoadResult, what: string): LoadResult {
+  if (r.errors > 0 || r.non2xx > 0) console.warn(`  ! ${what}: ${r.errors} errors, ${r.non2xx} non-2xx of ${r.total}`);
+  return r;
+}
+
+// ---------------------------------------------------------------- scenarios
+
+async function throughput(): Promise<void> {
+  const d = dir();
+  const poolSize = LIVE_CLIENTS * 2 + 1000;
+  const reg = await registry(d, `t-[000000-${String(poolSize - 1).padStart(6, '0')}]\n`);
+  const base = await startServer(BASELINE, {}, port(), '/');
+  try {
+    const leases = await allocateMany(reg.base, 'live-', LIVE_CLIENTS);
+    const names = leases.map((l) => l.identifier);
+    const warm = (url: string, requests: Request[]): Promise<LoadResult> => load({ url, seconds: 1, requests });
+    await warm(base.base, baselineRequests());
+    await warm(reg.base, livenessRequests(leases));
+    const series: Record<string, number[]> = { baseline: [], liveness: [], allocRelease: [], getIdentifier: [], page: [] };
+    for (let r = 0; r < CFG.rounds; r++) {
+      console.log(`  round ${r + 1}/${CFG.rounds}`);
+      series['baseline']?.push(check(await load({ url: base.base, seconds: CFG.seconds, requests: baselineRequests() }), 'baseline').rps);
+      series['liveness']?.push(check(await load({ url: reg.base, seconds: CFG.seconds, requests: livenessRequests(leases) }), 'liveness').rps);
+      series['allocRelease']?.push(check(await load({ url: reg.base, seconds: CFG.seconds, requests: allocateReleaseRequests() }), 'allocate+release').rps);
+      series['getIdentifier']?.push(check(await load({ url: reg.base, seconds: CFG.seconds, requests: getIdentifierRequests(names) }), 'get').rps);
+      series['page']?.push(check(await load({ url: reg.base, seconds: CFG.seconds, connections: 8, requests: pageRequests(names) }), 'page').rps);
+    }
+    raw['throughput'] = series;
+    const b = median(series['baseline'] ?? []);
+    const add = (scenario: string, key: string, target: number | null): void => {
+      const v = median(series[key] ?? []);
+      rows.push({
+        scenario, value: `${Math.round(v)} req/s`, baseline: `${Math.round(b)} req/s`, ratio: v / b,
+        target: target === null ? '-' : `>= ${target} x`, met: target === null ? null : v / b >= target,
+      });
+    };
+    rows.push({ scenario: 'bare node:http baseline', value: `${Math.round(b)} req/s`, target: '-', met: null });
+    add(`liveness, ${LIVE_CLIENTS} clients`, 'liveness', 0.5);
+    add('allocate + release (durable)', 'allocRelease', 0.25);
+    add('GET /identifier/:id', 'getIdentifier', null);
+    add('GET /identifiers, 1,000-row page', 'page', null);
+
+    const lat = check(await load({ url: reg.base, seconds: CFG.latencySeconds, connections: 16, rate: 2000, requests: livenessRequests(leases) }), 'fixed-rate');
+    raw['fixedRate'] = lat;
+    rows.push({ scenario: 'liveness at 2,000 req/s: p50 / p99', value: `${lat.p50} / ${lat.p99} ms`, target: 'p99 < 5 ms', met: lat.p99 < 5 });
+  } finally {
+    await base.stop();
+    await reg.stop();
+    rmSync(d, { recursive: true, force: true });
+  }
+}
+
+/** A database with `size` identifiers, 90% leased (by SQL, to set it up fast). */
+async function bigPool(size: number): Promise<{ d: string; pool: string; firstStartMs: number }> {
+  const d = dir();
+  const width = String(size - 1).length;
+  const pool = `p-[${'0'.repeat(width)}-${size - 1}]\n`;
+  const first = await registry(d, pool, { LOG_LEVEL: 'warn' });
+  const firstStartMs = first.startMs;
+  await first.stop();
+  const db = new Database(join(d, 'registry.db'));
+  const now = Date.now();
+  db.prepare(`UPDATE identifiers SET client_id = 'seed-' || id, epoch = 1, allocated_at = ?, last_seen = ? WHERE id <= ?`).run(now, now, Math.floor(size * 0.9));
+  db.close();
+  return { d, pool, firstStartMs };
+}
+
+async function allocateLatency(base: string, samples: number): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < samples; i++) {
+    const t0 = performance.now();
+    const r = await post(base, '/allocate', { client_id: `lat-${i}` });
+    out.push(performance.now() - t0);
+    if (r.status !== 200) throw new Error(`allocate failed: ${JSON.stringify(r.body)}`);
+    await post(base, '/release', { client_id: `lat-${i}`, identifier: (r.body as Lease).identifier });
+  }
+  return out;
+}
+
+async function scaling(): Promise<void> {
+  const results: Record<string, number> = {};
+  for (const size of [1_000, CFG.bigPool]) {
+    const { d, pool, firstStartMs } = await bigPool(size);
+    try {
+      const reg = await registry(d, pool, { LOG_LEVEL: 'warn' });
+      results[`start_${size}`] = reg.startMs;
+      results[`rss_${size}`] = reg.rssMb();
+      results[`firstStart_${size}`] = firstStartMs;
+      await allocateLatency(reg.base, 50); // warm
+      const lat = await allocateLatency(reg.base, CFG.allocSamples);
+      results[`allocP50_${size}`] = percentile(lat, 50);
+      results[`allocP99_${size}`] = percentile(lat, 99);
+      await reg.stop();
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  }
+  raw['scaling'] = results;
+  const small = results['allocP50_1000'] ?? NaN;
+  const big = results[`allocP50_${CFG.bigPool}`] ?? NaN;
+  const n = CFG.bigPool.toLocaleString('en');
+  rows.push({
+    scenario: `allocate p50: 1,000 vs ${n} identifiers (90% leased)`, value: `${small.toFixed(2)} / ${big.toFixed(2)} ms`,
+    ratio: big / small, target: '<= 1.5 x', met: big / small <= 1.5,
+  });
+  const start = results[`start_${CFG.bigPool}`] ?? NaN;
+  const rss = results[`rss_${CFG.bigPool}`] ?? NaN;
+  rows.push({ scenario: `start-up, ${n} identifiers, pool unchanged`, value: `${(start / 1000).toFixed(2)} s`, target: '<= 3 s', met: start <= 3000 });
+  rows.push({ scenario: `RSS after start-up, ${n} identifiers`, value: `${rss.toFixed(0)} MB`, target: '<= 150 MB', met: rss <= 150 });
+  rows.push({ scenario: `first start: adds ${n} identifiers`, value: `${((results[`firstStart_${CFG.bigPool}`] ?? NaN) / 1000).toFixed(2)} s`, target: '-', met: null });
+}
+
+async function reaper(): Promise<void> {
+  const n = CFG.reclaims;
+  const live = LIVE_CLIENTS;
+  const size = n + live + 1000;
+  const d = dir();
+  const width = String(size - 1).length;
+  const pool = `r-[${'0'.repeat(width)}-${size - 1}]\n`;
+  try {
+    const first = await registry(d, pool, { LOG_LEVEL: 'warn' });
+    await first.stop();
+    const db = new Database(join(d, 'registry.db'));
+    const now = Date.now();
+    db.prepare(`UPDATE identifiers SET client_id = 'dead-' || id, epoch = 1, allocated_at = ?, last_seen = ? WHERE id <= ?`).run(now - 3_600_000, now - 3_600_000, n);
+    db.prepare(`UPDATE identifiers SET client_id = 'live-' || id, epoch = 1, allocated_at = ?, last_seen = ? WHERE id > ? AND id <= ?`).run(now, now, n, n + live);
+    const leases: Lease[] = db.prepare(`SELECT client_id, name AS identifier, epoch FROM identifiers WHERE client_id LIKE 'live-%'`).all() as Lease[];
+    db.close();
+    const reg = await registry(d, pool, { STARTUP_GRACE_SECONDS: '0', REAPER_MAX_FRACTION: '1' });
+    try {
+      const traffic = load({ url: reg.base, seconds: 4, connections: 16, requests: livenessRequests(leases) });
+      await new Promise((r) => setTimeout(r, 1000));
+      await fetch(`${reg.base}/metrics`); // resets the event-loop delay histogram
+      const t0 = performance.now();
+      const res = await fetch(`${reg.base}/admin/reap?force=true`, { method: 'POST' });
+      const elapsed = performance.now() - t0;
+      const body = (await res.json()) as { reclaimed: number };
+      const stall = metric(await (await fetch(`${reg.base}/metrics`)).text(), 'asg_id_registry_nodejs_eventloop_lag_max_seconds') * 1000;
+      const during = await traffic;
+      raw['reaper'] = { reclaimed: body.reclaimed, elapsedMs: elapsed, maxEventLoopStallMs: stall, liveness: during };
+      const k = n.toLocaleString('en');
+      rows.push({ scenario: `reaper: ${k} reclaims under liveness load`, value: `${(elapsed / 1000).toFixed(2)} s (${body.reclaimed})`, target: '<= 2 s', met: elapsed <= 2000 && body.reclaimed === n });
+      rows.push({ scenario: '  longest event-loop stall meanwhile', value: `${stall.toFixed(1)} ms`, target: '<= 50 ms', met: stall <= 50 });
+      rows.push({ scenario: '  liveness meanwhile: p99 / max', value: `${during.p99} / ${during.max} ms`, target: '-', met: null });
+    } finally {
+      await reg.stop();
+    }
+  } finally {
+    rmSync(d, { recursive: true, force: true });
+  }
+}
+
+function print(): string {
+  const header = ['scenario', 'value', 'baseline', 'ratio', 'target', 'met'];
+  const cells = rows.map((r) => [r.scenario, r.value, r.baseline ?? '', r.ratio === undefined ? '' : `${r.ratio.toFixed(2)} x`, r.target, r.met === null ? '' : r.met ? 'yes' : 'NO']);
+  const widths = header.map((h, i) => Math.max(h.length, ...cells.map((c) => (c[i] ?? '').length)));
+  const line = (c: string[]): string => `| ${c.map((x, i) => x.padEnd(widths[i] ?? 0)).join(' | ')} |`;
+  return [line(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...cells.map(line)].join('\n');
+}
+
+async function main(): Promise<void> {
+  const t0 = Date.now();
+  console.log(`asg-id-registry bench (${QUICK ? 'quick' : 'full'}), ${new Date().toISOString()}`);
+  console.log('- throughput');
+  await throughput();
+  console.log('- scaling');
+  await scaling();
+  console.log('- reaper');
+  await reaper();
+  const table = print();
+  console.log(`\n${table}\n\n(${((Date.now() - t0) / 1000).toFixed(0)} s)`);
+  mkdirSync(join(ROOT, 'bench/results'), { recursive: true });
+  writeFileSync(join(ROOT, 'bench/results/latest.json'), `${JSON.stringify({ date: new Date().toISOString(), quick: QUICK, config: CFG, rows, raw }, null, 2)}\n`);
+}
+
+await main();
