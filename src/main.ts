@@ -10,7 +10,7 @@ import { ConfigError, loadConfig, processEnv } from './config.js';
 import type { Config } from './config.js';
 import { createApp } from './http/app.js';
 import { startReaper } from './jobs/reaper.js';
-import { createLogger, logRegistryEvent } from './log.js';
+import { createLogger, logRegistryEvent, stdoutDestination } from './log.js';
 import type { Logger } from './log.js';
 import { Metrics } from './metrics.js';
 import { readPoolFile } from './pool/load.js';
@@ -64,7 +64,8 @@ async function reloadPool(registry: Registry, config: Config, log: Logger): Prom
 
 async function main(): Promise<void> {
   const config = configure();
-  const log = createLogger(config.logLevel);
+  const logOut = stdoutDestination();
+  const log = createLogger(config.logLevel, logOut);
   let names: string[];
   let store: Store;
   try {
@@ -96,6 +97,7 @@ async function main(): Promise<void> {
   });
   metrics.watch(() => registry.health());
   await registry.syncPool(names);
+  store.checkpointInBackground((message) => log.warn({ err: message }, 'WAL checkpoint failed'));
 
   const app = createApp({
     registry,
@@ -127,9 +129,11 @@ async function main(): Promise<void> {
     log.info({ signal }, 'shutting down: finishing in-flight requests');
     stopReaper();
     server.close(() => {
-      store.close();
-      log.info('database closed; bye');
-      process.exit(0);
+      void store.close().then(() => {
+        log.info('database closed; bye');
+        logOut.flushSync();
+        process.exit(0);
+      });
     });
     server.closeIdleConnections();
     // In-flight requests get 10 s; then the database is closed anyway (committed writes are safe).

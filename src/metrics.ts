@@ -119,8 +119,17 @@ export class Metrics {
     }
   }
 
+  /** Label children by "method route status": resolving labels on every request is not free. */
+  private readonly durationChildren = new Map<string, client.Histogram.Internal<'method' | 'route' | 'status'>>();
+
   onRequest(method: string, route: string, status: number, seconds: number, errorCode: string | null): void {
-    this.httpDuration.observe({ method, route, status: String(status) }, seconds);
+    const key = `${method} ${route} ${status}`;
+    let child = this.durationChildren.get(key);
+    if (!child) {
+      child = this.httpDuration.labels({ method, route, status: String(status) });
+      this.durationChildren.set(key, child);
+    }
+    child.observe(seconds);
     if (errorCode !== null) this.httpErrors.inc({ status: String(status), code: errorCode });
   }
 

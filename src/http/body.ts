@@ -1,13 +1,63 @@
-/** JSON request bodies: 415 for anything but JSON, 413 past 16 KiB, 400 invalid_json for bad JSON. */
+/**
+ * JSON request bodies: 415 for anything but JSON, 413 past 16 KiB, 400 invalid_json for bad
+ * JSON (koa-bodyparser's own errors, mapped by the error handler).
+ *
+ * koa-bodyparser handles every body. The common case — a small, uncompressed UTF-8 JSON body
+ * with a Content-Length, which is what every VM sends — is read directly: bodyparser's
+ * generality (inflation, charsets, stream plumbing) cost a third of the liveness throughput
+ * (measured with wrk). The fast path gives the same answers: strict JSON (an object or an
+ * array), an empty body as {}, the size limit checked before reading, `__proto__` refused.
+ */
+import type { IncomingMessage } from 'node:http';
 import bodyParser from 'koa-bodyparser';
 import type { Context, Next } from 'koa';
 import { RegistryError } from '../domain/errors.js';
 
 export const BODY_LIMIT_BYTES = 16 * 1024;
 
+const STRICT_JSON = /^[\x20\x09\x0a\x0d]*[[{]/;
+const PROTO_KEY = /"__proto__"\s*:/;
+const PLAIN_JSON_TYPE = /^application\/json\s*(;\s*charset\s*=\s*"?utf-8"?\s*)?$/i;
+
 function hasBody(ctx: Context): boolean {
   const h = ctx.req.headers;
   return h['transfer-encoding'] !== undefined || (h['content-length'] !== undefined && h['content-length'] !== '0');
+}
+
+/** The length of a body the fast path can take, or null to leave it to koa-bodyparser. */
+function plainLength(req: IncomingMessage): number | null {
+  const h = req.headers;
+  if (h['transfer-encoding'] !== undefined) return null;
+  if (h['content-encoding'] !== undefined && h['content-encoding'] !== 'identity') return null;
+  if (!PLAIN_JSON_TYPE.test(h['content-type'] ?? '')) return null;
+  const len = Number(h['content-length'] ?? '0');
+  return Number.isSafeInteger(len) && len >= 0 ? len : null;
+}
+
+function readPlain(req: IncomingMessage, length: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let received = 0;
+    req.on('data', (c: Buffer) => {
+      received += c.length;
+      chunks.push(c);
+    });
+    req.on('end', () => {
+      if (received !== length) reject(new RegistryError('invalid_request', 'the request body does not match its Content-Length'));
+      else resolve((chunks.length === 1 ? chunks[0] ?? Buffer.alloc(0) : Buffer.concat(chunks)).toString('utf8'));
+    });
+    req.on('error', reject);
+  });
+}
+
+function parseStrict(text: string): unknown {
+  if (text === '') return {};
+  if (!STRICT_JSON.test(text) || PROTO_KEY.test(text)) throw new RegistryError('invalid_json', 'the request body is not valid JSON');
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new RegistryError('invalid_json', 'the request body is not valid JSON');
+  }
 }
 
 export function jsonBody() {
@@ -16,13 +66,20 @@ export function jsonBody() {
     jsonLimit: `${BODY_LIMIT_BYTES}b`,
     strict: true,
     onerror(err: Error) {
-      throw err; // mapped by the error handler (entity.parse.failed, entity.too.large, ...)
+      // Errors with an HTTP status (entity.parse.failed, entity.too.large, ...) are mapped by the
+      // error handler; others come from reading the body (a corrupt gzip stream): the client's fault.
+      if ('status' in err && typeof err.status === 'number') throw err;
+      throw new RegistryError('invalid_request', 'the request body could not be read (corrupt or truncated encoding)', { cause: err });
     },
   });
   return async function jsonBodyMiddleware(ctx: Context, next: Next): Promise<void> {
     if (hasBody(ctx) && !ctx.is('application/json', '+json')) {
       throw new RegistryError('unsupported_media_type', 'the request body must be JSON (Content-Type: application/json)');
     }
-    await parser(ctx, next);
+    const length = plainLength(ctx.req);
+    if (length === null) return parser(ctx, next);
+    if (length > BODY_LIMIT_BYTES) throw new RegistryError('payload_too_large', 'the request body is larger than 16 KiB');
+    ctx.request.body = length === 0 ? {} : parseStrict(await readPlain(ctx.req, length));
+    return next();
   };
 }

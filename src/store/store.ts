@@ -9,6 +9,8 @@ import Database from 'better-sqlite3';
 import type { Statement, Transaction } from 'better-sqlite3';
 import { isRegistryError } from '../domain/errors.js';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord, Status } from '../domain/types.js';
+import { startCheckpointer } from './checkpointer.js';
+import type { Checkpointer } from './checkpointer.js';
 import { toRegistryError } from './errors.js';
 import { RECORD_COLUMNS, asRow, intColumn, scalar, toHistoryEntry, toRecord } from './rows.js';
 import { MIGRATIONS } from './schema.js';
@@ -92,6 +94,7 @@ export class Store {
   private queue: Pending[] = [];
   private flushScheduled = false;
   private syncMode: 'FULL' | 'NORMAL' = 'FULL';
+  private checkpointer: Checkpointer | null = null;
 
   private readonly byNameStmt: Statement;
   private readonly byClientStmt: Statement;
@@ -375,9 +378,23 @@ export class Store {
     this.metaSetStmt.run(key, value);
   }
 
-  /** Commits what is queued, then closes the database. */
-  close(): void {
+  /**
+   * Moves WAL checkpoints to a worker thread (see checkpointer.ts). For a long-running
+   * registry on a file; tests and one-shot commands keep SQLite's automatic checkpoint.
+   */
+  checkpointInBackground(onError?: (message: string) => void): void {
+    if (this.checkpointer || this.db.memory) return;
+    this.db.pragma('wal_autocheckpoint = 0');
+    this.checkpointer = startCheckpointer(this.db.name, onError ? { onError } : {});
+  }
+
+  /** Commits what is queued, stops the checkpointer, then closes the database. */
+  async close(): Promise<void> {
     this.flush();
+    if (this.checkpointer) {
+      await this.checkpointer.stop();
+      this.checkpointer = null;
+    }
     if (this.db.open) this.db.close();
   }
 }

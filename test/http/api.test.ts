@@ -1,8 +1,32 @@
 import { expect } from 'chai';
+import { createServer, request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { gzipSync } from 'node:zlib';
 import type { Response } from 'supertest';
 import { SECOND, makeRegistry } from '../helpers.js';
 
 const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
+
+/** A raw request: chunked when no content-length is given (supertest cannot send that), or any bytes. */
+async function rawPost(app: { callback(): Parameters<typeof createServer>[1] }, path: string, body: string | Buffer, headers: Record<string, string> = {}): Promise<{ status: number; body: unknown }> {
+  const server = createServer(app.callback());
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  try {
+    const { port } = server.address() as AddressInfo;
+    return await new Promise((resolve, reject) => {
+      const req = httpRequest({ host: '127.0.0.1', port, path, method: 'POST', headers: { 'content-type': 'application/json', ...headers } }, (res) => {
+        let text = '';
+        res.on('data', (c: Buffer) => { text += c.toString(); });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) }));
+      });
+      req.on('error', reject);
+      for (let i = 0; i < body.length; i += 7000) req.write(body.slice(i, i + 7000)); // several chunks
+      req.end();
+    });
+  } finally {
+    server.close();
+  }
+}
 
 function expectError(res: Response, status: number, code: string): void {
   expect(res.status, JSON.stringify(res.body)).to.equal(status);
@@ -249,6 +273,33 @@ describe('http: protocol errors', () => {
     expect(d.headers['allow']).to.include('GET').and.include('DELETE');
     const unknownMethod = await http.patch('/health');
     expectError(unknownMethod, 405, 'method_not_allowed');
+  });
+
+  it('bodies koa-bodyparser reads (chunked, gzip, another charset) get the same answers as plain ones', async () => {
+    const h = await makeRegistry();
+    expect((await rawPost(h.app, '/allocate', '{"client_id":"vm-chunked"}')).status).to.equal(200);
+    const zipped = gzipSync('{"client_id":"vm-gzip"}');
+    expect((await rawPost(h.app, '/allocate', zipped, { 'content-encoding': 'gzip', 'content-length': String(zipped.length) })).status).to.equal(200);
+    const corrupt = await rawPost(h.app, '/allocate', Buffer.from('not gzip at all'), { 'content-encoding': 'gzip', 'content-length': '15' });
+    expect(corrupt.status).to.equal(400);
+    expect((corrupt.body as { error: { code: string } }).error.code).to.equal('invalid_request');
+    const latin1 = await h.http.post('/allocate').set('Content-Type', 'application/json; charset=latin1').send('{"client_id":"vm-latin1"}');
+    expect(latin1.status, JSON.stringify(latin1.body)).to.equal(200);
+    expect(h.leasedCount()).to.equal(3);
+    // The same bad bodies are refused the same way on both paths.
+    const bad: Array<[string, number, string]> = [
+      ['{"client_id": ', 400, 'invalid_json'],
+      ['"just a string"', 400, 'invalid_json'],
+      ['{"__proto__": {"x": 1}, "client_id": "vm-p"}', 400, 'invalid_json'],
+      [JSON.stringify({ client_id: 'vm', pad: 'x'.repeat(20_000) }), 413, 'payload_too_large'],
+      ['[]', 400, 'invalid_request'],
+    ];
+    for (const [body, status, code] of bad) {
+      expectError(await h.http.post('/allocate').set('Content-Type', 'application/json').send(body), status, code);
+      const viaParser = await rawPost(h.app, '/allocate', body);
+      expect([viaParser.status, (viaParser.body as { error: { code: string } }).error.code], body.slice(0, 30)).to.deep.equal([status, code]);
+    }
+    expect(h.leasedCount()).to.equal(3);
   });
 
   it('a POST with no body at all is a 400 naming the missing field, not a 415', async () => {
