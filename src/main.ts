@@ -13,7 +13,8 @@ import { startReaper } from './jobs/reaper.js';
 import { createLogger, logRegistryEvent, stdoutDestination } from './log.js';
 import type { Logger } from './log.js';
 import { Metrics } from './metrics.js';
-import { readPoolFile } from './pool/load.js';
+import { parsePoolFile, readPoolText } from './pool/load.js';
+import type { PoolFile } from './pool/load.js';
 import { openRegistry } from './registry.js';
 import type { Registry } from './registry.js';
 import { Store } from './store/store.js';
@@ -54,9 +55,18 @@ function listen(server: Server, config: Config): Promise<void> {
   });
 }
 
+/** Syncs the pool unless the file is the one last synced. Throws PoolFileError for a bad file. */
+async function syncIfChanged(registry: Registry, path: string, file: PoolFile, log: Logger): Promise<void> {
+  if ((await registry.poolFingerprint()) === file.fingerprint) {
+    log.info({ pool: path }, 'pool file unchanged since the last sync');
+    return;
+  }
+  await registry.syncPool(parsePoolFile(path, file), file.fingerprint);
+}
+
 async function reloadPool(registry: Registry, config: Config, log: Logger): Promise<void> {
   try {
-    await registry.syncPool(readPoolFile(config.poolFile));
+    await syncIfChanged(registry, config.poolFile, readPoolText(config.poolFile), log);
   } catch (e) {
     log.error({ err: e instanceof Error ? e.message : String(e) }, 'pool reload failed; the pool is unchanged');
   }
@@ -66,10 +76,10 @@ async function main(): Promise<void> {
   const config = configure();
   const logOut = stdoutDestination();
   const log = createLogger(config.logLevel, logOut);
-  let names: string[];
+  let pool: PoolFile;
   let store: Store;
   try {
-    names = readPoolFile(config.poolFile);
+    pool = readPoolText(config.poolFile);
   } catch (e) {
     die(e instanceof Error ? e.message : String(e), EX_CONFIG);
   }
@@ -96,7 +106,12 @@ async function main(): Promise<void> {
     },
   });
   metrics.watch(() => registry.health());
-  await registry.syncPool(names);
+  try {
+    await syncIfChanged(registry, config.poolFile, pool, log);
+  } catch (e) {
+    logOut.flushSync();
+    die(e instanceof Error ? e.message : String(e), EX_CONFIG);
+  }
   store.checkpointInBackground((message) => log.warn({ err: message }, 'WAL checkpoint failed'));
 
   const app = createApp({
@@ -109,7 +124,7 @@ async function main(): Promise<void> {
   tuneServer(server);
   await listen(server, config);
   if (config.adminTokens.length === 0) log.warn('ADMIN_TOKENS is unset: listing, inspection and admin routes are open');
-  log.info({ host: config.host, port: config.port, db: config.dbPath, pool: names.length }, 'asg-id-registry listening');
+  log.info({ host: config.host, port: config.port, db: config.dbPath, pool: config.poolFile }, 'asg-id-registry listening');
 
   const stopReaper = startReaper({
     schedule: config.reaperSchedule,

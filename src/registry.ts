@@ -63,6 +63,8 @@ export interface RegistryDeps {
   readonly observe?: RegistryObserver;
 }
 
+const POOL_FINGERPRINT = 'pool_fingerprint';
+
 export class Registry {
   readonly startedAt: number;
   private readonly store: Store;
@@ -207,9 +209,7 @@ export class Registry {
     for (;;) {
       const batch = await this.store.write(() => {
         const now = this.clock.now();
-        const recs = this.store.expired(cutoff, this.rules.reapBatchSize);
-        for (const rec of recs) this.freeRecord(rec, now, now + this.rules.cooldownMs, 'reclaimed');
-        return recs;
+        return this.store.reclaimExpired(cutoff, this.rules.reapBatchSize, now, now + this.rules.cooldownMs);
       }, true);
       for (const rec of batch) this.emitOwnership('reclaimed', rec.name, rec.holder?.clientId ?? null, rec.epoch);
       total += batch.length;
@@ -233,8 +233,10 @@ export class Registry {
    * Brings the database in line with the pool file in one transaction: new identifiers are
    * added free, missing ones retired (a held one keeps its lease), returning ones restored.
    */
-  async syncPool(names: readonly string[]): Promise<SyncResult> {
+  async syncPool(names: readonly string[], fingerprint: string | null = null): Promise<SyncResult> {
     const result = await this.store.write(() => {
+      // Recorded with the sync it describes, so a start-up with the same file can skip it.
+      this.store.setMeta(POOL_FINGERPRINT, fingerprint ?? '');
       const now = this.clock.now();
       const existing = new Map(this.store.poolRows().map((r) => [r.name, r]));
       let added = 0;
@@ -266,6 +268,11 @@ export class Registry {
     }, true);
     this.observe({ type: 'pool_synced', result });
     return result;
+  }
+
+  /** The fingerprint of the pool file last synced, if it was recorded. */
+  poolFingerprint(): Promise<string | null> {
+    return this.store.read(() => this.store.meta(POOL_FINGERPRINT) || null);
   }
 
   // ---- reads ----

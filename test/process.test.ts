@@ -45,6 +45,23 @@ describe('the registry process', function () {
     expect(dump(dbPath)).to.equal(before);
   });
 
+  it('a start-up with the pool file unchanged skips the sync; a changed file is synced', async () => {
+    const first = await startProcess({ dir: t.dir, pool: 'w-[0-2]\n' });
+    await first.stop();
+    expect(first.output()).to.match(/"msg":"pool synced"/);
+    const again = await startProcess({ dir: t.dir });
+    await again.stop();
+    expect(again.output()).to.match(/pool file unchanged since the last sync/).and.not.match(/"msg":"pool synced"/);
+    writeFileSync(join(t.dir, 'pool.txt'), 'w-[0-3]\n');
+    const changed = await startProcess({ dir: t.dir });
+    try {
+      expect((await json(changed.base, 'GET', '/identifier/w-3')).status).to.equal(200);
+    } finally {
+      await changed.stop();
+    }
+    expect(changed.output()).to.match(/"added":1,.*"msg":"pool synced"/);
+  });
+
   it('SIGHUP re-reads the pool: adds, retires, keeps a held lease', async () => {
     const reg = await startProcess({ dir: t.dir, pool: 'a\nb\n' });
     try {

@@ -9,7 +9,7 @@ import Database from 'better-sqlite3';
 import { systemTimeSource, anchoredClock } from '../clock.js';
 import { loadCliConfig, loadConfig, processEnv } from '../config.js';
 import type { CliConfig } from '../config.js';
-import { readPoolFile } from '../pool/load.js';
+import { parsePoolFile, readPoolText } from '../pool/load.js';
 import { Registry } from '../registry.js';
 import { Store } from '../store/store.js';
 import { ago, table } from './format.js';
@@ -131,8 +131,11 @@ function fileOptions(cfg: CliConfig, args: string[]): { db: string; pool: string
 async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
   const { db, pool } = fileOptions(cfg, args);
   let names: string[];
+  let fingerprint: string;
   try {
-    names = readPoolFile(pool);
+    const file = readPoolText(pool);
+    fingerprint = file.fingerprint;
+    names = parsePoolFile(pool, file);
   } catch (e) {
     throw new CliError(`error: ${e instanceof Error ? e.message : String(e)}; the database is unchanged`, 1);
   }
@@ -144,7 +147,7 @@ async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
       clock: anchoredClock(systemTimeSource, store.latestTime()),
       rules: { ttlMs: c.leaseTtlSeconds * 1000, cooldownMs: 0, graceMs: 0, maxFraction: 1, minHold: 0, reapBatchSize: 1 },
     });
-    const r = await registry.syncPool(names);
+    const r = await registry.syncPool(names, fingerprint);
     return `pool synced: ${r.total} identifiers in the file; ${r.added} added, ${r.retired} retired, ${r.restored} restored`;
   } finally {
     store.close();

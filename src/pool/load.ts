@@ -1,4 +1,5 @@
-/** Reads and parses the pool file. */
+/** Reads the pool file; a fingerprint lets start-up skip a sync when the file has not changed. */
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { parsePool } from './parse.js';
 
@@ -6,7 +7,13 @@ export class PoolFileError extends Error {
   override readonly name = 'PoolFileError';
 }
 
-export function readPoolFile(path: string): string[] {
+export interface PoolFile {
+  readonly text: string;
+  /** sha256 of the file's bytes. */
+  readonly fingerprint: string;
+}
+
+export function readPoolText(path: string): PoolFile {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -14,9 +21,17 @@ export function readPoolFile(path: string): string[] {
     const why = e instanceof Error && 'code' in e ? String(e.code) : String(e);
     throw new PoolFileError(`pool file ${path}: cannot be read (${why})`);
   }
+  return { text, fingerprint: createHash('sha256').update(text).digest('hex') };
+}
+
+export function parsePoolFile(path: string, file: PoolFile): string[] {
   try {
-    return parsePool(text);
+    return parsePool(file.text);
   } catch (e) {
     throw new PoolFileError(`pool file ${path}: ${e instanceof Error ? e.message : String(e)}`);
   }
+}
+
+export function readPoolFile(path: string): string[] {
+  return parsePoolFile(path, readPoolText(path));
 }

@@ -120,6 +120,8 @@ export class Store {
   private readonly latestHistoryStmt: Statement;
   private readonly pingStmt: Statement;
   private readonly shiftCooldownsStmt: Statement;
+  private readonly reclaimHistoryStmt: Statement;
+  private readonly reclaimFreeStmt: Statement;
   private readonly runBatch: Transaction<(batch: readonly Pending[]) => Outcome[]>;
 
   constructor(opts: StoreOptions | Database.Database) {
@@ -175,6 +177,15 @@ export class Store {
     this.oldestLastSeenStmt = p(`SELECT min(last_seen) AS n FROM identifiers WHERE client_id IS NOT NULL`);
     this.latestHistoryStmt = p(`SELECT at AS n FROM history ORDER BY id DESC LIMIT 1`);
     this.pingStmt = p(`SELECT count(*) AS n FROM meta`);
+    // Set-based: one statement for the history and one for the rows, whatever the batch size.
+    this.reclaimHistoryStmt = p(
+      `INSERT INTO history (identifier_id, at, event, client_id, epoch)
+       SELECT id, @now, 'reclaimed', client_id, epoch FROM identifiers WHERE id IN (SELECT value FROM json_each(@ids))`,
+    );
+    this.reclaimFreeStmt = p(
+      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = @availableAt
+       WHERE id IN (SELECT value FROM json_each(@ids))`,
+    );
     this.shiftCooldownsStmt = p(`UPDATE identifiers SET available_at = available_at + @shift WHERE client_id IS NULL AND available_at > @floor`);
 
     // Each queued write runs in its own savepoint, so one that fails leaves the others' writes in.
@@ -367,6 +378,19 @@ export class Store {
 
   setPoolOrder(rowId: number, poolOrder: number): void {
     this.setOrderStmt.run(poolOrder, rowId);
+  }
+
+  /**
+   * Reclaims up to `limit` leases whose last liveness is at or before `cutoff` into cooling
+   * until `availableAt`, with their history; returns them as they were.
+   */
+  reclaimExpired(cutoff: number, limit: number, now: number, availableAt: number): IdentifierRecord[] {
+    const recs = this.expired(cutoff, limit);
+    if (recs.length === 0) return recs;
+    const ids = JSON.stringify(recs.map((r) => r.rowId));
+    this.reclaimHistoryStmt.run({ ids, now });
+    this.reclaimFreeStmt.run({ ids, availableAt });
+    return recs;
   }
 
   /** Pushes every cool-down still running at `floor` later by `shift` ms; returns how many. */
