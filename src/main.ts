@@ -3,12 +3,12 @@
  * SIGHUP re-reads the pool file; SIGTERM/SIGINT stop the reaper, stop accepting, finish
  * in-flight requests and close the database.
  */
-import { createServer } from 'node:http';
 import type { Server } from 'node:http';
 import { systemTimeSource } from './clock.js';
 import { ConfigError, loadConfig, processEnv } from './config.js';
 import type { Config } from './config.js';
 import { createApp } from './http/app.js';
+import { createHttpServer } from './http/server.js';
 import { startReaper } from './jobs/reaper.js';
 import { createLogger, logRegistryEvent, stdoutDestination } from './log.js';
 import type { Logger } from './log.js';
@@ -34,15 +34,6 @@ function configure(): Config {
     if (e instanceof ConfigError) die(`configuration error: ${e.message}`, EX_CONFIG);
     throw e;
   }
-}
-
-/** Server limits: a slow or idle client cannot hold a socket for long. */
-function tuneServer(server: Server): void {
-  server.headersTimeout = 10_000;
-  server.requestTimeout = 30_000;
-  server.keepAliveTimeout = 5_000;
-  server.maxHeadersCount = 100;
-  server.maxRequestsPerSocket = 10_000;
 }
 
 function listen(server: Server, config: Config): Promise<void> {
@@ -120,8 +111,7 @@ async function main(): Promise<void> {
     metrics,
     log,
   });
-  const server = createServer(app.callback());
-  tuneServer(server);
+  const server = createHttpServer(app.callback());
   await listen(server, config);
   if (config.adminTokens.length === 0) log.warn('ADMIN_TOKENS is unset: listing, inspection and admin routes are open');
   log.info({ host: config.host, port: config.port, db: config.dbPath, pool: config.poolFile }, 'asg-id-registry listening');
@@ -150,7 +140,10 @@ async function main(): Promise<void> {
         process.exit(0);
       });
     });
+    // Connections that finish their last request after close() would otherwise linger until
+    // their keep-alive timeout.
     server.closeIdleConnections();
+    setInterval(() => server.closeIdleConnections(), 100).unref();
     // In-flight requests get 10 s; then the database is closed anyway (committed writes are safe).
     setTimeout(() => {
       log.warn('in-flight requests did not finish in 10 s; closing');

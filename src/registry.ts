@@ -320,9 +320,11 @@ export class Registry {
     });
   }
 
-  /** Errors: unavailable when the database cannot be read. */
+  /** Errors: unavailable when the database cannot be read or cannot take writes. */
   async health(): Promise<Health> {
     return this.store.read(() => {
+      const problem = this.store.healthProblem();
+      if (problem) throw new RegistryError('unavailable', problem);
       const now = this.clock.now();
       const c = this.store.counts(now);
       return {

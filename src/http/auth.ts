@@ -13,7 +13,7 @@ export interface AuthOptions {
 const digest = (t: string): Buffer => createHash('sha256').update(t, 'utf8').digest();
 
 /** Compares against every token, never stopping early, on fixed-length digests: no timing signal. */
-function matchesAny(presented: Buffer, known: readonly Buffer[]): boolean {
+export function matchesAny(presented: Buffer, known: Iterable<Buffer>): boolean {
   let found = false;
   for (const k of known) found = timingSafeEqual(presented, k) || found;
   return found;

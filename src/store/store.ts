@@ -3,11 +3,11 @@
  * commits the writes of one event-loop tick together (group commit) and fsyncs that one
  * commit when any of them changed ownership.
  */
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Statement, Transaction } from 'better-sqlite3';
-import { isRegistryError } from '../domain/errors.js';
+import { RegistryError, isRegistryError } from '../domain/errors.js';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord, Status } from '../domain/types.js';
 import { startCheckpointer } from './checkpointer.js';
 import type { Checkpointer } from './checkpointer.js';
@@ -95,6 +95,10 @@ export class Store {
   private flushScheduled = false;
   private syncMode: 'FULL' | 'NORMAL' = 'FULL';
   private checkpointer: Checkpointer | null = null;
+  /** The database file as opened; null in memory. */
+  private readonly file: { readonly path: string; readonly dev: number; readonly ino: number } | null;
+  /** The last storage failure of a write, until a write succeeds again. */
+  private storageFault: string | null = null;
 
   private readonly byNameStmt: Statement;
   private readonly byClientStmt: Statement;
@@ -127,6 +131,12 @@ export class Store {
   constructor(opts: StoreOptions | Database.Database) {
     this.db = opts instanceof Database ? opts : openDatabase(opts);
     const db = this.db;
+    if (db.memory) {
+      this.file = null;
+    } else {
+      const st = statSync(db.name);
+      this.file = { path: db.name, dev: st.dev, ino: st.ino };
+    }
     const p = (sql: string): Statement => db.prepare(sql);
     this.byNameStmt = p(`SELECT ${RECORD_COLUMNS} FROM identifiers WHERE name = ?`);
     this.byClientStmt = p(`SELECT ${RECORD_COLUMNS} FROM identifiers WHERE client_id = ?`);
@@ -225,10 +235,16 @@ export class Store {
     if (batch.length === 0) return;
     let outcomes: Outcome[];
     try {
+      const moved = this.fileProblem();
+      if (moved) throw new RegistryError('unavailable', moved);
       this.setSynchronous(batch.some((b) => b.durable) ? 'FULL' : 'NORMAL');
       outcomes = this.runBatch.immediate(batch);
+      this.storageFault = null;
     } catch (e) {
       const err = toRegistryError(e);
+      // A lock held by another writer passes; any other storage failure makes the database unhealthy.
+      const busy = e instanceof Database.SqliteError && /^SQLITE_(BUSY|LOCKED)/.test(e.code);
+      if (err.code === 'unavailable' && !busy) this.storageFault = err.message;
       for (const item of batch) item.reject(err);
       return;
     }
@@ -344,9 +360,27 @@ export class Store {
     return scalar(this.oldestLastSeenStmt.get());
   }
 
-  /** Throws when the database cannot be read. */
-  ping(): void {
+  /**
+   * Whether the file this connection writes to is still the one at its path. SQLite keeps
+   * writing to a deleted or replaced file's inode, and everything written there is lost at
+   * the next start-up, so such writes are refused.
+   */
+  fileProblem(): string | null {
+    if (!this.file) return null;
+    try {
+      const st = statSync(this.file.path);
+      if (st.ino !== this.file.ino || st.dev !== this.file.dev) return `the database file ${this.file.path} was replaced`;
+      return null;
+    } catch {
+      return `the database file ${this.file.path} was removed`;
+    }
+  }
+
+  /** Why the database cannot serve writes, or null. Reads it once, so a broken file throws. */
+  healthProblem(): string | null {
     this.pingStmt.get();
+    if (this.db.readonly) return 'the database is open read-only';
+    return this.fileProblem() ?? this.storageFault;
   }
 
   // ---- writes (only inside `write()`) ----
