@@ -134,7 +134,7 @@ async function main(): Promise<void> {
     log.info({ signal }, 'shutting down: finishing in-flight requests');
     stopReaper();
     server.close(() => {
-      void store.close().then(() => {
+      void registry.close().then(() => store.close()).then(() => {
         log.info('database closed; bye');
         logOut.flushSync();
         process.exit(0);

@@ -64,6 +64,8 @@ export interface RegistryDeps {
 }
 
 const POOL_FINGERPRINT = 'pool_fingerprint';
+/** How long an answered liveness may wait to be written with others. */
+const RENEWAL_FLUSH_MS = 50;
 
 export class Registry {
   readonly startedAt: number;
@@ -73,6 +75,14 @@ export class Registry {
   private readonly observe: RegistryObserver;
   private reaper: ReaperState = { lastRunAt: null, lastReclaimed: 0, held: false, reason: null };
   private sweeping: Promise<ReapResult> | null = null;
+  /**
+   * Renewals answered but not yet written: a liveness is checked against the database and
+   * answered at once, and its last_seen is written with the others of the next RENEWAL_FLUSH_MS
+   * (SPEC.md: "a liveness may ride on the next sync"). Every other write goes after them, and
+   * every read sees them.
+   */
+  private readonly pending = new Map<number, { readonly clientId: string; readonly at: number }>();
+  private pendingTimer: NodeJS.Timeout | null = null;
 
   constructor(deps: RegistryDeps) {
     this.store = deps.store;
@@ -96,9 +106,10 @@ export class Registry {
    * Errors: pool_exhausted when nothing is allocatable.
    */
   async allocate(clientId: string): Promise<Lease> {
-    const lease = await this.store.write(() => {
+    const lease = await this.write(() => {
       const now = this.clock.now();
-      const held = this.store.byClient(clientId);
+      const found = this.store.byClient(clientId);
+      const held = found ? this.current(found) : null;
       if (held) {
         this.store.renew(held.rowId, clientId, now);
         return { lease: this.leaseAfterRenew(held, now), granted: false };
@@ -123,13 +134,14 @@ export class Registry {
    * Errors: identifier_not_found, not_owner, stale_epoch.
    */
   async renew(clientId: string, identifier: string, epoch?: number): Promise<Lease> {
-    const lease = await this.store.write(() => {
+    const lease = await this.store.readBatched(() => {
       const now = this.clock.now();
-      const rec = this.mustFind(identifier);
+      const rec = this.current(this.mustFind(identifier));
       assertOwner(rec, clientId, epoch);
-      this.store.renew(rec.rowId, clientId, now);
+      this.pending.set(rec.rowId, { clientId, at: Math.max(now, rec.holder?.lastSeen ?? now) });
+      this.pendingTimer ??= setTimeout(() => void this.flushRenewals().catch(() => {}), RENEWAL_FLUSH_MS);
       return this.leaseAfterRenew(rec, now);
-    }, false);
+    });
     this.observe({ type: 'renewed', identifier, clientId });
     return lease;
   }
@@ -140,7 +152,7 @@ export class Registry {
    * Errors: identifier_not_found, not_owner, stale_epoch.
    */
   async release(clientId: string, identifier: string, epoch?: number): Promise<IdentifierInfo> {
-    const info = await this.store.write(() => {
+    const info = await this.write(() => {
       const now = this.clock.now();
       const rec = this.mustFind(identifier);
       assertOwner(rec, clientId, epoch);
@@ -156,7 +168,7 @@ export class Registry {
    * Errors: identifier_not_found.
    */
   async forceRelease(identifier: string): Promise<IdentifierInfo> {
-    const { info, holder } = await this.store.write(() => {
+    const { info, holder } = await this.write(() => {
       const now = this.clock.now();
       const rec = this.mustFind(identifier);
       if (!rec.holder) return { info: infoOf(rec, now, this.rules.ttlMs), holder: null };
@@ -180,6 +192,7 @@ export class Registry {
   }
 
   private async sweep(force: boolean): Promise<ReapResult> {
+    await this.flushRenewals(); // expiry is judged on every liveness answered so far
     const started = this.clock.now();
     const cutoff = expiryCutoff(started, this.rules.ttlMs);
     const { expired, leased } = await this.store.read(() => ({
@@ -207,7 +220,7 @@ export class Registry {
   private async reclaimExpired(cutoff: number): Promise<number> {
     let total = 0;
     for (;;) {
-      const batch = await this.store.write(() => {
+      const batch = await this.write(() => {
         const now = this.clock.now();
         return this.store.reclaimExpired(cutoff, this.rules.reapBatchSize, now, now + this.rules.cooldownMs);
       }, true);
@@ -226,7 +239,7 @@ export class Registry {
   async resumeCooldowns(floor: number): Promise<number> {
     const shift = this.clock.now() - floor;
     if (shift <= 0) return 0;
-    return this.store.write(() => this.store.shiftCooldowns(floor, shift), true);
+    return this.write(() => this.store.shiftCooldowns(floor, shift), true);
   }
 
   /**
@@ -234,7 +247,7 @@ export class Registry {
    * added free, missing ones retired (a held one keeps its lease), returning ones restored.
    */
   async syncPool(names: readonly string[], fingerprint: string | null = null): Promise<SyncResult> {
-    const result = await this.store.write(() => {
+    const result = await this.write(() => {
       // Recorded with the sync it describes, so a start-up with the same file can skip it.
       this.store.setMeta(POOL_FINGERPRINT, fingerprint ?? '');
       const now = this.clock.now();
@@ -280,14 +293,14 @@ export class Registry {
   /** Errors: client_not_found. */
   async leaseOfClient(clientId: string): Promise<Lease> {
     const rec = await this.store.read(() => this.store.byClient(clientId));
-    const lease = rec ? leaseOf(rec, this.rules.ttlMs) : null;
+    const lease = rec ? leaseOf(this.current(rec), this.rules.ttlMs) : null;
     if (!lease) throw new RegistryError('client_not_found', `client ${clientId} holds no identifier`);
     return lease;
   }
 
   /** Errors: identifier_not_found. */
   async identifier(name: string): Promise<IdentifierInfo> {
-    return this.store.read(() => infoOf(this.mustFind(name), this.clock.now(), this.rules.ttlMs));
+    return this.store.read(() => infoOf(this.current(this.mustFind(name)), this.clock.now(), this.rules.ttlMs));
   }
 
   /** Errors: identifier_not_found. */
@@ -314,7 +327,7 @@ export class Registry {
       const more = filter.limit !== null && recs.length > filter.limit;
       const page = more ? recs.slice(0, filter.limit ?? 0) : recs;
       return {
-        items: page.map((r) => infoOf(r, now, this.rules.ttlMs)),
+        items: page.map((r) => infoOf(this.current(r), now, this.rules.ttlMs)),
         next: more ? (page[page.length - 1]?.name ?? null) : null,
       };
     });
@@ -345,7 +358,42 @@ export class Registry {
     return this.clock.now() - this.startedAt;
   }
 
+  /** Writes pending renewals; resolves once they are committed. */
+  flushRenewals(): Promise<void> {
+    if (this.pendingTimer) clearTimeout(this.pendingTimer);
+    this.pendingTimer = null;
+    if (this.pending.size === 0) return Promise.resolve();
+    // Queued as a write of its own, ahead of whatever comes next, so a refused write's
+    // rollback cannot take the renewals with it.
+    return this.store.write(() => {
+      for (const [rowId, p] of this.pending) this.store.renew(rowId, p.clientId, p.at);
+      this.pending.clear();
+    }, false).catch((e: unknown) => {
+      // Not written (the database is locked or failing): they stay pending; try again soon.
+      this.pendingTimer ??= setTimeout(() => void this.flushRenewals().catch(() => {}), RENEWAL_FLUSH_MS);
+      throw e;
+    });
+  }
+
+  /** Writes pending renewals and stops taking time from the event loop. */
+  close(): Promise<void> {
+    return this.flushRenewals();
+  }
+
+  /** Every write but a renewal: pending renewals go first, in the same commit. */
+  private write<T>(fn: () => T, durable: boolean): Promise<T> {
+    if (this.pending.size > 0) void this.flushRenewals().catch(() => {});
+    return this.store.write(fn, durable);
+  }
+
   // ---- helpers (inside a transaction) ----
+
+  /** The record as the registry knows it: with a renewal not yet written. */
+  private current(rec: IdentifierRecord): IdentifierRecord {
+    const p = this.pending.get(rec.rowId);
+    if (!p || !rec.holder || rec.holder.clientId !== p.clientId || rec.holder.lastSeen >= p.at) return rec;
+    return { ...rec, holder: { ...rec.holder, lastSeen: p.at } };
+  }
 
   private mustFind(name: string): IdentifierRecord {
     const rec = this.store.byName(name);

@@ -217,8 +217,9 @@ class Real {
     this.registry = await openRegistry({ store: this.store, source: this.src, rules: this.rules });
     await this.registry.syncPool(pool);
   }
-  stop(): void {
-    this.store.close();
+  async stop(): Promise<void> {
+    await this.registry.close();
+    await this.store.close();
   }
 }
 
@@ -296,7 +297,7 @@ async function runScenario(rules: RegistryRules, cmds: Cmd[], checkBeliefs: bool
           src.jumpWall(cmd.ms);
           break;
         case 'restart':
-          real.stop();
+          await real.stop();
           src.advance(cmd.downMs);
           src.jumpWall(cmd.jumpMs);
           await real.start(pool);
@@ -350,7 +351,7 @@ async function runScenario(rules: RegistryRules, cmds: Cmd[], checkBeliefs: bool
       }
     }
   } finally {
-    try { real.stop(); } catch { /* already closed */ }
+    try { await real.stop(); } catch { /* already closed */ }
     t.cleanup();
   }
 }

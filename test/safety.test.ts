@@ -32,14 +32,15 @@ class Deployment {
 
   /** The process stops, `downMs` of real time pass, and it starts again. */
   async restart(downMs: number, wallJumpMs = 0): Promise<void> {
-    this.store.close();
+    await this.stop();
     this.source.advance(downMs);
     this.source.jumpWall(wallJumpMs);
     await this.start();
   }
 
-  stop(): void {
-    this.store.close();
+  async stop(): Promise<void> {
+    await this.registry.close();
+    await this.store.close();
   }
 }
 
@@ -62,7 +63,7 @@ describe('safety: startup grace', () => {
       d.source.advance(1);
       expect((await d.registry.reap()).reclaimed).to.equal(1);
     } finally {
-      d.stop();
+      await d.stop();
     }
   });
 
@@ -77,7 +78,7 @@ describe('safety: startup grace', () => {
       expect((await d.registry.reap()).reclaimed).to.equal(0);
       expect((await d.registry.leaseOfClient('vm-a')).epoch).to.equal(l.epoch);
     } finally {
-      d.stop();
+      await d.stop();
     }
   });
 });
@@ -148,7 +149,7 @@ describe('safety: clock jumps', () => {
       expect((await d.registry.reap()).reclaimed).to.equal(0);
       expect((await d.registry.health()).pool.leased).to.equal(20);
     } finally {
-      d.stop();
+      await d.stop();
     }
   });
 
@@ -161,7 +162,7 @@ describe('safety: clock jumps', () => {
       expect(r).to.include({ reclaimed: 0, held: true });
       expect((await d.registry.health()).pool.leased).to.equal(20);
     } finally {
-      d.stop();
+      await d.stop();
     }
   });
 
@@ -178,7 +179,7 @@ describe('safety: clock jumps', () => {
       for (let i = 2; i < POOL.length; i++) await d.registry.allocate(`vm-x${i}`);
       expect((await d.registry.allocate('vm-c')).identifier).to.equal('w-0'); // …and w-0's cool-down ended
     } finally {
-      d.stop();
+      await d.stop();
     }
   });
 
@@ -195,7 +196,7 @@ describe('safety: clock jumps', () => {
       d.source.advance(SECOND);
       expect((await d.registry.allocate('vm-b')).identifier).to.equal('w-0');
     } finally {
-      d.stop();
+      await d.stop();
     }
   });
 
@@ -217,7 +218,7 @@ describe('safety: clock jumps', () => {
       d.source.advance(90 * SECOND);
       expect((await d.registry.identifier(l.identifier)).status).to.equal('free');
     } finally {
-      d.stop();
+      await d.stop();
     }
   });
 });

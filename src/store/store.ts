@@ -127,6 +127,9 @@ export class Store {
   private readonly reclaimHistoryStmt: Statement;
   private readonly reclaimFreeStmt: Statement;
   private readonly runBatch: Transaction<(batch: readonly Pending[]) => Outcome[]>;
+  private readonly runReads: Transaction<(batch: readonly Pending[]) => Outcome[]>;
+  private reads: Pending[] = [];
+  private readsScheduled = false;
 
   constructor(opts: StoreOptions | Database.Database) {
     this.db = opts instanceof Database ? opts : openDatabase(opts);
@@ -198,6 +201,17 @@ export class Store {
     );
     this.shiftCooldownsStmt = p(`UPDATE identifiers SET available_at = available_at + @shift WHERE client_id IS NULL AND available_at > @floor`);
 
+    // Reads of one tick share one read transaction: one snapshot, one WAL lookup setup.
+    this.runReads = db.transaction((batch: readonly Pending[]) =>
+      batch.map((item): Outcome => {
+        try {
+          return { ok: true, value: item.fn() };
+        } catch (error) {
+          if (isRegistryError(error)) return { ok: false, error };
+          throw error;
+        }
+      }),
+    );
     // Each queued write runs in its own savepoint, so one that fails leaves the others' writes in.
     const runOne = db.transaction((fn: () => unknown) => fn());
     this.runBatch = db.transaction((batch: readonly Pending[]) =>
@@ -245,6 +259,40 @@ export class Store {
       // A lock held by another writer passes; any other storage failure makes the database unhealthy.
       const busy = e instanceof Database.SqliteError && /^SQLITE_(BUSY|LOCKED)/.test(e.code);
       if (err.code === 'unavailable' && !busy) this.storageFault = err.message;
+      for (const item of batch) item.reject(err);
+      return;
+    }
+    outcomes.forEach((o, i) => {
+      const item = batch[i];
+      if (!item) return;
+      if (o.ok) item.resolve(o.value);
+      else item.reject(o.error);
+    });
+  }
+
+  /**
+   * Runs a read with the other reads of this tick in one read transaction (no write lock).
+   * For the hot path; `fn` must not write.
+   */
+  readBatched<T>(fn: () => T): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.reads.push({ fn, durable: false, resolve: (v) => resolve(v as T), reject });
+      if (!this.readsScheduled) {
+        this.readsScheduled = true;
+        setImmediate(() => this.flushReads());
+      }
+    });
+  }
+
+  private flushReads(): void {
+    this.readsScheduled = false;
+    const batch = this.reads;
+    this.reads = [];
+    let outcomes: Outcome[];
+    try {
+      outcomes = this.runReads.deferred(batch);
+    } catch (e) {
+      const err = toRegistryError(e);
       for (const item of batch) item.reject(err);
       return;
     }
