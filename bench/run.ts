@@ -155,9 +155,23 @@ async function throughput(): Promise<void> {
     add('GET /identifier/:id', 'getIdentifier', null);
     add('GET /identifiers, 1,000-row page', 'page', null);
 
-    const lat = check(await load({ url: reg.base, seconds: CFG.latencySeconds, connections: 16, rate: 2000, requests: livenessRequests(leases) }), 'fixed-rate');
+    // Few connections: autocannon releases a rate-limited load in bursts per connection, which
+    // alone gives the bare baseline a 5 ms p99 with 16 connections (2 ms with 4).
+    // This machine is shared and noisy: a warm-up, then the median p99 of three runs.
+    const fixed = async (url: string, requests: () => Request[]): Promise<LoadResult> => {
+      await load({ url, seconds: 2, connections: 4, rate: 2000, requests: requests() });
+      const runs: LoadResult[] = [];
+      for (let i = 0; i < 3; i++) runs.push(check(await load({ url, seconds: CFG.latencySeconds, connections: 4, rate: 2000, requests: requests() }), 'fixed-rate'));
+      return [...runs].sort((a, b) => a.p99 - b.p99)[1] ?? runs[0] ?? runs[0]!;
+    };
+    const lat = await fixed(reg.base, () => livenessRequests(leases));
+    const baseLat = await fixed(base.base, baselineRequests);
+    raw['fixedRateBaseline'] = baseLat;
     raw['fixedRate'] = lat;
-    rows.push({ scenario: 'liveness at 2,000 req/s: p50 / p99', value: `${lat.p50} / ${lat.p99} ms`, target: 'p99 < 5 ms', met: lat.p99 < 5 });
+    rows.push({
+      scenario: 'liveness at 2,000 req/s: p50 / p99', value: `${lat.p50} / ${lat.p99} ms`,
+      baseline: `${baseLat.p50} / ${baseLat.p99} ms`, target: 'p99 < 5 ms', met: lat.p99 < 5,
+    });
   } finally {
     await base.stop();
     await reg.stop();

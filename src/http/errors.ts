@@ -57,7 +57,8 @@ export function errorHandler(report: ErrorReporter) {
       ctx.state['errorCode'] = err.code;
       if (err.code === 'unavailable') ctx.set('Retry-After', String(RETRY_AFTER_SECONDS));
       if (err.code === 'unauthorized') ctx.set('WWW-Authenticate', 'Bearer');
-      if (ctx.status >= 500) report(err, ctx);
+      // pool_exhausted is an answer, not a failure: only a fault of ours or of storage is reported.
+      if (err.code === 'internal' || err.code === 'unavailable') report(err, ctx);
     }
   };
 }

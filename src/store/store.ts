@@ -3,7 +3,7 @@
  * commits the writes of one event-loop tick together (group commit) and fsyncs that one
  * commit when any of them changed ownership.
  */
-import { mkdirSync, statSync } from 'node:fs';
+import { closeSync, fsync as fsFsync, fsyncSync, mkdirSync, openSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Statement, Transaction } from 'better-sqlite3';
@@ -21,6 +21,8 @@ export interface StoreOptions {
   /** How long a write waits for another process's write lock before answering `unavailable`. */
   readonly busyTimeoutMs?: number;
   readonly readonly?: boolean;
+  /** How a durable commit's WAL is made durable; tests hold it back. Default: fs.fsync. */
+  readonly fsync?: (fd: number, done: (err: Error | null) => void) => void;
 }
 
 /** An identifier as the pool sync needs to see it. */
@@ -72,7 +74,9 @@ export function openDatabase(opts: StoreOptions): Database.Database {
   if (!opts.readonly) {
     db.pragma('journal_mode = WAL');
     db.pragma('foreign_keys = ON');
-    db.pragma('synchronous = FULL');
+    // Commits never fsync on the event loop: a batch with an ownership change fsyncs the WAL
+    // on libuv's thread pool and answers after (see Store.flush). NORMAL + that fsync is FULL.
+    db.pragma('synchronous = NORMAL');
     migrate(db);
   }
   return db;
@@ -93,7 +97,10 @@ export class Store {
   readonly db: Database.Database;
   private queue: Pending[] = [];
   private flushScheduled = false;
-  private syncMode: 'FULL' | 'NORMAL' = 'FULL';
+  private walFd: number | null = null;
+  private syncsInFlight = 0;
+  private syncsDone: (() => void) | null = null;
+  private readonly fsync: (fd: number, done: (err: Error | null) => void) => void;
   private checkpointer: Checkpointer | null = null;
   /** The database file as opened; null in memory. */
   private readonly file: { readonly path: string; readonly dev: number; readonly ino: number } | null;
@@ -133,6 +140,7 @@ export class Store {
 
   constructor(opts: StoreOptions | Database.Database) {
     this.db = opts instanceof Database ? opts : openDatabase(opts);
+    this.fsync = (!(opts instanceof Database) && opts.fsync) || fsFsync;
     const db = this.db;
     if (db.memory) {
       this.file = null;
@@ -251,7 +259,6 @@ export class Store {
     try {
       const moved = this.fileProblem();
       if (moved) throw new RegistryError('unavailable', moved);
-      this.setSynchronous(batch.some((b) => b.durable) ? 'FULL' : 'NORMAL');
       outcomes = this.runBatch.immediate(batch);
       this.storageFault = null;
     } catch (e) {
@@ -262,12 +269,55 @@ export class Store {
       for (const item of batch) item.reject(err);
       return;
     }
-    outcomes.forEach((o, i) => {
-      const item = batch[i];
-      if (!item) return;
-      if (o.ok) item.resolve(o.value);
-      else item.reject(o.error);
+    const settle = (fsyncError: RegistryError | null): void => {
+      outcomes.forEach((o, i) => {
+        const item = batch[i];
+        if (!item) return;
+        if (!o.ok) item.reject(o.error);
+        else if (fsyncError && item.durable) item.reject(fsyncError);
+        else item.resolve(o.value);
+      });
+    };
+    if (!batch.some((b, i) => b.durable && outcomes[i]?.ok)) return settle(null);
+    this.syncWal(settle);
+  }
+
+  /**
+   * Makes every commit so far durable, off the event loop: fsync of the WAL file, which is
+   * what synchronous=FULL does after each commit. One fsync covers all the commits before it.
+   */
+  private syncWal(then: (err: RegistryError | null) => void): void {
+    const failed = (err: Error): void => {
+      this.storageFault = `the database's log could not be synced to disk (${err.message})`;
+      then(new RegistryError('unavailable', this.storageFault, { cause: err }));
+    };
+    let fd: number | null;
+    try {
+      fd = this.walDescriptor();
+    } catch (e) {
+      return failed(e instanceof Error ? e : new Error(String(e)));
+    }
+    if (fd === null) return then(null); // in memory: nothing to make durable
+    this.syncsInFlight++;
+    this.fsync(fd, (err) => {
+      this.syncsInFlight--;
+      if (this.syncsInFlight === 0) this.syncsDone?.();
+      if (err) failed(err);
+      else then(null);
     });
+  }
+
+  private walDescriptor(): number | null {
+    if (this.walFd !== null || !this.file) return this.walFd;
+    this.walFd = openSync(`${this.file.path}-wal`, 'r');
+    // The WAL file's directory entry must be durable too (once).
+    const dir = openSync(dirname(this.file.path), 'r');
+    try {
+      fsyncSync(dir);
+    } finally {
+      closeSync(dir);
+    }
+    return this.walFd;
   }
 
   /**
@@ -311,16 +361,6 @@ export class Store {
     } catch (e) {
       return Promise.reject(toRegistryError(e));
     }
-  }
-
-  /**
-   * Not a prepared statement: SQLite applies `PRAGMA synchronous` when the statement is
-   * prepared, so a statement prepared once and run later does not switch the mode.
-   */
-  private setSynchronous(mode: 'FULL' | 'NORMAL'): void {
-    if (mode === this.syncMode) return;
-    this.db.pragma(`synchronous = ${mode}`);
-    this.syncMode = mode;
   }
 
   // ---- reads (inside or outside a write) ----
@@ -497,10 +537,13 @@ export class Store {
   /** Commits what is queued, stops the checkpointer, then closes the database. */
   async close(): Promise<void> {
     this.flush();
+    if (this.syncsInFlight > 0) await new Promise<void>((resolve) => { this.syncsDone = resolve; });
     if (this.checkpointer) {
       await this.checkpointer.stop();
       this.checkpointer = null;
     }
+    if (this.walFd !== null) closeSync(this.walFd);
+    this.walFd = null;
     if (this.db.open) this.db.close();
   }
 }

@@ -183,14 +183,21 @@ describe('graceful stop: SIGTERM under load', function () {
       await new Promise((r) => slow.once('connect', r));
       slow.write(`POST /allocate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, 10)}`);
       let slowAnswer = '';
-      slow.on('data', (d: Buffer) => { slowAnswer += d.toString(); });
-      const slowDone = new Promise((r) => slow.once('close', r));
+      // Like any real client, it waits for the answer before closing (a half-close would abort it).
+      const slowDone = new Promise<void>((resolve) => {
+        slow.on('data', (d: Buffer) => {
+          slowAnswer += d.toString();
+          if (/\r\n\r\n\{.*\}$/s.test(slowAnswer)) resolve();
+        });
+        slow.once('close', () => resolve());
+      });
       await sleep(50);
       stopping = true;
       const exit = reg.stop('SIGTERM');
       await sleep(200);
-      slow.end(body.slice(10));
+      slow.write(body.slice(10));
       await slowDone;
+      slow.end();
       expect(slowAnswer).to.match(/^HTTP\/1.1 200 /);
       held.set('vm-slow', String((JSON.parse(slowAnswer.slice(slowAnswer.indexOf('\r\n\r\n') + 4)) as { identifier: string }).identifier));
       await Promise.all(workers);

@@ -65,13 +65,43 @@ describe('store: group commit', () => {
     expect(store.meta('k3')).to.equal('v');
   });
 
-  it('fsyncs (synchronous=FULL) a batch holding an ownership change, not one of renewals only', async () => {
-    const { store } = await makeRegistry({ pool: '' });
-    const mode = (): unknown => store.db.pragma('synchronous', { simple: true });
-    expect(await store.write(mode, false)).to.equal(1); // NORMAL: a liveness rides on the next sync
-    expect(await store.write(mode, true)).to.equal(2); // FULL: on disk before the 200
-    const [a, b] = await Promise.all([store.write(mode, false), store.write(mode, true)]);
-    expect([a, b]).to.deep.equal([2, 2]); // one durable write makes the whole batch durable
+  it('answers a durable write only after the WAL is fsynced; a renewal-only batch does not wait', async () => {
+    const t = tempDir();
+    try {
+      const held: Array<(err: Error | null) => void> = [];
+      const store = new Store({ path: join(t.dir, 'f.db'), fsync: (_fd, done) => held.push(done) });
+      const settled: string[] = [];
+      const ins = store.db.prepare(`INSERT INTO meta (key, value) VALUES (?, 'v')`);
+      const light = store.write(() => ins.run('light'), false).then(() => settled.push('light'));
+      await light;
+      expect(held).to.have.length(0); // no fsync for a batch without an ownership change
+      const durable = store.write(() => ins.run('durable'), true).then(() => settled.push('durable'));
+      await new Promise((r) => setTimeout(r, 20));
+      expect(held).to.have.length(1);
+      expect(settled).to.deep.equal(['light']); // committed, but not answered before the fsync
+      expect(store.meta('durable')).to.equal('v');
+      held[0]?.(null);
+      await durable;
+      expect(settled).to.deep.equal(['light', 'durable']);
+      expect(store.db.pragma('synchronous', { simple: true })).to.equal(1); // NORMAL: no fsync on the event loop
+      await store.close();
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  it('a failed fsync answers 503 unavailable to the durable writes and makes the store unhealthy', async () => {
+    const t = tempDir();
+    try {
+      const store = new Store({ path: join(t.dir, 'f.db'), fsync: (_fd, done) => done(new Error('EIO')) });
+      const err = await store.write(() => 1, true).then(() => null, (e: unknown) => e);
+      expect(err).to.be.instanceOf(RegistryError);
+      if (err instanceof RegistryError) expect(err.code).to.equal('unavailable');
+      expect(store.healthProblem()).to.match(/could not be synced/);
+      await store.close();
+    } finally {
+      t.cleanup();
+    }
   });
 
   it('an unexpected SQL failure rejects as internal, never leaking SQL', async () => {
