@@ -139,7 +139,7 @@ export class Registry {
       const rec = this.current(this.mustFind(identifier));
       assertOwner(rec, clientId, epoch);
       this.pending.set(rec.rowId, { clientId, at: Math.max(now, rec.holder?.lastSeen ?? now) });
-      this.pendingTimer ??= setTimeout(() => void this.flushRenewals().catch(() => {}), RENEWAL_FLUSH_MS);
+      this.scheduleRenewalFlush();
       return this.leaseAfterRenew(rec, now);
     });
     this.observe({ type: 'renewed', identifier, clientId });
@@ -370,9 +370,13 @@ export class Registry {
       this.pending.clear();
     }, false).catch((e: unknown) => {
       // Not written (the database is locked or failing): they stay pending; try again soon.
-      this.pendingTimer ??= setTimeout(() => void this.flushRenewals().catch(() => {}), RENEWAL_FLUSH_MS);
+      this.scheduleRenewalFlush();
       throw e;
     });
+  }
+
+  private scheduleRenewalFlush(): void {
+    this.pendingTimer ??= setTimeout(() => void this.flushRenewals().catch(() => {}), RENEWAL_FLUSH_MS);
   }
 
   /** Writes pending renewals and stops taking time from the event loop. */

@@ -2,6 +2,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import request from 'supertest';
 import type Koa from 'koa';
 import { FakeClock } from '../src/clock.js';
@@ -105,4 +106,14 @@ export async function errorCode(p: Promise<unknown>): Promise<string> {
     throw e;
   }
   throw new Error('expected a rejection, but it resolved');
+}
+
+/** Every identifier and history row of a database file, to compare before and after. */
+export function snapshotDb(path: string): string {
+  const db = new Database(path, { readonly: true });
+  try {
+    return JSON.stringify([db.prepare('SELECT * FROM identifiers ORDER BY id').all(), db.prepare('SELECT * FROM history ORDER BY id').all()]);
+  } finally {
+    db.close();
+  }
 }

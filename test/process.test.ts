@@ -2,20 +2,11 @@ import { expect } from 'chai';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { tempDir } from './helpers.js';
+import { snapshotDb, tempDir } from './helpers.js';
 import { ROOT, eventually, json, startProcess } from './process-helpers.js';
 
 function field(body: unknown, k: string): unknown {
   return typeof body === 'object' && body !== null && k in body ? Object.fromEntries(Object.entries(body))[k] : undefined;
-}
-
-function dump(path: string): string {
-  const db = new Database(path, { readonly: true });
-  try {
-    return JSON.stringify([db.prepare('SELECT * FROM identifiers ORDER BY id').all(), db.prepare('SELECT * FROM history ORDER BY id').all()]);
-  } finally {
-    db.close();
-  }
 }
 
 describe('the registry process', function () {
@@ -38,11 +29,11 @@ describe('the registry process', function () {
     expect((await json(first.base, 'POST', '/allocate', { client_id: 'vm-a' })).status).to.equal(200);
     expect((await first.stop()).code).to.equal(0);
     const dbPath = join(t.dir, 'registry.db');
-    const before = dump(dbPath);
+    const before = snapshotDb(dbPath);
     const bad = await startProcess({ dir: t.dir, pool: 'w-[0-2]\nnew-one\nw-[5-x]\n', wait: false });
     expect((await bad.exited).code).to.equal(78);
     expect(bad.output()).to.match(/line 3/);
-    expect(dump(dbPath)).to.equal(before);
+    expect(snapshotDb(dbPath)).to.equal(before);
   });
 
   it('a start-up with the pool file unchanged skips the sync; a changed file is synced', async () => {

@@ -5,12 +5,12 @@
  * registry running or stopped: SQLite's locks order them with the registry's writes.
  */
 import { parseArgs } from 'node:util';
-import Database from 'better-sqlite3';
 import { systemTimeSource, anchoredClock } from '../clock.js';
 import { loadCliConfig, loadConfig, processEnv } from '../config.js';
 import type { CliConfig } from '../config.js';
 import { parsePoolFile, readPoolText } from '../pool/load.js';
 import { Registry } from '../registry.js';
+import { backupDatabase } from '../store/backup.js';
 import { Store } from '../store/store.js';
 import { ago, table } from './format.js';
 
@@ -158,19 +158,11 @@ async function backup(cfg: CliConfig, args: string[]): Promise<string> {
   const { db, rest } = fileOptions(cfg, args);
   const dest = rest[0];
   if (!dest) throw new CliError(USAGE, 2);
-  const src = new Database(db, { readonly: true, fileMustExist: true });
   try {
-    const { totalPages } = await src.backup(dest);
-    const copy = new Database(dest, { readonly: true });
-    try {
-      const check: unknown = copy.pragma('integrity_check', { simple: true });
-      if (check !== 'ok') throw new CliError(`error: the backup at ${dest} failed its integrity check: ${String(check)}`, 3);
-    } finally {
-      copy.close();
-    }
-    return `backed up ${db} to ${dest} (${totalPages} pages, integrity ok)`;
-  } finally {
-    src.close();
+    const pages = await backupDatabase(db, dest);
+    return `backed up ${db} to ${dest} (${pages} pages, integrity ok)`;
+  } catch (e) {
+    throw new CliError(`error: ${e instanceof Error ? e.message : String(e)}`, 3);
   }
 }
 

@@ -9,10 +9,9 @@ import { expect } from 'chai';
 import { Agent, request } from 'node:http';
 import net from 'node:net';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import fc from 'fast-check';
 import { STATUS_OF } from '../../src/http/errors.js';
-import { tempDir } from '../helpers.js';
+import { snapshotDb, tempDir } from '../helpers.js';
 import { startProcess } from '../process-helpers.js';
 
 const SEED = Number(process.env['FUZZ_SEED'] ?? Date.now() % 1_000_000);
@@ -101,15 +100,6 @@ function rawGarbage(port: number, bytes: Buffer): Promise<string> {
   });
 }
 
-function snapshot(path: string): string {
-  const db = new Database(path, { readonly: true });
-  try {
-    return JSON.stringify([db.prepare('SELECT * FROM identifiers ORDER BY id').all(), db.prepare('SELECT * FROM history ORDER BY id').all()]);
-  } finally {
-    db.close();
-  }
-}
-
 describe('hostile input', function () {
   this.timeout(300_000);
 
@@ -122,7 +112,7 @@ describe('hostile input', function () {
         expect(r.status).to.equal(200);
       }
       const dbPath = join(t.dir, 'registry.db');
-      const before = snapshot(dbPath);
+      const before = snapshotDb(dbPath);
       const specs = fc.sample(specArb, { numRuns: COUNT, seed: SEED });
       const agent = new Agent({ keepAlive: true, maxSockets: 16 });
       const problems: string[] = [];
@@ -162,7 +152,7 @@ describe('hostile input', function () {
       expect(problems, `seed ${SEED}: ${problems.length} problems\n${problems.slice(0, 8).join('\n')}`).to.deep.equal([]);
       expect((await fetch(`${reg.base}/health`)).status).to.equal(200);
       expect(reg.child.exitCode).to.equal(null);
-      expect(snapshot(dbPath)).to.equal(before);
+      expect(snapshotDb(dbPath)).to.equal(before);
       expect([...seen.keys()].every((s) => s < 500)).to.equal(true);
       expect(specs.length + garbage.length).to.be.at.least(10_000);
     } finally {
