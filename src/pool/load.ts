@@ -31,7 +31,3 @@ export function parsePoolFile(path: string, file: PoolFile): string[] {
     throw new PoolFileError(`pool file ${path}: ${e instanceof Error ? e.message : String(e)}`);
   }
 }
-
-export function readPoolFile(path: string): string[] {
-  return parsePoolFile(path, readPoolText(path));
-}
