@@ -92,10 +92,6 @@ export class Registry {
     this.startedAt = deps.clock.now();
   }
 
-  get ttlMs(): number {
-    return this.rules.ttlMs;
-  }
-
   now(): number {
     return this.clock.now();
   }

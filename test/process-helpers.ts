@@ -1,5 +1,7 @@
 /** Starts the real registry (src/main.ts) as a child process on a free loopback port. */
 import { spawn } from 'node:child_process';
+import { request } from 'node:http';
+import type { Agent } from 'node:http';
 import type { ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -109,4 +111,26 @@ export async function json(base: string, method: string, path: string, body?: un
   } catch {
     return { status: r.status, body: text };
   }
+}
+
+export interface Reply { status: number; body: Record<string, unknown> }
+
+/** One request over `agent` (keep-alive, bounded sockets); rejects when no answer comes. */
+export function call(agent: Agent, base: string, method: string, path: string, body?: unknown): Promise<Reply> {
+  const data = body === undefined ? undefined : JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = request(new URL(path, base), {
+      method, agent,
+      headers: data ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) } : {},
+    }, (res) => {
+      let text = '';
+      res.on('data', (c: Buffer) => { text += c.toString(); });
+      res.on('end', () => {
+        try { resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) as Record<string, unknown> }); } catch (e) { reject(e); }
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(data);
+  });
 }

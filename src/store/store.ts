@@ -38,7 +38,7 @@ export interface PoolRow {
 export interface ListQuery {
   readonly status: Status | null;
   readonly now: number;
-  /** Start after this position (exclusive), from `positionOf()`. */
+  /** Start after this position (exclusive): the pool order and row id of the last row seen. */
   readonly after: { readonly poolOrder: number; readonly rowId: number } | null;
   /** At most this many rows; null for all. */
   readonly limit: number | null;
@@ -59,6 +59,29 @@ interface Pending {
 }
 
 type Outcome = { ok: true; value: unknown } | { ok: false; error: unknown };
+
+/** Runs each queued function; a RegistryError is that item's answer, anything else aborts the batch. */
+function runEach(batch: readonly Pending[], run: (fn: () => unknown) => unknown): Outcome[] {
+  return batch.map((item): Outcome => {
+    try {
+      return { ok: true, value: run(item.fn) };
+    } catch (error) {
+      if (isRegistryError(error)) return { ok: false, error };
+      throw error; // a storage failure: the whole transaction rolls back
+    }
+  });
+}
+
+/** Answers each item with its outcome; `durableError` overrides the durable ones' success. */
+function settle(batch: readonly Pending[], outcomes: readonly Outcome[], durableError: RegistryError | null = null): void {
+  outcomes.forEach((o, i) => {
+    const item = batch[i];
+    if (!item) return;
+    if (!o.ok) item.reject(o.error);
+    else if (durableError && item.durable) item.reject(durableError);
+    else item.resolve(o.value);
+  });
+}
 
 const STATUS_WHERE: Readonly<Record<Status | 'all', string>> = {
   all: '1 = 1',
@@ -210,28 +233,10 @@ export class Store {
     this.shiftCooldownsStmt = p(`UPDATE identifiers SET available_at = available_at + @shift WHERE client_id IS NULL AND available_at > @floor`);
 
     // Reads of one tick share one read transaction: one snapshot, one WAL lookup setup.
-    this.runReads = db.transaction((batch: readonly Pending[]) =>
-      batch.map((item): Outcome => {
-        try {
-          return { ok: true, value: item.fn() };
-        } catch (error) {
-          if (isRegistryError(error)) return { ok: false, error };
-          throw error;
-        }
-      }),
-    );
+    this.runReads = db.transaction((batch: readonly Pending[]) => runEach(batch, (fn) => fn()));
     // Each queued write runs in its own savepoint, so one that fails leaves the others' writes in.
-    const runOne = db.transaction((fn: () => unknown) => fn());
-    this.runBatch = db.transaction((batch: readonly Pending[]) =>
-      batch.map((item): Outcome => {
-        try {
-          return { ok: true, value: runOne(item.fn) };
-        } catch (error) {
-          if (isRegistryError(error)) return { ok: false, error };
-          throw error; // a storage failure: the whole batch rolls back
-        }
-      }),
-    );
+    const inSavepoint = db.transaction((fn: () => unknown) => fn());
+    this.runBatch = db.transaction((batch: readonly Pending[]) => runEach(batch, inSavepoint));
   }
 
   /**
@@ -269,17 +274,8 @@ export class Store {
       for (const item of batch) item.reject(err);
       return;
     }
-    const settle = (fsyncError: RegistryError | null): void => {
-      outcomes.forEach((o, i) => {
-        const item = batch[i];
-        if (!item) return;
-        if (!o.ok) item.reject(o.error);
-        else if (fsyncError && item.durable) item.reject(fsyncError);
-        else item.resolve(o.value);
-      });
-    };
-    if (!batch.some((b, i) => b.durable && outcomes[i]?.ok)) return settle(null);
-    this.syncWal(settle);
+    if (!batch.some((b, i) => b.durable && outcomes[i]?.ok)) return settle(batch, outcomes);
+    this.syncWal((fsyncError) => settle(batch, outcomes, fsyncError));
   }
 
   /**
@@ -346,12 +342,7 @@ export class Store {
       for (const item of batch) item.reject(err);
       return;
     }
-    outcomes.forEach((o, i) => {
-      const item = batch[i];
-      if (!item) return;
-      if (o.ok) item.resolve(o.value);
-      else item.reject(o.error);
-    });
+    settle(batch, outcomes);
   }
 
   /** Runs a read; storage failures come back as RegistryError. */

@@ -3,28 +3,16 @@
  * through SQLite's write lock, never through a process's memory.
  */
 import { expect } from 'chai';
-import { Agent, request } from 'node:http';
+import { Agent } from 'node:http';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { tempDir } from '../helpers.js';
-import { startProcess } from '../process-helpers.js';
-import type { RunningRegistry } from '../process-helpers.js';
+import { call, startProcess } from '../process-helpers.js';
+import type { Reply, RunningRegistry } from '../process-helpers.js';
 
 const agent = new Agent({ keepAlive: true, maxSockets: 128 });
 
-function post(base: string, path: string, body: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
-  const url = new URL(path, base);
-  const data = JSON.stringify(body);
-  return new Promise((resolve, reject) => {
-    const req = request(url, { method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) } }, (res) => {
-      let text = '';
-      res.on('data', (c: Buffer) => { text += c.toString(); });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) as Record<string, unknown> }));
-    });
-    req.on('error', reject);
-    req.end(data);
-  });
-}
+const post = (base: string, path: string, body: unknown): Promise<Reply> => call(agent, base, 'POST', path, body);
 
 describe('concurrency: two processes, one database file', function () {
   this.timeout(120_000);

@@ -4,34 +4,13 @@
  * taken effect or not, and the next answer tells which.
  */
 import { expect } from 'chai';
-import { Agent, request } from 'node:http';
+import { Agent } from 'node:http';
 import net from 'node:net';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { tempDir } from '../helpers.js';
-import { startProcess } from '../process-helpers.js';
+import { call, startProcess } from '../process-helpers.js';
 import type { RunningRegistry } from '../process-helpers.js';
-
-interface Reply { status: number; body: Record<string, unknown> }
-
-function call(agent: Agent, base: string, method: string, path: string, body?: unknown): Promise<Reply> {
-  const data = body === undefined ? undefined : JSON.stringify(body);
-  return new Promise((resolve, reject) => {
-    const req = request(new URL(path, base), {
-      method, agent,
-      headers: data ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) } : {},
-    }, (res) => {
-      let text = '';
-      res.on('data', (c: Buffer) => { text += c.toString(); });
-      res.on('end', () => {
-        try { resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) as Record<string, unknown> }); } catch (e) { reject(e); }
-      });
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(data);
-  });
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const ENV = { LEASE_TTL_SECONDS: '3600', STARTUP_GRACE_SECONDS: '3600', REAPER_SCHEDULE: '0 0 1 1 *', LOG_LEVEL: 'warn' };
