@@ -52,48 +52,64 @@ export class Metrics {
   /** Pool and reaper gauges, read from `snapshot` at scrape time (one read per scrape). Call once. */
   watch(snapshot: () => Promise<Health>): this {
     const registers = [this.register];
-    let pending: Promise<Health> | null = null;
-    const read = (): Promise<Health> => {
-      pending ??= snapshot().finally(() => { pending = null; });
+    // A sick database must not take /metrics down with it: the gauges then keep their last
+    // values, database_healthy says 0, and the process metrics still come through.
+    let pending: Promise<Health | null> | null = null;
+    let healthy = 1;
+    const read = (): Promise<Health | null> => {
+      pending ??= snapshot().then(
+        (h) => { healthy = 1; return h; },
+        () => { healthy = 0; return null; },
+      ).finally(() => { pending = null; });
       return pending;
     };
+    new client.Gauge({
+      name: `${P}database_healthy`, help: '1 while the database can be read and written (as /health), 0 otherwise', registers,
+      async collect() {
+        await read();
+        this.set(healthy);
+      },
+    });
     new client.Gauge({
       name: `${P}pool_identifiers`, help: 'Identifiers by status', labelNames: ['status'], registers,
       async collect() {
         const h = await read();
-        for (const [status, n] of Object.entries(h.pool)) if (status !== 'total') this.set({ status }, n);
+        if (h) for (const [status, n] of Object.entries(h.pool)) if (status !== 'total') this.set({ status }, n);
       },
     });
     new client.Gauge({
       name: `${P}oldest_lease_age_seconds`, help: 'Seconds since the least recent liveness among leased identifiers (0 with none)', registers,
       async collect() {
         const h = await read();
-        this.set(h.oldestLastSeen === null ? 0 : Math.max(0, (h.nowMs - h.oldestLastSeen) / 1000));
+        if (h) this.set(h.oldestLastSeen === null ? 0 : Math.max(0, (h.nowMs - h.oldestLastSeen) / 1000));
       },
     });
     new client.Gauge({
       name: `${P}reaper_last_run_timestamp_seconds`, help: 'When the reaper last swept (0: never)', registers,
       async collect() {
         const h = await read();
-        this.set(h.reaper.lastRunAt === null ? 0 : h.reaper.lastRunAt / 1000);
+        if (h) this.set(h.reaper.lastRunAt === null ? 0 : h.reaper.lastRunAt / 1000);
       },
     });
     new client.Gauge({
       name: `${P}reaper_last_reclaimed`, help: 'Leases reclaimed by the last sweep', registers,
       async collect() {
-        this.set((await read()).reaper.lastReclaimed);
+        const h = await read();
+        if (h) this.set(h.reaper.lastReclaimed);
       },
     });
     new client.Gauge({
       name: `${P}reaper_held`, help: '1 while the mass-expiry guard holds the reaper (health: degraded)', registers,
       async collect() {
-        this.set((await read()).reaper.held ? 1 : 0);
+        const h = await read();
+        if (h) this.set(h.reaper.held ? 1 : 0);
       },
     });
     new client.Gauge({
       name: `${P}uptime_seconds`, help: 'Seconds since the registry started', registers,
       async collect() {
-        this.set((await read()).uptimeMs / 1000);
+        const h = await read();
+        if (h) this.set(h.uptimeMs / 1000);
       },
     });
     return this;

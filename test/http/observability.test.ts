@@ -75,6 +75,21 @@ describe('metrics', () => {
   });
 });
 
+describe('metrics when the database is sick', () => {
+  it('/metrics still answers 200, says database_healthy 0, and keeps the last pool counts', async () => {
+    const h = await makeRegistry({ pool: 'w-[0-3]' });
+    await h.registry.allocate('vm-a');
+    let m = await scrape(h);
+    expect(sample(m, 'asg_id_registry_database_healthy')).to.equal(1);
+    expect(sample(m, 'asg_id_registry_pool_identifiers{status="leased"}')).to.equal(1);
+    h.store.db.close();
+    m = await scrape(h);
+    expect(sample(m, 'asg_id_registry_database_healthy')).to.equal(0);
+    expect(sample(m, 'asg_id_registry_pool_identifiers{status="leased"}')).to.equal(1);
+    expect(sample(m, 'asg_id_registry_allocations_total')).to.equal(1);
+  });
+});
+
 describe('logs', () => {
   function capture(): { lines: () => Record<string, unknown>[]; raw: () => string; stream: Writable } {
     let raw = '';
