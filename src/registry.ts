@@ -6,7 +6,7 @@
 import { anchoredClock } from './clock.js';
 import type { Clock, TimeSource } from './clock.js';
 import { RegistryError } from './domain/errors.js';
-import { assertOwner, expiryCutoff, guardReason, infoOf, leaseOf } from './domain/lease.js';
+import { assertOwner, expiryCutoff, fenceAfterMs, guardReason, infoOf, leaseOf } from './domain/lease.js';
 import type { GuardRules, LeaseRules } from './domain/lease.js';
 import type {
   HistoryEntry, HistoryEvent, IdentifierInfo, IdentifierRecord, Lease, PoolCounts, ReaperState, Status, SyncResult,
@@ -117,6 +117,7 @@ export class Registry {
       this.store.appendHistory(next.rowId, now, 'allocated', clientId, epoch);
       const lease: Lease = {
         identifier: next.name, clientId, epoch, allocatedAt: now, lastSeen: now, expiresAt: now + this.rules.ttlMs,
+        fenceAfterMs: fenceAfterMs(this.rules),
       };
       return { lease, granted: true };
     }, true);
@@ -167,7 +168,7 @@ export class Registry {
     const { info, holder } = await this.write(() => {
       const now = this.clock.now();
       const rec = this.mustFind(identifier);
-      if (!rec.holder) return { info: infoOf(rec, now, this.rules.ttlMs), holder: null };
+      if (!rec.holder) return { info: infoOf(rec, now, this.rules), holder: null };
       return { info: this.freeRecord(rec, now, now + this.rules.cooldownMs, 'force_released'), holder: rec.holder.clientId };
     }, true);
     if (holder !== null) this.emitOwnership('force_released', identifier, holder, info.epoch);
@@ -289,14 +290,14 @@ export class Registry {
   /** Errors: client_not_found. */
   async leaseOfClient(clientId: string): Promise<Lease> {
     const rec = await this.store.read(() => this.store.byClient(clientId));
-    const lease = rec ? leaseOf(this.current(rec), this.rules.ttlMs) : null;
+    const lease = rec ? leaseOf(this.current(rec), this.rules) : null;
     if (!lease) throw new RegistryError('client_not_found', `client ${clientId} holds no identifier`);
     return lease;
   }
 
   /** Errors: identifier_not_found. */
   async identifier(name: string): Promise<IdentifierInfo> {
-    return this.store.read(() => infoOf(this.current(this.mustFind(name)), this.clock.now(), this.rules.ttlMs));
+    return this.store.read(() => infoOf(this.current(this.mustFind(name)), this.clock.now(), this.rules));
   }
 
   /** Errors: identifier_not_found. */
@@ -323,7 +324,7 @@ export class Registry {
       const more = filter.limit !== null && recs.length > filter.limit;
       const page = more ? recs.slice(0, filter.limit ?? 0) : recs;
       return {
-        items: page.map((r) => infoOf(this.current(r), now, this.rules.ttlMs)),
+        items: page.map((r) => infoOf(this.current(r), now, this.rules)),
         next: more ? (page[page.length - 1]?.name ?? null) : null,
       };
     });
@@ -407,14 +408,14 @@ export class Registry {
     const lastSeen = Math.max(h.lastSeen, now);
     return {
       identifier: rec.name, clientId: h.clientId, epoch: rec.epoch,
-      allocatedAt: h.allocatedAt, lastSeen, expiresAt: lastSeen + this.rules.ttlMs,
+      allocatedAt: h.allocatedAt, lastSeen, expiresAt: lastSeen + this.rules.ttlMs, fenceAfterMs: fenceAfterMs(this.rules),
     };
   }
 
   private freeRecord(rec: IdentifierRecord, now: number, availableAt: number, event: HistoryEvent): IdentifierInfo {
     this.store.free(rec.rowId, availableAt);
     this.store.appendHistory(rec.rowId, now, event, rec.holder?.clientId ?? null, rec.epoch);
-    return infoOf({ ...rec, holder: null, availableAt }, now, this.rules.ttlMs);
+    return infoOf({ ...rec, holder: null, availableAt }, now, this.rules);
   }
 
   private emitOwnership(event: HistoryEvent, identifier: string, clientId: string | null, epoch: number): void {

@@ -14,7 +14,19 @@ export function statusOf(rec: IdentifierRecord, now: number): Status {
   return rec.availableAt > now ? 'cooling' : 'free';
 }
 
-export function leaseOf(rec: IdentifierRecord, ttlMs: number): Lease | null {
+/** Margin for clock-rate drift between the registry and a VM (SPEC.md: 1 %). */
+const DRIFT_MARGIN = 0.01;
+
+/**
+ * The fence window: nobody else can be granted an identifier sooner than one cool-down after
+ * the owner's last acknowledged renewal (a force release right after it, then the cool-down),
+ * so the owner may keep using it that long after *sending* that renewal, less drift.
+ */
+export function fenceAfterMs(rules: LeaseRules): number {
+  return Math.floor(rules.cooldownMs * (1 - DRIFT_MARGIN));
+}
+
+export function leaseOf(rec: IdentifierRecord, rules: LeaseRules): Lease | null {
   const h = rec.holder;
   if (!h) return null;
   return {
@@ -23,12 +35,21 @@ export function leaseOf(rec: IdentifierRecord, ttlMs: number): Lease | null {
     epoch: rec.epoch,
     allocatedAt: h.allocatedAt,
     lastSeen: h.lastSeen,
-    expiresAt: h.lastSeen + ttlMs,
+    expiresAt: h.lastSeen + rules.ttlMs,
+    fenceAfterMs: fenceAfterMs(rules),
   };
 }
 
-export function infoOf(rec: IdentifierRecord, now: number, ttlMs: number): IdentifierInfo {
-  return { identifier: rec.name, status: statusOf(rec, now), epoch: rec.epoch, lease: leaseOf(rec, ttlMs) };
+export function infoOf(rec: IdentifierRecord, now: number, rules: LeaseRules): IdentifierInfo {
+  const status = statusOf(rec, now);
+  return {
+    identifier: rec.name,
+    status,
+    epoch: rec.epoch,
+    lease: leaseOf(rec, rules),
+    retired: rec.retired,
+    availableAt: status === 'cooling' ? rec.availableAt : null,
+  };
 }
 
 /** The last moment of `lastSeen`'s lease still alive at `now` is `now - ttl`; anything older has expired. */

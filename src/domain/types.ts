@@ -36,6 +36,8 @@ export interface Lease {
   readonly allocatedAt: number;
   readonly lastSeen: number;
   readonly expiresAt: number;
+  /** How long after sending its last successful allocate/liveness the owner may go on using it. */
+  readonly fenceAfterMs: number;
 }
 
 /** Any identifier, held or not, as an operator sees it. */
@@ -44,6 +46,10 @@ export interface IdentifierInfo {
   readonly status: Status;
   readonly epoch: number;
   readonly lease: Lease | null;
+  /** Retired from the pool file (a held one stays `leased`). */
+  readonly retired: boolean;
+  /** When a cooling identifier becomes allocatable; null unless cooling. */
+  readonly availableAt: number | null;
 }
 
 export interface HistoryEntry {

@@ -128,7 +128,7 @@ const isoOrNull = { ...isoTime, type: ['string', 'null'] } as const;
 
 export const leaseViewSchema = {
   type: 'object',
-  required: ['identifier', 'client_id', 'epoch', 'allocated_at', 'last_seen', 'expires_at'],
+  required: ['identifier', 'client_id', 'epoch', 'allocated_at', 'last_seen', 'expires_at', 'fence_after_ms'],
   additionalProperties: false,
   properties: {
     identifier: identifierSchema,
@@ -137,12 +137,17 @@ export const leaseViewSchema = {
     allocated_at: isoTime,
     last_seen: isoTime,
     expires_at: { ...isoTime, description: 'last_seen + LEASE_TTL_SECONDS; the reaper may reclaim after this' },
+    fence_after_ms: {
+      type: 'integer', minimum: 0,
+      description: 'the owner stops using the identifier this long after it sent its last successful allocate/liveness: ' +
+        'nobody else can be granted it sooner (the cool-down less 1 % for clock-rate drift)',
+    },
   },
 } as const;
 
 export const identifierViewSchema = {
   type: 'object',
-  required: ['identifier', 'status', 'client_id', 'epoch', 'allocated_at', 'last_seen', 'expires_at'],
+  required: ['identifier', 'status', 'client_id', 'epoch', 'allocated_at', 'last_seen', 'expires_at', 'fence_after_ms', 'available_at'],
   additionalProperties: false,
   properties: {
     identifier: identifierSchema,
@@ -152,6 +157,9 @@ export const identifierViewSchema = {
     allocated_at: isoOrNull,
     last_seen: isoOrNull,
     expires_at: isoOrNull,
+    fence_after_ms: { type: ['integer', 'null'], minimum: 0 },
+    available_at: { ...isoOrNull, description: 'when a cooling identifier becomes allocatable; null otherwise' },
+    retired: { type: 'boolean', description: 'present (true) on a retired identifier that is still held' },
   },
 } as const;
 

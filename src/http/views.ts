@@ -12,6 +12,7 @@ export interface LeaseView {
   allocated_at: string;
   last_seen: string;
   expires_at: string;
+  fence_after_ms: number;
 }
 
 export function leaseView(l: Lease): LeaseView {
@@ -22,6 +23,7 @@ export function leaseView(l: Lease): LeaseView {
     allocated_at: iso(l.allocatedAt),
     last_seen: iso(l.lastSeen),
     expires_at: iso(l.expiresAt),
+    fence_after_ms: l.fenceAfterMs,
   };
 }
 
@@ -35,6 +37,9 @@ export function identifierView(i: IdentifierInfo) {
     allocated_at: l ? iso(l.allocatedAt) : null,
     last_seen: l ? iso(l.lastSeen) : null,
     expires_at: l ? iso(l.expiresAt) : null,
+    fence_after_ms: l ? l.fenceAfterMs : null,
+    available_at: isoOrNull(i.availableAt),
+    ...(l && i.retired ? { retired: true } : {}),
   };
 }
 

@@ -49,6 +49,7 @@ describe('http: allocate', () => {
       allocated_at: new Date(clock.now()).toISOString(),
       last_seen: new Date(clock.now()).toISOString(),
       expires_at: new Date(clock.now() + 90 * SECOND).toISOString(),
+      fence_after_ms: 89_100, // the default cool-down (= TTL 90 s) less 1 %
     });
     expect(res.body.allocated_at).to.match(ISO);
   });
@@ -123,6 +124,7 @@ describe('http: liveness and release', () => {
     expect(res.status).to.equal(200);
     expect(res.body).to.deep.equal({
       identifier: 'only', status: 'free', client_id: null, epoch: 1, allocated_at: null, last_seen: null, expires_at: null,
+      fence_after_ms: null, available_at: null,
     });
     expect(h.row('only')?.['client_id']).to.equal(null);
     expectError(await h.http.post('/release').send({ client_id: 'vm-a', identifier: 'only' }), 409, 'not_owner');
@@ -135,7 +137,7 @@ describe('http: inspection', () => {
     const a = (await http.post('/allocate').send({ client_id: 'vm-a' })).body;
     expect((await http.get('/client/vm-a')).body).to.deep.equal(a);
     const i = await http.get(`/identifier/${a.identifier}`);
-    expect(i.body).to.deep.equal({ ...a, status: 'leased' });
+    expect(i.body).to.deep.equal({ ...a, status: 'leased', available_at: null });
     expectError(await http.get('/client/nobody'), 404, 'client_not_found');
     expectError(await http.get('/identifier/nothing'), 404, 'identifier_not_found');
     expectError(await http.get('/client/bad%20name'), 400, 'invalid_request');
