@@ -1,0 +1,137 @@
+/**
+ * The Store interface the registry speaks (the kine idea: one interface, one SQL dialect per
+ * engine behind it). The lease rules live in `domain/` and the use cases in `registry.ts`,
+ * written once against `Tx`; each engine says how its transactions do it:
+ *  - sqlite/: one connection, the writes of one tick in one BEGIN IMMEDIATE (group commit),
+ *    a savepoint per use case, time from the host's clock anchored once per boot in the file;
+ *  - postgres/: a pool, one transaction per use case, row locks (FOR UPDATE / SKIP LOCKED),
+ *    retried on serialization failures and unique violations, time from the server's clock.
+ *
+ * Every method of `Tx` and `Reader` is async so both engines fit; SQLite's resolve at once.
+ * A use case given to `write` may run more than once (a retried PostgreSQL transaction), so it
+ * must have no effect outside the transaction.
+ */
+import type { Clock } from '../clock.js';
+import type { HistoryEntry, HistoryEvent, IdentifierRecord, Status } from '../domain/types.js';
+
+/** An identifier as the pool sync needs to see it. */
+export interface PoolRow {
+  readonly rowId: number;
+  readonly name: string;
+  readonly poolOrder: number;
+  readonly retired: boolean;
+  readonly clientId: string | null;
+  readonly epoch: number;
+}
+
+export interface ListQuery {
+  readonly status: Status | null;
+  readonly now: number;
+  /** Start after this position (exclusive): the pool order and row id of the last row seen. */
+  readonly after: { readonly poolOrder: number; readonly rowId: number } | null;
+  /** At most this many rows; null for all. */
+  readonly limit: number | null;
+}
+
+export interface RawCounts {
+  readonly total: number;
+  readonly leased: number;
+  readonly cooling: number;
+  readonly retired: number;
+}
+
+/** One registry process, as the others see it through the store. */
+export interface InstanceBeat {
+  readonly id: string;
+  readonly startedAt: number;
+  /** Registry time of this beat. */
+  readonly at: number;
+  /** The latest time a VM's request (answered or refused) reached this instance; null if none yet. */
+  readonly fleetSeenAt: number | null;
+}
+
+/** Reads; inside `read` they share one snapshot where the engine can give one. */
+export interface Reader {
+  /** Registry time of this read or transaction: the store's clock, the same in every process. */
+  readonly now: number;
+  byName(name: string): Promise<IdentifierRecord | null>;
+  byClient(clientId: string): Promise<IdentifierRecord | null>;
+  history(rowId: number): Promise<HistoryEntry[]>;
+  list(q: ListQuery): Promise<IdentifierRecord[]>;
+  counts(now: number): Promise<RawCounts>;
+  /** The least recent liveness among leases, or null with none. */
+  oldestLastSeen(): Promise<number | null>;
+  meta(key: string): Promise<string | null>;
+  /** The latest beat of any instance but `exceptId`, or null. */
+  latestBeat(exceptId: string | null): Promise<InstanceBeat | null>;
+  /** The latest time any instance saw a VM's request, or null. */
+  fleetSeenAt(): Promise<number | null>;
+}
+
+/**
+ * A write transaction. `byName`/`byClient` lock the row they return for the rest of the
+ * transaction (PostgreSQL: FOR UPDATE; SQLite: the whole database is locked already).
+ */
+export interface Tx extends Reader {
+  /** The allocatable identifier free the longest (never-used first, in pool order), locked; skips rows locked by others. */
+  nextAllocatable(now: number): Promise<IdentifierRecord | null>;
+  /** Refuses (throws) unless the row is free. */
+  grant(rowId: number, clientId: string, epoch: number, now: number): Promise<void>;
+  /** last_seen = max(last_seen, now) if `clientId` still holds the row. */
+  renew(rowId: number, clientId: string, now: number): Promise<void>;
+  free(rowId: number, availableAt: number): Promise<void>;
+  appendHistory(rowId: number, at: number, event: HistoryEvent, clientId: string | null, epoch: number): Promise<void>;
+
+  // ---- the sweep
+  /** Whether this transaction may run the sweep now (one sweeper at a time across instances). */
+  trySweepLock(): Promise<boolean>;
+  countExpired(cutoff: number): Promise<number>;
+  countLeased(): Promise<number>;
+  /** History entries of `event` at or after `since`. */
+  countEvents(event: HistoryEvent, since: number): Promise<number>;
+  /**
+   * Reclaims up to `limit` leases whose last liveness is at or before `cutoff`, oldest first,
+   * into cooling until `availableAt`, with their history; returns them as they were.
+   */
+  reclaimExpired(cutoff: number, limit: number, now: number, availableAt: number): Promise<IdentifierRecord[]>;
+  /** An allocation refused for want of an identifier: demand the guarded reaper must meet. */
+  recordRefusal(clientId: string, at: number): Promise<void>;
+  /** Distinct clients refused at or after `since`. */
+  countRefusedClients(since: number): Promise<number>;
+  pruneRefusals(before: number): Promise<void>;
+
+  // ---- the pool file
+  poolRows(): Promise<PoolRow[]>;
+  insertIdentifiers(rows: readonly { readonly name: string; readonly poolOrder: number }[]): Promise<void>;
+  setRetired(rowId: number, retired: boolean, poolOrder: number): Promise<void>;
+  setPoolOrder(rowId: number, poolOrder: number): Promise<void>;
+
+  // ---- bookkeeping
+  setMeta(key: string, value: string): Promise<void>;
+  beat(b: InstanceBeat): Promise<void>;
+}
+
+export interface WriteOptions {
+  /** On disk (fsynced / synchronously committed) before the promise resolves: ownership changes. */
+  readonly durable: boolean;
+}
+
+export interface Store {
+  readonly engine: 'sqlite' | 'postgres';
+  /**
+   * Registry time outside a transaction (uptime, logs, the reaper's schedule): the same clock
+   * `Reader.now` reads, estimated locally where reading it costs a round trip.
+   */
+  readonly clock: Clock;
+  /**
+   * Runs `fn` in one write transaction and resolves with its value once committed (and on disk
+   * when `durable`). A RegistryError thrown by `fn` rolls back its writes and rejects with it.
+   * Storage failures reject with RegistryError `unavailable` (never SQL or a stack).
+   */
+  write<T>(fn: (tx: Tx) => Promise<T>, opts: WriteOptions): Promise<T>;
+  /** Runs `fn` with read access; never waits for another process's write lock. */
+  read<T>(fn: (r: Reader) => Promise<T>): Promise<T>;
+  /** Why the store cannot serve, or null; never throws. */
+  healthProblem(): Promise<string | null>;
+  close(): Promise<void>;
+}
