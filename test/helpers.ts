@@ -14,7 +14,7 @@ import type { AppDeps } from '../src/http/app.js';
 import { parsePool } from '../src/pool/parse.js';
 import { Registry } from '../src/registry.js';
 import type { RegistryEvent, RegistryRules } from '../src/registry.js';
-import { Store } from '../src/store/store.js';
+import { SqliteStore } from '../src/store/sqlite/store.js';
 
 export const SECOND = 1000;
 
@@ -24,12 +24,13 @@ export const DEFAULT_RULES: RegistryRules = {
   graceMs: 0,
   maxFraction: 1,
   minHold: 10,
+  guardedRatePerMinute: 1,
   reapBatchSize: 1000,
 };
 
 export interface Harness {
   readonly registry: Registry;
-  readonly store: Store;
+  readonly store: SqliteStore;
   readonly clock: FakeClock;
   readonly events: RegistryEvent[];
   readonly app: Koa;
@@ -51,12 +52,11 @@ export interface HarnessOptions {
 
 export async function makeRegistry(opts: HarnessOptions = {}): Promise<Harness> {
   const clock = opts.clock ?? new FakeClock();
-  const store = new Store({ path: opts.path ?? ':memory:' });
+  const store = new SqliteStore({ path: opts.path ?? ':memory:', clock });
   const events: RegistryEvent[] = [];
   const metrics = new Metrics();
   const registry = new Registry({
     store,
-    clock,
     rules: { ...DEFAULT_RULES, ...opts.rules },
     observe: (e) => {
       events.push(e);
@@ -87,9 +87,9 @@ export async function makeRegistry(opts: HarnessOptions = {}): Promise<Harness> 
   };
 }
 
-/** A registry on a fresh database, with the given clock; for tests that restart it. */
-export function makeRegistryOn(store: Store, clock: Clock, rules: Partial<RegistryRules> = {}): Registry {
-  return new Registry({ store, clock, rules: { ...DEFAULT_RULES, ...rules } });
+/** A registry on the database file at `path`, with the given clock; for tests that restart it or run two. */
+export function makeRegistryOn(path: string, clock: Clock, rules: Partial<RegistryRules> = {}): Registry {
+  return new Registry({ store: new SqliteStore({ path, clock }), rules: { ...DEFAULT_RULES, ...rules } });
 }
 
 export function tempDir(): { dir: string; cleanup: () => void } {

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { join } from 'node:path';
 import { FakeClock } from '../src/clock.js';
 import { parsePool } from '../src/pool/parse.js';
-import { Store } from '../src/store/store.js';
+import { SqliteStore } from '../src/store/sqlite/store.js';
 import { SECOND, errorCode, makeRegistry, makeRegistryOn, tempDir } from './helpers.js';
 
 describe('registry: allocate', () => {
@@ -68,8 +68,8 @@ describe('registry: allocate', () => {
       const path = join(t.dir, 'r.db');
       const h = await makeRegistry({ path, pool: 'w-[0-2]' });
       const l = await h.registry.allocate('vm-a');
-      h.store.close();
-      const again = makeRegistryOn(new Store({ path }), new FakeClock(h.clock.now()));
+      await h.store.close();
+      const again = makeRegistryOn(path, new FakeClock(h.clock.now()));
       expect((await again.leaseOfClient('vm-a')).identifier).to.equal(l.identifier);
     } finally {
       t.cleanup();
@@ -81,7 +81,7 @@ describe('registry: allocate', () => {
     try {
       const path = join(t.dir, 'shared.db');
       const a = await makeRegistry({ path, pool: 'w-[0-9]' });
-      const b = makeRegistryOn(new Store({ path }), a.clock);
+      const b = makeRegistryOn(path, a.clock);
       const grants = await Promise.allSettled(
         Array.from({ length: 14 }, (_, i) => (i % 2 ? a.registry : b).allocate(`vm-${i}`)),
       );

@@ -5,13 +5,13 @@
  * registry running or stopped: SQLite's locks order them with the registry's writes.
  */
 import { parseArgs } from 'node:util';
-import { systemTimeSource, anchoredClock } from '../clock.js';
+import { systemTimeSource } from '../clock.js';
 import { loadCliConfig, loadConfig, processEnv } from '../config.js';
 import type { CliConfig } from '../config.js';
 import { parsePoolFile, readPoolText } from '../pool/load.js';
 import { Registry } from '../registry.js';
-import { backupDatabase } from '../store/backup.js';
-import { Store } from '../store/store.js';
+import { backupDatabase } from '../store/sqlite/backup.js';
+import { SqliteStore } from '../store/sqlite/store.js';
 import { ago, table } from './format.js';
 
 const USAGE = `usage: idreg [--url URL] [--token TOKEN] COMMAND
@@ -139,18 +139,19 @@ async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
   } catch (e) {
     throw new CliError(`error: ${e instanceof Error ? e.message : String(e)}; the database is unchanged`, 1);
   }
-  const store = new Store({ path: db });
+  const store = new SqliteStore({ path: db, source: systemTimeSource });
   try {
     const c = loadConfig({});
     const registry = new Registry({
       store,
-      clock: anchoredClock(systemTimeSource, store.latestTime()),
-      rules: { ttlMs: c.leaseTtlSeconds * 1000, cooldownMs: 0, graceMs: 0, maxFraction: 1, minHold: 0, reapBatchSize: 1 },
+      rules: {
+        ttlMs: c.leaseTtlSeconds * 1000, cooldownMs: 0, graceMs: 0, maxFraction: 1, minHold: 0, reapBatchSize: 1, guardedRatePerMinute: 0,
+      },
     });
     const r = await registry.syncPool(names, fingerprint);
     return `pool synced: ${r.total} identifiers in the file; ${r.added} added, ${r.retired} retired, ${r.restored} restored`;
   } finally {
-    store.close();
+    await store.close();
   }
 }
 

@@ -240,9 +240,28 @@ describe('http: health', () => {
 describe('http: protocol errors', () => {
   it('400 invalid_json for a body that is not JSON', async () => {
     const h = await makeRegistry();
-    for (const raw of ['{"client_id": ', 'not json', '{"client_id":"a"}}', '"a string"']) {
+    for (const raw of ['{"client_id": ', 'not json', '{"client_id":"a"}}']) {
       const res = await h.http.post('/allocate').set('Content-Type', 'application/json').send(raw);
       expectError(res, 400, 'invalid_json');
+    }
+    expect(h.leasedCount()).to.equal(0);
+  });
+
+  it('400 invalid_request for JSON that is not an object, naming the body', async () => {
+    const h = await makeRegistry();
+    for (const raw of ['"a string"', 'null', '42', 'true', '[]', '[{"client_id":"a"}]']) {
+      const res = await h.http.post('/allocate').set('Content-Type', 'application/json').send(raw);
+      expectError(res, 400, 'invalid_request');
+      expect(res.body.error.message, raw).to.match(/body/);
+    }
+    expect(h.leasedCount()).to.equal(0);
+  });
+
+  it('415 for JSON types the registry does not read as a request (merge-patch, problem+json)', async () => {
+    const h = await makeRegistry();
+    for (const type of ['application/merge-patch+json', 'application/problem+json', 'text/plain']) {
+      const res = await h.http.post('/allocate').set('Content-Type', type).send('{"client_id":"vm-a"}');
+      expectError(res, 415, 'unsupported_media_type');
     }
     expect(h.leasedCount()).to.equal(0);
   });
@@ -291,7 +310,8 @@ describe('http: protocol errors', () => {
     // The same bad bodies are refused the same way on both paths.
     const bad: Array<[string, number, string]> = [
       ['{"client_id": ', 400, 'invalid_json'],
-      ['"just a string"', 400, 'invalid_json'],
+      ['"just a string"', 400, 'invalid_request'],
+      ['null', 400, 'invalid_request'],
       ['{"__proto__": {"x": 1}, "client_id": "vm-p"}', 400, 'invalid_json'],
       [JSON.stringify({ client_id: 'vm', pad: 'x'.repeat(20_000) }), 413, 'payload_too_large'],
       ['[]', 400, 'invalid_request'],
