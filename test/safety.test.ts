@@ -136,6 +136,22 @@ describe('safety: mass-expiry guard', () => {
   });
 });
 
+describe('safety: forced sweeps', () => {
+  it('a forced sweep that arrives during a normal one is not answered with the normal one\'s result (finding 7)', async () => {
+    const h = await makeRegistry({ pool: 'w-[0-3]', rules: { graceMs: 3600 * SECOND, maxFraction: 1 } });
+    await h.registry.allocate('vm-a');
+    h.clock.advance(91 * SECOND);
+    const normal = h.registry.reap(); // in grace: reclaims nothing
+    const forced = h.registry.reap({ force: true });
+    const again = h.registry.reap({ force: true }); // shares the queued forced one
+    expect(await normal).to.include({ reclaimed: 0 });
+    expect((await normal).reason).to.match(/startup grace/);
+    expect(await forced).to.deep.equal({ reclaimed: 1, held: false, reason: null });
+    expect(await again).to.deep.equal({ reclaimed: 1, held: false, reason: null });
+    expect(h.leasedCount()).to.equal(0);
+  });
+});
+
 describe('safety: clock jumps', () => {
   let t: ReturnType<typeof tempDir>;
   beforeEach(() => { t = tempDir(); });
