@@ -3,12 +3,12 @@
  * registry process on loopback. Outages, partitions and failover: vm-outage.test.ts.
  */
 import { expect } from 'chai';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { Server } from 'node:http';
 import { join } from 'node:path';
 import { tempDir } from './helpers.js';
-import { eventually, freePort, json, startProcess } from './process-helpers.js';
+import { ROOT, eventually, freePort, json, startProcess } from './process-helpers.js';
 import type { RunningRegistry } from './process-helpers.js';
 import { get, readIdentity, script } from './vm-helpers.js';
 
@@ -137,6 +137,14 @@ describe('VM scripts against a live registry', function () {
     expect(existsSync(identityFile)).to.equal(false);
   });
 
+  it('sidecar: a stop margin as long as the registry\'s fence window gives the identity up at once, saying why', async () => {
+    expect((await script('asg-id-claim', env).done).code).to.equal(0);
+    const r = await script('asg-id-sidecar', { ...env, ASG_ID_FENCE_MARGIN: '5' }).done;
+    expect(r.code, r.out).to.equal(4);
+    expect(r.out).to.match(/ASG_ID_FENCE_MARGIN=5s leaves nothing of the registry's 2970ms fence window/);
+    expect(existsSync(identityFile)).to.equal(false);
+  });
+
   it('sidecar: with no identity to keep, exits 66 (systemd does not restart it)', async () => {
     const r = await script('asg-id-sidecar', env).done;
     expect(r.code).to.equal(66);
@@ -162,5 +170,17 @@ describe('VM scripts against a live registry', function () {
     expect(good.code, good.out).to.equal(0);
     const rel = await script('asg-id-release', { ...env, ASG_ID_TOKEN: 'agent-token-0123456789' }).done;
     expect(rel.out).to.match(/released worker-00/);
+  });
+
+  it('agent.env.example names every setting the scripts read', () => {
+    const read = new Set<string>();
+    for (const f of readdirSync(join(ROOT, 'scripts'))) {
+      for (const m of readFileSync(join(ROOT, 'scripts', f), 'utf8').matchAll(/\$\{(ASG_ID_[A-Z_]+):[-+=]/g)) read.add(m[1] ?? '');
+    }
+    // What the claim writes to identity.env, taken from the registry's answer: not settings.
+    for (const k of ['IDENTIFIER', 'EPOCH', 'TTL_SECONDS', 'TTL_MS', 'FENCE_AFTER_MS', 'CLAIMED_AT_MS']) read.delete(`ASG_ID_${k}`);
+    const example = readFileSync(join(ROOT, 'systemd', 'agent.env.example'), 'utf8');
+    expect([...read].filter((k) => !new RegExp(`^#? ?${k}=`, 'm').test(example))).to.deep.equal([]);
+    expect(read.size).to.be.at.least(11);
   });
 });
