@@ -84,9 +84,9 @@ async function outage() {
   const during = await exitWithin(side, 8_000);
   if (during) return { side, during, base: reg.base, history: [] };
   const back = await registry(t.dir, 'worker-[00-02]\n', env, port);
-  // One renewal through the restarted registry, then past its startup grace and a few sweeps.
+  // One renewal through the restarted registry, then past its 3 s startup grace and two sweeps.
   await renewals(back.base, 'vm-outage', 1);
-  await sleep(3_500);
+  await eventually(async () => Number(get((await json(back.base, 'GET', '/health')).body, 'uptime_seconds')) >= 5, 10_000, 'the startup grace over');
   const history = (await json(back.base, 'GET', '/identifier/worker-00/history')).body;
   return { side, during, base: back.base, history };
 }
@@ -344,15 +344,17 @@ describe('VM side: registry outages, partitions and failover (issue 12)', functi
   it('renewals are jittered by ±10 % of the interval, so a fleet started together spreads out', async () => {
     const { gaps, intervalMs } = await runs.jitter;
     const shown = `gaps between renewals (ms): ${gaps.map((g) => Math.round(g)).join(', ')}`;
-    // Never sooner than 90 % of the interval, never much later than 110 % (plus the renewal's
-    // own few forks and requests, slower when the other scenarios load the machine).
+    // Never sooner than 90 % of the interval. Later than 110 % by the renewal's own forks and
+    // request: tens of ms, hundreds on a loaded machine. So the worst gap is only held under
+    // twice the interval, and the median near the interval (the jitter is centred on it).
     expect(Math.min(...gaps), shown).to.be.at.least(intervalMs * 0.9);
-    expect(Math.max(...gaps), shown).to.be.at.most(intervalMs * 1.1 + 500);
+    expect(Math.max(...gaps), shown).to.be.below(intervalMs * 2);
     // Not a metronome. Without jitter nearly every gap is the interval plus the same ~35 ms of
     // overhead, all within ±10 ms of their median; spread over ±100 ms, 60 % of 14 fall in that
     // band once in ~70 000 runs.
     const sorted = [...gaps].sort((x, y) => x - y);
     const median = ((sorted[6] ?? 0) + (sorted[7] ?? 0)) / 2;
+    expect(median, shown).to.be.within(intervalMs * 0.95, intervalMs + 200);
     const inBand = gaps.filter((g) => Math.abs(g - median) <= 10).length;
     expect(inBand, `${inBand} of ${gaps.length} within ±10 ms of ${Math.round(median)}; ${shown}`).to.be.lessThan(gaps.length * 0.6);
   });
