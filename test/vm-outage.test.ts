@@ -272,14 +272,15 @@ describe('VM side: registry outages, partitions and failover (issue 12)', functi
     expect(r.renewedWhileUp, 'a sidecar fenced while the registry answered').to.equal(true);
     const plain = defined(r.plain, 'the sidecar still ran 5 s after the registry went away');
     expect(plain.code, plain.out).to.equal(4);
-    expect(plain.out).to.match(/lost: no successful liveness for 1\.980s \(the registry's fence_after_ms, 1980ms\)/);
-    // 1.98 s after the last renewal sent, which was at most one interval (0.66 s, +10 %) before.
+    expect(plain.out).to.match(/lost: no successful liveness for 1\.880s \(the registry's fence_after_ms, 1980ms, less ASG_ID_FENCE_MARGIN 0\.100s\): from now on it may be granted to another VM/);
+    // 1.88 s (the default margin, 0.1 s, for the script's own exit) after the last renewal sent,
+    // which was at most one interval (0.62 s, +10 %) before the registry went away.
     const after = plain.at - r.goneAt;
-    expect(after, plain.out).to.be.within(1_980 - 730 - 100, 1_980 + 700);
+    expect(after, plain.out).to.be.within(1_880 - 690 - 100, 1_880 + 700);
     // ASG_ID_FENCE_MARGIN=1 fences a second sooner, leaving the application time to stop.
     const margin = defined(r.margin, 'the sidecar with a margin still ran 5 s after the registry went away');
     expect(margin.code, margin.out).to.equal(4);
-    expect(margin.out).to.match(/no successful liveness for 0\.980s \(the registry's fence_after_ms, 1980ms, less ASG_ID_FENCE_MARGIN\)/);
+    expect(margin.out).to.match(/no successful liveness for 0\.980s \(the registry's fence_after_ms, 1980ms, less ASG_ID_FENCE_MARGIN 1\.000s\)/);
     expect(margin.at - r.goneAt, margin.out).to.be.within(980 - 360 - 100, 980 + 700);
     expect(margin.at).to.be.lessThan(plain.at);
   });
@@ -345,10 +346,9 @@ describe('VM side: registry outages, partitions and failover (issue 12)', functi
     const { gaps, intervalMs } = await runs.jitter;
     const shown = `gaps between renewals (ms): ${gaps.map((g) => Math.round(g)).join(', ')}`;
     // Never sooner than 90 % of the interval. Later than 110 % by the renewal's own forks and
-    // request: tens of ms, hundreds on a loaded machine. So the worst gap is only held under
-    // twice the interval, and the median near the interval (the jitter is centred on it).
+    // request: tens of ms, but a second or more when other suites load the machine. So no
+    // single gap is bounded above; the median is held near the interval (the jitter is centred).
     expect(Math.min(...gaps), shown).to.be.at.least(intervalMs * 0.9);
-    expect(Math.max(...gaps), shown).to.be.below(intervalMs * 2);
     // Not a metronome. Without jitter nearly every gap is the interval plus the same ~35 ms of
     // overhead, all within ±10 ms of their median; spread over ±100 ms, 60 % of 14 fall in that
     // band once in ~70 000 runs.
