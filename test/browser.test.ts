@@ -1,5 +1,6 @@
 /**
- * The dashboard in real headless Chromium (Debian's, driven by playwright-core) against a live
+ * The dashboard in real headless Chromium (the build the npm package @sparticuz/chromium
+ * carries, so nothing needs to be installed on the machine; driven by playwright-core) against a live
  * registry: the admin token is asked for once, an allocation made through the API shows up in
  * the grid with its owner on hover, and the degraded banner appears when the guard holds.
  * A screenshot is kept in test-artifacts/.
@@ -9,11 +10,11 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import type { Browser } from 'playwright-core';
+import { bundledChromium } from './chromium.js';
 import { tempDir } from './helpers.js';
 import { ROOT, startProcess } from './process-helpers.js';
 import type { RunningRegistry } from './process-helpers.js';
 
-const CHROMIUM = '/usr/bin/chromium';
 const ADMIN = 'admin-token-0123456789';
 const AGENT = 'agent-token-0123456789';
 const ARTIFACTS = join(ROOT, 'test-artifacts');
@@ -42,9 +43,11 @@ describe('dashboard in headless Chromium', function () {
         STARTUP_GRACE_SECONDS: '0', REAPER_MAX_FRACTION: '0.5', REAPER_MIN_HOLD: '2',
       },
     });
+    const bundled = bundledChromium();
     browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      executablePath: bundled.executablePath,
+      env: { ...process.env, ...bundled.env },
+      args: ['--no-zygote', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
     });
   });
   after(async () => {
