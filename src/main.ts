@@ -17,7 +17,11 @@ import { parsePoolFile, readPoolText } from './pool/load.js';
 import type { PoolFile } from './pool/load.js';
 import { openRegistry } from './registry.js';
 import type { Registry } from './registry.js';
+import { explainDbOpenError, inspectDbPath } from './store/explain.js';
 import { Store } from './store/store.js';
+import { isRegistryError } from './domain/errors.js';
+import { REGISTRY_USAGE, registryCommand } from './usage.js';
+import { packageVersion } from './version.js';
 
 /** Exit status for a bad setting or pool file (sysexits EX_CONFIG): systemd will not restart-loop on it. */
 const EX_CONFIG = 78;
@@ -25,6 +29,21 @@ const EX_CONFIG = 78;
 function die(message: string, status = 1): never {
   process.stderr.write(`asg-id-registry: ${message}\n`);
   process.exit(status);
+}
+
+/** --help and --version answer and exit before anything is read or opened. */
+function answerCommandLine(): void {
+  const cmd = registryCommand(process.argv.slice(2));
+  if (cmd.kind === 'run') return;
+  if (cmd.kind === 'help') process.stdout.write(`${REGISTRY_USAGE}\n`);
+  if (cmd.kind === 'version') process.stdout.write(`asg-id-registry ${packageVersion()}\n`);
+  if (cmd.kind === 'usage_error') die(`${cmd.message}\n${REGISTRY_USAGE}`, 2);
+  process.exit(0);
+}
+
+/** A database that cannot be opened or written is a configuration problem: say why, exit 78. */
+function dieOnDatabase(e: unknown, config: Config): never {
+  die(explainDbOpenError(e, inspectDbPath(config.dbPath)), EX_CONFIG);
 }
 
 function configure(): Config {
@@ -64,6 +83,7 @@ async function reloadPool(registry: Registry, config: Config, log: Logger): Prom
 }
 
 async function main(): Promise<void> {
+  answerCommandLine();
   const config = configure();
   const logOut = stdoutDestination();
   const log = createLogger(config.logLevel, logOut);
@@ -77,9 +97,10 @@ async function main(): Promise<void> {
   try {
     store = new Store({ path: config.dbPath, busyTimeoutMs: config.dbBusyTimeoutMs });
   } catch (e) {
-    die(`database ${config.dbPath}: ${e instanceof Error ? e.message : String(e)}`);
+    dieOnDatabase(e, config);
   }
   const metrics = new Metrics({ processMetrics: true });
+  // Its first writes (cool-downs resumed) are where a read-only database shows.
   const registry = await openRegistry({
     store,
     source: systemTimeSource,
@@ -95,12 +116,13 @@ async function main(): Promise<void> {
       logRegistryEvent(log, e);
       metrics.onRegistryEvent(e);
     },
-  });
+  }).catch((e: unknown) => dieOnDatabase(e, config));
   metrics.watch(() => registry.health());
   try {
     await syncIfChanged(registry, config.poolFile, pool, log);
   } catch (e) {
     logOut.flushSync();
+    if (isRegistryError(e) && e.code === 'unavailable') dieOnDatabase(e, config);
     die(e instanceof Error ? e.message : String(e), EX_CONFIG);
   }
   store.checkpointInBackground((message) => log.warn({ err: message }, 'WAL checkpoint failed'));

@@ -37,14 +37,21 @@ export interface StartOptions {
   readonly port?: number;
   /** Resolve once the process is listening (default), or at once (for start-up failures). */
   readonly wait?: boolean;
+  /** Command-line arguments for src/main.ts. */
+  readonly args?: readonly string[];
+  /** Run as another user (the test must be root for that). */
+  readonly uid?: number;
+  readonly gid?: number;
 }
 
 export async function startProcess(opts: StartOptions): Promise<RunningRegistry> {
   const port = opts.port ?? (await freePort());
   const poolFile = join(opts.dir, 'pool.txt');
   if (opts.pool !== undefined) writeFileSync(poolFile, opts.pool);
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', ...(opts.args ?? [])], {
     cwd: ROOT,
+    ...(opts.uid !== undefined ? { uid: opts.uid } : {}),
+    ...(opts.gid !== undefined ? { gid: opts.gid } : {}),
     env: {
       PATH: process.env['PATH'] ?? '',
       HOST: '127.0.0.1',
