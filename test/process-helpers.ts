@@ -95,6 +95,21 @@ export async function startProcess(opts: StartOptions): Promise<RunningRegistry>
   throw new Error(`registry did not come up:\n${out}`);
 }
 
+let built: Promise<void> | null = null;
+
+/** Runs `npm run build` (into dist/) once per test run, for tests of what is installed. */
+export function buildOnce(): Promise<void> {
+  built ??= new Promise((resolve, reject) => {
+    const child = spawn('npm', ['run', 'build'], { cwd: ROOT, env: { PATH: process.env['PATH'] ?? '' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    child.stderr.on('data', (d: Buffer) => { out += d.toString(); });
+    child.on('error', reject);
+    child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`npm run build failed (${code}):\n${out}`))));
+  });
+  return built;
+}
+
 /** Polls `probe` until it returns true or the deadline passes; for real processes only. */
 export async function eventually(probe: () => Promise<boolean>, timeoutMs = 10_000, what = 'condition'): Promise<void> {
   const deadline = Date.now() + timeoutMs;

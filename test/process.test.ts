@@ -193,7 +193,9 @@ describe('the registry process', function () {
     expect(lines.length).to.be.greaterThan(4);
     const parsed = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
     expect(parsed.map((l) => l['msg'])).to.include.members(['asg-id-registry listening', 'request', 'ownership allocated', 'database closed; bye']);
-    expect(parsed.find((l) => l['msg'] === 'request' && l['status'] === 409)).to.include({ level: 'info', route: '/liveness', error_code: 'not_owner', client_id: 'vm-b' });
+    expect(parsed.find((l) => l['msg'] === 'request' && l['status'] === 409)).to.include({
+      level: 'info', route: '/liveness', error_code: 'not_owner', client_id: 'vm-b', remote_addr: '127.0.0.1', pid: reg.child.pid,
+    });
   });
 
   it('serves the shipped seed pool: 1,024 worker ids, handed out from worker-0000', async () => {

@@ -104,7 +104,7 @@ describe('logs', () => {
     };
   }
 
-  it('one JSON line per request (method, route, status, duration, request id, client_id) and per ownership change; never a token', async () => {
+  it('one JSON line per request (method, route, status, duration, request id, client_id, caller\'s address, pid) and per ownership change; never a token', async () => {
     const out = capture();
     const log = createLogger('info', out.stream);
     const AGENT = 'agent-token-SECRET-0123456789';
@@ -126,6 +126,8 @@ describe('logs', () => {
     expect(requests).to.have.length(4);
     expect(requests[0]).to.include({ req_id: 'req-42', method: 'POST', route: '/allocate', path: '/allocate', status: 200, client_id: 'vm-a', level: 'info' });
     expect(requests[0]?.['duration_ms']).to.be.a('number');
+    expect(requests[0]?.['remote_addr']).to.match(/^(::ffff:)?127\.0\.0\.1$/);
+    expect(lines.every((l) => l['pid'] === process.pid), 'every line names the process').to.equal(true);
     expect(requests[2]).to.include({ status: 401, error_code: 'unauthorized' });
     expect(lines.find((l) => l['msg'] === 'ownership allocated')).to.include({ event: 'allocated', identifier: 'w-0', client_id: 'vm-a', epoch: 1 });
     expect(out.raw()).to.not.include('SECRET');
