@@ -199,5 +199,8 @@ describe('dashboard route', () => {
     expect(res.status).to.equal(200);
     expect(res.headers['content-type']).to.equal('text/html; charset=utf-8');
     expect(res.text).to.include('<title>asg-id-registry</title>').and.include("get('/identifiers?limit=").and.include("get('/health')");
+    // The script lives in a template literal, where one backslash too few breaks it silently.
+    const script = res.text.slice(res.text.indexOf('<script>') + '<script>'.length, res.text.indexOf('</script>'));
+    expect(() => new Function(script), 'the page\'s script parses').to.not.throw();
   });
 });
