@@ -133,6 +133,20 @@ describe('logs', () => {
     expect(out.raw()).to.not.include('SECRET');
   });
 
+  it('sweeps log at info when they reclaim or are forced, at warn when the guard holds, else only at debug', async () => {
+    const out = capture();
+    const log = createLogger('debug', out.stream);
+    const { logRegistryEvent } = await import('../../src/log.js');
+    const sweep = { type: 'sweep', expired: 0, leased: 4, reason: null, forced: false, durationMs: 1 } as const;
+    logRegistryEvent(log, { ...sweep, reclaimed: 2, held: false });
+    logRegistryEvent(log, { ...sweep, reclaimed: 0, held: true, reason: 'mass expiry' });
+    logRegistryEvent(log, { ...sweep, reclaimed: 0, held: false, forced: true });
+    logRegistryEvent(log, { ...sweep, reclaimed: 0, held: false });
+    expect(out.lines().map((l) => [l['level'], l['msg']])).to.deep.equal([
+      ['info', 'reaper sweep'], ['warn', 'reaper held by the mass-expiry guard'], ['info', 'reaper sweep'], ['debug', 'reaper sweep'],
+    ]);
+  });
+
   it('LOG_LEVEL=warn keeps request lines out', async () => {
     const out = capture();
     const h = await makeRegistry({ log: createLogger('warn', out.stream) });
