@@ -3,7 +3,7 @@
  * registry process on loopback.
  */
 import { expect } from 'chai';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
@@ -47,6 +47,12 @@ describe('VM scripts against a live registry', function () {
   let reg: RunningRegistry | null = null;
   let env: Record<string, string>;
   let identityFile: string;
+
+  before(() => {
+    // The scripts are POSIX sh + curl, what an EC2 image has; no npm package brings curl.
+    const curl = spawnSync('curl', ['--version'], { env: { PATH: process.env['PATH'] ?? '' } });
+    expect(curl.error, 'the VM scripts need curl on the PATH (Debian: apt-get install curl; .ci/run installs it)').to.equal(undefined);
+  });
 
   beforeEach(async () => {
     t = tempDir();
