@@ -7,6 +7,7 @@ import type { Server } from 'node:http';
 import { systemTimeSource } from './clock.js';
 import { ConfigError, loadConfig, processEnv } from './config.js';
 import type { Config } from './config.js';
+import { isRegistryError } from './domain/errors.js';
 import { createApp } from './http/app.js';
 import { createHttpServer } from './http/server.js';
 import { startReaper } from './jobs/reaper.js';
@@ -19,7 +20,6 @@ import { openRegistry } from './registry.js';
 import type { Registry } from './registry.js';
 import { explainDbOpenError, inspectDbPath } from './store/explain.js';
 import { Store } from './store/store.js';
-import { isRegistryError } from './domain/errors.js';
 import { REGISTRY_USAGE, registryCommand } from './usage.js';
 import { packageVersion } from './version.js';
 
