@@ -3,6 +3,8 @@
  * registry process on loopback. Outages, partitions and failover: vm-outage.test.ts.
  */
 import { expect } from 'chai';
+import { spawn, spawnSync } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { Server } from 'node:http';
@@ -20,6 +22,12 @@ describe('VM scripts against a live registry', function () {
   let reg: RunningRegistry | null = null;
   let env: Record<string, string>;
   let identityFile: string;
+
+  before(() => {
+    // The scripts are POSIX sh + curl, what an EC2 image has; no npm package brings curl.
+    const curl = spawnSync('curl', ['--version'], { env: { PATH: process.env['PATH'] ?? '' } });
+    expect(curl.error, 'the VM scripts need curl on the PATH (Debian: apt-get install curl; .ci/run installs it)').to.equal(undefined);
+  });
 
   beforeEach(async () => {
     t = tempDir();

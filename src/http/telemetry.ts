@@ -35,6 +35,8 @@ export function telemetry(metrics: Metrics, log: Logger) {
         req_id: id,
         method: ctx.method,
         route,
+        // The peer's address (a proxy's, behind one: X-Forwarded-For is not trusted).
+        remote_addr: ctx.socket.remoteAddress ?? null,
         path: ctx.path,
         status: ctx.status,
         duration_ms: Math.round(seconds * 1e6) / 1e3,
