@@ -118,7 +118,7 @@ describe('dashboard in headless Chromium', function () {
     await page.goto(reg.base + '/');
     const banner = page.locator('#banner.degraded');
     await banner.waitFor({ state: 'visible' });
-    expect(await banner.textContent()).to.match(/^Degraded: mass expiry: 4 of 4 leases \(100%\) expired at once/);
+    expect(await banner.textContent()).to.match(/^Degraded: mass expiry: 4 of 4 leases \(100%\) expired within the last TTL/);
     await page.screenshot({ path: join(ARTIFACTS, 'dashboard-degraded.png') });
     await page.close();
   });
