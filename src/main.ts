@@ -147,7 +147,7 @@ async function main(): Promise<void> {
     if (isRegistryError(e) && e.code === 'unavailable') dieOnDatabase(e, config);
     die(e instanceof Error ? e.message : String(e), EX_CONFIG);
   }
-  await registry.open().catch((e: unknown) => dieOnDatabase(e, config));
+  await registry.open({ serviceRestarted: store.rebooted }).catch((e: unknown) => dieOnDatabase(e, config));
   store.checkpointInBackground((message) => log.warn({ err: message }, 'WAL checkpoint failed'));
 
   const app = createApp({

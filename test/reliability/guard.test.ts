@@ -42,8 +42,13 @@ describe('the mass-expiry guard with a real fleet', function () {
     const late = outcomes.filter((o) => o.at >= 6000);
     const granted = late.filter((o) => o.ok).length;
     // Every lease expires (all at once, to the guard's eye), yet new VMs asking prove the fleet is
-    // there: the guarded reaper keeps pace with them. Stalled, this would be 0.
-    expect(granted, `${granted} of ${late.length} allocations granted in the last 3 s`).to.be.at.least(late.length / 3);
+    // there: the guarded reaper keeps pace with them. Stalled, this would be 0. (Unguarded, TTL +
+    // cool-down + the sweep's cadence let about a third through: the bound leaves room for a slow machine.)
+    expect(granted, `${granted} of ${late.length} allocations granted in the last 3 s`).to.be.at.least(late.length / 6);
+    for (let from = 5000; from < 8000; from += 1000) {
+      const inSecond = outcomes.filter((o) => o.ok && o.at >= from && o.at < from + 1000).length;
+      expect(inSecond, `grants between ${from} and ${from + 1000} ms`).to.be.above(0);
+    }
     const health = asBody((await json(base, 'GET', '/health')).body);
     expect(asBody(health['pool'])['leased']).to.be.above(0);
   });
