@@ -133,6 +133,23 @@ describe('logs', () => {
     expect(out.raw()).to.not.include('SECRET');
   });
 
+  it('a routine 200 liveness is counted and timed in /metrics but logged only at debug; a refused one is logged at info', async () => {
+    for (const level of ['info', 'debug'] as const) {
+      const out = capture();
+      const h = await makeRegistry({ log: createLogger(level, out.stream) });
+      const l = (await h.http.post('/allocate').send({ client_id: 'vm-a' })).body;
+      await h.http.post('/liveness').send({ client_id: 'vm-a', identifier: l.identifier }).expect(200);
+      await h.http.post('/liveness').send({ client_id: 'vm-b', identifier: l.identifier }).expect(409);
+      const lines = out.lines().filter((x) => x['msg'] === 'request').map((x) => [x['level'], x['route'], x['status']]);
+      expect(lines, level).to.deep.equal([
+        ['info', '/allocate', 200],
+        ...(level === 'debug' ? [['debug', '/liveness', 200]] : []),
+        ['info', '/liveness', 409],
+      ]);
+      expect(await h.metrics.render()).to.match(/http_request_duration_seconds_count\{method="POST",route="\/liveness",status="200"\} 1/);
+    }
+  });
+
   it('sweeps log at info when they reclaim or are forced, at warn when the guard holds, else only at debug', async () => {
     const out = capture();
     const log = createLogger('debug', out.stream);
