@@ -11,6 +11,7 @@ import type { Metrics } from '../metrics.js';
 import type { Registry } from '../registry.js';
 import type { Role } from './auth.js';
 import { jsonBody } from './body.js';
+import { streamListing } from './listing.js';
 import { DASHBOARD_HTML } from './dashboard.js';
 import { buildOpenApi } from './openapi.js';
 import {
@@ -100,6 +101,11 @@ export const ROUTES: readonly RouteSpec[] = [
     errors: ['invalid_request', 'unauthorized', 'forbidden'],
     async handle(ctx, { registry }) {
       const q = parse.listQuery(ctx.query);
+      if (q.limit === undefined) {
+        ctx.type = 'application/json; charset=utf-8';
+        ctx.body = await streamListing(registry, q.status ?? null, q.after ?? null);
+        return;
+      }
       const page = await registry.list({ status: q.status ?? null, after: q.after ?? null, limit: q.limit ?? null });
       if (page.next !== null) ctx.set('Link', nextLink(ctx, page.next));
       ctx.body = page.items.map(identifierView);
