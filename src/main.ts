@@ -1,157 +1,29 @@
 /**
- * Wiring only: config -> db -> store -> registry -> http app -> listen -> reaper.
- * SIGHUP re-reads the pool file; SIGTERM/SIGINT stop the reaper, stop accepting, finish
- * in-flight requests and close the database.
+ * Entry point. Its first act is to take SIGHUP: Node's default for it is to exit, and an
+ * operator's reload (`systemctl reload`) may come at any moment of a start-up that takes
+ * seconds on a large pool. Only then is the wiring (serve.ts) loaded: ES module imports are
+ * all loaded before a module's first line runs, so nothing here may import it statically.
+ * A SIGHUP before the registry is up is kept, and becomes one reload once it is.
  */
-import type { Server } from 'node:http';
-import { systemTimeSource } from './clock.js';
-import { ConfigError, loadConfig, processEnv } from './config.js';
-import type { Config } from './config.js';
-import { createApp } from './http/app.js';
-import { createHttpServer } from './http/server.js';
-import { startReaper } from './jobs/reaper.js';
-import { createLogger, logRegistryEvent, stdoutDestination } from './log.js';
-import type { Logger } from './log.js';
-import { Metrics } from './metrics.js';
-import { parsePoolFile, readPoolText } from './pool/load.js';
-import type { PoolFile } from './pool/load.js';
-import { openRegistry } from './registry.js';
-import type { Registry } from './registry.js';
-import { Store } from './store/store.js';
+let reload: (() => void) | null = null;
+let reloadWanted = false;
+process.on('SIGHUP', () => {
+  if (reload) reload();
+  else reloadWanted = true;
+});
 
-/** Exit status for a bad setting or pool file (sysexits EX_CONFIG): systemd will not restart-loop on it. */
-const EX_CONFIG = 78;
-
-function die(message: string, status = 1): never {
-  process.stderr.write(`asg-id-registry: ${message}\n`);
-  process.exit(status);
-}
-
-function configure(): Config {
-  try {
-    return loadConfig(processEnv());
-  } catch (e) {
-    if (e instanceof ConfigError) die(`configuration error: ${e.message}`, EX_CONFIG);
-    throw e;
-  }
-}
-
-function listen(server: Server, config: Config): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(config.port, config.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-}
-
-/** Syncs the pool unless the file is the one last synced. Throws PoolFileError for a bad file. */
-async function syncIfChanged(registry: Registry, path: string, file: PoolFile, log: Logger): Promise<void> {
-  if ((await registry.poolFingerprint()) === file.fingerprint) {
-    log.info({ pool: path }, 'pool file unchanged since the last sync');
-    return;
-  }
-  await registry.syncPool(parsePoolFile(path, file), file.fingerprint);
-}
-
-async function reloadPool(registry: Registry, config: Config, log: Logger): Promise<void> {
-  try {
-    await syncIfChanged(registry, config.poolFile, readPoolText(config.poolFile), log);
-  } catch (e) {
-    log.error({ err: e instanceof Error ? e.message : String(e) }, 'pool reload failed; the pool is unchanged');
-  }
-}
-
-async function main(): Promise<void> {
-  const config = configure();
-  const logOut = stdoutDestination();
-  const log = createLogger(config.logLevel, logOut);
-  let pool: PoolFile;
-  let store: Store;
-  try {
-    pool = readPoolText(config.poolFile);
-  } catch (e) {
-    die(e instanceof Error ? e.message : String(e), EX_CONFIG);
-  }
-  try {
-    store = new Store({ path: config.dbPath, busyTimeoutMs: config.dbBusyTimeoutMs });
-  } catch (e) {
-    die(`database ${config.dbPath}: ${e instanceof Error ? e.message : String(e)}`);
-  }
-  const metrics = new Metrics({ processMetrics: true });
-  const registry = await openRegistry({
-    store,
-    source: systemTimeSource,
-    rules: {
-      ttlMs: config.leaseTtlSeconds * 1000,
-      cooldownMs: config.reuseCooldownSeconds * 1000,
-      graceMs: config.startupGraceSeconds * 1000,
-      maxFraction: config.reaperMaxFraction,
-      minHold: config.reaperMinHold,
-      reapBatchSize: config.reaperBatchSize,
-    },
-    observe: (e) => {
-      logRegistryEvent(log, e);
-      metrics.onRegistryEvent(e);
+try {
+  const { serve } = await import('./serve.js');
+  await serve({
+    onReload(fn: () => void): void {
+      reload = fn;
+      if (reloadWanted) {
+        reloadWanted = false;
+        fn();
+      }
     },
   });
-  metrics.watch(() => registry.health());
-  try {
-    await syncIfChanged(registry, config.poolFile, pool, log);
-  } catch (e) {
-    logOut.flushSync();
-    die(e instanceof Error ? e.message : String(e), EX_CONFIG);
-  }
-  store.checkpointInBackground((message) => log.warn({ err: message }, 'WAL checkpoint failed'));
-
-  const app = createApp({
-    registry,
-    auth: { agentTokens: config.agentTokens, adminTokens: config.adminTokens },
-    metrics,
-    log,
-  });
-  const server = createHttpServer(app.callback());
-  await listen(server, config);
-  if (config.adminTokens.length === 0) log.warn('ADMIN_TOKENS is unset: listing, inspection and admin routes are open');
-  log.info({ host: config.host, port: config.port, db: config.dbPath, pool: config.poolFile }, 'asg-id-registry listening');
-
-  const stopReaper = startReaper({
-    schedule: config.reaperSchedule,
-    sweep: () => registry.reap(),
-    onError: (e) => log.error({ err: e instanceof Error ? e.message : String(e) }, 'reaper sweep failed'),
-  });
-
-  process.on('SIGHUP', () => {
-    log.info('SIGHUP: re-reading the pool file');
-    void reloadPool(registry, config, log);
-  });
-
-  let stopping = false;
-  const shutdown = (signal: string): void => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal }, 'shutting down: finishing in-flight requests');
-    stopReaper();
-    server.close(() => {
-      void registry.close().then(() => store.close()).then(() => {
-        log.info('database closed; bye');
-        logOut.flushSync();
-        process.exit(0);
-      });
-    });
-    // Connections that finish their last request after close() would otherwise linger until
-    // their keep-alive timeout.
-    server.closeIdleConnections();
-    setInterval(() => server.closeIdleConnections(), 100).unref();
-    // In-flight requests get 10 s; then the database is closed anyway (committed writes are safe).
-    setTimeout(() => {
-      log.warn('in-flight requests did not finish in 10 s; closing');
-      server.closeAllConnections();
-    }, 10_000).unref();
-  };
-  process.on('SIGTERM', () => shutdown('SIGTERM'));
-  process.on('SIGINT', () => shutdown('SIGINT'));
+} catch (e) {
+  process.stderr.write(`asg-id-registry: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exit(1);
 }
-
-main().catch((e: unknown) => die(e instanceof Error ? e.message : String(e)));

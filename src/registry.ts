@@ -8,6 +8,7 @@ import type { Clock, TimeSource } from './clock.js';
 import { RegistryError } from './domain/errors.js';
 import { assertOwner, expiryCutoff, fenceAfterMs, guardReason, infoOf, leaseOf } from './domain/lease.js';
 import type { GuardRules, LeaseRules } from './domain/lease.js';
+import { retirePlan, retireRefusal } from './domain/pool-sync.js';
 import type {
   HistoryEntry, HistoryEvent, IdentifierInfo, IdentifierRecord, Lease, PoolCounts, ReaperState, Status, SyncResult,
 } from './domain/types.js';
@@ -54,6 +55,8 @@ export interface Health {
   readonly oldestLastSeen: number | null;
   readonly pool: PoolCounts;
   readonly reaper: ReaperState;
+  /** Why the last pool reload failed or was refused, until one succeeds. */
+  readonly poolProblem: string | null;
 }
 
 export interface RegistryDeps {
@@ -74,6 +77,8 @@ export class Registry {
   private readonly rules: RegistryRules;
   private readonly observe: RegistryObserver;
   private reaper: ReaperState = { lastRunAt: null, lastReclaimed: 0, held: false, reason: null };
+  /** Why the last pool reload failed or was refused; null once one succeeds. */
+  private poolProblem: string | null = null;
   private sweeping: Promise<ReapResult> | null = null;
   /**
    * Renewals answered but not yet written: a liveness is checked against the database and
@@ -242,13 +247,16 @@ export class Registry {
   /**
    * Brings the database in line with the pool file in one transaction: new identifiers are
    * added free, missing ones retired (a held one keeps its lease), returning ones restored.
+   * Errors: pool_sync_refused when it would retire more than half of the pool, unless `force`.
    */
-  async syncPool(names: readonly string[], fingerprint: string | null = null): Promise<SyncResult> {
+  async syncPool(names: readonly string[], fingerprint: string | null = null, opts: { force?: boolean } = {}): Promise<SyncResult> {
     const result = await this.write(() => {
+      const existing = new Map(this.store.poolRows().map((r) => [r.name, r]));
+      const refusal = opts.force ? null : retireRefusal(retirePlan(existing.values(), names));
+      if (refusal !== null) throw new RegistryError('pool_sync_refused', refusal);
       // Recorded with the sync it describes, so a start-up with the same file can skip it.
       this.store.setMeta(POOL_FINGERPRINT, fingerprint ?? '');
       const now = this.clock.now();
-      const existing = new Map(this.store.poolRows().map((r) => [r.name, r]));
       let added = 0;
       let restored = 0;
       let retired = 0;
@@ -276,8 +284,17 @@ export class Registry {
       }
       return { total: names.length, added, retired, restored };
     }, true);
+    this.poolProblem = null;
     this.observe({ type: 'pool_synced', result });
     return result;
+  }
+
+  /**
+   * What became of the last pool reload (SIGHUP): null when it succeeded, else why it did
+   * not. /health is degraded with that reason until a reload or sync succeeds.
+   */
+  notePoolReload(problem: string | null): void {
+    this.poolProblem = problem;
   }
 
   /** The fingerprint of the pool file last synced, if it was recorded. */
@@ -343,6 +360,7 @@ export class Registry {
         oldestLastSeen: this.store.oldestLastSeen(),
         pool: { total: c.total, leased: c.leased, cooling: c.cooling, retired: c.retired, free: c.total - c.leased - c.cooling - c.retired },
         reaper: this.reaper,
+        poolProblem: this.poolProblem,
       };
     });
   }

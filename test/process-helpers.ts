@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import { request } from 'node:http';
 import type { Agent } from 'node:http';
 import type { ChildProcess } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readdirSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 
@@ -37,13 +37,38 @@ export interface StartOptions {
   readonly port?: number;
   /** Resolve once the process is listening (default), or at once (for start-up failures). */
   readonly wait?: boolean;
+  /** Node's arguments; default: src/main.ts through tsx. */
+  readonly args?: readonly string[];
+  /** Default http. */
+  readonly scheme?: 'http' | 'https';
+  /** Asks /health for its status until it answers (default: fetch); an HTTPS test passes one that trusts its certificate. */
+  readonly probe?: (url: string) => Promise<number>;
+}
+
+/**
+ * src/ transpiled to plain JavaScript (esbuild, as tsx does it on the fly), for tests whose
+ * timing must not include tsx's own start-up of about a second on a slow machine. Built once
+ * per test run, under the project so that node_modules resolve. Returns main.js's path.
+ */
+let built: string | null = null;
+export async function builtMain(): Promise<string> {
+  if (built) return built;
+  const { build } = await import('esbuild');
+  const out = join(ROOT, 'test-artifacts', `build-${process.pid}`);
+  const entryPoints = readdirSync(join(ROOT, 'src'), { recursive: true, encoding: 'utf8' })
+    .filter((f) => f.endsWith('.ts')).map((f) => join(ROOT, 'src', f));
+  await build({ entryPoints, outdir: out, format: 'esm', platform: 'node', target: 'node20', logLevel: 'error' });
+  writeFileSync(join(out, 'package.json'), '{"type":"module"}\n');
+  process.once('exit', () => rmSync(out, { recursive: true, force: true }));
+  built = join(out, 'main.js');
+  return built;
 }
 
 export async function startProcess(opts: StartOptions): Promise<RunningRegistry> {
   const port = opts.port ?? (await freePort());
   const poolFile = join(opts.dir, 'pool.txt');
   if (opts.pool !== undefined) writeFileSync(poolFile, opts.pool);
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+  const child = spawn(process.execPath, opts.args ?? ['--import', 'tsx', 'src/main.ts'], {
     cwd: ROOT,
     env: {
       PATH: process.env['PATH'] ?? '',
@@ -62,7 +87,7 @@ export async function startProcess(opts: StartOptions): Promise<RunningRegistry>
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
     child.on('exit', (code, signal) => resolve({ code, signal }));
   });
-  const base = `http://127.0.0.1:${port}`;
+  const base = `${opts.scheme ?? 'http'}://127.0.0.1:${port}`;
   const running: RunningRegistry = {
     base, child, exited, output: () => out,
     async stop(signal = 'SIGTERM') {
@@ -79,8 +104,8 @@ export async function startProcess(opts: StartOptions): Promise<RunningRegistry>
   const deadline = Date.now() + 20_000;
   while (Date.now() < deadline && !done) {
     try {
-      const r = await fetch(`${base}/health`);
-      if (r.status === 200 || r.status === 503) return running;
+      const status = opts.probe ? await opts.probe(`${base}/health`) : (await fetch(`${base}/health`)).status;
+      if (status === 200 || status === 503) return running;
     } catch { /* not up yet */ }
     await new Promise((r) => setTimeout(r, 50));
   }

@@ -91,11 +91,12 @@ function reaperView(r: ReaperState) {
 export function healthView(h: Health) {
   const pool: PoolCounts = h.pool;
   return {
-    status: h.reaper.held ? 'degraded' : 'healthy',
+    status: h.reaper.held || h.poolProblem !== null ? 'degraded' : 'healthy',
     uptime: humanUptime(h.uptimeMs / 1000),
     uptime_seconds: Math.floor(h.uptimeMs / 1000),
     pool,
     reaper: reaperView(h.reaper),
+    pool_file: { reason: h.poolProblem },
   };
 }
 
