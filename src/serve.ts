@@ -1,16 +1,17 @@
 /**
  * Wiring only: config -> db -> store -> registry -> http app -> listen -> reaper.
- * A reload (SIGHUP, through main.ts) re-reads the pool file;
+ * A reload (SIGHUP, through main.ts) re-reads the pool file and the TLS certificate;
  * SIGTERM/SIGINT stop the reaper, stop accepting, finish in-flight requests and close the
  * database.
  */
 import type { Server } from 'node:http';
+import { Server as TlsServer } from 'node:tls';
 import { systemTimeSource } from './clock.js';
 import { ConfigError, loadConfig, processEnv } from './config.js';
 import type { Config } from './config.js';
 import { isRegistryError } from './domain/errors.js';
 import { createApp } from './http/app.js';
-import { createHttpServer } from './http/server.js';
+import { createHttpServer, DEFAULT_LIMITS } from './http/server.js';
 import { startReaper } from './jobs/reaper.js';
 import { createLogger, logRegistryEvent, stdoutDestination } from './log.js';
 import type { Logger } from './log.js';
@@ -20,6 +21,8 @@ import type { PoolFile } from './pool/load.js';
 import { openRegistry } from './registry.js';
 import type { Registry } from './registry.js';
 import { Store } from './store/store.js';
+import { readTls } from './tls.js';
+import type { TlsMaterial } from './tls.js';
 
 /** Exit status for a bad setting or pool file (sysexits EX_CONFIG): systemd will not restart-loop on it. */
 const EX_CONFIG = 78;
@@ -36,9 +39,10 @@ function die(message: string, status = 1): never {
 
 const messageOf = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 
-function configure(): Config {
+function configure(): { config: Config; tls: TlsMaterial | null } {
   try {
-    return loadConfig(processEnv());
+    const config = loadConfig(processEnv());
+    return { config, tls: config.tls ? readTls(config.tls) : null };
   } catch (e) {
     if (e instanceof ConfigError) die(`configuration error: ${e.message}`, EX_CONFIG);
     throw e;
@@ -81,8 +85,27 @@ async function reloadPool(registry: Registry, config: Config, log: Logger): Prom
   }
 }
 
+/** New connections get the new certificate; a bad pair is logged and the old one kept. */
+function reloadTls(server: Server, config: Config, log: Logger): void {
+  if (!config.tls || !(server instanceof TlsServer)) return;
+  try {
+    const { cert, key } = readTls(config.tls);
+    server.setSecureContext({ cert, key });
+    log.info({ cert: config.tls.certFile }, 'TLS certificate reloaded');
+  } catch (e) {
+    log.error({ err: messageOf(e) }, 'TLS certificate reload failed; the previous certificate stays in use');
+  }
+}
+
+function listenProblem(e: unknown, config: Config): string {
+  const code = e instanceof Error && 'code' in e ? String(e.code) : '';
+  if (code === 'EADDRINUSE') return `PORT: ${config.port} on ${config.host} is already in use`;
+  if (code === 'EACCES') return `PORT: ${config.port} needs privileges this process does not have`;
+  return `HOST: cannot listen on ${config.host}:${config.port} (${code || messageOf(e)})`;
+}
+
 export async function serve(signals: Signals): Promise<void> {
-  const config = configure();
+  const { config, tls } = configure();
   const logOut = stdoutDestination();
   const log = createLogger(config.logLevel, logOut);
   let pool: PoolFile;
@@ -129,10 +152,22 @@ export async function serve(signals: Signals): Promise<void> {
     metrics,
     log,
   });
-  const server = createHttpServer(app.callback());
-  await listen(server, config);
-  if (config.adminTokens.length === 0) log.warn('ADMIN_TOKENS is unset: listing, inspection and admin routes are open');
-  log.info({ host: config.host, port: config.port, db: config.dbPath, pool: config.poolFile }, 'asg-id-registry listening');
+  const server = createHttpServer(app.callback(), DEFAULT_LIMITS, tls);
+  try {
+    await listen(server, config);
+  } catch (e) {
+    logOut.flushSync();
+    die(`configuration error: ${listenProblem(e, config)}`, EX_CONFIG);
+  }
+  if (config.agentTokens.length > 0 && config.adminTokens.length === 0) {
+    log.warn('AGENT_TOKENS is set and ADMIN_TOKENS is not: listing, inspection and admin routes refuse every caller (403)');
+  } else if (config.adminTokens.length === 0) {
+    log.warn('no tokens are set: every route is open');
+  } else if (config.agentTokens.length === 0) {
+    log.warn('AGENT_TOKENS is unset: allocate, liveness and release are open');
+  }
+  if (!tls) log.warn('TLS_CERT_FILE/TLS_KEY_FILE unset: serving plain HTTP (tokens cross the network in the clear unless a proxy or the network protects them)');
+  log.info({ host: config.host, port: config.port, https: tls !== null, db: config.dbPath, pool: config.poolFile }, 'asg-id-registry listening');
 
   const stopReaper = startReaper({
     schedule: config.reaperSchedule,
@@ -143,7 +178,8 @@ export async function serve(signals: Signals): Promise<void> {
   // Reloads run one after another, in the order the signals came.
   let reloads = Promise.resolve();
   signals.onReload(() => {
-    log.info('SIGHUP: re-reading the pool file');
+    log.info('SIGHUP: re-reading the pool file' + (tls ? ' and the TLS certificate' : ''));
+    reloadTls(server, config, log);
     reloads = reloads.then(() => reloadPool(registry, config, log));
   });
 
