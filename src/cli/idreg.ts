@@ -4,10 +4,13 @@
  * `pool sync` and `backup`, which work on the database file (DB_PATH) and are safe with the
  * registry running or stopped: SQLite's locks order them with the registry's writes.
  */
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { systemTimeSource, anchoredClock } from '../clock.js';
 import { loadCliConfig, loadConfig, processEnv } from '../config.js';
 import type { CliConfig } from '../config.js';
+import { isRegistryError } from '../domain/errors.js';
 import { parsePoolFile, readPoolText } from '../pool/load.js';
 import { Registry } from '../registry.js';
 import { backupDatabase } from '../store/backup.js';
@@ -21,8 +24,10 @@ const USAGE = `usage: idreg [--url URL] [--token TOKEN] COMMAND
   history IDENTIFIER                                          ownership changes, oldest first
   release IDENTIFIER                                          force release (admin; cools down)
   reap [--force]                                              sweep now (--force: past grace and guard)
-  pool sync [--db PATH] [--pool FILE]                         bring the database in line with the pool file
-  backup FILE [--db PATH]                                     online backup of the database file
+  pool sync [--db PATH] [--pool FILE] [--force] [--create]   bring the database in line with the pool file
+                                                              (--force: even if it retires more than half of the pool;
+                                                               --create: make the database if it does not exist)
+  backup FILE [--db PATH]                                     online backup of the database file, into one file
 
 environment: IDREG_URL (default http://127.0.0.1:8080), IDREG_TOKEN, DB_PATH, POOL_FILE
 exit status: 0 ok, 1 refused by the registry, 2 usage, 3 registry unreachable or database error`;
@@ -123,13 +128,23 @@ async function reap(cfg: CliConfig, args: string[]): Promise<string> {
     (typeof reason === 'string' ? `\n${reason}` : '');
 }
 
-function fileOptions(cfg: CliConfig, args: string[]): { db: string; pool: string; rest: string[] } {
-  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { db: { type: 'string' }, pool: { type: 'string' } } });
-  return { db: values.db ?? cfg.dbPath, pool: values.pool ?? cfg.poolFile, rest: positionals };
+/**
+ * A typo in --db, or a run from another folder with the default ./data/registry.db, must
+ * not quietly start a new, empty registry: a database that does not exist is an error
+ * unless `create`.
+ */
+function mustExist(db: string, create: boolean): void {
+  if (create || existsSync(db)) return;
+  throw new CliError(`error: database ${resolve(db)} does not exist (check --db or DB_PATH; --create makes a new one)`, 3);
 }
 
 async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
-  const { db, pool } = fileOptions(cfg, args);
+  const { values } = parseArgs({
+    args,
+    options: { db: { type: 'string' }, pool: { type: 'string' }, force: { type: 'boolean', default: false }, create: { type: 'boolean', default: false } },
+  });
+  const db = values.db ?? cfg.dbPath;
+  const pool = values.pool ?? cfg.poolFile;
   let names: string[];
   let fingerprint: string;
   try {
@@ -139,6 +154,7 @@ async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
   } catch (e) {
     throw new CliError(`error: ${e instanceof Error ? e.message : String(e)}; the database is unchanged`, 1);
   }
+  mustExist(db, values.create);
   const store = new Store({ path: db });
   try {
     const c = loadConfig({});
@@ -147,7 +163,10 @@ async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
       clock: anchoredClock(systemTimeSource, store.latestTime()),
       rules: { ttlMs: c.leaseTtlSeconds * 1000, cooldownMs: 0, graceMs: 0, maxFraction: 1, minHold: 0, reapBatchSize: 1 },
     });
-    const r = await registry.syncPool(names, fingerprint);
+    const r = await registry.syncPool(names, fingerprint, { force: values.force }).catch((e: unknown) => {
+      if (isRegistryError(e) && e.code === 'pool_sync_refused') throw new CliError(`error: ${e.message}`, 1);
+      throw e;
+    });
     return `pool synced: ${r.total} identifiers in the file; ${r.added} added, ${r.retired} retired, ${r.restored} restored`;
   } finally {
     store.close();
@@ -155,9 +174,11 @@ async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
 }
 
 async function backup(cfg: CliConfig, args: string[]): Promise<string> {
-  const { db, rest } = fileOptions(cfg, args);
-  const dest = rest[0];
-  if (!dest) throw new CliError(USAGE, 2);
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { db: { type: 'string' } } });
+  const db = values.db ?? cfg.dbPath;
+  const dest = positionals[0];
+  if (!dest || positionals.length > 1) throw new CliError(USAGE, 2);
+  if (!existsSync(db)) throw new CliError(`error: database ${resolve(db)} does not exist (check --db or DB_PATH)`, 3);
   try {
     const pages = await backupDatabase(db, dest);
     return `backed up ${db} to ${dest} (${pages} pages, integrity ok)`;
