@@ -65,6 +65,10 @@ function tokens(env: Env, name: string): string[] {
   if (list.some((t) => t === '')) throw new ConfigError(name, 'has an empty token (comma-separated, no empty entries)');
   if (list.some((t) => !/^[\x21-\x7e]+$/.test(t))) throw new ConfigError(name, 'tokens must be printable ASCII without spaces');
   if (list.some((t) => t.length < 16)) throw new ConfigError(name, 'every token must be at least 16 characters long');
+  // The shipped registry.env.example's placeholders: a copied example must not go live.
+  if (list.some((t) => /^replace-me/i.test(t))) {
+    throw new ConfigError(name, 'is still the placeholder from registry.env.example; put a secret there (e.g. `openssl rand -hex 32`)');
+  }
   return list;
 }
 

@@ -43,7 +43,7 @@ describe('config', () => {
     ['REAPER_SCHEDULE', 'every ten seconds'], ['REAPER_SCHEDULE', '99 * * * *'],
     ['REAPER_MAX_FRACTION', '1.5'], ['REAPER_MAX_FRACTION', '0'], ['REAPER_MIN_HOLD', '2.5'],
     ['LOG_LEVEL', 'loud'], ['AGENT_TOKENS', 'short'], ['ADMIN_TOKENS', 'admin-token-cccccccc,,x'],
-    ['DB_BUSY_TIMEOUT_MS', 'forever'],
+    ['DB_BUSY_TIMEOUT_MS', 'forever'], ['AGENT_TOKENS', 'replace-me-agent-token-0000'], ['ADMIN_TOKENS', 'REPLACE-ME-admin-token-0000'],
   ];
   for (const [name, value] of bad) {
     it(`refuses ${name}=${JSON.stringify(value)}, naming it on one line`, () => {
