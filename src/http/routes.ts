@@ -95,7 +95,7 @@ export const ROUTES: readonly RouteSpec[] = [
   },
   {
     method: 'get', path: '/identifiers', name: 'listIdentifiers', access: 'admin',
-    summary: 'List identifiers in pool order; with limit, the next page is in the Link header',
+    summary: 'List identifiers in pool order; with limit, the next page is in the Link header; without, all of them, streamed',
     query: listQuerySchema,
     response: { description: 'identifier views', schema: identifierListSchema },
     errors: ['invalid_request', 'unauthorized', 'forbidden'],
