@@ -24,6 +24,10 @@ export interface Config {
   readonly dbBusyTimeoutMs: number;
   readonly agentTokens: readonly string[];
   readonly adminTokens: readonly string[];
+  /** Both set or both null: HTTPS with this certificate chain and key (PEM files). */
+  readonly tls: { readonly certFile: string; readonly keyFile: string } | null;
+  /** The explicit way out of protected mode: serve a non-loopback address with no tokens. */
+  readonly allowOpen: boolean;
   readonly logLevel: LogLevel;
 }
 
@@ -72,7 +76,35 @@ function tokens(env: Env, name: string): string[] {
   if (list.some((t) => t === '')) throw new ConfigError(name, 'has an empty token (comma-separated, no empty entries)');
   if (list.some((t) => !/^[\x21-\x7e]+$/.test(t))) throw new ConfigError(name, 'tokens must be printable ASCII without spaces');
   if (list.some((t) => t.length < 16)) throw new ConfigError(name, 'every token must be at least 16 characters long');
+  // The shipped registry.env.example's placeholders: a copied example must not go live.
+  if (list.some((t) => /^replace-me/i.test(t))) {
+    throw new ConfigError(name, 'is still the placeholder from registry.env.example; put a secret there (e.g. `openssl rand -hex 32`)');
+  }
   return list;
+}
+
+function bool(env: Env, name: string): boolean {
+  const raw = read(env, name);
+  if (raw === undefined) return false;
+  if (raw === 'true' || raw === 'false') return raw === 'true';
+  throw new ConfigError(name, `"${raw}" is not true or false`);
+}
+
+function tlsFiles(env: Env): Config['tls'] {
+  const certFile = read(env, 'TLS_CERT_FILE');
+  const keyFile = read(env, 'TLS_KEY_FILE');
+  if (certFile === undefined && keyFile === undefined) return null;
+  if (keyFile === undefined) throw new ConfigError('TLS_KEY_FILE', 'is unset while TLS_CERT_FILE is set (HTTPS needs both, or neither)');
+  if (certFile === undefined) throw new ConfigError('TLS_CERT_FILE', 'is unset while TLS_KEY_FILE is set (HTTPS needs both, or neither)');
+  return Object.freeze({ certFile, keyFile });
+}
+
+/** 127.0.0.0/8, ::1 and localhost. Anything else (0.0.0.0, ::, a name) may be reachable from the network. */
+export function isLoopback(host: string): boolean {
+  const h = host.toLowerCase().replace(/^\[(.*)\]$/, '$1');
+  if (h === 'localhost' || h === '::1' || h === '0:0:0:0:0:0:0:1') return true;
+  const v4 = h.startsWith('::ffff:') ? h.slice(7) : h;
+  return /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(v4);
 }
 
 export function loadConfig(env: Env): Config {
@@ -90,6 +122,14 @@ export function loadConfig(env: Env): Config {
   const adminTokens = tokens(env, 'ADMIN_TOKENS');
   const shared = agentTokens.find((t) => adminTokens.includes(t));
   if (shared !== undefined) throw new ConfigError('AGENT_TOKENS', 'a token may not be both an agent and an admin token');
+  const tls = tlsFiles(env);
+  const allowOpen = bool(env, 'ALLOW_OPEN');
+  // Protected mode (as Redis has it): an open registry on the network is a mistake far more
+  // often than a choice, so it takes an explicit one.
+  if (!isLoopback(host) && agentTokens.length === 0 && adminTokens.length === 0 && !allowOpen) {
+    throw new ConfigError('HOST', `${host} is not a loopback address and neither AGENT_TOKENS nor ADMIN_TOKENS is set: ` +
+      'anyone who can reach it could take and release identifiers; set the tokens, or ALLOW_OPEN=true to serve it open anyway');
+  }
   return Object.freeze({
     host,
     port,
@@ -108,6 +148,8 @@ export function loadConfig(env: Env): Config {
     dbBusyTimeoutMs: number(env, 'DB_BUSY_TIMEOUT_MS', 2000, { min: 0, max: 60_000, integer: true }),
     agentTokens: Object.freeze(agentTokens),
     adminTokens: Object.freeze(adminTokens),
+    tls,
+    allowOpen,
     logLevel: level,
   });
 }

@@ -106,6 +106,13 @@ export class Metrics {
       },
     });
     new client.Gauge({
+      name: `${P}pool_reload_failed`, help: '1 while the last pool reload (SIGHUP) stands refused or failed (health: degraded)', registers,
+      async collect() {
+        const h = await read();
+        if (h) this.set(h.poolProblem === null ? 0 : 1);
+      },
+    });
+    new client.Gauge({
       name: `${P}uptime_seconds`, help: 'Seconds since the registry started', registers,
       async collect() {
         const h = await read();

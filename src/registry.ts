@@ -11,6 +11,7 @@ import type { TimeSource } from './clock.js';
 import { RegistryError } from './domain/errors.js';
 import { assertOwner, decideSweep, fenceAfterMs, infoOf, leaseOf } from './domain/lease.js';
 import type { GuardRules, LeaseRules, SweepDecision } from './domain/lease.js';
+import { retirePlan, retireRefusal } from './domain/pool-sync.js';
 import type {
   HistoryEntry, HistoryEvent, IdentifierInfo, IdentifierRecord, Lease, PoolCounts, ReaperState, Status, SyncResult,
 } from './domain/types.js';
@@ -58,6 +59,8 @@ export interface Health {
   readonly oldestLastSeen: number | null;
   readonly pool: PoolCounts;
   readonly reaper: ReaperState;
+  /** Why this process's last pool reload failed or was refused, until one succeeds. */
+  readonly poolProblem: string | null;
 }
 
 export interface RegistryDeps {
@@ -119,6 +122,8 @@ export class Registry {
   private running: { readonly force: boolean; readonly done: Promise<ReapResult> } | null = null;
   private queued: { readonly force: boolean; readonly done: Promise<ReapResult> } | null = null;
   private lastReaper: ReaperState = NO_SWEEP;
+  /** Why the last pool reload (SIGHUP to this process) failed or was refused; null once one succeeds. */
+  private poolProblem: string | null = null;
 
   constructor(deps: RegistryDeps) {
     this.store = deps.store;
@@ -358,13 +363,16 @@ export class Registry {
   /**
    * Brings the store in line with the pool file in one transaction: new identifiers are
    * added free, missing ones retired (a held one keeps its lease), returning ones restored.
+   * Errors: pool_sync_refused when it would retire more than half of the pool, unless `force`.
    */
-  async syncPool(names: readonly string[], fingerprint: string | null = null): Promise<SyncResult> {
+  async syncPool(names: readonly string[], fingerprint: string | null = null, opts: { force?: boolean } = {}): Promise<SyncResult> {
     const result = await this.store.write(async (tx) => {
+      const existing = new Map((await tx.poolRows()).map((r) => [r.name, r]));
+      const refusal = opts.force ? null : retireRefusal(retirePlan(existing.values(), names));
+      if (refusal !== null) throw new RegistryError('pool_sync_refused', refusal);
       // Recorded with the sync it describes, so a start-up with the same file can skip it.
       await tx.setMeta(POOL_FINGERPRINT, fingerprint ?? '');
       const now = tx.now;
-      const existing = new Map((await tx.poolRows()).map((r) => [r.name, r]));
       const added: { name: string; poolOrder: number }[] = [];
       let restored = 0;
       let retired = 0;
@@ -392,8 +400,17 @@ export class Registry {
       }
       return { total: names.length, added: added.length, retired, restored };
     }, { durable: true });
+    this.poolProblem = null;
     this.observe({ type: 'pool_synced', result });
     return result;
+  }
+
+  /**
+   * What became of the last pool reload (SIGHUP): null when it succeeded, else why it did
+   * not. /health is degraded with that reason until a reload or sync succeeds.
+   */
+  notePoolReload(problem: string | null): void {
+    this.poolProblem = problem;
   }
 
   /** The fingerprint of the pool file last synced, if it was recorded. */
@@ -459,6 +476,7 @@ export class Registry {
         oldestLastSeen: await r.oldestLastSeen(),
         pool: { total: c.total, leased: c.leased, cooling: c.cooling, retired: c.retired, free: c.total - c.leased - c.cooling - c.retired },
         reaper: this.lastReaper = parseReaperState(await r.meta(REAPER_STATE)),
+        poolProblem: this.poolProblem,
       };
     });
   }

@@ -1,18 +1,18 @@
 /** idreg against a live registry process (and its database file), asserting what it prints. */
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { tempDir } from './helpers.js';
+import { snapshotDb, tempDir } from './helpers.js';
 import { ROOT, json, startProcess } from './process-helpers.js';
 import type { RunningRegistry } from './process-helpers.js';
 
 interface Ran { code: number | null; stdout: string; stderr: string }
 
-function idreg(args: string[], env: Record<string, string> = {}): Promise<Ran> {
-  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/idreg.ts'), ...args], {
-    cwd: ROOT, env: { PATH: process.env['PATH'] ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
+function idreg(args: string[], env: Record<string, string> = {}, cwd = ROOT): Promise<Ran> {
+  const child = spawn(process.execPath, ['--import', join(ROOT, 'node_modules/tsx/dist/loader.mjs'), join(ROOT, 'src/cli/idreg.ts'), ...args], {
+    cwd, env: { PATH: process.env['PATH'] ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stdout = '';
   let stderr = '';
@@ -168,16 +168,72 @@ describe('idreg, the operator command', function () {
     expect((await idreg(['show', 'extra'], env)).stdout).to.match(/^status: free$/m);
   });
 
-  it('backup: an online copy that passes its integrity check and holds the leases', async () => {
-    const dest = join(t.dir, 'backup.db');
+  it('backup: an online copy that passes its integrity check and holds the leases, in one file', async () => {
+    const dir = join(t.dir, 'backups');
+    mkdirSync(dir);
+    const dest = join(dir, 'backup.db');
     const r = await idreg(['backup', dest], env);
     expect(r.code, r.stderr).to.equal(0);
     expect(r.stdout).to.match(/integrity ok/);
-    const db = new Database(dest, { readonly: true });
+    expect(readdirSync(dir)).to.deep.equal(['backup.db']); // no backup.db-wal or -shm beside it
+    // Self-contained: copied elsewhere alone, it opens with everything in it.
+    const moved = join(t.dir, 'moved.db');
+    copyFileSync(dest, moved);
+    const db = new Database(moved, { readonly: true });
     try {
       expect(db.prepare(`SELECT client_id FROM identifiers WHERE name = 'w-0'`).get()).to.deep.equal({ client_id: 'vm-a' });
+      expect(db.pragma('journal_mode', { simple: true })).to.equal('delete');
     } finally {
       db.close();
     }
+  });
+});
+
+describe('idreg on database files', function () {
+  this.timeout(60_000);
+  let t: ReturnType<typeof tempDir>;
+  beforeEach(() => { t = tempDir(); });
+  afterEach(() => t.cleanup());
+
+  it('pool sync and backup refuse a database that does not exist, and create nothing', async () => {
+    const pool = join(t.dir, 'pool.txt');
+    writeFileSync(pool, 'w-[0-3]\n');
+    const typo = await idreg(['pool', 'sync', '--db', join(t.dir, 'typo.db'), '--pool', pool]);
+    expect(typo.code).to.equal(3);
+    expect(typo.stderr).to.match(/database .*typo\.db does not exist .*--create/);
+    // From another folder, without --db or DB_PATH: the default ./data/registry.db is not made there.
+    const elsewhere = await idreg(['pool', 'sync', '--pool', pool], {}, t.dir);
+    expect(elsewhere.code).to.equal(3);
+    expect(elsewhere.stderr).to.include(join(t.dir, 'data/registry.db'));
+    const backup = await idreg(['backup', join(t.dir, 'copy.db'), '--db', join(t.dir, 'nope.db')]);
+    expect(backup.code).to.equal(3);
+    expect(backup.stderr).to.match(/nope\.db does not exist/);
+    expect(readdirSync(t.dir)).to.deep.equal(['pool.txt']);
+  });
+
+  it('pool sync --create makes a new database', async () => {
+    const pool = join(t.dir, 'pool.txt');
+    writeFileSync(pool, 'w-[0-3]\n');
+    const r = await idreg(['pool', 'sync', '--create', '--db', join(t.dir, 'new/registry.db'), '--pool', pool]);
+    expect(r.code, r.stderr).to.equal(0);
+    expect(r.stdout.trim()).to.equal('pool synced: 4 identifiers in the file; 4 added, 0 retired, 0 restored');
+    expect(existsSync(join(t.dir, 'new/registry.db'))).to.equal(true);
+  });
+
+  it('pool sync refuses to retire more than half of the pool unless --force', async () => {
+    const db = join(t.dir, 'registry.db');
+    const pool = join(t.dir, 'pool.txt');
+    writeFileSync(pool, 'w-[0-9]\n');
+    expect((await idreg(['pool', 'sync', '--create', '--db', db, '--pool', pool])).code).to.equal(0);
+    const before = snapshotDb(db);
+    writeFileSync(pool, '');
+    const refused = await idreg(['pool', 'sync', '--db', db, '--pool', pool]);
+    expect(refused.code).to.equal(1);
+    expect(refused.stderr).to.match(/would retire 10 of the 10 .*idreg pool sync --force/);
+    expect(snapshotDb(db)).to.equal(before);
+    writeFileSync(pool, 'w-[0-3]\n');
+    const forced = await idreg(['pool', 'sync', '--force', '--db', db, '--pool', pool]);
+    expect(forced.code, forced.stderr).to.equal(0);
+    expect(forced.stdout.trim()).to.equal('pool synced: 4 identifiers in the file; 0 added, 6 retired, 0 restored');
   });
 });

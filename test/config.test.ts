@@ -43,7 +43,7 @@ describe('config', () => {
     ['REAPER_SCHEDULE', 'every ten seconds'], ['REAPER_SCHEDULE', '99 * * * *'],
     ['REAPER_MAX_FRACTION', '1.5'], ['REAPER_MAX_FRACTION', '0'], ['REAPER_MIN_HOLD', '2.5'],
     ['LOG_LEVEL', 'loud'], ['AGENT_TOKENS', 'short'], ['ADMIN_TOKENS', 'admin-token-cccccccc,,x'],
-    ['DB_BUSY_TIMEOUT_MS', 'forever'],
+    ['DB_BUSY_TIMEOUT_MS', 'forever'], ['AGENT_TOKENS', 'replace-me-agent-token-0000'], ['ADMIN_TOKENS', 'REPLACE-ME-admin-token-0000'],
   ];
   for (const [name, value] of bad) {
     it(`refuses ${name}=${JSON.stringify(value)}, naming it on one line`, () => {
@@ -53,6 +53,29 @@ describe('config', () => {
       expect(e.message).to.not.include('\n');
     });
   }
+
+  it('TLS: both files or neither', () => {
+    expect(loadConfig({}).tls).to.equal(null);
+    expect(loadConfig({ TLS_CERT_FILE: '/etc/r/cert.pem', TLS_KEY_FILE: '/etc/r/key.pem' }).tls).to.deep.equal({ certFile: '/etc/r/cert.pem', keyFile: '/etc/r/key.pem' });
+    expect(failure({ TLS_CERT_FILE: '/etc/r/cert.pem' }).variable).to.equal('TLS_KEY_FILE');
+    expect(failure({ TLS_KEY_FILE: '/etc/r/key.pem' }).variable).to.equal('TLS_CERT_FILE');
+  });
+
+  it('protected mode: a non-loopback HOST needs tokens or ALLOW_OPEN=true', () => {
+    for (const host of ['0.0.0.0', '::', '10.0.0.5', 'registry.internal', '[::]']) {
+      const e = failure({ HOST: host });
+      expect(e.variable, host).to.equal('HOST');
+      expect(e.message).to.include('ALLOW_OPEN=true').and.not.include('\n');
+      expect(loadConfig({ HOST: host, ALLOW_OPEN: 'true' }).allowOpen).to.equal(true);
+      expect(loadConfig({ HOST: host, AGENT_TOKENS: 'agent-token-aaaaaaaa' }).host).to.equal(host);
+      expect(loadConfig({ HOST: host, ADMIN_TOKENS: 'admin-token-aaaaaaaa' }).host).to.equal(host);
+      expect(failure({ HOST: host, ALLOW_OPEN: 'false' }).variable).to.equal('HOST');
+    }
+    for (const host of ['127.0.0.1', '127.1.2.3', '::1', '[::1]', 'localhost', '::ffff:127.0.0.1']) {
+      expect(loadConfig({ HOST: host }).host, host).to.equal(host);
+    }
+    expect(failure({ ALLOW_OPEN: 'yes' }).variable).to.equal('ALLOW_OPEN');
+  });
 
   it('refuses a token that is both an agent and an admin token', () => {
     expect(failure({ AGENT_TOKENS: 'same-token-0123456789', ADMIN_TOKENS: 'same-token-0123456789' }).variable).to.equal('AGENT_TOKENS');

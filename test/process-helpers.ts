@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import { request } from 'node:http';
 import type { Agent } from 'node:http';
 import type { ChildProcess } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readdirSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 
@@ -44,6 +44,31 @@ export interface StartOptions {
   /** Run as another user (the test must be root for that). */
   readonly uid?: number;
   readonly gid?: number;
+  /** The entry point instead of src/main.ts through tsx (e.g. builtMain()'s plain JavaScript). */
+  readonly entry?: string;
+  /** Default http. */
+  readonly scheme?: 'http' | 'https';
+  /** Asks /health for its status until it answers (default: fetch); an HTTPS test passes one that trusts its certificate. */
+  readonly probe?: (url: string) => Promise<number>;
+}
+
+/**
+ * src/ transpiled to plain JavaScript (esbuild, as tsx does it on the fly), for tests whose
+ * timing must not include tsx's own start-up of about a second on a slow machine. Built once
+ * per test run, under the project so that node_modules resolve. Returns main.js's path.
+ */
+let built: string | null = null;
+export async function builtMain(): Promise<string> {
+  if (built) return built;
+  const { build } = await import('esbuild');
+  const out = join(ROOT, 'test-artifacts', `build-${process.pid}`);
+  const entryPoints = readdirSync(join(ROOT, 'src'), { recursive: true, encoding: 'utf8' })
+    .filter((f) => f.endsWith('.ts')).map((f) => join(ROOT, 'src', f));
+  await build({ entryPoints, outdir: out, format: 'esm', platform: 'node', target: 'node20', logLevel: 'error' });
+  writeFileSync(join(out, 'package.json'), '{"type":"module"}\n');
+  process.once('exit', () => rmSync(out, { recursive: true, force: true }));
+  built = join(out, 'main.js');
+  return built;
 }
 
 /**
@@ -57,7 +82,7 @@ export async function startProcess(opts: StartOptions): Promise<RunningRegistry>
   const port = opts.port ?? (await freePort());
   const poolFile = join(opts.dir, 'pool.txt');
   if (opts.pool !== undefined) writeFileSync(poolFile, opts.pool);
-  const child = spawn(process.execPath, ['--import', 'tsx', ...(opts.nodeArgs ?? []), 'src/main.ts', ...(opts.args ?? [])], {
+  const child = spawn(process.execPath, [...(opts.entry ? [] : ['--import', 'tsx']), ...(opts.nodeArgs ?? []), opts.entry ?? 'src/main.ts', ...(opts.args ?? [])], {
     cwd: ROOT,
     ...(opts.uid !== undefined ? { uid: opts.uid } : {}),
     ...(opts.gid !== undefined ? { gid: opts.gid } : {}),
@@ -78,7 +103,7 @@ export async function startProcess(opts: StartOptions): Promise<RunningRegistry>
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
     child.on('exit', (code, signal) => resolve({ code, signal }));
   });
-  const base = `http://127.0.0.1:${port}`;
+  const base = `${opts.scheme ?? 'http'}://127.0.0.1:${port}`;
   const running: RunningRegistry = {
     base, child, exited, output: () => out,
     async stop(signal = 'SIGTERM') {
@@ -95,9 +120,14 @@ export async function startProcess(opts: StartOptions): Promise<RunningRegistry>
   const deadline = Date.now() + 20_000;
   while (Date.now() < deadline && !done) {
     try {
-      const r = await fetch(`${base}/health`);
-      // 503 with an error body is the socket bound while the registry is still starting.
-      if (r.status === 200 || (r.status === 503 && !('error' in (await r.json() as object)))) return running;
+      if (opts.probe) {
+        const status = await opts.probe(`${base}/health`);
+        if (status === 200) return running;
+      } else {
+        const r = await fetch(`${base}/health`);
+        // 503 with an error body is the socket bound while the registry is still starting.
+        if (r.status === 200 || (r.status === 503 && !('error' in (await r.json() as object)))) return running;
+      }
     } catch { /* not up yet */ }
     await new Promise((r) => setTimeout(r, 50));
   }
@@ -105,11 +135,11 @@ export async function startProcess(opts: StartOptions): Promise<RunningRegistry>
   throw new Error(`registry did not come up:\n${out}`);
 }
 
-let built: Promise<void> | null = null;
+let distBuilt: Promise<void> | null = null;
 
 /** Runs `npm run build` (into dist/) once per test run, for tests of what is installed. */
 export function buildOnce(): Promise<void> {
-  built ??= new Promise((resolve, reject) => {
+  distBuilt ??= new Promise((resolve, reject) => {
     const child = spawn('npm', ['run', 'build'], { cwd: ROOT, env: { PATH: process.env['PATH'] ?? '' }, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
@@ -117,7 +147,7 @@ export function buildOnce(): Promise<void> {
     child.on('error', reject);
     child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`npm run build failed (${code}):\n${out}`))));
   });
-  return built;
+  return distBuilt;
 }
 
 /** Polls `probe` until it returns true or the deadline passes; for real processes only. */

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { FakeClock } from '../src/clock.js';
 import { parsePool } from '../src/pool/parse.js';
 import { SqliteStore } from '../src/store/sqlite/store.js';
-import { SECOND, errorCode, makeRegistry, makeRegistryOn, tempDir } from './helpers.js';
+import { SECOND, errorCode, makeRegistry, makeRegistryOn, snapshotDb, tempDir } from './helpers.js';
 
 describe('registry: allocate', () => {
   it('hands out never-used identifiers in pool-file order, with epoch 1', async () => {
@@ -213,13 +213,36 @@ describe('registry: reaper', () => {
 describe('registry: pool sync', () => {
   it('adds, retires and restores, recording retire and restore in the history', async () => {
     const { registry } = await makeRegistry({ pool: 'a\nb\nc\n' });
-    expect(await registry.syncPool(parsePool('a\nd\n'))).to.deep.equal({ total: 2, added: 1, retired: 2, restored: 0 });
+    expect(await registry.syncPool(parsePool('a\nd\n'), null, { force: true })).to.deep.equal({ total: 2, added: 1, retired: 2, restored: 0 });
     expect((await registry.identifier('b')).status).to.equal('retired');
     expect((await registry.identifier('d')).status).to.equal('free');
     expect(await registry.syncPool(parsePool('a\nb\nd\n'))).to.deep.equal({ total: 3, added: 0, retired: 0, restored: 1 });
     expect((await registry.identifier('b')).status).to.equal('free');
     expect((await registry.history('b')).map((e) => e.event)).to.deep.equal(['retired', 'restored']);
     expect((await registry.identifier('c')).status).to.equal('retired');
+  });
+
+  it('refuses a sync that would retire more than half of the pool, changing nothing; force applies it', async () => {
+    const t = tempDir();
+    try {
+      const path = join(t.dir, 'r.db');
+      const { registry } = await makeRegistry({ pool: 'w-[0-9]\n', path });
+      await registry.syncPool(parsePool('w-[0-9]\n'), 'fingerprint-1');
+      const lease = await registry.allocate('vm-a');
+      const before = snapshotDb(path);
+      expect(await errorCode(registry.syncPool([], 'fingerprint-empty'))).to.equal('pool_sync_refused');
+      expect(await errorCode(registry.syncPool(parsePool('w-[0-3]\n'), 'fingerprint-truncated'))).to.equal('pool_sync_refused');
+      expect(snapshotDb(path)).to.equal(before);
+      expect(await registry.poolFingerprint()).to.equal('fingerprint-1'); // so the next start-up syncs it again
+      expect((await registry.renew('vm-a', lease.identifier, lease.epoch)).identifier).to.equal(lease.identifier);
+      // Exactly half is allowed, and retired identifiers do not count as the pool.
+      expect(await registry.syncPool(parsePool('w-[0-4]\n'))).to.include({ retired: 5 });
+      expect(await registry.syncPool(parsePool('w-[0-1]\nw-4\n'))).to.include({ retired: 2 });
+      expect(await registry.syncPool([], null, { force: true })).to.include({ retired: 3 });
+      expect((await registry.health()).pool).to.include({ retired: 9, leased: 1 });
+    } finally {
+      t.cleanup();
+    }
   });
 
   it('never allocates a retired identifier', async () => {

@@ -4,10 +4,13 @@
  * `pool sync` and `backup`, which work on the database file (DB_PATH) and are safe with the
  * registry running or stopped: SQLite's locks order them with the registry's writes.
  */
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { systemTimeSource } from '../clock.js';
 import { loadCliConfig, loadConfig, processEnv } from '../config.js';
 import type { CliConfig } from '../config.js';
+import { isRegistryError } from '../domain/errors.js';
 import { parsePoolFile, readPoolText } from '../pool/load.js';
 import { Registry } from '../registry.js';
 import { backupDatabase } from '../store/sqlite/backup.js';
@@ -27,8 +30,10 @@ const USAGE = `usage: idreg [--url URL] [--token TOKEN] COMMAND
   history IDENTIFIER                                          ownership changes, oldest first
   release IDENTIFIER                                          force release (admin; cools down)
   reap [--force]                                              sweep now (--force: past grace and guard)
-  pool sync [--db PATH] [--pool FILE]                         bring the database in line with the pool file
-  backup FILE [--db PATH]                                     online backup of the database file
+  pool sync [--db PATH] [--pool FILE] [--force] [--create]   bring the database in line with the pool file
+                                                              (--force: even if it retires more than half of the pool;
+                                                               --create: make the database if it does not exist)
+  backup FILE [--db PATH]                                     online backup of the database file, into one file
 
 environment: IDREG_URL (default http://127.0.0.1:8080), IDREG_TOKEN (an admin token, when the
 registry has ADMIN_TOKENS), DB_PATH, POOL_FILE
@@ -149,9 +154,27 @@ async function reap(cfg: CliConfig, args: string[]): Promise<string> {
     (typeof reason === 'string' ? `\n${reason}` : '');
 }
 
-function fileOptions(cfg: CliConfig, args: string[]): { db: string; pool: string; rest: string[] } {
-  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { db: { type: 'string' }, pool: { type: 'string' } } });
-  return { db: values.db ?? cfg.dbPath, pool: values.pool ?? cfg.poolFile, rest: positionals };
+interface FileOptions { db: string; pool: string; force: boolean; create: boolean; rest: string[] }
+
+function fileOptions(cfg: CliConfig, args: string[]): FileOptions {
+  const { values, positionals } = parseArgs({
+    args, allowPositionals: true,
+    options: {
+      db: { type: 'string' }, pool: { type: 'string' },
+      force: { type: 'boolean', default: false }, create: { type: 'boolean', default: false },
+    },
+  });
+  return { db: values.db ?? cfg.dbPath, pool: values.pool ?? cfg.poolFile, force: values.force, create: values.create, rest: positionals };
+}
+
+/**
+ * A typo in --db, or a run from another folder with the default ./data/registry.db, must
+ * not quietly start a new, empty registry: a database that does not exist is an error
+ * unless `create`.
+ */
+function mustExist(db: string, create: boolean): void {
+  if (create || existsSync(db)) return;
+  throw new CliError(`error: database ${resolve(db)} does not exist (check --db or DB_PATH; --create makes a new one)`, 3);
 }
 
 /** The database file, or a CliError (exit 3) saying in one line why it cannot be opened. */
@@ -164,7 +187,7 @@ function openStore(db: string): SqliteStore {
 }
 
 async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
-  const { db, pool } = fileOptions(cfg, args);
+  const { db, pool, force, create } = fileOptions(cfg, args);
   let names: string[];
   let fingerprint: string;
   try {
@@ -174,6 +197,7 @@ async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
   } catch (e) {
     throw new CliError(`error: ${e instanceof Error ? e.message : String(e)}; the database is unchanged`, 1);
   }
+  mustExist(db, create);
   const store = openStore(db);
   try {
     const c = loadConfig({});
@@ -183,7 +207,10 @@ async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
         ttlMs: c.leaseTtlSeconds * 1000, cooldownMs: 0, graceMs: 0, maxFraction: 1, minHold: 0, reapBatchSize: 1, guardedRatePerMinute: 0,
       },
     });
-    const r = await registry.syncPool(names, fingerprint);
+    const r = await registry.syncPool(names, fingerprint, { force }).catch((e: unknown) => {
+      if (isRegistryError(e) && e.code === 'pool_sync_refused') throw new CliError(`error: ${e.message}`, 1);
+      throw e;
+    });
     return `pool synced: ${r.total} identifiers in the file; ${r.added} added, ${r.retired} retired, ${r.restored} restored`;
   } finally {
     await store.close();
@@ -194,6 +221,8 @@ async function backup(cfg: CliConfig, args: string[]): Promise<string> {
   const { db, rest } = fileOptions(cfg, args);
   const dest = rest[0];
   if (!dest) throw usageError('backup: missing FILE (where to write the copy)');
+  if (rest.length > 1) throw usageError('backup: one FILE only');
+  if (!existsSync(db)) throw new CliError(`error: database ${resolve(db)} does not exist (check --db or DB_PATH)`, 3);
   try {
     const pages = await backupDatabase(db, dest);
     return `backed up ${db} to ${dest} (${pages} pages, integrity ok)`;

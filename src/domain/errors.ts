@@ -13,6 +13,7 @@ export type ErrorCode =
   | 'payload_too_large'
   | 'unsupported_media_type'
   | 'pool_exhausted'
+  | 'pool_sync_refused'
   | 'unavailable'
   | 'internal';
 

@@ -43,6 +43,12 @@ export function createApp(deps: AppDeps): Koa {
   app.use(errorHandler((err, ctx) => {
     log.error({ req_id: ctx.state['requestId'], err: err.cause ?? err, method: ctx.method, path: ctx.path }, 'request failed');
   }));
+  // Only a streamed body (the full listing) can fail after its headers went out; everything
+  // else is answered by errorHandler. A client that hangs up mid-listing is not a failure.
+  app.on('error', (err: unknown, ctx: Context) => {
+    if (typeof err === 'object' && err !== null && 'code' in err && err.code === 'ERR_STREAM_PREMATURE_CLOSE') return;
+    log.error({ req_id: ctx.state['requestId'], err, method: ctx.method, path: ctx.path }, 'response cut short');
+  });
   app.use(routeMisses);
   app.use(router.routes());
   app.use(router.allowedMethods());

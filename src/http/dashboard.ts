@@ -75,7 +75,7 @@ export const DASHBOARD_HTML = `<!doctype html>
   function renderHealth(h) {
     var b = h.body, banner = $('banner');
     banner.className = 'banner';
-    if (b.status === 'degraded') { banner.className = 'banner degraded'; banner.textContent = 'Degraded: ' + (b.reaper.reason || 'the reaper is held'); }
+    if (b.status === 'degraded') { banner.className = 'banner degraded'; banner.textContent = 'Degraded: ' + ((b.pool_file && b.pool_file.reason) || b.reaper.reason || 'the reaper is held'); }
     if (b.status === 'unhealthy') { banner.className = 'banner unhealthy'; banner.textContent = 'Unhealthy: ' + (b.error || 'the database cannot be read'); }
     if (b.pool) {
       $('counts').innerHTML = ['leased', 'free', 'cooling', 'retired'].map(function (s) {

@@ -17,6 +17,8 @@ export const STATUS_OF: Readonly<Record<ErrorCode, number>> = {
   payload_too_large: 413,
   unsupported_media_type: 415,
   pool_exhausted: 503,
+  // Never an HTTP answer (the pool is synced from the file, not over HTTP); listed for completeness.
+  pool_sync_refused: 409,
   unavailable: 503,
   internal: 500,
 };

@@ -11,6 +11,7 @@ import type { Metrics } from '../metrics.js';
 import type { Registry } from '../registry.js';
 import type { Role } from './auth.js';
 import { jsonBody } from './body.js';
+import { streamListing } from './listing.js';
 import { DASHBOARD_HTML } from './dashboard.js';
 import { buildOpenApi } from './openapi.js';
 import {
@@ -94,12 +95,17 @@ export const ROUTES: readonly RouteSpec[] = [
   },
   {
     method: 'get', path: '/identifiers', name: 'listIdentifiers', access: 'admin',
-    summary: 'List identifiers in pool order; with limit, the next page is in the Link header',
+    summary: 'List identifiers in pool order; with limit, the next page is in the Link header; without, all of them, streamed',
     query: listQuerySchema,
     response: { description: 'identifier views', schema: identifierListSchema },
     errors: ['invalid_request', 'unauthorized', 'forbidden'],
     async handle(ctx, { registry }) {
       const q = parse.listQuery(ctx.query);
+      if (q.limit === undefined) {
+        ctx.type = 'application/json; charset=utf-8';
+        ctx.body = await streamListing(registry, q.status ?? null, q.after ?? null);
+        return;
+      }
       const page = await registry.list({ status: q.status ?? null, after: q.after ?? null, limit: q.limit ?? null });
       if (page.next !== null) ctx.set('Link', nextLink(ctx, page.next));
       ctx.body = page.items.map(identifierView);

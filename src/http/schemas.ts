@@ -212,6 +212,12 @@ export const healthSchema = {
       additionalProperties: false,
       properties: { last_run_at: isoOrNull, last_reclaimed: countSchema, held: { type: 'boolean' }, reason: { type: ['string', 'null'] } },
     },
+    pool_file: {
+      type: 'object',
+      required: ['reason'],
+      additionalProperties: false,
+      properties: { reason: { type: ['string', 'null'], description: 'why the last pool reload (SIGHUP) was refused or failed; degraded until one succeeds' } },
+    },
     error: { type: 'string', description: 'why the registry is unhealthy' },
   },
 } as const;

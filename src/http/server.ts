@@ -5,7 +5,9 @@
  */
 import { createServer } from 'node:http';
 import type { RequestListener, Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
+import type { TlsMaterial } from '../tls.js';
 
 export interface ServerLimits {
   /** The whole request line and headers must arrive within this. */
@@ -38,8 +40,13 @@ function answer(socket: Duplex, head: boolean, status: number, reason: string, m
   );
 }
 
-export function createHttpServer(listener: RequestListener, limits: ServerLimits = DEFAULT_LIMITS): Server {
-  const server = createServer({ connectionsCheckingInterval: limits.checkIntervalMs }, listener);
+/**
+ * HTTP, or HTTPS with `tls` (certificate chain and key, PEM). The HTTPS server's
+ * `setSecureContext` swaps the pair for new connections (a SIGHUP reload).
+ */
+export function createHttpServer(listener: RequestListener, limits: ServerLimits = DEFAULT_LIMITS, tls: TlsMaterial | null = null): Server {
+  const options = { connectionsCheckingInterval: limits.checkIntervalMs };
+  const server = tls ? createHttpsServer({ ...options, cert: tls.cert, key: tls.key }, listener) : createServer(options, listener);
   server.headersTimeout = limits.headersTimeoutMs;
   server.requestTimeout = limits.requestTimeoutMs;
   server.keepAliveTimeout = limits.keepAliveTimeoutMs;

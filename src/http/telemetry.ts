@@ -4,6 +4,7 @@
  * headers are never logged, so a bearer token never reaches a log.
  */
 import { randomUUID } from 'node:crypto';
+import { Stream } from 'node:stream';
 import type { Context, Next } from 'koa';
 import type { Logger } from 'pino';
 import type { Metrics } from '../metrics.js';
@@ -25,6 +26,12 @@ export function telemetry(metrics: Metrics, log: Logger) {
     try {
       await next();
     } finally {
+      // A streamed body (the full listing) is still being written: log it when it is done.
+      if (ctx.body instanceof Stream && !ctx.res.writableFinished) ctx.res.once('close', () => done(!ctx.res.writableFinished));
+      else done(false);
+    }
+
+    function done(cutShort: boolean): void {
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       const route = routeOf(ctx);
       const code: unknown = ctx.state['errorCode'];
@@ -47,6 +54,7 @@ export function telemetry(metrics: Metrics, log: Logger) {
           duration_ms: Math.round(seconds * 1e6) / 1e3,
           ...(typeof clientId === 'string' ? { client_id: clientId } : {}),
           ...(errorCode !== null ? { error_code: errorCode } : {}),
+          ...(cutShort ? { cut_short: true } : {}),
         };
         log[level](line, 'request');
       }

@@ -2,7 +2,31 @@
 import type { HistoryEntry, IdentifierInfo, Lease, PoolCounts, ReaperState } from '../domain/types.js';
 import type { Health } from '../registry.js';
 
-const iso = (ms: number): string => new Date(ms).toISOString();
+/** The `.000Z`…`.999Z` endings of an ISO time, built once. */
+const MILLIS: readonly string[] = Array.from({ length: 1000 }, (_, i) => `.${String(i).padStart(3, '0')}Z`);
+/** `YYYY-MM-DDTHH:MM:SS` by whole second; bounded, cleared when full. */
+const secondPrefix = new Map<number, string>();
+const PREFIX_CACHE_SIZE = 4096;
+/** Years 0000-9999: the range where toISOString has the plain 24-character form. */
+const MAX_PLAIN_ISO_MS = 253_402_300_800_000;
+
+/**
+ * Equal to `new Date(ms).toISOString()`, about twice as fast on a listing: three times
+ * a leased row, and the times of a listing fall on few distinct seconds (every last_seen is
+ * within a TTL of now), so the `YYYY-MM-DDTHH:MM:SS` part is looked up, not formatted.
+ */
+export function iso(ms: number): string {
+  if (!Number.isInteger(ms) || ms < 0 || ms >= MAX_PLAIN_ISO_MS) return new Date(ms).toISOString();
+  const second = Math.floor(ms / 1000);
+  let prefix = secondPrefix.get(second);
+  if (prefix === undefined) {
+    if (secondPrefix.size >= PREFIX_CACHE_SIZE) secondPrefix.clear();
+    prefix = new Date(second * 1000).toISOString().slice(0, 19);
+    secondPrefix.set(second, prefix);
+  }
+  return prefix + (MILLIS[ms - second * 1000] ?? '');
+}
+
 const isoOrNull = (ms: number | null): string | null => (ms === null ? null : iso(ms));
 
 export interface LeaseView {
@@ -67,11 +91,12 @@ function reaperView(r: ReaperState) {
 export function healthView(h: Health) {
   const pool: PoolCounts = h.pool;
   return {
-    status: h.reaper.held ? 'degraded' : 'healthy',
+    status: h.reaper.held || h.poolProblem !== null ? 'degraded' : 'healthy',
     uptime: humanUptime(h.uptimeMs / 1000),
     uptime_seconds: Math.floor(h.uptimeMs / 1000),
     pool,
     reaper: reaperView(h.reaper),
+    pool_file: { reason: h.poolProblem },
   };
 }
 

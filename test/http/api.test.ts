@@ -224,7 +224,17 @@ describe('http: health', () => {
       uptime_seconds: 2 * 3600 + 34 * 60 + 5,
       pool: { total: 4, leased: 1, free: 3, cooling: 0, retired: 0 },
       reaper: { last_run_at: null, last_reclaimed: 0, held: false, reason: null },
+      pool_file: { reason: null },
     });
+  });
+
+  it('is degraded, with the reason, while the last pool reload stands refused', async () => {
+    const { http, registry } = await makeRegistry({ pool: 'w-[0-3]' });
+    registry.notePoolReload('pool reload refused: the pool file would retire 4 of the 4 identifiers in service');
+    const res = await http.get('/health').expect(200);
+    expect(res.body).to.deep.include({ status: 'degraded', pool_file: { reason: 'pool reload refused: the pool file would retire 4 of the 4 identifiers in service' } });
+    await registry.syncPool(['w-0', 'w-1', 'w-2', 'w-3', 'w-4']);
+    expect((await http.get('/health')).body).to.deep.include({ status: 'healthy', pool_file: { reason: null } });
   });
 
   it('is 503 unhealthy when the database cannot be read', async () => {

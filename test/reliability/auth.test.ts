@@ -56,6 +56,30 @@ describe('auth matrix', () => {
     });
   }
 
+  it('with only AGENT_TOKENS set, admin routes refuse every caller (403) and change nothing; agent routes need a token', async () => {
+    const h = await makeRegistry({ auth: { agentTokens: AGENTS, adminTokens: [] } });
+    await h.registry.allocate('vm-a');
+    const before = JSON.stringify(h.row('w-0'));
+    for (const route of ROUTES.filter((r) => r.access === 'admin')) {
+      for (const who of Object.keys(HEADER) as Who[]) {
+        const got = await call(h, route.method, route.path, HEADER[who]);
+        expect(got.status, `${route.method} ${route.path} as ${who}`).to.equal(403);
+        expect(got.code).to.equal('forbidden');
+      }
+    }
+    expect(JSON.stringify(h.row('w-0'))).to.equal(before);
+    expect((await h.http.post('/allocate').send({ client_id: 'vm-b' })).status).to.equal(401);
+    expect((await h.http.post('/allocate').set('Authorization', HEADER.agent ?? '').send({ client_id: 'vm-b' })).status).to.equal(200);
+    expect((await h.http.get('/health')).status).to.equal(200);
+  });
+
+  it('with no tokens at all, every route is open', async () => {
+    const h = await makeRegistry({ auth: { agentTokens: [], adminTokens: [] } });
+    expect((await h.http.post('/allocate').send({ client_id: 'vm-a' })).status).to.equal(200);
+    expect((await h.http.get('/identifiers')).status).to.equal(200);
+    expect((await h.http.delete('/identifier/w-0')).status).to.equal(200);
+  });
+
   it('with only ADMIN_TOKENS set, agent routes are open and admin routes are not', async () => {
     const h = await makeRegistry({ auth: { agentTokens: [], adminTokens: ADMINS } });
     expect((await h.http.post('/allocate').send({ client_id: 'vm-a' })).status).to.equal(200);

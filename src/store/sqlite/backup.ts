@@ -1,4 +1,4 @@
-/** Online backup of a registry database (SQLite's backup API), checked after it is written. */
+/** Online backup of a registry database (SQLite's backup API) into one file, checked after it is written. */
 import Database from 'better-sqlite3';
 
 export class BackupError extends Error {
@@ -10,8 +10,12 @@ export async function backupDatabase(source: string, dest: string): Promise<numb
   const src = new Database(source, { readonly: true, fileMustExist: true });
   try {
     const { totalPages } = await src.backup(dest);
-    const copy = new Database(dest, { readonly: true });
+    // The copy is in WAL mode like its source, so opening it would leave dest-wal and dest-shm
+    // beside it; a rollback journal makes it one self-contained file (the registry turns WAL
+    // back on when it opens a restored copy).
+    const copy = new Database(dest);
     try {
+      copy.pragma('journal_mode = DELETE');
       const check: unknown = copy.pragma('integrity_check', { simple: true });
       if (check !== 'ok') throw new BackupError(`the backup at ${dest} failed its integrity check: ${String(check)}`);
     } finally {

@@ -1,0 +1,252 @@
+/**
+ * Wiring only: config -> listen -> db -> store -> registry -> http app -> reaper.
+ * A reload (SIGHUP, through main.ts) re-reads the pool file and the TLS certificate;
+ * SIGTERM/SIGINT stop the reaper, stop accepting, finish in-flight requests and close the
+ * database.
+ */
+import { lookup } from 'node:dns/promises';
+import type { RequestListener, Server } from 'node:http';
+import { Server as TlsServer } from 'node:tls';
+import { systemTimeSource } from './clock.js';
+import { ConfigError, loadConfig, processEnv } from './config.js';
+import type { Config } from './config.js';
+import { isRegistryError } from './domain/errors.js';
+import { createApp } from './http/app.js';
+import { createHttpServer, DEFAULT_LIMITS } from './http/server.js';
+import { startReaper } from './jobs/reaper.js';
+import { createLogger, logRegistryEvent, stdoutDestination } from './log.js';
+import type { Logger } from './log.js';
+import { Metrics } from './metrics.js';
+import { parsePoolFile, readPoolText } from './pool/load.js';
+import type { PoolFile } from './pool/load.js';
+import { BEAT_INTERVAL_MS, Registry } from './registry.js';
+import { explainDbOpenError, inspectDbPath } from './store/explain.js';
+import { SqliteStore } from './store/sqlite/store.js';
+import { readTls } from './tls.js';
+import type { TlsMaterial } from './tls.js';
+import { REGISTRY_USAGE, registryCommand } from './usage.js';
+import { packageVersion } from './version.js';
+
+/** Exit status for every configuration problem (sysexits EX_CONFIG): systemd will not restart-loop on it. */
+const EX_CONFIG = 78;
+
+export interface Signals {
+  /** `reload` runs on every SIGHUP from now on (and at once for one that came during start-up). */
+  onReload(reload: () => void): void;
+}
+
+const messageOf = (e: unknown): string => (e instanceof Error ? e.message : String(e));
+
+function die(message: string, status = 1): never {
+  process.stderr.write(`asg-id-registry: ${message}\n`);
+  process.exit(status);
+}
+
+/** --help and --version answer and exit before anything is read or opened. */
+function answerCommandLine(): void {
+  const cmd = registryCommand(process.argv.slice(2));
+  if (cmd.kind === 'run') return;
+  if (cmd.kind === 'help') process.stdout.write(`${REGISTRY_USAGE}\n`);
+  if (cmd.kind === 'version') process.stdout.write(`asg-id-registry ${packageVersion()}\n`);
+  if (cmd.kind === 'usage_error') die(`${cmd.message}\n${REGISTRY_USAGE}`, 2);
+  process.exit(0);
+}
+
+/** A database that cannot be opened or written is a configuration problem: say why, exit 78. */
+function dieOnDatabase(e: unknown, config: Config): never {
+  die(explainDbOpenError(e, inspectDbPath(config.dbPath)), EX_CONFIG);
+}
+
+function configure(): { config: Config; tls: TlsMaterial | null } {
+  try {
+    const config = loadConfig(processEnv());
+    return { config, tls: config.tls ? readTls(config.tls) : null };
+  } catch (e) {
+    if (e instanceof ConfigError) die(`configuration error: ${e.message}`, EX_CONFIG);
+    throw e;
+  }
+}
+
+/**
+ * Binds the listening socket before anything touches the store, so a bad address or a port in
+ * use stops start-up with nothing changed. Until the registry is ready it answers 503.
+ */
+async function bind(config: Config, tls: TlsMaterial | null): Promise<{ server: Server; serve: (l: RequestListener) => void }> {
+  try {
+    await lookup(config.host);
+  } catch (e) {
+    die(`configuration error: HOST: cannot resolve "${config.host}" (${e instanceof Error ? e.message : String(e)})`, EX_CONFIG);
+  }
+  let listener: RequestListener = function notReady(_req, res) {
+    const body = JSON.stringify({ error: { code: 'unavailable', message: 'the registry is starting; try again' } });
+    res.writeHead(503, { 'Content-Type': 'application/json; charset=utf-8', 'Retry-After': '1' }).end(body);
+  };
+  const server = createHttpServer((req, res) => listener(req, res), DEFAULT_LIMITS, tls);
+  await new Promise<void>((resolve) => {
+    server.once('error', (e: NodeJS.ErrnoException) => {
+      const where = `${config.host}:${config.port}`;
+      if (e.code === 'EADDRINUSE') die(`configuration error: PORT: ${where} is already in use`, EX_CONFIG);
+      if (e.code === 'EACCES') die(`configuration error: PORT: not allowed to listen on ${where}`, EX_CONFIG);
+      die(`configuration error: HOST: cannot listen on ${where} (${e.code ?? e.message})`, EX_CONFIG);
+    });
+    server.listen(config.port, config.host, () => resolve());
+  });
+  return { server, serve: (l) => { listener = l; } };
+}
+
+/** Syncs the pool unless the file is the one last synced. Throws PoolFileError for a bad file. */
+async function syncIfChanged(registry: Registry, path: string, file: PoolFile, log: Logger): Promise<void> {
+  if ((await registry.poolFingerprint()) === file.fingerprint) {
+    log.info({ pool: path }, 'pool file unchanged since the last sync');
+    return;
+  }
+  await registry.syncPool(parsePoolFile(path, file), file.fingerprint);
+}
+
+/**
+ * A failed or refused reload leaves the pool as it was and the registry degraded, with the
+ * reason on /health, until a reload or sync succeeds.
+ */
+async function reloadPool(registry: Registry, config: Config, log: Logger): Promise<void> {
+  try {
+    await syncIfChanged(registry, config.poolFile, readPoolText(config.poolFile), log);
+    registry.notePoolReload(null);
+  } catch (e) {
+    const refused = isRegistryError(e) && e.code === 'pool_sync_refused';
+    const reason = `pool reload ${refused ? 'refused' : 'failed'}: ${messageOf(e)}`;
+    registry.notePoolReload(reason);
+    if (refused) log.warn({ pool: config.poolFile, reason }, 'pool reload refused; the pool is unchanged');
+    else log.error({ pool: config.poolFile, err: messageOf(e) }, 'pool reload failed; the pool is unchanged');
+  }
+}
+
+/** New connections get the new certificate; a bad pair is logged and the old one kept. */
+function reloadTls(server: Server, config: Config, log: Logger): void {
+  if (!config.tls || !(server instanceof TlsServer)) return;
+  try {
+    const { cert, key } = readTls(config.tls);
+    server.setSecureContext({ cert, key });
+    log.info({ cert: config.tls.certFile }, 'TLS certificate reloaded');
+  } catch (e) {
+    log.error({ err: messageOf(e) }, 'TLS certificate reload failed; the previous certificate stays in use');
+  }
+}
+
+export async function serve(signals: Signals): Promise<void> {
+  answerCommandLine();
+  const { config, tls } = configure();
+  const logOut = stdoutDestination();
+  const log = createLogger(config.logLevel, logOut);
+  let pool: PoolFile;
+  let names: string[];
+  try {
+    pool = readPoolText(config.poolFile);
+    names = parsePoolFile(config.poolFile, pool);
+  } catch (e) {
+    die(e instanceof Error ? e.message : String(e), EX_CONFIG);
+  }
+  const { server, serve: answerWith } = await bind(config, tls);
+  let store: SqliteStore;
+  try {
+    store = new SqliteStore({ path: config.dbPath, busyTimeoutMs: config.dbBusyTimeoutMs, source: systemTimeSource });
+  } catch (e) {
+    dieOnDatabase(e, config);
+  }
+  if (store.rebooted) log.warn('the machine rebooted since the registry last ran: cool-downs in progress resume from now');
+  const metrics = new Metrics({ processMetrics: true });
+  const registry = new Registry({
+    store,
+    source: systemTimeSource,
+    rules: {
+      ttlMs: config.leaseTtlSeconds * 1000,
+      cooldownMs: config.reuseCooldownSeconds * 1000,
+      graceMs: config.startupGraceSeconds * 1000,
+      maxFraction: config.reaperMaxFraction,
+      minHold: config.reaperMinHold,
+      guardedRatePerMinute: config.reaperGuardedRate ?? Math.max(1, Math.floor(names.length / 100)),
+      reapBatchSize: config.reaperBatchSize,
+    },
+    observe: (e) => {
+      logRegistryEvent(log, e);
+      metrics.onRegistryEvent(e);
+    },
+  });
+  metrics.watch(() => registry.health());
+  try {
+    if ((await registry.poolFingerprint()) === pool.fingerprint) log.info({ pool: config.poolFile }, 'pool file unchanged since the last sync');
+    else await registry.syncPool(names, pool.fingerprint);
+  } catch (e) {
+    logOut.flushSync();
+    if (isRegistryError(e) && e.code === 'unavailable') dieOnDatabase(e, config);
+    die(messageOf(e), EX_CONFIG); // a malformed file, or one that would retire more than half of the pool
+  }
+  await registry.open({ serviceRestarted: store.rebooted }).catch((e: unknown) => dieOnDatabase(e, config));
+  store.checkpointInBackground((message) => log.warn({ err: message }, 'WAL checkpoint failed'));
+
+  const app = createApp({
+    registry,
+    auth: { agentTokens: config.agentTokens, adminTokens: config.adminTokens },
+    metrics,
+    log,
+  });
+  answerWith(app.callback());
+  if (config.agentTokens.length > 0 && config.adminTokens.length === 0) {
+    log.warn('AGENT_TOKENS is set and ADMIN_TOKENS is not: listing, inspection and admin routes refuse every caller (403)');
+  } else if (config.adminTokens.length === 0) {
+    log.warn('no tokens are set: every route is open');
+  } else if (config.agentTokens.length === 0) {
+    log.warn('AGENT_TOKENS is unset: allocate, liveness and release are open');
+  }
+  if (!tls) log.warn('TLS_CERT_FILE/TLS_KEY_FILE unset: serving plain HTTP (tokens cross the network in the clear unless a proxy or the network protects them)');
+  if (config.reuseCooldownSeconds === 0) {
+    log.warn('REUSE_COOLDOWN_SECONDS is 0: a reclaimed or force-released identifier can be handed out while its old holder ' +
+      'still uses it (its fence window is 0); set a cool-down of at least the lease TTL');
+  }
+  log.info({ host: config.host, port: config.port, https: tls !== null, db: config.dbPath, pool: config.poolFile }, 'asg-id-registry listening');
+
+  const beats = setInterval(() => {
+    registry.beat().catch((e: unknown) => log.warn({ err: e instanceof Error ? e.message : String(e) }, 'instance beat failed'));
+  }, BEAT_INTERVAL_MS);
+  const stopReaper = startReaper({
+    schedule: config.reaperSchedule,
+    clock: store.clock,
+    sweep: () => registry.reap(),
+    onError: (e) => log.error({ err: e instanceof Error ? e.message : String(e) }, 'reaper sweep failed'),
+  });
+
+  // Reloads run one after another, in the order the signals came.
+  let reloads = Promise.resolve();
+  signals.onReload(() => {
+    log.info('SIGHUP: re-reading the pool file' + (tls ? ' and the TLS certificate' : ''));
+    reloadTls(server, config, log);
+    reloads = reloads.then(() => reloadPool(registry, config, log));
+  });
+
+  let stopping = false;
+  const shutdown = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'shutting down: finishing in-flight requests');
+    stopReaper();
+    clearInterval(beats);
+    server.close(() => {
+      void registry.close().then(() => store.close()).then(() => {
+        log.info('database closed; bye');
+        logOut.flushSync();
+        process.exit(0);
+      });
+    });
+    // Connections that finish their last request after close() would otherwise linger until
+    // their keep-alive timeout.
+    server.closeIdleConnections();
+    setInterval(() => server.closeIdleConnections(), 100).unref();
+    // In-flight requests get 10 s; then the database is closed anyway (committed writes are safe).
+    setTimeout(() => {
+      log.warn('in-flight requests did not finish in 10 s; closing');
+      server.closeAllConnections();
+    }, 10_000).unref();
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+}
+
