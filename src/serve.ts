@@ -85,8 +85,8 @@ async function bind(config: Config, tls: TlsMaterial | null): Promise<{ server: 
   await new Promise<void>((resolve) => {
     server.once('error', (e: NodeJS.ErrnoException) => {
       const where = `${config.host}:${config.port}`;
-      if (e.code === 'EADDRINUSE') die(`configuration error: PORT: ${where} is already in use`, EX_CONFIG);
-      if (e.code === 'EACCES') die(`configuration error: PORT: not allowed to listen on ${where}`, EX_CONFIG);
+      if (e.code === 'EADDRINUSE') die(`configuration error: PORT: ${config.port} on ${config.host} is already in use`, EX_CONFIG);
+      if (e.code === 'EACCES') die(`configuration error: PORT: ${config.port} needs privileges this process does not have`, EX_CONFIG);
       die(`configuration error: HOST: cannot listen on ${where} (${e.code ?? e.message})`, EX_CONFIG);
     });
     server.listen(config.port, config.host, () => resolve());

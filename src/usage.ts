@@ -23,6 +23,8 @@ two live VMs at once. Configured by environment variables (defaults in brackets)
   REAPER_BATCH_SIZE           leases reclaimed per transaction [1000]
   DB_BUSY_TIMEOUT_MS          wait for another process's write lock before 503 [2000]
   AGENT_TOKENS, ADMIN_TOKENS  comma-separated bearer tokens, 16+ characters [unset: open]
+  ALLOW_OPEN                  true: serve a non-loopback HOST with no tokens (protected mode's way out) [false]
+  TLS_CERT_FILE, TLS_KEY_FILE HTTPS with this PEM certificate chain and key, re-read on SIGHUP [unset: HTTP]
   LOG_LEVEL                   fatal error warn info debug trace silent [info]
 
 signals: SIGHUP re-reads the pool file; SIGTERM or SIGINT finish in-flight requests and stop.

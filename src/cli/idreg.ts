@@ -173,7 +173,8 @@ function fileOptions(cfg: CliConfig, args: string[]): FileOptions {
  * unless `create`.
  */
 function mustExist(db: string, create: boolean): void {
-  if (create || existsSync(db)) return;
+  // A path that cannot hold a database at all (a file where a folder should be) is explained by openStore.
+  if (create || existsSync(db) || inspectDbPath(db).blocker !== null) return;
   throw new CliError(`error: database ${resolve(db)} does not exist (check --db or DB_PATH; --create makes a new one)`, 3);
 }
 
