@@ -4,6 +4,7 @@ import Database from 'better-sqlite3';
 import { RegistryError } from '../../src/domain/errors.js';
 import { SqliteStore } from '../../src/store/sqlite/store.js';
 import type { Tx } from '../../src/store/types.js';
+import { MIGRATIONS } from '../../src/store/sqlite/schema.js';
 import { makeRegistry, tempDir } from '../helpers.js';
 
 function metaOf(store: SqliteStore, key: string): Promise<string | null> {
@@ -51,13 +52,42 @@ describe('store: the database refuses what the rules forbid', () => {
       s1.db.prepare(`INSERT INTO identifiers (name, pool_order) VALUES ('x', 0)`).run();
       await s1.close();
       const s2 = new SqliteStore({ path });
-      expect(s2.db.pragma('user_version', { simple: true })).to.equal(2);
+      expect(s2.db.pragma('user_version', { simple: true })).to.equal(MIGRATIONS.length);
       expect((await s2.read((r) => r.byName('x')))?.name).to.equal('x');
       expect(s2.db.pragma('journal_mode', { simple: true })).to.equal('wal');
       await s2.close();
     } finally {
       t.cleanup();
     }
+  });
+});
+
+describe('store: pool counts kept by triggers', () => {
+  it('equal a full scan after grants, renewals, releases, force releases, reclaims, retirements and restores', async () => {
+    const { store, registry, clock } = await makeRegistry({ pool: 'w-[0-9]', rules: { cooldownMs: 30_000, maxFraction: 1 } });
+    const scan = (): Record<string, unknown> => ({
+      ...(store.db.prepare(`SELECT count(*) AS total, count(client_id) AS leased,
+        coalesce(sum(client_id IS NULL AND retired = 1), 0) AS retired,
+        coalesce(sum(client_id IS NULL AND retired = 0 AND available_at > ?), 0) AS cooling FROM identifiers`).get(clock.now()) as object),
+    });
+    const check = async (): Promise<void> => {
+      expect(await store.read((r) => r.counts(clock.now()))).to.deep.equal(scan());
+    };
+    for (let i = 0; i < 6; i++) await registry.allocate(`vm-${i}`);
+    await check();
+    await registry.renew('vm-0', 'w-0');
+    await registry.release('vm-1', 'w-1');
+    await registry.forceRelease('w-2');
+    await check();
+    clock.advance(91_000);
+    await registry.renew('vm-3', 'w-3');
+    await registry.reap();
+    await check();
+    await registry.syncPool(['w-0', 'w-1', 'w-2', 'w-3', 'w-6', 'w-7', 'w-8', 'w-9', 'x-1']); // retires w-4 and w-5, adds x-1
+    await check();
+    await registry.syncPool(['w-0', 'w-1', 'w-2', 'w-3', 'w-4', 'w-6', 'w-7', 'w-8', 'w-9', 'x-1']); // restores w-4
+    clock.advance(31_000); // cool-downs over
+    await check();
   });
 });
 

@@ -81,5 +81,42 @@ export const MIGRATIONS: readonly string[] = [
   -- The guard counts reclaims over the last TTL, across sweeps and processes.
   CREATE INDEX history_by_event_at ON history (event, at);
   `,
+  `
+  -- /health's counts without a scan of the pool (a 1M pool took 190 ms on the event loop):
+  -- the totals that change only with a grant, a free, a retirement or a new identifier are
+  -- kept by triggers; cooling is counted through the allocatable index.
+  CREATE TABLE pool_counts (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    total   INTEGER NOT NULL,
+    leased  INTEGER NOT NULL,
+    retired INTEGER NOT NULL
+  ) STRICT;
+  INSERT INTO pool_counts (id, total, leased, retired)
+    SELECT 1, count(*), count(client_id), coalesce(sum(client_id IS NULL AND retired = 1), 0) FROM identifiers;
+  CREATE TRIGGER pool_counts_insert AFTER INSERT ON identifiers
+  BEGIN
+    UPDATE pool_counts SET total = total + 1,
+      leased = leased + (NEW.client_id IS NOT NULL),
+      retired = retired + (NEW.client_id IS NULL AND NEW.retired = 1);
+  END;
+  CREATE TRIGGER pool_counts_update AFTER UPDATE OF client_id, retired ON identifiers
+  BEGIN
+    UPDATE pool_counts SET
+      leased = leased + (NEW.client_id IS NOT NULL) - (OLD.client_id IS NOT NULL),
+      retired = retired + (NEW.client_id IS NULL AND NEW.retired = 1) - (OLD.client_id IS NULL AND OLD.retired = 1);
+  END;
+  CREATE TRIGGER pool_counts_delete AFTER DELETE ON identifiers
+  BEGIN
+    UPDATE pool_counts SET total = total - 1,
+      leased = leased - (OLD.client_id IS NOT NULL),
+      retired = retired - (OLD.client_id IS NULL AND OLD.retired = 1);
+  END;
+
+  -- Filtered listings walk an index of just their rows in pool order, instead of the whole
+  -- pool's order index until a page of matches turns up.
+  CREATE INDEX identifiers_leased_by_order ON identifiers (pool_order, id) WHERE client_id IS NOT NULL;
+  CREATE INDEX identifiers_unheld_by_order ON identifiers (pool_order, id) WHERE client_id IS NULL AND retired = 0;
+  CREATE INDEX identifiers_retired_by_order ON identifiers (pool_order, id) WHERE retired = 1;
+  `,
 ];
 

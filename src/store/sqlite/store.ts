@@ -184,11 +184,9 @@ class Statements {
     this.countLeased = p(`SELECT count(*) AS n FROM identifiers WHERE client_id IS NOT NULL`);
     this.countEvents = p(`SELECT count(*) AS n FROM history WHERE event = ? AND at >= ?`);
     this.counts = p(
-      `SELECT count(*) AS total,
-              count(client_id) AS leased,
-              coalesce(sum(client_id IS NULL AND retired = 0 AND available_at > @now), 0) AS cooling,
-              coalesce(sum(client_id IS NULL AND retired = 1), 0) AS retired
-       FROM identifiers`,
+      `SELECT total, leased, retired,
+              (SELECT count(*) FROM identifiers WHERE client_id IS NULL AND retired = 0 AND available_at > @now) AS cooling
+       FROM pool_counts WHERE id = 1`,
     );
     const lists = new Map<string, Statement>();
     for (const [status, where] of Object.entries(STATUS_WHERE)) {
