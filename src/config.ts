@@ -11,6 +11,8 @@ export interface Config {
   readonly host: string;
   readonly port: number;
   readonly dbPath: string;
+  /** postgres://… to share one PostgreSQL database between instances; null for SQLite at dbPath. */
+  readonly databaseUrl: string | null;
   readonly poolFile: string;
   readonly leaseTtlSeconds: number;
   readonly reaperSchedule: string;
@@ -64,6 +66,23 @@ function tokens(env: Env, name: string): string[] {
   return list;
 }
 
+/** A PostgreSQL URL, checked without ever echoing it: it may carry a password. */
+function databaseUrl(env: Env): string | null {
+  const raw = read(env, 'DATABASE_URL');
+  if (raw === undefined) return null;
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError('DATABASE_URL', 'is not a URL (expected postgres://user:password@host:5432/database)');
+  }
+  if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') {
+    throw new ConfigError('DATABASE_URL', `must start with postgres:// or postgresql:// (not ${url.protocol}//)`);
+  }
+  if (url.hostname === '' && !url.searchParams.has('host')) throw new ConfigError('DATABASE_URL', 'names no host');
+  return raw;
+}
+
 export function loadConfig(env: Env): Config {
   const host = read(env, 'HOST') ?? '127.0.0.1';
   const port = number(env, 'PORT', 8080, { min: 0, max: 65535, integer: true });
@@ -83,6 +102,7 @@ export function loadConfig(env: Env): Config {
     host,
     port,
     dbPath: read(env, 'DB_PATH') ?? './data/registry.db',
+    databaseUrl: databaseUrl(env),
     poolFile: read(env, 'POOL_FILE') ?? 'seed/identifiers.txt',
     leaseTtlSeconds,
     reaperSchedule,
