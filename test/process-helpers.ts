@@ -37,13 +37,15 @@ export interface StartOptions {
   readonly port?: number;
   /** Resolve once the process is listening (default), or at once (for start-up failures). */
   readonly wait?: boolean;
+  /** Extra node options before the script (e.g. a preload that shifts the wall clock). */
+  readonly nodeArgs?: readonly string[];
 }
 
 export async function startProcess(opts: StartOptions): Promise<RunningRegistry> {
   const port = opts.port ?? (await freePort());
   const poolFile = join(opts.dir, 'pool.txt');
   if (opts.pool !== undefined) writeFileSync(poolFile, opts.pool);
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+  const child = spawn(process.execPath, ['--import', 'tsx', ...(opts.nodeArgs ?? []), 'src/main.ts'], {
     cwd: ROOT,
     env: {
       PATH: process.env['PATH'] ?? '',

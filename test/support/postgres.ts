@@ -49,8 +49,11 @@ export class TestPostgres {
     private readonly logLines: string[],
   ) {}
 
-  /** initdb and start a server on a free loopback port; `startupMs` says how long that took. */
-  static async start(): Promise<TestPostgres> {
+  /**
+   * initdb and start a server on a free loopback port; `startupMs` says how long that took.
+   * `fsync: true` for the benchmark, which compares durable commits with SQLite's.
+   */
+  static async start(opts: { readonly fsync?: boolean } = {}): Promise<TestPostgres> {
     const t0 = performance.now();
     const dir = mkdtempSync(join(tmpdir(), 'idreg-pg-'));
     // As root, the server runs as the `postgres` user, which must be able to enter the folder.
@@ -72,8 +75,8 @@ export class TestPostgres {
         // The tests check behaviour, not the disk: a crash of the server process (SIGQUIT below)
         // still loses what was never written out of its WAL buffers, which is what
         // synchronous_commit is about; fsync only matters when the machine loses power.
-        '-c', 'fsync=off',
-        '-c', 'full_page_writes=off',
+        '-c', `fsync=${opts.fsync ? 'on' : 'off'}`,
+        '-c', `full_page_writes=${opts.fsync ? 'on' : 'off'}`,
         // Asynchronous commits stay in the WAL buffers this long, so a test of the durable path
         // would see them lost in a crash.
         '-c', 'wal_writer_delay=5s',
