@@ -20,6 +20,8 @@ export interface Config {
   readonly startupGraceSeconds: number;
   readonly reaperMaxFraction: number;
   readonly reaperMinHold: number;
+  /** Reclaims a minute while the guard limits; null: 1 % of the pool, at least 1. */
+  readonly reaperGuardedRate: number | null;
   readonly reaperBatchSize: number;
   readonly dbBusyTimeoutMs: number;
   readonly agentTokens: readonly string[];
@@ -35,6 +37,15 @@ export class ConfigError extends Error {
 }
 
 type Env = Readonly<Record<string, string | undefined>>;
+
+/**
+ * The longest TTL, cool-down or grace: 30 days. Times are epoch milliseconds written as ISO
+ * 8601, which ends in the year 275760; far shorter bounds keep every deadline representable
+ * and catch a unit mistake (milliseconds given for seconds).
+ */
+const MAX_SECONDS = 30 * 24 * 3600;
+/** The most identifiers a count setting can sensibly name. */
+const MAX_COUNT = 1_000_000_000;
 
 function read(env: Env, name: string): string | undefined {
   const v = env[name];
@@ -86,7 +97,7 @@ function databaseUrl(env: Env): string | null {
 export function loadConfig(env: Env): Config {
   const host = read(env, 'HOST') ?? '127.0.0.1';
   const port = number(env, 'PORT', 8080, { min: 0, max: 65535, integer: true });
-  const leaseTtlSeconds = number(env, 'LEASE_TTL_SECONDS', 90, { min: 0, minExclusive: true });
+  const leaseTtlSeconds = number(env, 'LEASE_TTL_SECONDS', 90, { min: 0, max: MAX_SECONDS, minExclusive: true });
   const reaperSchedule = read(env, 'REAPER_SCHEDULE') ?? '*/10 * * * * *';
   if (!cron.validate(reaperSchedule)) {
     throw new ConfigError('REAPER_SCHEDULE', `"${reaperSchedule}" is not a valid cron expression (e.g. "*/10 * * * * *")`);
@@ -106,10 +117,13 @@ export function loadConfig(env: Env): Config {
     poolFile: read(env, 'POOL_FILE') ?? 'seed/identifiers.txt',
     leaseTtlSeconds,
     reaperSchedule,
-    reuseCooldownSeconds: number(env, 'REUSE_COOLDOWN_SECONDS', leaseTtlSeconds, { min: 0 }),
-    startupGraceSeconds: number(env, 'STARTUP_GRACE_SECONDS', leaseTtlSeconds, { min: 0 }),
+    reuseCooldownSeconds: number(env, 'REUSE_COOLDOWN_SECONDS', leaseTtlSeconds, { min: 0, max: MAX_SECONDS }),
+    startupGraceSeconds: number(env, 'STARTUP_GRACE_SECONDS', leaseTtlSeconds, { min: 0, max: MAX_SECONDS }),
     reaperMaxFraction: number(env, 'REAPER_MAX_FRACTION', 0.5, { min: 0, max: 1, minExclusive: true }),
-    reaperMinHold: number(env, 'REAPER_MIN_HOLD', 10, { min: 0, integer: true }),
+    reaperMinHold: number(env, 'REAPER_MIN_HOLD', 10, { min: 0, max: MAX_COUNT, integer: true }),
+    reaperGuardedRate: read(env, 'REAPER_GUARDED_RATE') === undefined
+      ? null
+      : number(env, 'REAPER_GUARDED_RATE', 0, { min: 0, max: MAX_COUNT, integer: true }),
     reaperBatchSize: number(env, 'REAPER_BATCH_SIZE', 1000, { min: 1, max: 100_000, integer: true }),
     dbBusyTimeoutMs: number(env, 'DB_BUSY_TIMEOUT_MS', 2000, { min: 0, max: 60_000, integer: true }),
     agentTokens: Object.freeze(agentTokens),
@@ -128,6 +142,8 @@ export interface CliConfig {
   readonly url: string;
   readonly token: string | null;
   readonly dbPath: string;
+  /** Set: `pool sync`, `export` and `import` work on this PostgreSQL database instead of DB_PATH. */
+  readonly databaseUrl: string | null;
   readonly poolFile: string;
 }
 
@@ -136,6 +152,7 @@ export function loadCliConfig(env: Env): CliConfig {
     url: read(env, 'IDREG_URL') ?? 'http://127.0.0.1:8080',
     token: read(env, 'IDREG_TOKEN') ?? null,
     dbPath: read(env, 'DB_PATH') ?? './data/registry.db',
+    databaseUrl: databaseUrl(env),
     poolFile: read(env, 'POOL_FILE') ?? 'seed/identifiers.txt',
   });
 }

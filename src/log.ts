@@ -41,6 +41,9 @@ export function logRegistryEvent(log: Logger, e: RegistryEvent): void {
       else log.debug(fields, 'reaper sweep');
       return;
     }
+    case 'clock_step':
+      log.warn({ step_ms: e.stepMs }, 'the wall clock was stepped; registry time is unaffected, but the reaper will not reclaim under a mass expiry for a TTL');
+      return;
     case 'pool_synced':
       log.info({ ...e.result }, 'pool synced');
       return;

@@ -3,9 +3,11 @@
  * SIGHUP re-reads the pool file; SIGTERM/SIGINT stop the reaper, stop accepting, finish
  * in-flight requests and close the database.
  */
-import type { Server } from 'node:http';
+import { lookup } from 'node:dns/promises';
+import type { RequestListener, Server } from 'node:http';
 import { systemTimeSource } from './clock.js';
 import { ConfigError, loadConfig, processEnv } from './config.js';
+import { isRegistryError } from './domain/errors.js';
 import type { Config } from './config.js';
 import { createApp } from './http/app.js';
 import { createHttpServer } from './http/server.js';
@@ -15,11 +17,12 @@ import type { Logger } from './log.js';
 import { Metrics } from './metrics.js';
 import { parsePoolFile, readPoolText } from './pool/load.js';
 import type { PoolFile } from './pool/load.js';
-import { openRegistry } from './registry.js';
-import type { Registry } from './registry.js';
-import { Store } from './store/store.js';
+import { BEAT_INTERVAL_MS, Registry } from './registry.js';
+import { openPostgresStore } from './store/postgres/store.js';
+import { SqliteStore } from './store/sqlite/store.js';
+import type { Store } from './store/types.js';
 
-/** Exit status for a bad setting or pool file (sysexits EX_CONFIG): systemd will not restart-loop on it. */
+/** Exit status for every configuration problem (sysexits EX_CONFIG): systemd will not restart-loop on it. */
 const EX_CONFIG = 78;
 
 function die(message: string, status = 1): never {
@@ -36,14 +39,66 @@ function configure(): Config {
   }
 }
 
-function listen(server: Server, config: Config): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(config.port, config.host, () => {
-      server.off('error', reject);
-      resolve();
+/**
+ * Binds the listening socket before anything touches the store, so a bad address or a port in
+ * use stops start-up with nothing changed. Until the registry is ready it answers 503.
+ */
+async function bind(config: Config): Promise<{ server: Server; serve: (l: RequestListener) => void }> {
+  try {
+    await lookup(config.host);
+  } catch (e) {
+    die(`configuration error: HOST: cannot resolve "${config.host}" (${e instanceof Error ? e.message : String(e)})`, EX_CONFIG);
+  }
+  let listener: RequestListener = function notReady(_req, res) {
+    const body = JSON.stringify({ error: { code: 'unavailable', message: 'the registry is starting; try again' } });
+    res.writeHead(503, { 'Content-Type': 'application/json; charset=utf-8', 'Retry-After': '1' }).end(body);
+  };
+  const server = createHttpServer((req, res) => listener(req, res));
+  await new Promise<void>((resolve) => {
+    server.once('error', (e: NodeJS.ErrnoException) => {
+      const where = `${config.host}:${config.port}`;
+      if (e.code === 'EADDRINUSE') die(`configuration error: PORT: ${where} is already in use`, EX_CONFIG);
+      if (e.code === 'EACCES') die(`configuration error: PORT: not allowed to listen on ${where}`, EX_CONFIG);
+      die(`configuration error: HOST: cannot listen on ${where} (${e.code ?? e.message})`, EX_CONFIG);
     });
+    server.listen(config.port, config.host, () => resolve());
   });
+  return { server, serve: (l) => { listener = l; } };
+}
+
+/** A database URL fit for a log line: the password blanked. */
+function redact(url: string): string {
+  const u = new URL(url);
+  if (u.password) u.password = '***';
+  return u.toString();
+}
+
+/** How long start-up waits for an unreachable PostgreSQL (a failover in progress) before giving up. */
+const DATABASE_WAIT_MS = 30_000;
+
+/**
+ * The PostgreSQL store, migrated. A database that does not answer may be failing over: start-up
+ * waits for it (answering 503 meanwhile) up to DATABASE_WAIT_MS, then stops as for a bad setting.
+ */
+async function openPostgres(config: Config, url: string, log: Logger): Promise<Store> {
+  const deadline = systemTimeSource.monotonic() + DATABASE_WAIT_MS;
+  for (let wait = 250; ; wait = Math.min(wait * 2, 4000)) {
+    try {
+      return await openPostgresStore({
+        url,
+        applicationName: `asg-id-registry ${config.host}:${config.port}`,
+        onConnectionError: (reason) => log.warn({ err: reason }, 'a database connection failed; it is replaced on next use'),
+      });
+    } catch (e) {
+      const unavailable = isRegistryError(e) && e.code === 'unavailable';
+      const reason = e instanceof Error ? e.message : String(e);
+      if (!unavailable || systemTimeSource.monotonic() + wait > deadline) {
+        die(`configuration error: DATABASE_URL: cannot use ${redact(url)}: ${reason}`, EX_CONFIG);
+      }
+      log.warn({ db: redact(url), err: reason }, 'waiting for the database');
+      await new Promise((r) => setTimeout(r, wait));
+    }
+  }
 }
 
 /** Syncs the pool unless the file is the one last synced. Throws PoolFileError for a bad file. */
@@ -68,19 +123,28 @@ async function main(): Promise<void> {
   const logOut = stdoutDestination();
   const log = createLogger(config.logLevel, logOut);
   let pool: PoolFile;
-  let store: Store;
+  let names: string[];
   try {
     pool = readPoolText(config.poolFile);
+    names = parsePoolFile(config.poolFile, pool);
   } catch (e) {
     die(e instanceof Error ? e.message : String(e), EX_CONFIG);
   }
-  try {
-    store = new Store({ path: config.dbPath, busyTimeoutMs: config.dbBusyTimeoutMs });
-  } catch (e) {
-    die(`database ${config.dbPath}: ${e instanceof Error ? e.message : String(e)}`);
+  const { server, serve } = await bind(config);
+  let store: Store;
+  let sqlite: SqliteStore | null = null;
+  if (config.databaseUrl !== null) {
+    store = await openPostgres(config, config.databaseUrl, log);
+  } else {
+    try {
+      store = sqlite = new SqliteStore({ path: config.dbPath, busyTimeoutMs: config.dbBusyTimeoutMs, source: systemTimeSource });
+    } catch (e) {
+      die(`configuration error: DB_PATH: cannot open the database ${config.dbPath}: ${e instanceof Error ? e.message : String(e)}`, EX_CONFIG);
+    }
+    if (sqlite.rebooted) log.warn('the machine rebooted since the registry last ran: cool-downs in progress resume from now');
   }
   const metrics = new Metrics({ processMetrics: true });
-  const registry = await openRegistry({
+  const registry = new Registry({
     store,
     source: systemTimeSource,
     rules: {
@@ -89,6 +153,7 @@ async function main(): Promise<void> {
       graceMs: config.startupGraceSeconds * 1000,
       maxFraction: config.reaperMaxFraction,
       minHold: config.reaperMinHold,
+      guardedRatePerMinute: config.reaperGuardedRate ?? Math.max(1, Math.floor(names.length / 100)),
       reapBatchSize: config.reaperBatchSize,
     },
     observe: (e) => {
@@ -98,12 +163,14 @@ async function main(): Promise<void> {
   });
   metrics.watch(() => registry.health());
   try {
-    await syncIfChanged(registry, config.poolFile, pool, log);
+    if ((await registry.poolFingerprint()) === pool.fingerprint) log.info({ pool: config.poolFile }, 'pool file unchanged since the last sync');
+    else await registry.syncPool(names, pool.fingerprint);
   } catch (e) {
     logOut.flushSync();
     die(e instanceof Error ? e.message : String(e), EX_CONFIG);
   }
-  store.checkpointInBackground((message) => log.warn({ err: message }, 'WAL checkpoint failed'));
+  await registry.open();
+  sqlite?.checkpointInBackground((message) => log.warn({ err: message }, 'WAL checkpoint failed'));
 
   const app = createApp({
     registry,
@@ -111,13 +178,21 @@ async function main(): Promise<void> {
     metrics,
     log,
   });
-  const server = createHttpServer(app.callback());
-  await listen(server, config);
+  serve(app.callback());
   if (config.adminTokens.length === 0) log.warn('ADMIN_TOKENS is unset: listing, inspection and admin routes are open');
-  log.info({ host: config.host, port: config.port, db: config.dbPath, pool: config.poolFile }, 'asg-id-registry listening');
+  if (config.reuseCooldownSeconds === 0) {
+    log.warn('REUSE_COOLDOWN_SECONDS is 0: a reclaimed or force-released identifier can be handed out while its old holder ' +
+      'still uses it (its fence window is 0); set a cool-down of at least the lease TTL');
+  }
+  const db = config.databaseUrl === null ? config.dbPath : redact(config.databaseUrl);
+  log.info({ host: config.host, port: config.port, db, engine: store.engine, pool: config.poolFile }, 'asg-id-registry listening');
 
+  const beats = setInterval(() => {
+    registry.beat().catch((e: unknown) => log.warn({ err: e instanceof Error ? e.message : String(e) }, 'instance beat failed'));
+  }, BEAT_INTERVAL_MS);
   const stopReaper = startReaper({
     schedule: config.reaperSchedule,
+    clock: store.clock,
     sweep: () => registry.reap(),
     onError: (e) => log.error({ err: e instanceof Error ? e.message : String(e) }, 'reaper sweep failed'),
   });
@@ -133,6 +208,7 @@ async function main(): Promise<void> {
     stopping = true;
     log.info({ signal }, 'shutting down: finishing in-flight requests');
     stopReaper();
+    clearInterval(beats);
     server.close(() => {
       void registry.close().then(() => store.close()).then(() => {
         log.info('database closed; bye');

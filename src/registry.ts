@@ -1,20 +1,23 @@
 /**
- * The use cases of the registry (the etcd "lessor" analogue). Each write is one store
- * transaction that reads the current state and decides on it, so uniqueness rests on
- * SQLite's write lock, never on this process's memory: several processes may share a file.
+ * The use cases of the registry (the etcd "lessor" analogue), written once against the Store
+ * interface. Each write is one store transaction that reads the current state and decides on
+ * it, so uniqueness rests on the store (SQLite's write lock, PostgreSQL's row locks), never on
+ * this process's memory: any number of processes may share a store. Nothing another process
+ * must respect (a renewal, the time, a cool-down, the guard's state) lives only here.
  */
-import { anchoredClock } from './clock.js';
-import type { Clock, TimeSource } from './clock.js';
+import { randomUUID } from 'node:crypto';
+import { StepDetector } from './clock.js';
+import type { TimeSource } from './clock.js';
 import { RegistryError } from './domain/errors.js';
-import { assertOwner, expiryCutoff, fenceAfterMs, guardReason, infoOf, leaseOf } from './domain/lease.js';
-import type { GuardRules, LeaseRules } from './domain/lease.js';
+import { assertOwner, decideSweep, fenceAfterMs, infoOf, leaseOf } from './domain/lease.js';
+import type { GuardRules, LeaseRules, SweepDecision } from './domain/lease.js';
 import type {
   HistoryEntry, HistoryEvent, IdentifierInfo, IdentifierRecord, Lease, PoolCounts, ReaperState, Status, SyncResult,
 } from './domain/types.js';
-import type { Store } from './store/store.js';
+import type { Reader, Store, Tx } from './store/types.js';
 
 export interface RegistryRules extends LeaseRules, GuardRules {
-  /** No reclaim before the registry has been up this long. */
+  /** No reclaim before the service has been up this long. */
   readonly graceMs: number;
   /** Leases reclaimed per transaction; the event loop gets a turn between batches. */
   readonly reapBatchSize: number;
@@ -25,6 +28,7 @@ export type RegistryEvent =
   | { readonly type: 'ownership'; readonly event: HistoryEvent; readonly identifier: string; readonly clientId: string | null; readonly epoch: number }
   | { readonly type: 'renewed'; readonly identifier: string; readonly clientId: string }
   | { readonly type: 'sweep'; readonly reclaimed: number; readonly expired: number; readonly leased: number; readonly held: boolean; readonly reason: string | null; readonly forced: boolean; readonly durationMs: number }
+  | { readonly type: 'clock_step'; readonly stepMs: number }
   | { readonly type: 'pool_synced'; readonly result: SyncResult };
 
 export type RegistryObserver = (e: RegistryEvent) => void;
@@ -58,42 +62,98 @@ export interface Health {
 
 export interface RegistryDeps {
   readonly store: Store;
-  readonly clock: Clock;
   readonly rules: RegistryRules;
   readonly observe?: RegistryObserver;
+  /** The machine's clocks, to notice a step of the wall clock (a sign of lost time). */
+  readonly source?: TimeSource;
 }
 
 const POOL_FINGERPRINT = 'pool_fingerprint';
-/** How long an answered liveness may wait to be written with others. */
-const RENEWAL_FLUSH_MS = 50;
+const REAPER_STATE = 'reaper_state';
+const SERVICE_UP_SINCE = 'service_up_since';
+const CLOCK_STEP_AT = 'clock_step_at';
+const MINUTE = 60_000;
+/** How often an instance beats, and how stale the last beat of any instance may be for the service to count as up. */
+export const BEAT_INTERVAL_MS = 1000;
+const SERVICE_GAP_MS = 2500;
+/** A step of the wall clock against registry time larger than this is a sign of lost time. */
+const CLOCK_STEP_MS = 1000;
+
+const NO_SWEEP: ReaperState = { lastRunAt: null, lastReclaimed: 0, held: false, reason: null };
+
+function parseReaperState(raw: string | null): ReaperState {
+  if (raw === null) return NO_SWEEP;
+  try {
+    const v: unknown = JSON.parse(raw);
+    if (typeof v !== 'object' || v === null) return NO_SWEEP;
+    const o: Record<string, unknown> = { ...v };
+    return {
+      lastRunAt: typeof o['lastRunAt'] === 'number' ? o['lastRunAt'] : null,
+      lastReclaimed: typeof o['lastReclaimed'] === 'number' ? o['lastReclaimed'] : 0,
+      held: o['held'] === true,
+      reason: typeof o['reason'] === 'string' ? o['reason'] : null,
+    };
+  } catch {
+    return NO_SWEEP;
+  }
+}
+
+function numberOrNull(raw: string | null): number | null {
+  if (raw === null) return null;
+  const n = Number(raw);
+  return Number.isFinite(n) ? n : null;
+}
 
 export class Registry {
+  readonly instanceId = randomUUID();
   readonly startedAt: number;
   private readonly store: Store;
-  private readonly clock: Clock;
   private readonly rules: RegistryRules;
   private readonly observe: RegistryObserver;
-  private reaper: ReaperState = { lastRunAt: null, lastReclaimed: 0, held: false, reason: null };
-  private sweeping: Promise<ReapResult> | null = null;
-  /**
-   * Renewals answered but not yet written: a liveness is checked against the database and
-   * answered at once, and its last_seen is written with the others of the next RENEWAL_FLUSH_MS
-   * (SPEC.md: "a liveness may ride on the next sync"). Every other write goes after them, and
-   * every read sees them.
-   */
-  private readonly pending = new Map<number, { readonly clientId: string; readonly at: number }>();
-  private pendingTimer: NodeJS.Timeout | null = null;
+  private readonly steps: StepDetector | null;
+  /** The latest time a VM's request reached this process; written with every beat. */
+  private fleetSeenAt: number | null = null;
+  /** A step of the wall clock this process saw and has not yet written to the store. */
+  private stepSeenAt: number | null = null;
+  /** The sweep running now, and the one queued behind it (forced or not). */
+  private running: { readonly force: boolean; readonly done: Promise<ReapResult> } | null = null;
+  private queued: { readonly force: boolean; readonly done: Promise<ReapResult> } | null = null;
+  private lastReaper: ReaperState = NO_SWEEP;
 
   constructor(deps: RegistryDeps) {
     this.store = deps.store;
-    this.clock = deps.clock;
     this.rules = deps.rules;
     this.observe = deps.observe ?? (() => {});
-    this.startedAt = deps.clock.now();
+    this.startedAt = deps.store.clock.now();
+    this.steps = deps.source ? new StepDetector(deps.source, deps.store.clock) : null;
+    this.steps?.check();
   }
 
   now(): number {
-    return this.clock.now();
+    return this.store.clock.now();
+  }
+
+  /**
+   * Joins the service: when no other instance has beaten lately, the service is (re)starting
+   * and the start-up grace runs from now; otherwise it has been up, and this instance restarting
+   * while others serve changes nothing.
+   */
+  async open(): Promise<void> {
+    await this.store.write(async (tx) => {
+      const other = await tx.latestBeat(this.instanceId);
+      if (!other || tx.now - other.at > SERVICE_GAP_MS) await tx.setMeta(SERVICE_UP_SINCE, String(tx.now));
+      await this.beatIn(tx);
+    }, { durable: false });
+  }
+
+  /** Tells the others this instance is alive, and when a VM last reached it. */
+  beat(): Promise<void> {
+    return this.store.write((tx) => this.beatIn(tx), { durable: false });
+  }
+
+  /** A VM's request reached this instance (answered or refused): the registry still reaches its fleet. */
+  noteFleetRequest(): void {
+    this.fleetSeenAt = this.store.clock.now();
   }
 
   /**
@@ -102,43 +162,48 @@ export class Registry {
    * Errors: pool_exhausted when nothing is allocatable.
    */
   async allocate(clientId: string): Promise<Lease> {
-    const lease = await this.write(() => {
-      const now = this.clock.now();
-      const found = this.store.byClient(clientId);
-      const held = found ? this.current(found) : null;
+    this.noteFleetRequest();
+    const out = await this.store.write(async (tx): Promise<{ lease: Lease; granted: boolean } | null> => {
+      const now = tx.now;
+      const held = await tx.byClient(clientId);
       if (held) {
-        this.store.renew(held.rowId, clientId, now);
+        await tx.renew(held.rowId, clientId, now);
         return { lease: this.leaseAfterRenew(held, now), granted: false };
       }
-      const next = this.store.nextAllocatable(now);
-      if (!next) throw new RegistryError('pool_exhausted', 'no identifier is free: every one is leased, cooling down or retired');
+      const next = await tx.nextAllocatable(now);
+      if (!next) {
+        // Demand the guarded reaper must meet (a churning fleet never stalls the pool).
+        await tx.recordRefusal(clientId, now);
+        return null;
+      }
       const epoch = next.epoch + 1;
-      this.store.grant(next.rowId, clientId, epoch, now);
-      this.store.appendHistory(next.rowId, now, 'allocated', clientId, epoch);
+      await tx.grant(next.rowId, clientId, epoch, now);
+      await tx.appendHistory(next.rowId, now, 'allocated', clientId, epoch);
       const lease: Lease = {
         identifier: next.name, clientId, epoch, allocatedAt: now, lastSeen: now, expiresAt: now + this.rules.ttlMs,
         fenceAfterMs: fenceAfterMs(this.rules),
       };
       return { lease, granted: true };
-    }, true);
-    if (lease.granted) this.emitOwnership('allocated', lease.lease.identifier, clientId, lease.lease.epoch);
-    return lease.lease;
+    }, { durable: true });
+    if (!out) throw new RegistryError('pool_exhausted', 'no identifier is free: every one is leased, cooling down or retired');
+    if (out.granted) this.emitOwnership('allocated', out.lease.identifier, clientId, out.lease.epoch);
+    return out.lease;
   }
 
   /**
-   * Liveness: renews the owner's lease. A lease past its expiry that the reaper has not yet
-   * reclaimed is still the owner's.
+   * Liveness: renews the owner's lease. Answered only once the new last_seen is committed,
+   * where every process that can reclaim sees it. A lease past its expiry that the reaper has
+   * not yet reclaimed is still the owner's.
    * Errors: identifier_not_found, not_owner, stale_epoch.
    */
   async renew(clientId: string, identifier: string, epoch?: number): Promise<Lease> {
-    const lease = await this.store.readBatched(() => {
-      const now = this.clock.now();
-      const rec = this.current(this.mustFind(identifier));
+    this.noteFleetRequest();
+    const lease = await this.store.write(async (tx) => {
+      const rec = await this.mustFind(tx, identifier);
       assertOwner(rec, clientId, epoch);
-      this.pending.set(rec.rowId, { clientId, at: Math.max(now, rec.holder?.lastSeen ?? now) });
-      this.scheduleRenewalFlush();
-      return this.leaseAfterRenew(rec, now);
-    });
+      await tx.renew(rec.rowId, clientId, tx.now);
+      return this.leaseAfterRenew(rec, tx.now);
+    }, { durable: false });
     this.observe({ type: 'renewed', identifier, clientId });
     return lease;
   }
@@ -149,12 +214,12 @@ export class Registry {
    * Errors: identifier_not_found, not_owner, stale_epoch.
    */
   async release(clientId: string, identifier: string, epoch?: number): Promise<IdentifierInfo> {
-    const info = await this.write(() => {
-      const now = this.clock.now();
-      const rec = this.mustFind(identifier);
+    this.noteFleetRequest();
+    const info = await this.store.write(async (tx) => {
+      const rec = await this.mustFind(tx, identifier);
       assertOwner(rec, clientId, epoch);
-      return this.freeRecord(rec, now, now, 'released');
-    }, true);
+      return this.freeRecord(tx, rec, tx.now, 'released');
+    }, { durable: true });
     this.emitOwnership('released', identifier, clientId, info.epoch);
     return info;
   }
@@ -165,157 +230,202 @@ export class Registry {
    * Errors: identifier_not_found.
    */
   async forceRelease(identifier: string): Promise<IdentifierInfo> {
-    const { info, holder } = await this.write(() => {
-      const now = this.clock.now();
-      const rec = this.mustFind(identifier);
-      if (!rec.holder) return { info: infoOf(rec, now, this.rules), holder: null };
-      return { info: this.freeRecord(rec, now, now + this.rules.cooldownMs, 'force_released'), holder: rec.holder.clientId };
-    }, true);
+    const { info, holder } = await this.store.write(async (tx) => {
+      const rec = await this.mustFind(tx, identifier);
+      if (!rec.holder) return { info: infoOf(rec, tx.now, this.rules), holder: null };
+      const info = await this.freeRecord(tx, rec, tx.now + this.rules.cooldownMs, 'force_released');
+      return { info, holder: rec.holder.clientId };
+    }, { durable: true });
     if (holder !== null) this.emitOwnership('force_released', identifier, holder, info.epoch);
     return info;
   }
 
   /**
-   * One reaper sweep: leases whose last liveness is a full TTL old are reclaimed into
-   * cooling, in bounded batches. Nothing is reclaimed during the start-up grace, nor when the
-   * mass-expiry guard holds, unless `force`. Concurrent calls share one sweep.
+   * One reaper sweep (see domain decideSweep). Concurrent calls of the same kind share one
+   * sweep; a forced call is never answered with a sweep that was not forced.
    */
   reap(opts: { force?: boolean } = {}): Promise<ReapResult> {
-    if (this.sweeping) return this.sweeping;
-    this.sweeping = this.sweep(opts.force ?? false).finally(() => {
-      this.sweeping = null;
-    });
-    return this.sweeping;
+    const force = opts.force ?? false;
+    if (this.running?.force === force) return this.running.done;
+    // A queued sweep is always of the other kind than the running one, so of this call's kind.
+    if (this.queued) return this.queued.done;
+    const after = this.running?.done ?? Promise.resolve(null);
+    const entry = {
+      force,
+      done: after.catch(() => null).then(() => {
+        this.running = entry;
+        if (this.queued === entry) this.queued = null;
+        return this.sweep(force);
+      }).finally(() => {
+        if (this.running === entry) this.running = null;
+      }),
+    };
+    if (this.running) this.queued = entry;
+    else this.running = entry;
+    return entry.done;
   }
 
   private async sweep(force: boolean): Promise<ReapResult> {
-    await this.flushRenewals(); // expiry is judged on every liveness answered so far
-    const started = this.clock.now();
-    const cutoff = expiryCutoff(started, this.rules.ttlMs);
-    const { expired, leased } = await this.store.read(() => ({
-      expired: this.store.countExpired(cutoff),
-      leased: this.store.countLeased(),
-    }));
-    let reason: string | null = null;
-    let held = false;
-    const graceLeftMs = this.startedAt + this.rules.graceMs - started;
-    if (!force && graceLeftMs > 0) {
-      reason = `startup grace: no reclaim for another ${Math.ceil(graceLeftMs / 1000)}s`;
-    } else if (!force) {
-      reason = guardReason(expired, leased, this.rules);
-      held = reason !== null;
+    const started = this.store.clock.now();
+    this.noticeClockStep(started);
+    let first: { decision: SweepDecision; cutoff: number; expired: number; leased: number; reclaimed: IdentifierRecord[] } | null = null;
+    // Another instance sweeping holds the sweep lock; a forced sweep waits for it.
+    for (let attempt = 0; first === null; attempt++) {
+      first = await this.store.write((tx) => this.decideAndReclaim(tx, force), { durable: true });
+      if (first === null && (!force || attempt >= 100)) {
+        return { reclaimed: 0, held: false, reason: 'another instance is sweeping' };
+      }
+      if (first === null) await new Promise((r) => setTimeout(r, 50));
     }
-    let reclaimed = 0;
-    if (reason === null && expired > 0) reclaimed = await this.reclaimExpired(cutoff);
-    const finished = this.clock.now();
-    this.reaper = { lastRunAt: finished, lastReclaimed: reclaimed, held, reason };
-    this.observe({ type: 'sweep', reclaimed, expired, leased, held, reason, forced: force, durationMs: finished - started });
-    return { reclaimed, held, reason };
+    const { decision, cutoff } = first;
+    let reclaimed = first.reclaimed.length;
+    this.emitReclaimed(first.reclaimed);
+    let last = first.reclaimed.length;
+    // Further batches, each its own transaction, so the event loop gets a turn between them.
+    while (last === this.rules.reapBatchSize && reclaimed < decision.allowance) {
+      const limit = Math.min(this.rules.reapBatchSize, decision.allowance - reclaimed);
+      const batch = await this.store.write(
+        (tx) => tx.reclaimExpired(cutoff, limit, tx.now, tx.now + this.rules.cooldownMs), { durable: true },
+      );
+      this.emitReclaimed(batch);
+      reclaimed += batch.length;
+      last = batch.length;
+    }
+    const finished = this.store.clock.now();
+    const state: ReaperState = { lastRunAt: finished, lastReclaimed: reclaimed, held: decision.held, reason: decision.reason };
+    this.lastReaper = state;
+    await this.store.write((tx) => tx.setMeta(REAPER_STATE, JSON.stringify(state)), { durable: false });
+    this.observe({
+      type: 'sweep', reclaimed, expired: first.expired, leased: first.leased, held: decision.held, reason: decision.reason,
+      forced: force, durationMs: finished - started,
+    });
+    return { reclaimed, held: decision.held, reason: decision.reason };
   }
 
-  /** Reclaims in batches, each its own transaction, re-checking expiry inside it. */
-  private async reclaimExpired(cutoff: number): Promise<number> {
-    let total = 0;
-    for (;;) {
-      const batch = await this.write(() => {
-        const now = this.clock.now();
-        return this.store.reclaimExpired(cutoff, this.rules.reapBatchSize, now, now + this.rules.cooldownMs);
-      }, true);
-      for (const rec of batch) this.emitOwnership('reclaimed', rec.name, rec.holder?.clientId ?? null, rec.epoch);
-      total += batch.length;
-      if (batch.length < this.rules.reapBatchSize) return total;
+  /** The sweep's decision and its first batch, in one transaction: one guard decision per sweep across instances. */
+  private async decideAndReclaim(tx: Tx, force: boolean) {
+    if (!(await tx.trySweepLock())) return null;
+    const now = tx.now;
+    await this.beatIn(tx);
+    if (this.stepSeenAt !== null) {
+      await tx.setMeta(CLOCK_STEP_AT, String(this.stepSeenAt));
     }
+    const cutoff = now - this.rules.ttlMs;
+    const [expired, leased, reclaimedInTtl, reclaimedInMinute, refused, fleetSeenAt, upSince, stepAt] = [
+      await tx.countExpired(cutoff),
+      await tx.countLeased(),
+      await tx.countEvents('reclaimed', now - this.rules.ttlMs),
+      await tx.countEvents('reclaimed', now - MINUTE),
+      await tx.countRefusedClients(now - MINUTE),
+      await tx.fleetSeenAt(),
+      numberOrNull(await tx.meta(SERVICE_UP_SINCE)),
+      numberOrNull(await tx.meta(CLOCK_STEP_AT)),
+    ];
+    const decision = decideSweep({
+      force,
+      graceLeftMs: (upSince ?? this.startedAt) + this.rules.graceMs - now,
+      expired, leased, reclaimedInTtl, reclaimedInMinute,
+      refusedClientsInMinute: refused,
+      fleetSilentMs: fleetSeenAt === null ? null : now - fleetSeenAt,
+      clockStepAgoMs: stepAt === null ? null : now - stepAt,
+      ttlMs: this.rules.ttlMs,
+    }, this.rules);
+    await tx.pruneRefusals(now - 2 * MINUTE);
+    const limit = Math.min(this.rules.reapBatchSize, decision.allowance);
+    const reclaimed = expired > 0 && limit > 0
+      ? await tx.reclaimExpired(cutoff, limit, now, now + this.rules.cooldownMs)
+      : [];
+    return { decision, cutoff, expired, leased, reclaimed };
+  }
+
+  private noticeClockStep(now: number): void {
+    const step = this.steps?.check() ?? 0;
+    if (Math.abs(step) <= CLOCK_STEP_MS) return;
+    this.stepSeenAt = now;
+    this.observe({ type: 'clock_step', stepMs: step });
+  }
+
+  private emitReclaimed(recs: readonly IdentifierRecord[]): void {
+    for (const rec of recs) this.emitOwnership('reclaimed', rec.name, rec.holder?.clientId ?? null, rec.epoch);
   }
 
   /**
-   * After a restart. The registry cannot know how much real time passed while it was down
-   * (the wall clock may have been stepped forward), so a cool-down that was running at the
-   * last write counts its remaining part again from now: a jump cannot cut it short and hand
-   * an identifier to a new VM while its old holder may still be using it.
-   */
-  async resumeCooldowns(floor: number): Promise<number> {
-    const shift = this.clock.now() - floor;
-    if (shift <= 0) return 0;
-    return this.write(() => this.store.shiftCooldowns(floor, shift), true);
-  }
-
-  /**
-   * Brings the database in line with the pool file in one transaction: new identifiers are
+   * Brings the store in line with the pool file in one transaction: new identifiers are
    * added free, missing ones retired (a held one keeps its lease), returning ones restored.
    */
   async syncPool(names: readonly string[], fingerprint: string | null = null): Promise<SyncResult> {
-    const result = await this.write(() => {
+    const result = await this.store.write(async (tx) => {
       // Recorded with the sync it describes, so a start-up with the same file can skip it.
-      this.store.setMeta(POOL_FINGERPRINT, fingerprint ?? '');
-      const now = this.clock.now();
-      const existing = new Map(this.store.poolRows().map((r) => [r.name, r]));
-      let added = 0;
+      await tx.setMeta(POOL_FINGERPRINT, fingerprint ?? '');
+      const now = tx.now;
+      const existing = new Map((await tx.poolRows()).map((r) => [r.name, r]));
+      const added: { name: string; poolOrder: number }[] = [];
       let restored = 0;
       let retired = 0;
-      names.forEach((name, order) => {
+      for (const [order, name] of names.entries()) {
         const row = existing.get(name);
         if (!row) {
-          this.store.insertIdentifier(name, order);
-          added++;
-          return;
+          added.push({ name, poolOrder: order });
+          continue;
         }
         existing.delete(name);
         if (row.retired) {
-          this.store.setRetired(row.rowId, false, order);
-          this.store.appendHistory(row.rowId, now, 'restored', row.clientId, row.epoch);
+          await tx.setRetired(row.rowId, false, order);
+          await tx.appendHistory(row.rowId, now, 'restored', row.clientId, row.epoch);
           restored++;
         } else if (row.poolOrder !== order) {
-          this.store.setPoolOrder(row.rowId, order);
+          await tx.setPoolOrder(row.rowId, order);
         }
-      });
+      }
+      await tx.insertIdentifiers(added);
       for (const row of existing.values()) {
         if (row.retired) continue;
-        this.store.setRetired(row.rowId, true, row.poolOrder);
-        this.store.appendHistory(row.rowId, now, 'retired', row.clientId, row.epoch);
+        await tx.setRetired(row.rowId, true, row.poolOrder);
+        await tx.appendHistory(row.rowId, now, 'retired', row.clientId, row.epoch);
         retired++;
       }
-      return { total: names.length, added, retired, restored };
-    }, true);
+      return { total: names.length, added: added.length, retired, restored };
+    }, { durable: true });
     this.observe({ type: 'pool_synced', result });
     return result;
   }
 
   /** The fingerprint of the pool file last synced, if it was recorded. */
   poolFingerprint(): Promise<string | null> {
-    return this.store.read(() => this.store.meta(POOL_FINGERPRINT) || null);
+    return this.store.read(async (r) => (await r.meta(POOL_FINGERPRINT)) || null);
   }
 
   // ---- reads ----
 
   /** Errors: client_not_found. */
   async leaseOfClient(clientId: string): Promise<Lease> {
-    const rec = await this.store.read(() => this.store.byClient(clientId));
-    const lease = rec ? leaseOf(this.current(rec), this.rules) : null;
+    const rec = await this.store.read((r) => r.byClient(clientId));
+    const lease = rec ? leaseOf(rec, this.rules) : null;
     if (!lease) throw new RegistryError('client_not_found', `client ${clientId} holds no identifier`);
     return lease;
   }
 
   /** Errors: identifier_not_found. */
   async identifier(name: string): Promise<IdentifierInfo> {
-    return this.store.read(() => infoOf(this.current(this.mustFind(name)), this.clock.now(), this.rules));
+    return this.store.read(async (r) => infoOf(await this.mustFind(r, name), r.now, this.rules));
   }
 
   /** Errors: identifier_not_found. */
   async history(name: string): Promise<HistoryEntry[]> {
-    return this.store.read(() => this.store.history(this.mustFind(name).rowId));
+    return this.store.read(async (r) => r.history((await this.mustFind(r, name)).rowId));
   }
 
   /** Errors: invalid_request when `after` names no identifier. */
   async list(filter: ListFilter): Promise<ListPage> {
-    return this.store.read(() => {
-      const now = this.clock.now();
+    return this.store.read(async (r) => {
+      const now = r.now;
       let after: IdentifierRecord | null = null;
       if (filter.after !== null) {
-        after = this.store.byName(filter.after);
+        after = await r.byName(filter.after);
         if (!after) throw new RegistryError('invalid_request', `after: no identifier ${filter.after}`);
       }
       // One row past the page tells whether there is a next page.
-      const recs = this.store.list({
+      const recs = await r.list({
         status: filter.status,
         now,
         after: after ? { poolOrder: after.poolOrder, rowId: after.rowId } : null,
@@ -324,80 +434,55 @@ export class Registry {
       const more = filter.limit !== null && recs.length > filter.limit;
       const page = more ? recs.slice(0, filter.limit ?? 0) : recs;
       return {
-        items: page.map((r) => infoOf(this.current(r), now, this.rules)),
+        items: page.map((rec) => infoOf(rec, now, this.rules)),
         next: more ? (page[page.length - 1]?.name ?? null) : null,
       };
     });
   }
 
-  /** Errors: unavailable when the database cannot be read or cannot take writes. */
+  /** Errors: unavailable when the store cannot be read or cannot take writes. */
   async health(): Promise<Health> {
-    return this.store.read(() => {
-      const problem = this.store.healthProblem();
-      if (problem) throw new RegistryError('unavailable', problem);
-      const now = this.clock.now();
-      const c = this.store.counts(now);
+    const problem = await this.store.healthProblem();
+    if (problem) throw new RegistryError('unavailable', problem);
+    return this.store.read(async (r) => {
+      const now = r.now;
+      const c = await r.counts(now);
       return {
         nowMs: now,
         uptimeMs: now - this.startedAt,
-        oldestLastSeen: this.store.oldestLastSeen(),
+        oldestLastSeen: await r.oldestLastSeen(),
         pool: { total: c.total, leased: c.leased, cooling: c.cooling, retired: c.retired, free: c.total - c.leased - c.cooling - c.retired },
-        reaper: this.reaper,
+        reaper: this.lastReaper = parseReaperState(await r.meta(REAPER_STATE)),
       };
     });
   }
 
+  /** The reaper's last sweep by any instance, as last read (for when the store cannot be read). */
   reaperState(): ReaperState {
-    return this.reaper;
+    return this.lastReaper;
   }
 
   uptimeMs(): number {
-    return this.clock.now() - this.startedAt;
+    return this.store.clock.now() - this.startedAt;
   }
 
-  /** Writes pending renewals; resolves once they are committed. */
-  flushRenewals(): Promise<void> {
-    if (this.pendingTimer) clearTimeout(this.pendingTimer);
-    this.pendingTimer = null;
-    if (this.pending.size === 0) return Promise.resolve();
-    // Queued as a write of its own, ahead of whatever comes next, so a refused write's
-    // rollback cannot take the renewals with it.
-    return this.store.write(() => {
-      for (const [rowId, p] of this.pending) this.store.renew(rowId, p.clientId, p.at);
-      this.pending.clear();
-    }, false).catch((e: unknown) => {
-      // Not written (the database is locked or failing): they stay pending; try again soon.
-      this.scheduleRenewalFlush();
-      throw e;
-    });
-  }
-
-  private scheduleRenewalFlush(): void {
-    this.pendingTimer ??= setTimeout(() => void this.flushRenewals().catch(() => {}), RENEWAL_FLUSH_MS);
-  }
-
-  /** Writes pending renewals and stops taking time from the event loop. */
-  close(): Promise<void> {
-    return this.flushRenewals();
-  }
-
-  /** Every write but a renewal: pending renewals go first, in the same commit. */
-  private write<T>(fn: () => T, durable: boolean): Promise<T> {
-    if (this.pending.size > 0) void this.flushRenewals().catch(() => {});
-    return this.store.write(fn, durable);
+  /** Leaves the service: this instance's beat no longer counts as the service being up. */
+  async close(): Promise<void> {
+    await Promise.allSettled([this.running?.done, this.queued?.done]);
+    await this.store.write(async (tx) => {
+      await this.beatIn(tx); // keeps when a VM last reached it
+      await tx.forgetInstance(this.instanceId);
+    }, { durable: false }).catch(() => {});
   }
 
   // ---- helpers (inside a transaction) ----
 
-  /** The record as the registry knows it: with a renewal not yet written. */
-  private current(rec: IdentifierRecord): IdentifierRecord {
-    const p = this.pending.get(rec.rowId);
-    if (!p || !rec.holder || rec.holder.clientId !== p.clientId || rec.holder.lastSeen >= p.at) return rec;
-    return { ...rec, holder: { ...rec.holder, lastSeen: p.at } };
+  private async beatIn(tx: Tx): Promise<void> {
+    await tx.beat({ id: this.instanceId, startedAt: this.startedAt, at: tx.now, fleetSeenAt: this.fleetSeenAt });
   }
 
-  private mustFind(name: string): IdentifierRecord {
-    const rec = this.store.byName(name);
+  private async mustFind(r: Reader, name: string): Promise<IdentifierRecord> {
+    const rec = await r.byName(name);
     if (!rec) throw new RegistryError('identifier_not_found', `no identifier ${name} in the pool`);
     return rec;
   }
@@ -412,10 +497,10 @@ export class Registry {
     };
   }
 
-  private freeRecord(rec: IdentifierRecord, now: number, availableAt: number, event: HistoryEvent): IdentifierInfo {
-    this.store.free(rec.rowId, availableAt);
-    this.store.appendHistory(rec.rowId, now, event, rec.holder?.clientId ?? null, rec.epoch);
-    return infoOf({ ...rec, holder: null, availableAt }, now, this.rules);
+  private async freeRecord(tx: Tx, rec: IdentifierRecord, availableAt: number, event: HistoryEvent): Promise<IdentifierInfo> {
+    await tx.free(rec.rowId, availableAt);
+    await tx.appendHistory(rec.rowId, tx.now, event, rec.holder?.clientId ?? null, rec.epoch);
+    return infoOf({ ...rec, holder: null, availableAt }, tx.now, this.rules);
   }
 
   private emitOwnership(event: HistoryEvent, identifier: string, clientId: string | null, epoch: number): void {
@@ -423,25 +508,9 @@ export class Registry {
   }
 }
 
-export interface OpenOptions {
-  readonly store: Store;
-  readonly source: TimeSource;
-  readonly rules: RegistryRules;
-  readonly observe?: RegistryObserver;
-}
-
-/**
- * Start-up: registry time resumes from the latest time in the database (never earlier), then
- * advances by the monotonic clock; cool-downs in progress are resumed.
- */
-export async function openRegistry(opts: OpenOptions): Promise<Registry> {
-  const floor = opts.store.latestTime();
-  const registry = new Registry({
-    store: opts.store,
-    clock: anchoredClock(opts.source, floor),
-    rules: opts.rules,
-    ...(opts.observe ? { observe: opts.observe } : {}),
-  });
-  await registry.resumeCooldowns(floor);
+/** Builds a registry on `store` and joins the service (see Registry.open). */
+export async function openRegistry(deps: RegistryDeps): Promise<Registry> {
+  const registry = new Registry(deps);
+  await registry.open();
   return registry;
 }

@@ -9,10 +9,10 @@ import { expect } from 'chai';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { FakeTimeSource } from '../src/clock.js';
-import { openRegistry } from '../src/registry.js';
-import type { Registry } from '../src/registry.js';
+import { Registry } from '../src/registry.js';
+import { fenceAfterMs } from '../src/domain/lease.js';
 import type { RegistryRules } from '../src/registry.js';
-import { Store } from '../src/store/store.js';
+import { SqliteStore } from '../src/store/sqlite/store.js';
 import type { Status } from '../src/domain/types.js';
 import { tempDir } from './helpers.js';
 
@@ -25,6 +25,8 @@ const CLIENTS = Array.from({ length: 4 }, (_, i) => `vm-${i}`);
 // ---------------------------------------------------------------- the model of SPEC.md
 
 interface MIdent {
+  /** Insertion order, as the store's row id. */
+  rowId: number;
   order: number;
   retired: boolean;
   epoch: number;
@@ -39,29 +41,43 @@ const fail = (code: string): Outcome => ({ ok: false, code });
 class Model {
   readonly ids = new Map<string, MIdent>();
   private lastHistoryAt = 0;
-  private anchorWall = 0;
-  private anchorMono = 0;
+  private offset: number | null = null;
+  private floorNow = 0;
   startedAt = 0;
+  /** The guard's memory, as the store keeps it. */
+  private reclaims: number[] = [];
+  private refusals: { client: string; at: number }[] = [];
+  private fleetSeenAt: number | null = null;
+  private clockStepAt: number | null = null;
+  private skew = 0;
 
   constructor(readonly rules: RegistryRules, readonly src: FakeTimeSource, pool: readonly string[]) {
-    this.boot();
+    this.boot(false);
     this.sync(pool);
   }
 
-  /** Registry time: the anchored clock of src/clock.ts, restated. */
+  /** Registry time: offset + monotonic, the offset kept in the store for the whole boot (src/clock.ts, restated). */
   now(): number {
-    return this.anchorWall + (this.src.monotonic() - this.anchorMono);
+    return Math.max(this.floorNow, Math.floor((this.offset ?? 0) + this.src.monotonic()));
   }
 
-  boot(): void {
+  /** A process starts: the same boot keeps time and cool-downs exactly; a new boot anchors anew. */
+  boot(rebooted: boolean): void {
     let floor = this.lastHistoryAt;
     for (const i of this.ids.values()) if (i.holder) floor = Math.max(floor, i.holder.lastSeen);
-    this.anchorWall = Math.max(this.src.wall(), floor);
-    this.anchorMono = this.src.monotonic();
-    this.startedAt = this.now();
-    // A cool-down running at the last write counts its remaining part again from boot.
-    const shift = this.startedAt - floor;
-    for (const i of this.ids.values()) if (!i.holder && i.availableAt > floor && shift > 0) i.availableAt += shift;
+    if (this.offset === null || rebooted) {
+      this.offset = Math.max(this.src.wall(), floor) - this.src.monotonic();
+      this.floorNow = floor;
+      // Nobody can tell how much real time the reboot took: a running cool-down counts its remaining part again.
+      const shift = this.now() - floor;
+      if (rebooted && shift > 0) for (const i of this.ids.values()) if (!i.holder && i.availableAt > floor) i.availableAt += shift;
+    }
+    this.startedAt = this.now(); // the only instance: the service starts with it
+    this.skew = this.src.wall() - this.now();
+  }
+
+  private seen(): void {
+    this.fleetSeenAt = this.now();
   }
 
   private history(): void {
@@ -75,6 +91,7 @@ class Model {
   }
 
   allocate(client: string): Outcome {
+    this.seen();
     const t = this.now();
     for (const [name, i] of this.ids) {
       if (i.holder?.client === client) {
@@ -87,7 +104,10 @@ class Model {
       if (i.holder || i.retired || i.availableAt > t) continue;
       if (!best || i.availableAt < best[1].availableAt || (i.availableAt === best[1].availableAt && i.order < best[1].order)) best = [name, i];
     }
-    if (!best) return fail('pool_exhausted');
+    if (!best) {
+      this.refusals.push({ client, at: t });
+      return fail('pool_exhausted');
+    }
     const [name, i] = best;
     i.epoch += 1;
     i.holder = { client, allocatedAt: t, lastSeen: t };
@@ -104,6 +124,7 @@ class Model {
   }
 
   renew(client: string, name: string, epoch: number | undefined): Outcome {
+    this.seen();
     const i = this.owned(client, name, epoch);
     if ('ok' in i) return i;
     if (i.holder) i.holder.lastSeen = Math.max(i.holder.lastSeen, this.now());
@@ -111,6 +132,7 @@ class Model {
   }
 
   release(client: string, name: string, epoch: number | undefined): Outcome {
+    this.seen();
     const i = this.owned(client, name, epoch);
     if ('ok' in i) return i;
     i.holder = null;
@@ -132,18 +154,38 @@ class Model {
 
   reap(force: boolean): Outcome {
     const t = this.now();
+    const skew = this.src.wall() - t;
+    if (Math.abs(skew - this.skew) > 1000) this.clockStepAt = t;
+    this.skew = skew;
+    const ttl = this.rules.ttlMs;
     const held = [...this.ids.values()].filter((i) => i.holder);
-    const expired = held.filter((i) => i.holder && i.holder.lastSeen <= t - this.rules.ttlMs);
-    if (!force && this.startedAt + this.rules.graceMs - t > 0) return ok({ reclaimed: 0, held: false });
-    if (!force && expired.length > this.rules.minHold && expired.length > this.rules.maxFraction * held.length) {
-      return ok({ reclaimed: 0, held: true });
+    const expired = held
+      .filter((i) => i.holder && i.holder.lastSeen <= t - ttl)
+      .sort((a, b) => (a.holder?.lastSeen ?? 0) - (b.holder?.lastSeen ?? 0) || a.rowId - b.rowId);
+    const inTtl = this.reclaims.filter((at) => at >= t - ttl).length;
+    const inMinute = this.reclaims.filter((at) => at >= t - 60_000).length;
+    const refused = new Set(this.refusals.filter((r) => r.at >= t - 60_000).map((r) => r.client)).size;
+    this.refusals = this.refusals.filter((r) => r.at >= t - 120_000);
+    let allowance = Infinity;
+    let guarded = false;
+    const inWindow = expired.length + inTtl;
+    if (!force && this.startedAt + this.rules.graceMs - t > 0) {
+      allowance = 0;
+    } else if (!force && expired.length > 0 && inWindow > this.rules.minHold && inWindow > this.rules.maxFraction * (held.length + inTtl)) {
+      guarded = true;
+      const lostFleet = this.fleetSeenAt === null || t - this.fleetSeenAt >= ttl;
+      const lostTime = this.clockStepAt !== null && t - this.clockStepAt < ttl;
+      if (lostFleet || lostTime || this.rules.guardedRatePerMinute === 0) allowance = 0;
+      else allowance = Math.max(0, Math.max(this.rules.guardedRatePerMinute, refused) - inMinute);
     }
-    for (const i of expired) {
+    const take = expired.slice(0, allowance === Infinity ? expired.length : allowance);
+    for (const i of take) {
       i.holder = null;
       i.availableAt = t + this.rules.cooldownMs;
+      this.reclaims.push(t);
       this.history();
     }
-    return ok({ reclaimed: expired.length, held: false });
+    return ok({ reclaimed: take.length, held: guarded });
   }
 
   sync(pool: readonly string[]): void {
@@ -151,7 +193,7 @@ class Model {
     pool.forEach((name, order) => {
       const i = this.ids.get(name);
       if (!i) {
-        this.ids.set(name, { order, retired: false, epoch: 0, holder: null, availableAt: 0 });
+        this.ids.set(name, { rowId: this.ids.size + 1, order, retired: false, epoch: 0, holder: null, availableAt: 0 });
         return;
       }
       if (i.retired) this.history();
@@ -177,7 +219,7 @@ type Cmd =
   | { t: 'reap'; force: boolean }
   | { t: 'advance'; ms: number }
   | { t: 'jump'; ms: number }
-  | { t: 'restart'; downMs: number; jumpMs: number }
+  | { t: 'restart'; downMs: number; jumpMs: number; reboot: boolean }
   | { t: 'pool'; names: string[] };
 
 const client = fc.integer({ min: 0, max: CLIENTS.length - 1 });
@@ -201,6 +243,7 @@ const cmdArb: fc.Arbitrary<Cmd> = fc.oneof(
       t: fc.constant('restart' as const),
       downMs: fc.oneof(fc.integer({ min: 0, max: 5 * SEC }), fc.integer({ min: 0, max: 5 * 60 * SEC })),
       jumpMs: fc.oneof(fc.constant(0), fc.integer({ min: -6 * HOUR, max: 6 * HOUR })),
+      reboot: fc.boolean(),
     }),
   },
   { weight: 1, arbitrary: fc.record({ t: fc.constant('pool' as const), names: fc.shuffledSubarray(UNIVERSE, { minLength: 1 }) }) },
@@ -209,13 +252,14 @@ const cmdArb: fc.Arbitrary<Cmd> = fc.oneof(
 // ---------------------------------------------------------------- the real system
 
 class Real {
-  store!: Store;
+  store!: SqliteStore;
   registry!: Registry;
   constructor(readonly path: string, readonly rules: RegistryRules, readonly src: FakeTimeSource) {}
   async start(pool: readonly string[]): Promise<void> {
-    this.store = new Store({ path: this.path });
-    this.registry = await openRegistry({ store: this.store, source: this.src, rules: this.rules });
+    this.store = new SqliteStore({ path: this.path, source: this.src });
+    this.registry = new Registry({ store: this.store, source: this.src, rules: this.rules });
     await this.registry.syncPool(pool);
+    await this.registry.open();
   }
   async stop(): Promise<void> {
     await this.registry.close();
@@ -246,7 +290,9 @@ async function runScenario(rules: RegistryRules, cmds: Cmd[], checkBeliefs: bool
     const model = new Model(rules, src, pool);
     const beliefs = new Map<string, Belief>();
     const lastEpoch = new Map<string, number>();
-    const realTime = (): number => src.monotonic(); // the VMs' clocks: they run at the rate of real time
+    // The VMs' clocks: they run at the rate of real time, and the registry host's reboot does not reset them.
+    let elapsed = 0;
+    const realTime = (): number => elapsed;
 
     for (const [step, cmd] of cmds.entries()) {
       const where = `step ${step} ${JSON.stringify(cmd)}`;
@@ -292,6 +338,7 @@ async function runScenario(rules: RegistryRules, cmds: Cmd[], checkBeliefs: bool
         }
         case 'advance':
           src.advance(cmd.ms);
+          elapsed += cmd.ms;
           break;
         case 'jump':
           src.jumpWall(cmd.ms);
@@ -299,10 +346,12 @@ async function runScenario(rules: RegistryRules, cmds: Cmd[], checkBeliefs: bool
         case 'restart':
           await real.stop();
           src.advance(cmd.downMs);
+          elapsed += cmd.downMs;
           src.jumpWall(cmd.jumpMs);
+          if (cmd.reboot) src.reboot();
           await real.start(pool);
-          model.boot();
           model.sync(pool);
+          model.boot(cmd.reboot);
           break;
         case 'pool':
           pool = cmd.names;
@@ -341,11 +390,11 @@ async function runScenario(rules: RegistryRules, cmds: Cmd[], checkBeliefs: bool
       expect(new Set(holders).size, `${where}: a client holds two identifiers`).to.equal(holders.length);
 
       // The promise: no identifier is believed held by two live VMs. A VM stops using its
-      // identifier a full TTL after it sent its last successful liveness.
+      // identifier fence_after_ms after it sent its last successful allocate or liveness.
       if (checkBeliefs) {
         const live = new Map<string, string[]>();
         for (const [c, b] of beliefs) {
-          if (realTime() < b.sentAt + rules.ttlMs) live.set(b.identifier, [...(live.get(b.identifier) ?? []), c]);
+          if (realTime() < b.sentAt + fenceAfterMs(rules)) live.set(b.identifier, [...(live.get(b.identifier) ?? []), c]);
         }
         for (const [name, cs] of live) expect(cs, `${where}: ${name} believed held by ${cs.join(', ')}`).to.have.length(1);
       }
@@ -363,7 +412,9 @@ describe('model: the registry agrees with SPEC.md under random histories', funct
   this.timeout(120_000);
 
   it('with SPEC.md defaults (cool-down and grace = TTL): agreement, and never two live holders', async () => {
-    const rules: RegistryRules = { ttlMs: 30 * SEC, cooldownMs: 30 * SEC, graceMs: 30 * SEC, maxFraction: 0.5, minHold: 1, reapBatchSize: 2 };
+    const rules: RegistryRules = {
+      ttlMs: 30 * SEC, cooldownMs: 30 * SEC, graceMs: 30 * SEC, maxFraction: 0.5, minHold: 1, guardedRatePerMinute: 1, reapBatchSize: 2,
+    };
     await fc.assert(
       fc.asyncProperty(fc.array(cmdArb, { minLength: 1, maxLength: 50, size: 'max' }), (cmds) => runScenario(rules, cmds, true)),
       { numRuns: RUNS },
@@ -377,6 +428,7 @@ describe('model: the registry agrees with SPEC.md under random histories', funct
       graceMs: fc.integer({ min: 0, max: 60 }).map((s) => s * SEC),
       maxFraction: fc.constantFrom(0.25, 0.5, 1),
       minHold: fc.integer({ min: 0, max: 3 }),
+      guardedRatePerMinute: fc.integer({ min: 0, max: 3 }),
       reapBatchSize: fc.integer({ min: 1, max: 4 }),
     });
     await fc.assert(

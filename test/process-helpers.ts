@@ -37,9 +37,16 @@ export interface StartOptions {
   readonly port?: number;
   /** Resolve once the process is listening (default), or at once (for start-up failures). */
   readonly wait?: boolean;
-  /** Extra node options before the script (e.g. a preload that shifts the wall clock). */
+  /** Extra node options before the entry point, e.g. ['--import', WALL_CLOCK_PRELOAD]. */
   readonly nodeArgs?: readonly string[];
 }
+
+/**
+ * A preload that sets this process's wall clock (Date.now) WALL_OFFSET_MS away from the
+ * machine's, and steps it by WALL_STEP_MS (default an hour back) at each SIGUSR2: an NTP step
+ * or an operator's `date -s`, for one process only. The monotonic clock is left alone.
+ */
+export const WALL_CLOCK_PRELOAD = join(ROOT, 'test', 'support', 'wall-clock.mjs');
 
 export async function startProcess(opts: StartOptions): Promise<RunningRegistry> {
   const port = opts.port ?? (await freePort());
@@ -82,7 +89,8 @@ export async function startProcess(opts: StartOptions): Promise<RunningRegistry>
   while (Date.now() < deadline && !done) {
     try {
       const r = await fetch(`${base}/health`);
-      if (r.status === 200 || r.status === 503) return running;
+      // 503 with an error body is the socket bound while the registry is still starting.
+      if (r.status === 200 || (r.status === 503 && !('error' in (await r.json() as object)))) return running;
     } catch { /* not up yet */ }
     await new Promise((r) => setTimeout(r, 50));
   }

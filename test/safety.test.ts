@@ -9,7 +9,7 @@ import { createApp } from '../src/http/app.js';
 import { openRegistry } from '../src/registry.js';
 import type { Registry } from '../src/registry.js';
 import type { RegistryRules } from '../src/registry.js';
-import { Store } from '../src/store/store.js';
+import { SqliteStore } from '../src/store/sqlite/store.js';
 import request from 'supertest';
 import { DEFAULT_RULES, SECOND, errorCode, makeRegistry, tempDir } from './helpers.js';
 
@@ -20,21 +20,22 @@ const POOL = Array.from({ length: 30 }, (_, i) => `w-${i}`);
 class Deployment {
   readonly source = new FakeTimeSource();
   registry!: Registry;
-  private store!: Store;
+  private store!: SqliteStore;
   constructor(readonly path: string, readonly rules: RegistryRules) {}
 
   async start(): Promise<this> {
-    this.store = new Store({ path: this.path });
+    this.store = new SqliteStore({ path: this.path, source: this.source });
     this.registry = await openRegistry({ store: this.store, source: this.source, rules: this.rules });
     await this.registry.syncPool(POOL);
     return this;
   }
 
-  /** The process stops, `downMs` of real time pass, and it starts again. */
-  async restart(downMs: number, wallJumpMs = 0): Promise<void> {
+  /** The process stops, `downMs` of real time pass, and it starts again (after a reboot of the machine, if told). */
+  async restart(downMs: number, wallJumpMs = 0, reboot = false): Promise<void> {
     await this.stop();
     this.source.advance(downMs);
     this.source.jumpWall(wallJumpMs);
+    if (reboot) this.source.reboot();
     await this.start();
   }
 
@@ -86,16 +87,17 @@ describe('safety: startup grace', () => {
 describe('safety: mass-expiry guard', () => {
   const rules = { maxFraction: 0.5, minHold: 10 };
 
-  it('holds a sweep that would reclaim more than the fraction, reports degraded, and force overrides it', async () => {
+  it('slows a sweep that would reclaim more than the fraction to the guarded rate, reports degraded, and force overrides it', async () => {
     const h = await makeRegistry({ pool: 'w-[0-29]', rules });
     for (let i = 0; i < 30; i++) await h.registry.allocate(`vm-${i}`);
     h.clock.advance(91 * SECOND);
     for (let i = 0; i < 5; i++) await h.registry.renew(`vm-${i}`, `w-${i}`);
 
     const held = await h.http.post('/admin/reap');
-    expect(held.body).to.deep.include({ reclaimed: 0, held: true });
+    expect(held.body).to.deep.include({ reclaimed: 1, held: true }); // REAPER_GUARDED_RATE 1 a minute, oldest first
     expect(held.body.reason).to.match(/25 of 30/);
-    expect(h.leasedCount()).to.equal(30);
+    expect((await h.leasedCount())).to.equal(29);
+    expect((await h.http.post('/admin/reap')).body).to.deep.include({ reclaimed: 0, held: true }); // this minute's one is spent
 
     const health = await h.http.get('/health');
     expect(health.status).to.equal(200);
@@ -104,8 +106,8 @@ describe('safety: mass-expiry guard', () => {
     expect(health.body.reaper.reason).to.match(/mass expiry/);
 
     const forced = await h.http.post('/admin/reap?force=true');
-    expect(forced.body).to.deep.equal({ reclaimed: 25, held: false, reason: null });
-    expect(h.leasedCount()).to.equal(5);
+    expect(forced.body).to.deep.equal({ reclaimed: 24, held: false, reason: null });
+    expect((await h.leasedCount())).to.equal(5);
     expect((await h.http.get('/health')).body.status).to.equal('healthy');
   });
 
@@ -153,14 +155,31 @@ describe('safety: clock jumps', () => {
     }
   });
 
-  it('a restart after the wall clock jumped forward: the guard catches the mass expiry', async () => {
+  it('a restart on the same boot with the wall clock jumped forward: registry time goes on exactly, nothing expires', async () => {
     const d = await new Deployment(join(t.dir, 'r.db'), rules).start();
     try {
       for (let i = 0; i < 20; i++) await d.registry.allocate(`vm-${i}`);
-      await d.restart(5 * SECOND, 5 * HOUR); // grace 0 here, to show the guard alone
+      const before = d.registry.now();
+      await d.restart(5 * SECOND, 5 * HOUR);
+      expect(d.registry.now()).to.equal(before + 5 * SECOND);
+      expect(await d.registry.reap()).to.include({ reclaimed: 0, held: false });
+      expect((await d.registry.health()).pool.leased).to.equal(20);
+    } finally {
+      await d.stop();
+    }
+  });
+
+  it('a reboot with the wall clock jumped forward: the guard holds every reclaim, since no VM has reached the registry', async () => {
+    const d = await new Deployment(join(t.dir, 'r.db'), rules).start();
+    try {
+      for (let i = 0; i < 20; i++) await d.registry.allocate(`vm-${i}`);
+      await d.restart(5 * SECOND, 5 * HOUR, true); // grace 0 here, to show the guard alone
       const r = await d.registry.reap();
       expect(r).to.include({ reclaimed: 0, held: true });
+      expect(r.reason).to.match(/lost its fleet/);
       expect((await d.registry.health()).pool.leased).to.equal(20);
+      for (let i = 0; i < 15; i++) await d.registry.renew(`vm-${i}`, `w-${i}`); // the fleet is there after all
+      expect(await d.registry.reap()).to.include({ reclaimed: 5, held: false }); // 5 of 20: the rest really went
     } finally {
       await d.stop();
     }
@@ -183,22 +202,32 @@ describe('safety: clock jumps', () => {
     }
   });
 
-  it('a restart with the wall clock jumped forward does not cut a cool-down short', async () => {
-    const d = await new Deployment(join(t.dir, 'r.db'), { ...rules, minHold: 100 }).start();
-    try {
-      await d.registry.allocate('vm-a');
-      for (let i = 1; i < POOL.length; i++) await d.registry.allocate(`vm-x${i}`);
-      await d.registry.forceRelease('w-0'); // vm-a may be partitioned: it keeps using w-0 for up to a TTL
-      await d.restart(SECOND, 6 * HOUR);
-      expect(await errorCode(d.registry.allocate('vm-b'))).to.equal('pool_exhausted');
-      d.source.advance(89 * SECOND);
-      expect(await errorCode(d.registry.allocate('vm-b'))).to.equal('pool_exhausted');
-      d.source.advance(SECOND);
-      expect((await d.registry.allocate('vm-b')).identifier).to.equal('w-0');
-    } finally {
-      await d.stop();
-    }
-  });
+  for (const reboot of [false, true]) {
+    it(`a ${reboot ? 'reboot' : 'restart'} with the wall clock jumped forward neither cuts a cool-down short nor stretches it`, async () => {
+      const d = await new Deployment(join(t.dir, 'r.db'), { ...rules, minHold: 100 }).start();
+      try {
+        await d.registry.allocate('vm-a');
+        for (let i = 1; i < POOL.length; i++) await d.registry.allocate(`vm-x${i}`);
+        await d.registry.forceRelease('w-0'); // vm-a may be partitioned: it keeps using w-0 for up to its fence window
+        const cooling = (await d.registry.identifier('w-0')).availableAt;
+        await d.restart(SECOND, 6 * HOUR, reboot);
+        // Same boot: the stored anchor keeps time and the cool-down exactly. A reboot cannot know how long it
+        // was down, so the remaining part counts again from start-up: the second it was down is added.
+        if (!reboot) expect((await d.registry.identifier('w-0')).availableAt).to.equal(cooling);
+        expect(await errorCode(d.registry.allocate('vm-b'))).to.equal('pool_exhausted');
+        d.source.advance(88 * SECOND);
+        expect(await errorCode(d.registry.allocate('vm-b'))).to.equal('pool_exhausted');
+        d.source.advance(SECOND); // 90 s after the force release
+        if (reboot) {
+          expect(await errorCode(d.registry.allocate('vm-b'))).to.equal('pool_exhausted');
+          d.source.advance(SECOND);
+        }
+        expect((await d.registry.allocate('vm-b')).identifier).to.equal('w-0');
+      } finally {
+        await d.stop();
+      }
+    });
+  }
 
   it('a restart with the wall clock set back does not rewind registry time: expiry and cool-down still end', async () => {
     const d = await new Deployment(join(t.dir, 'r.db'), { ...rules, minHold: 100 }).start();
@@ -255,7 +284,7 @@ describe('safety: several processes on one database file', () => {
     try {
       const path = join(t.dir, 'shared.db');
       const source = new FakeTimeSource();
-      const mk = (): Promise<Registry> => openRegistry({ store: new Store({ path }), source, rules: DEFAULT_RULES });
+      const mk = (): Promise<Registry> => openRegistry({ store: new SqliteStore({ path, source }), source, rules: DEFAULT_RULES });
       const a = await mk();
       await a.syncPool(['w-0', 'w-1']);
       const b = await mk();

@@ -2,16 +2,25 @@
 /**
  * idreg: the operator command. It talks HTTP to a registry (IDREG_URL, IDREG_TOKEN), except
  * `pool sync` and `backup`, which work on the database file (DB_PATH) and are safe with the
- * registry running or stopped: SQLite's locks order them with the registry's writes.
+ * registry running or stopped: SQLite's locks order them with the registry's writes; and
+ * `export` / `import`, which move the whole state between stores. `pool sync`, `export` and
+ * `import` work on the PostgreSQL database instead when DATABASE_URL is set (and no --db).
  */
+import { createWriteStream, readFileSync, renameSync } from 'node:fs';
+import { once } from 'node:events';
 import { parseArgs } from 'node:util';
-import { systemTimeSource, anchoredClock } from '../clock.js';
+import { systemTimeSource } from '../clock.js';
 import { loadCliConfig, loadConfig, processEnv } from '../config.js';
 import type { CliConfig } from '../config.js';
 import { parsePoolFile, readPoolText } from '../pool/load.js';
 import { Registry } from '../registry.js';
-import { backupDatabase } from '../store/backup.js';
-import { Store } from '../store/store.js';
+import { DumpError, dumpLines, parseDump } from '../store/dump.js';
+import type { Dump } from '../store/dump.js';
+import { openPostgresStore } from '../store/postgres/store.js';
+import { backupDatabase } from '../store/sqlite/backup.js';
+import { exportSqliteFile, importSqliteFile } from '../store/sqlite/dump.js';
+import { SqliteStore } from '../store/sqlite/store.js';
+import type { Store } from '../store/types.js';
 import { ago, table } from './format.js';
 
 const USAGE = `usage: idreg [--url URL] [--token TOKEN] COMMAND
@@ -23,8 +32,11 @@ const USAGE = `usage: idreg [--url URL] [--token TOKEN] COMMAND
   reap [--force]                                              sweep now (--force: past grace and guard)
   pool sync [--db PATH] [--pool FILE]                         bring the database in line with the pool file
   backup FILE [--db PATH]                                     online backup of the database file
+  export FILE [--db PATH]                                     the whole state (leases, epochs, cool-downs, history) to FILE
+  import FILE [--db PATH]                                     load an export into an empty store (refused otherwise)
 
-environment: IDREG_URL (default http://127.0.0.1:8080), IDREG_TOKEN, DB_PATH, POOL_FILE
+environment: IDREG_URL (default http://127.0.0.1:8080), IDREG_TOKEN, DB_PATH, POOL_FILE,
+  DATABASE_URL (pool sync, export and import work on PostgreSQL unless --db is given)
 exit status: 0 ok, 1 refused by the registry, 2 usage, 3 registry unreachable or database error`;
 
 class CliError extends Error {
@@ -128,6 +140,87 @@ function fileOptions(cfg: CliConfig, args: string[]): { db: string; pool: string
   return { db: values.db ?? cfg.dbPath, pool: values.pool ?? cfg.poolFile, rest: positionals };
 }
 
+/** The store a one-shot command works on: PostgreSQL when DATABASE_URL is set and --db is not. */
+function usePostgres(cfg: CliConfig, args: string[]): string | null {
+  const { values } = parseArgs({ args, allowPositionals: true, options: { db: { type: 'string' }, pool: { type: 'string' } } });
+  return values.db === undefined ? cfg.databaseUrl : null;
+}
+
+async function openStore(cfg: CliConfig, args: string[], db: string): Promise<Store> {
+  const url = usePostgres(cfg, args);
+  if (url === null) return new SqliteStore({ path: db, source: systemTimeSource });
+  try {
+    return await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg' });
+  } catch (e) {
+    throw new CliError(`error: DATABASE_URL: ${e instanceof Error ? e.message : String(e)}`, 3);
+  }
+}
+
+function summary(d: Dump): string {
+  const held = d.identifiers.filter((i) => i.clientId !== null).length;
+  return `${d.identifiers.length} identifiers (${held} held), ${d.history.length} history entries, ${d.meta.length} settings`;
+}
+
+async function exportState(cfg: CliConfig, args: string[]): Promise<string> {
+  const { db, rest } = fileOptions(cfg, args);
+  const dest = rest[0];
+  if (!dest) throw new CliError(USAGE, 2);
+  let dump: Dump;
+  const url = usePostgres(cfg, args);
+  try {
+    if (url === null) {
+      dump = exportSqliteFile(db, systemTimeSource.wall());
+    } else {
+      const store = await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg' });
+      try {
+        dump = await store.dump();
+      } finally {
+        await store.close();
+      }
+    }
+  } catch (e) {
+    throw new CliError(`error: ${url === null ? db : 'DATABASE_URL'}: ${e instanceof Error ? e.message : String(e)}`, 3);
+  }
+  // Written beside, then renamed: a failed export never leaves a truncated file under the name.
+  const out = createWriteStream(`${dest}.partial`, { mode: 0o600 });
+  for (const line of dumpLines(dump)) {
+    if (!out.write(`${line}\n`)) await once(out, 'drain');
+  }
+  out.end();
+  await once(out, 'finish');
+  renameSync(`${dest}.partial`, dest);
+  return `exported ${summary(dump)} from ${dump.engine} to ${dest}`;
+}
+
+async function importState(cfg: CliConfig, args: string[]): Promise<string> {
+  const { db, rest } = fileOptions(cfg, args);
+  const src = rest[0];
+  if (!src) throw new CliError(USAGE, 2);
+  let dump: Dump;
+  try {
+    dump = parseDump(readFileSync(src, 'utf8').split('\n'));
+  } catch (e) {
+    throw new CliError(`error: ${src}: ${e instanceof Error ? e.message : String(e)}; nothing imported`, 1);
+  }
+  const url = usePostgres(cfg, args);
+  try {
+    if (url === null) {
+      importSqliteFile(db, dump);
+    } else {
+      const store = await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg' });
+      try {
+        await store.load(dump);
+      } finally {
+        await store.close();
+      }
+    }
+  } catch (e) {
+    if (e instanceof DumpError) throw new CliError(`error: ${e.message}; nothing imported`, 1);
+    throw new CliError(`error: ${e instanceof Error ? e.message : String(e)}; nothing imported`, 3);
+  }
+  return `imported ${summary(dump)} into ${url === null ? db : 'PostgreSQL (DATABASE_URL)'}`;
+}
+
 async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
   const { db, pool } = fileOptions(cfg, args);
   let names: string[];
@@ -139,18 +232,19 @@ async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
   } catch (e) {
     throw new CliError(`error: ${e instanceof Error ? e.message : String(e)}; the database is unchanged`, 1);
   }
-  const store = new Store({ path: db });
+  const store = await openStore(cfg, args, db);
   try {
     const c = loadConfig({});
     const registry = new Registry({
       store,
-      clock: anchoredClock(systemTimeSource, store.latestTime()),
-      rules: { ttlMs: c.leaseTtlSeconds * 1000, cooldownMs: 0, graceMs: 0, maxFraction: 1, minHold: 0, reapBatchSize: 1 },
+      rules: {
+        ttlMs: c.leaseTtlSeconds * 1000, cooldownMs: 0, graceMs: 0, maxFraction: 1, minHold: 0, reapBatchSize: 1, guardedRatePerMinute: 0,
+      },
     });
     const r = await registry.syncPool(names, fingerprint);
     return `pool synced: ${r.total} identifiers in the file; ${r.added} added, ${r.retired} retired, ${r.restored} restored`;
   } finally {
-    store.close();
+    await store.close();
   }
 }
 
@@ -207,6 +301,8 @@ export async function run(argv: readonly string[], env = processEnv()): Promise<
       if (rest[0] !== 'sync') throw new CliError(USAGE, 2);
       return poolSync(cfg, rest.slice(1));
     case 'backup': return backup(cfg, rest);
+    case 'export': return exportState(cfg, rest);
+    case 'import': return importState(cfg, rest);
     case undefined: throw new CliError(USAGE, 2);
     default: throw new CliError(`unknown command ${cmd}\n${USAGE}`, 2);
   }

@@ -75,18 +75,82 @@ export function assertOwner(rec: IdentifierRecord, clientId: string, epoch: numb
 export interface GuardRules {
   readonly maxFraction: number;
   readonly minHold: number;
+  /** Reclaims a minute while the guard limits; 0 holds all. */
+  readonly guardedRatePerMinute: number;
 }
 
+/** What a sweep knows when it decides, all read in its transaction. */
+export interface SweepFacts {
+  readonly force: boolean;
+  /** Start-up grace still to run for the service, in ms (<= 0: over). */
+  readonly graceLeftMs: number;
+  /** Leases past their TTL, not yet reclaimed. */
+  readonly expired: number;
+  readonly leased: number;
+  /** Reclaims by the reaper within the last TTL, by any sweep of any process. */
+  readonly reclaimedInTtl: number;
+  /** Reclaims by the reaper within the last minute: what the guarded rate has spent. */
+  readonly reclaimedInMinute: number;
+  /** Distinct clients refused for want of an identifier within the last minute. */
+  readonly refusedClientsInMinute: number;
+  /** Since a VM's request last reached any instance; null if none ever has. */
+  readonly fleetSilentMs: number | null;
+  /** Since a step of a clock was last seen; null if never. */
+  readonly clockStepAgoMs: number | null;
+  readonly ttlMs: number;
+}
+
+export interface SweepDecision {
+  /** How many expired leases this sweep may reclaim (Infinity: all). */
+  readonly allowance: number;
+  /** The mass-expiry guard limits this sweep: the registry reports degraded. */
+  readonly held: boolean;
+  readonly reason: string | null;
+}
+
+const OVERRIDE = '(POST /admin/reap?force=true reclaims them anyway)';
+
 /**
- * The mass-expiry guard. Returns the reason to hold a sweep back, or null to let it run.
- * Many leases expiring in one sweep means the registry lost its fleet (a network cut, a
- * clock jump), not that the fleet died; reclaiming would hand live VMs' identifiers to others.
+ * The reaper's rules (after the Kubernetes node lifecycle controller: a normal eviction rate,
+ * a slower one under partial disruption, none under full disruption).
+ * - Forced: everything expired.
+ * - Start-up grace: nothing; VMs could not renew while the service was down.
+ * - More than `maxFraction` (and more than `minHold`) of the leases expired within the last TTL,
+ *   counted across sweeps so a cut spread over several sweeps still counts: the guard trips.
+ *   Then nothing if the registry shows signs of having lost its fleet (no VM request for a TTL)
+ *   or its time (a clock step within a TTL); otherwise `guardedRatePerMinute`, raised to the
+ *   demand of clients being refused for want of an identifier, so a churning fleet (VMs that
+ *   vanish while new ones arrive) never stalls the pool. Oldest first (the store's order).
  */
-export function guardReason(expired: number, leased: number, rules: GuardRules): string | null {
-  if (expired <= rules.minHold) return null;
-  if (expired <= rules.maxFraction * leased) return null;
-  const pct = leased === 0 ? 100 : Math.round((expired / leased) * 100);
-  return `mass expiry: ${expired} of ${leased} leases (${pct}%) expired at once, over the limit of ` +
-    `${Math.round(rules.maxFraction * 100)}% and ${rules.minHold} leases; nothing reclaimed ` +
-    `(POST /admin/reap?force=true to reclaim them anyway)`;
+export function decideSweep(f: SweepFacts, rules: GuardRules): SweepDecision {
+  if (f.force) return { allowance: Infinity, held: false, reason: null };
+  if (f.graceLeftMs > 0) {
+    return { allowance: 0, held: false, reason: `startup grace: no reclaim for another ${Math.ceil(f.graceLeftMs / 1000)}s` };
+  }
+  const inWindow = f.expired + f.reclaimedInTtl;
+  const population = f.leased + f.reclaimedInTtl;
+  if (f.expired === 0 || inWindow <= rules.minHold || inWindow <= rules.maxFraction * population) {
+    return { allowance: Infinity, held: false, reason: null };
+  }
+  const pct = population === 0 ? 100 : Math.round((inWindow / population) * 100);
+  const what = `mass expiry: ${inWindow} of ${population} leases (${pct}%) expired within the last TTL, over the limit of ` +
+    `${Math.round(rules.maxFraction * 100)}% and ${rules.minHold} leases`;
+  const ttlS = Math.round(f.ttlMs / 1000);
+  if (f.fleetSilentMs === null || f.fleetSilentMs >= f.ttlMs) {
+    return { allowance: 0, held: true, reason: `${what}, and no VM has reached the registry for ${ttlS}s or more: it may have lost its fleet, not the fleet died; nothing reclaimed ${OVERRIDE}` };
+  }
+  if (f.clockStepAgoMs !== null && f.clockStepAgoMs < f.ttlMs) {
+    return { allowance: 0, held: true, reason: `${what}, within a TTL of a clock step: the registry may have lost its time; nothing reclaimed ${OVERRIDE}` };
+  }
+  if (rules.guardedRatePerMinute === 0) {
+    return { allowance: 0, held: true, reason: `${what}; REAPER_GUARDED_RATE=0 holds every reclaim ${OVERRIDE}` };
+  }
+  const perMinute = Math.max(rules.guardedRatePerMinute, f.refusedClientsInMinute);
+  const allowance = Math.max(0, perMinute - f.reclaimedInMinute);
+  return {
+    allowance, held: true,
+    reason: `${what}; reclaiming at most ${perMinute} a minute, oldest first` +
+      (f.refusedClientsInMinute > rules.guardedRatePerMinute ? ` (raised to meet ${f.refusedClientsInMinute} refused clients)` : '') +
+      ` ${OVERRIDE}`,
+  };
 }

@@ -5,8 +5,9 @@
  * koa-bodyparser handles every body. The common case — a small, uncompressed UTF-8 JSON body
  * with a Content-Length, which is what every VM sends — is read directly: bodyparser's
  * generality (inflation, charsets, stream plumbing) cost a third of the liveness throughput
- * (measured with wrk). The fast path gives the same answers: strict JSON (an object or an
- * array), an empty body as {}, the size limit checked before reading, `__proto__` refused.
+ * (measured with wrk). The fast path gives the same answers: any JSON value parsed, anything
+ * but an object refused as invalid_request, an empty body as {}, the size limit checked before
+ * reading, `__proto__` refused.
  */
 import type { IncomingMessage } from 'node:http';
 import bodyParser from 'koa-bodyparser';
@@ -15,7 +16,6 @@ import { RegistryError } from '../domain/errors.js';
 
 export const BODY_LIMIT_BYTES = 16 * 1024;
 
-const STRICT_JSON = /^[\x20\x09\x0a\x0d]*[[{]/;
 const PROTO_KEY = /"__proto__"\s*:/;
 const PLAIN_JSON_TYPE = /^application\/json\s*(;\s*charset\s*=\s*"?utf-8"?\s*)?$/i;
 
@@ -50,9 +50,9 @@ function readPlain(req: IncomingMessage, length: number): Promise<string> {
   });
 }
 
-function parseStrict(text: string): unknown {
+function parseJson(text: string): unknown {
   if (text === '') return {};
-  if (!STRICT_JSON.test(text) || PROTO_KEY.test(text)) throw new RegistryError('invalid_json', 'the request body is not valid JSON');
+  if (PROTO_KEY.test(text)) throw new RegistryError('invalid_json', 'the request body is not valid JSON');
   try {
     return JSON.parse(text);
   } catch {
@@ -60,11 +60,19 @@ function parseStrict(text: string): unknown {
   }
 }
 
+/** Valid JSON that is not an object (`"x"`, `null`, `[]`, `42`) is JSON, but not a request. */
+function requireObject(body: unknown): void {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+    throw new RegistryError('invalid_request', 'body: the request body must be a JSON object');
+  }
+}
+
 export function jsonBody() {
   const parser = bodyParser({
     enableTypes: ['json'],
     jsonLimit: `${BODY_LIMIT_BYTES}b`,
-    strict: true,
+    // Not strict: a JSON scalar is parsed, then refused as invalid_request (it is JSON, just not an object).
+    strict: false,
     onerror(err: Error) {
       // Errors with an HTTP status (entity.parse.failed, entity.too.large, ...) are mapped by the
       // error handler; others come from reading the body (a corrupt gzip stream): the client's fault.
@@ -73,13 +81,22 @@ export function jsonBody() {
     },
   });
   return async function jsonBodyMiddleware(ctx: Context, next: Next): Promise<void> {
-    if (hasBody(ctx) && !ctx.is('application/json', '+json')) {
+    // Only application/json: other +json types (merge-patch, …) mean something else, and
+    // koa-bodyparser would leave their body unread.
+    if (hasBody(ctx) && !ctx.is('application/json')) {
       throw new RegistryError('unsupported_media_type', 'the request body must be JSON (Content-Type: application/json)');
     }
     const length = plainLength(ctx.req);
-    if (length === null) return parser(ctx, next);
+    if (length === null) {
+      return parser(ctx, async () => {
+        requireObject(ctx.request.body);
+        await next();
+      });
+    }
     if (length > BODY_LIMIT_BYTES) throw new RegistryError('payload_too_large', 'the request body is larger than 16 KiB');
-    ctx.request.body = length === 0 ? {} : parseStrict(await readPlain(ctx.req, length));
+    const body = length === 0 ? {} : parseJson(await readPlain(ctx.req, length));
+    requireObject(body);
+    ctx.request.body = body;
     return next();
   };
 }

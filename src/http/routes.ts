@@ -214,7 +214,13 @@ function openApiDocument(): object {
 
 export function createRouter(deps: RouteDeps, auth: (role: Role) => Koa.Middleware): Router {
   const router = new Router();
-  const guards: Record<Access, Koa.Middleware[]> = { agent: [auth('agent')], admin: [auth('admin')], open: [] };
+  // A VM's request reaching the registry, answered or refused, shows the registry still reaches
+  // its fleet (the mass-expiry guard holds every reclaim when none has for a TTL).
+  const fleet: Koa.Middleware = async function fleetRequest(_ctx, next) {
+    deps.registry.noteFleetRequest();
+    await next();
+  };
+  const guards: Record<Access, Koa.Middleware[]> = { agent: [fleet, auth('agent')], admin: [auth('admin')], open: [] };
   const body = jsonBody();
   for (const r of ROUTES) {
     const handler = async (ctx: Context): Promise<void> => r.handle(ctx, deps);

@@ -56,6 +56,16 @@ export interface Dump {
   readonly meta: readonly DumpMeta[];
 }
 
+/**
+ * Meta values that belong to one engine's file, not to the registry's state: SQLite's clock
+ * anchor is per machine boot and means nothing in another store.
+ */
+const ENGINE_PRIVATE_META = new Set(['clock_anchor']);
+
+export function isPortableMeta(m: DumpMeta): boolean {
+  return !ENGINE_PRIVATE_META.has(m.key);
+}
+
 /** A dump file that cannot be loaded, or a store that cannot take it; the message says why. */
 export class DumpError extends Error {
   override readonly name = 'DumpError';

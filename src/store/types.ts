@@ -108,7 +108,10 @@ export interface Tx extends Reader {
 
   // ---- bookkeeping
   setMeta(key: string, value: string): Promise<void>;
+  /** Records an instance's beat, and the latest VM request it saw (kept even after the instance goes). */
   beat(b: InstanceBeat): Promise<void>;
+  /** An instance stopping cleanly: its beat no longer counts as the service being up. */
+  forgetInstance(id: string): Promise<void>;
 }
 
 export interface WriteOptions {

@@ -1,5 +1,6 @@
 import { expect } from 'chai';
-import { assertOwner, guardReason, statusOf } from '../../src/domain/lease.js';
+import { assertOwner, decideSweep, fenceAfterMs, statusOf } from '../../src/domain/lease.js';
+import type { SweepFacts } from '../../src/domain/lease.js';
 import { RegistryError } from '../../src/domain/errors.js';
 import type { IdentifierRecord } from '../../src/domain/types.js';
 
@@ -33,11 +34,56 @@ describe('lease rules', () => {
     expect(codeOf(() => assertOwner(base, 'vm-a', undefined))).to.equal('not_owner');
   });
 
-  it('guard: holds only past both the fraction and the minimum', () => {
-    const rules = { maxFraction: 0.5, minHold: 10 };
-    expect(guardReason(10, 10, rules)).to.equal(null); // not more than minHold
-    expect(guardReason(11, 22, rules)).to.equal(null); // exactly half
-    expect(guardReason(12, 22, rules)).to.match(/12 of 22/);
-    expect(guardReason(1000, 1000, { maxFraction: 1, minHold: 10 })).to.equal(null); // 1 turns it off
+  it('the fence window is the cool-down less 1 % for clock-rate drift', () => {
+    expect(fenceAfterMs({ ttlMs: 90_000, cooldownMs: 90_000 })).to.equal(89_100);
+    expect(fenceAfterMs({ ttlMs: 90_000, cooldownMs: 0 })).to.equal(0);
+  });
+
+  describe('the sweep decision', () => {
+    const rules = { maxFraction: 0.5, minHold: 10, guardedRatePerMinute: 2 };
+    const calm: SweepFacts = {
+      force: false, graceLeftMs: 0, expired: 0, leased: 40, reclaimedInTtl: 0, reclaimedInMinute: 0,
+      refusedClientsInMinute: 0, fleetSilentMs: 1000, clockStepAgoMs: null, ttlMs: 90_000,
+    };
+    const decide = (f: Partial<SweepFacts>, r = rules) => decideSweep({ ...calm, ...f }, r);
+
+    it('reclaims every expired lease when few expire', () => {
+      expect(decide({ expired: 10 })).to.deep.equal({ allowance: Infinity, held: false, reason: null }); // not more than minHold
+      expect(decide({ expired: 20 })).to.include({ allowance: Infinity, held: false }); // exactly half
+      expect(decide({ expired: 1000, leased: 1000 }, { ...rules, maxFraction: 1 })).to.include({ held: false }); // 1 turns it off
+    });
+
+    it('counts expiries across sweeps within the last TTL: a cut spread over sweeps still trips it', () => {
+      expect(decide({ expired: 10, leased: 30, reclaimedInTtl: 10 })).to.include({ held: false }); // 20 of 40
+      const d = decide({ expired: 10, leased: 20, reclaimedInTtl: 20 }); // 30 of 40
+      expect(d).to.include({ held: true, allowance: 2 });
+      expect(d.reason).to.match(/30 of 40 leases \(75%\)/);
+    });
+
+    it('when tripped, reclaims at the guarded rate, less what the last minute already took', () => {
+      expect(decide({ expired: 30, leased: 40 })).to.include({ held: true, allowance: 2 });
+      expect(decide({ expired: 30, leased: 40, reclaimedInMinute: 1 })).to.include({ allowance: 1 });
+      expect(decide({ expired: 30, leased: 40, reclaimedInMinute: 5 })).to.include({ allowance: 0 });
+      expect(decide({ expired: 30, leased: 40 }, { ...rules, guardedRatePerMinute: 0 })).to.include({ held: true, allowance: 0 });
+    });
+
+    it('meets the demand of refused clients, so a churning fleet never stalls the pool', () => {
+      const d = decide({ expired: 40, leased: 40, refusedClientsInMinute: 25, reclaimedInMinute: 5 });
+      expect(d).to.include({ held: true, allowance: 20 });
+      expect(d.reason).to.match(/25 refused clients/);
+    });
+
+    it('reclaims none when the registry lost its fleet or its time', () => {
+      expect(decide({ expired: 30, leased: 40, fleetSilentMs: 90_000 })).to.include({ allowance: 0, held: true });
+      expect(decide({ expired: 30, leased: 40, fleetSilentMs: null })).to.include({ allowance: 0, held: true });
+      expect(decide({ expired: 30, leased: 40, clockStepAgoMs: 89_999 }).reason).to.match(/clock step/);
+      expect(decide({ expired: 30, leased: 40, clockStepAgoMs: 90_000 })).to.include({ allowance: 2 });
+      expect(decide({ expired: 30, leased: 40, fleetSilentMs: 89_999, refusedClientsInMinute: 9 })).to.include({ allowance: 9 });
+    });
+
+    it('grace holds everything without degrading; force takes everything', () => {
+      expect(decide({ expired: 1, graceLeftMs: 1500 })).to.deep.equal({ allowance: 0, held: false, reason: 'startup grace: no reclaim for another 2s' });
+      expect(decide({ expired: 40, leased: 40, fleetSilentMs: null, graceLeftMs: 5, force: true })).to.include({ allowance: Infinity, held: false });
+    });
   });
 });

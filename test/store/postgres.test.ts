@@ -17,9 +17,9 @@ import { openPostgresStore } from '../../src/store/postgres/store.js';
 import type { PostgresStore, PostgresStoreOptions } from '../../src/store/postgres/store.js';
 import { parseBigint } from '../../src/store/postgres/rows.js';
 import { dumpSqlite, loadSqlite } from '../../src/store/sqlite/dump.js';
-import { openDatabase } from '../../src/store/store.js';
+import { openDatabase } from '../../src/store/sqlite/store.js';
 import type { Store } from '../../src/store/types.js';
-import { SECOND, errorCode, makeRegistry, tempDir } from '../helpers.js';
+import { SECOND, errorCode, makeSqliteRegistry, tempDir } from '../helpers.js';
 import { TestPostgres, sharedPostgres } from '../support/postgres.js';
 
 interface Grant { readonly identifier: string; readonly epoch: number }
@@ -420,7 +420,7 @@ describe('postgres store', function () {
   describe('moving the state between engines', () => {
     /** A SQLite registry with leases, releases, a cool-down, retirements and history. */
     async function sqliteState(path: string): Promise<Dump> {
-      const h = await makeRegistry({ pool: 'w-[0-5]\n', path, rules: { graceMs: 0 } });
+      const h = await makeSqliteRegistry({ pool: 'w-[0-5]\n', path, rules: { graceMs: 0 } });
       await h.registry.allocate('vm-a');
       await h.registry.allocate('vm-b');
       await h.registry.allocate('vm-c');

@@ -2,8 +2,22 @@ import { expect } from 'chai';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { RegistryError } from '../../src/domain/errors.js';
-import { Store } from '../../src/store/store.js';
-import { makeRegistry, tempDir } from '../helpers.js';
+import { SqliteStore } from '../../src/store/sqlite/store.js';
+import type { Tx } from '../../src/store/types.js';
+import { makeSqliteRegistry as makeRegistry, tempDir } from '../helpers.js';
+
+function metaOf(store: SqliteStore, key: string): Promise<string | null> {
+  return store.read((r) => r.meta(key));
+}
+
+/** Polls until `cond` holds (each look a timer turn), failing after two seconds. */
+async function waitFor(cond: () => boolean): Promise<void> {
+  const deadline = performance.now() + 2000;
+  while (!cond()) {
+    if (performance.now() > deadline) throw new Error('condition not met in 2 s');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
 
 describe('store: the database refuses what the rules forbid', () => {
   it('one client cannot hold two identifiers, even through raw SQL', async () => {
@@ -29,18 +43,18 @@ describe('store: the database refuses what the rules forbid', () => {
       .to.throw(/new epoch/);
   });
 
-  it('migrations run once: reopening a database keeps its data and version', () => {
+  it('migrations run once: reopening a database keeps its data and version', async () => {
     const t = tempDir();
     try {
       const path = join(t.dir, 'm.db');
-      const s1 = new Store({ path });
+      const s1 = new SqliteStore({ path });
       s1.db.prepare(`INSERT INTO identifiers (name, pool_order) VALUES ('x', 0)`).run();
-      s1.close();
-      const s2 = new Store({ path });
-      expect(s2.db.pragma('user_version', { simple: true })).to.equal(1);
-      expect(s2.byName('x')?.name).to.equal('x');
+      await s1.close();
+      const s2 = new SqliteStore({ path });
+      expect(s2.db.pragma('user_version', { simple: true })).to.equal(2);
+      expect((await s2.read((r) => r.byName('x')))?.name).to.equal('x');
       expect(s2.db.pragma('journal_mode', { simple: true })).to.equal('wal');
-      s2.close();
+      await s2.close();
     } finally {
       t.cleanup();
     }
@@ -50,36 +64,33 @@ describe('store: the database refuses what the rules forbid', () => {
 describe('store: group commit', () => {
   it('commits the writes of one tick together, and a failing one leaves the others in', async () => {
     const { store } = await makeRegistry({ pool: '' });
-    const ins = store.db.prepare(`INSERT INTO meta (key, value) VALUES (?, 'v')`);
     const results = await Promise.allSettled([
-      store.write(() => ins.run('k1'), true),
-      store.write(() => {
-        ins.run('k2');
+      store.write((tx) => tx.setMeta('k1', 'v'), { durable: true }),
+      store.write(async (tx) => {
+        await tx.setMeta('k2', 'v');
         throw new RegistryError('not_owner', 'refused after writing');
-      }, false),
-      store.write(() => ins.run('k3'), false),
+      }, { durable: false }),
+      store.write((tx) => tx.setMeta('k3', 'v'), { durable: false }),
     ]);
     expect(results.map((r) => r.status)).to.deep.equal(['fulfilled', 'rejected', 'fulfilled']);
-    expect(store.meta('k1')).to.equal('v');
-    expect(store.meta('k2')).to.equal(null); // rolled back to its savepoint
-    expect(store.meta('k3')).to.equal('v');
+    expect(await metaOf(store, 'k1')).to.equal('v');
+    expect(await metaOf(store, 'k2')).to.equal(null); // rolled back to its savepoint
+    expect(await metaOf(store, 'k3')).to.equal('v');
   });
 
   it('answers a durable write only after the WAL is fsynced; a renewal-only batch does not wait', async () => {
     const t = tempDir();
     try {
       const held: Array<(err: Error | null) => void> = [];
-      const store = new Store({ path: join(t.dir, 'f.db'), fsync: (_fd, done) => held.push(done) });
+      const store = new SqliteStore({ path: join(t.dir, 'f.db'), fsync: (_fd, done) => held.push(done) });
       const settled: string[] = [];
-      const ins = store.db.prepare(`INSERT INTO meta (key, value) VALUES (?, 'v')`);
-      const light = store.write(() => ins.run('light'), false).then(() => settled.push('light'));
+      const light = store.write((tx) => tx.setMeta('light', 'v'), { durable: false }).then(() => settled.push('light'));
       await light;
       expect(held).to.have.length(0); // no fsync for a batch without an ownership change
-      const durable = store.write(() => ins.run('durable'), true).then(() => settled.push('durable'));
-      await new Promise((r) => setTimeout(r, 20));
-      expect(held).to.have.length(1);
+      const durable = store.write((tx) => tx.setMeta('durable', 'v'), { durable: true }).then(() => settled.push('durable'));
+      await waitFor(() => held.length === 1);
       expect(settled).to.deep.equal(['light']); // committed, but not answered before the fsync
-      expect(store.meta('durable')).to.equal('v');
+      expect(await metaOf(store, 'durable')).to.equal('v');
       held[0]?.(null);
       await durable;
       expect(settled).to.deep.equal(['light', 'durable']);
@@ -93,11 +104,11 @@ describe('store: group commit', () => {
   it('a failed fsync answers 503 unavailable to the durable writes and makes the store unhealthy', async () => {
     const t = tempDir();
     try {
-      const store = new Store({ path: join(t.dir, 'f.db'), fsync: (_fd, done) => done(new Error('EIO')) });
-      const err = await store.write(() => 1, true).then(() => null, (e: unknown) => e);
+      const store = new SqliteStore({ path: join(t.dir, 'f.db'), fsync: (_fd, done) => done(new Error('EIO')) });
+      const err = await store.write(async () => 1, { durable: true }).then(() => null, (e: unknown) => e);
       expect(err).to.be.instanceOf(RegistryError);
       if (err instanceof RegistryError) expect(err.code).to.equal('unavailable');
-      expect(store.healthProblem()).to.match(/could not be synced/);
+      expect(await store.healthProblem()).to.match(/could not be synced/);
       await store.close();
     } finally {
       t.cleanup();
@@ -106,7 +117,7 @@ describe('store: group commit', () => {
 
   it('an unexpected SQL failure rejects as internal, never leaking SQL', async () => {
     const { store } = await makeRegistry({ pool: '' });
-    const bad = store.write(() => store.db.prepare('INSERT INTO nope VALUES (1)').run(), false);
+    const bad = store.write(async () => store.db.prepare('INSERT INTO nope VALUES (1)').run(), { durable: false });
     try {
       await bad;
       expect.fail('should have failed');
@@ -119,21 +130,71 @@ describe('store: group commit', () => {
     }
   });
 
+  it('a commit that fails acknowledges nothing of its batch, renewals included', async () => {
+    // A renewal answered before its commit and then lost with the commit was finding 4 of
+    // issue 10. Here the commit itself fails (a deferred foreign key, standing in for a full
+    // disk): every write of the batch is refused, and none of it is in the database.
+    const { store, registry, clock } = await makeRegistry({ pool: 'a\n' });
+    const lease = await registry.allocate('vm-1');
+    clock.advance(5000);
+    const poison = store.write(async (tx: Tx) => {
+      store.db.pragma('defer_foreign_keys = ON');
+      await tx.appendHistory(999_999, tx.now, 'allocated', 'ghost', 1);
+    }, { durable: false });
+    const renewal = registry.renew('vm-1', 'a');
+    const [p, r] = await Promise.allSettled([poison, renewal]);
+    expect(p.status).to.equal('rejected');
+    expect(r.status).to.equal('rejected');
+    if (r.status === 'rejected') expect(r.reason).to.be.instanceOf(RegistryError); // (a full disk: unavailable)
+    expect((await registry.leaseOfClient('vm-1')).lastSeen).to.equal(lease.lastSeen); // not renewed, and not answered as renewed
+    expect((await registry.renew('vm-1', 'a')).lastSeen).to.equal(clock.now()); // the next batch commits
+  });
+
+  it('waiting for another process\'s write lock does not block the event loop: reads go on, the write lands after', async () => {
+    const t = tempDir();
+    try {
+      const path = join(t.dir, 'locked.db');
+      const store = new SqliteStore({ path, busyTimeoutMs: 3000 });
+      const other = new Database(path);
+      other.exec('BEGIN IMMEDIATE');
+      let ticks = 0;
+      const ticker = setInterval(() => ticks++, 5);
+      let landed = false;
+      const write = store.write((tx) => tx.setMeta('k', 'v'), { durable: true }).then(() => { landed = true; });
+      try {
+        const started = performance.now();
+        expect(await metaOf(store, 'k')).to.equal(null);
+        expect(performance.now() - started).to.be.below(200); // a read does not queue behind the locked write
+        await waitFor(() => ticks >= 10); // timers run: the event loop is free
+        expect(landed).to.equal(false);
+      } finally {
+        other.exec('COMMIT');
+        other.close();
+        clearInterval(ticker);
+      }
+      await write;
+      expect(await metaOf(store, 'k')).to.equal('v');
+      await store.close();
+    } finally {
+      t.cleanup();
+    }
+  });
+
   it('a locked database answers unavailable instead of waiting forever', async () => {
     const t = tempDir();
     try {
       const path = join(t.dir, 'locked.db');
-      const store = new Store({ path, busyTimeoutMs: 50 });
+      const store = new SqliteStore({ path, busyTimeoutMs: 50 });
       const other = new Database(path);
       other.exec('BEGIN IMMEDIATE');
       try {
-        const err = await store.write(() => 1, true).then(() => null, (e: unknown) => e);
+        const err = await store.write(async () => 1, { durable: true }).then(() => null, (e: unknown) => e);
         expect(err).to.be.instanceOf(RegistryError);
         if (err instanceof RegistryError) expect(err.code).to.equal('unavailable');
       } finally {
         other.exec('ROLLBACK');
         other.close();
-        store.close();
+        await store.close();
       }
     } finally {
       t.cleanup();

@@ -162,6 +162,12 @@ export class TestPostgres {
 }
 
 let shared: Promise<TestPostgres> | null = null;
+const toClose: Array<{ close(): Promise<void> }> = [];
+
+/** Closed after the running test, whatever happened (a store left open keeps connections and timers). */
+export function closeAfterTest(resource: { close(): Promise<void> }): void {
+  toClose.push(resource);
+}
 
 /** The run's shared server, started on first use. */
 export function sharedPostgres(): Promise<TestPostgres> {
@@ -175,6 +181,9 @@ export async function freshDatabase(): Promise<string> {
 }
 
 export const mochaHooks = {
+  async afterEach(): Promise<void> {
+    await Promise.all(toClose.splice(0).map((r) => r.close().catch(() => undefined)));
+  },
   async afterAll(): Promise<void> {
     if (!shared) return;
     const server = await shared;

@@ -4,7 +4,7 @@
  * it; the import runs in one transaction into an empty database and is refused otherwise.
  */
 import type { PoolClient } from 'pg';
-import { notEmptyError, toDumpHistory, toDumpIdentifier, toDumpMeta } from '../dump.js';
+import { isPortableMeta, notEmptyError, toDumpHistory, toDumpIdentifier, toDumpMeta } from '../dump.js';
 import type { Dump } from '../dump.js';
 import { asRow, int } from './rows.js';
 import { LOCK_IMPORT, LOCK_NAMESPACE } from './tx.js';
@@ -27,7 +27,7 @@ export async function dumpFrom(client: PoolClient, exportedAt: number): Promise<
     const history = (await all(client,
       `SELECT i.name AS identifier, h.at, h.event, h.client_id, h.epoch
        FROM history h JOIN identifiers i ON i.id = h.identifier_id ORDER BY h.id`)).map((r) => toDumpHistory(r));
-    const meta = (await all(client, 'SELECT key, value FROM meta ORDER BY key')).map((r) => toDumpMeta(r));
+    const meta = (await all(client, 'SELECT key, value FROM meta ORDER BY key')).map((r) => toDumpMeta(r)).filter(isPortableMeta);
     await client.query('COMMIT');
     return { engine: 'postgres', exportedAt, identifiers, history, meta };
   } catch (e) {
@@ -77,7 +77,7 @@ export async function loadInto(client: PoolClient, d: Dump): Promise<void> {
         [part.map((h) => h.identifier), part.map((h) => h.at), part.map((h) => h.event), part.map((h) => h.clientId), part.map((h) => h.epoch)],
       );
     }
-    for (const m of d.meta) {
+    for (const m of d.meta.filter(isPortableMeta)) {
       await client.query('INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value', [m.key, m.value]);
     }
     await client.query('COMMIT');

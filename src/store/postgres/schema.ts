@@ -75,6 +75,12 @@ export const MIGRATIONS: readonly string[] = [
     fleet_seen_at BIGINT
   );
 
+  -- The latest VM request any instance saw, kept when instances come and go.
+  CREATE TABLE fleet (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    seen_at BIGINT  NOT NULL
+  );
+
   -- Allocations refused for want of an identifier: the demand the guarded reaper must meet.
   CREATE TABLE refusals (
     client_id TEXT   NOT NULL,

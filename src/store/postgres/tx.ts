@@ -16,6 +16,9 @@ export const LOCK_MIGRATE = 1;
 export const LOCK_SWEEP = 2;
 export const LOCK_IMPORT = 3;
 
+/** An instance that has not beaten for this long (crashed long ago) is dropped from the table. */
+const INSTANCE_FORGOTTEN_MS = 24 * 3600_000;
+
 /** Rows a bulk insert sends per statement. */
 const INSERT_CHUNK = 5000;
 
@@ -24,7 +27,7 @@ const STATUS_WHERE: Readonly<Record<Status | 'all', string>> = {
   leased: 'client_id IS NOT NULL',
   free: 'client_id IS NULL AND NOT retired AND available_at <= @now',
   cooling: 'client_id IS NULL AND NOT retired AND available_at > @now',
-  retired: 'client_id IS NULL AND retired',
+  retired: 'retired',
 };
 
 async function rows(client: PoolClient, name: string, text: string, values: unknown[] = []): Promise<unknown[]> {
@@ -116,7 +119,7 @@ export class PgReader implements Reader {
   }
 
   async fleetSeenAt(): Promise<number | null> {
-    return scalar(await first(this.client, 'fleet_seen_at', 'SELECT max(fleet_seen_at) AS n FROM instances'));
+    return scalar(await first(this.client, 'fleet_seen_at', 'SELECT seen_at AS n FROM fleet WHERE id = 1'));
   }
 }
 
@@ -238,9 +241,22 @@ export class PgTx extends PgReader implements Tx {
   }
 
   async beat(b: InstanceBeat): Promise<void> {
+    // One statement: the beat, the fleet's latest request (kept when instances come and go),
+    // and instances that stopped beating a day ago (crashed long since) dropped.
     await changes(this.client, 'beat',
-      `INSERT INTO instances (id, started_at, at, fleet_seen_at) VALUES ($1, $2, $3, $4)
-       ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at, at = excluded.at, fleet_seen_at = excluded.fleet_seen_at`,
-      [b.id, b.startedAt, b.at, b.fleetSeenAt]);
+      `WITH beat AS (
+         INSERT INTO instances (id, started_at, at, fleet_seen_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (id) DO UPDATE SET at = greatest(instances.at, excluded.at),
+           fleet_seen_at = greatest(instances.fleet_seen_at, excluded.fleet_seen_at)
+       ), fleet AS (
+         INSERT INTO fleet (id, seen_at) SELECT 1, $4 WHERE $4::bigint IS NOT NULL
+         ON CONFLICT (id) DO UPDATE SET seen_at = greatest(fleet.seen_at, excluded.seen_at)
+       )
+       DELETE FROM instances WHERE at < $3::bigint - $5::bigint AND id <> $1`,
+      [b.id, b.startedAt, b.at, b.fleetSeenAt, INSTANCE_FORGOTTEN_MS]);
+  }
+
+  async forgetInstance(id: string): Promise<void> {
+    await changes(this.client, 'forget_instance', 'DELETE FROM instances WHERE id = $1', [id]);
   }
 }

@@ -4,8 +4,9 @@
  * import is one write transaction into a database with no identifiers and no history.
  */
 import type Database from 'better-sqlite3';
-import { notEmptyError, toDumpHistory, toDumpIdentifier, toDumpMeta } from '../dump.js';
+import { isPortableMeta, notEmptyError, toDumpHistory, toDumpIdentifier, toDumpMeta } from '../dump.js';
 import type { Dump } from '../dump.js';
+import { openDatabase } from './store.js';
 
 function count(db: Database.Database, table: 'identifiers' | 'history'): number {
   const r: unknown = db.prepare(`SELECT count(*) AS n FROM ${table}`).get();
@@ -26,9 +27,29 @@ export function dumpSqlite(db: Database.Database, exportedAt: number): Dump {
       `SELECT i.name AS identifier, h.at, h.event, h.client_id, h.epoch
        FROM history h JOIN identifiers i ON i.id = h.identifier_id ORDER BY h.id`,
     ).all().map((r) => toDumpHistory(r)),
-    meta: db.prepare('SELECT key, value FROM meta ORDER BY key').all().map((r) => toDumpMeta(r)),
+    meta: db.prepare('SELECT key, value FROM meta ORDER BY key').all().map((r) => toDumpMeta(r)).filter(isPortableMeta),
   }));
   return read.deferred();
+}
+
+/** `idreg export` on a database file: read-only, safe with a registry running on it. */
+export function exportSqliteFile(path: string, exportedAt: number): Dump {
+  const db = openDatabase({ path, readonly: true });
+  try {
+    return dumpSqlite(db, exportedAt);
+  } finally {
+    db.close();
+  }
+}
+
+/** `idreg import` into a database file, created and migrated if need be. */
+export function importSqliteFile(path: string, d: Dump): void {
+  const db = openDatabase({ path });
+  try {
+    loadSqlite(db, d);
+  } finally {
+    db.close();
+  }
 }
 
 /** Loads `d` in one transaction; refused (DumpError) when the database already holds state. */
@@ -50,7 +71,7 @@ export function loadSqlite(db: Database.Database, d: Dump): void {
     for (const h of d.history) {
       if (insertHistory.run(h).changes !== 1) throw new Error(`history of unknown identifier ${h.identifier}`);
     }
-    for (const m of d.meta) upsertMeta.run(m.key, m.value);
+    for (const m of d.meta.filter(isPortableMeta)) upsertMeta.run(m.key, m.value);
   });
   load.immediate();
 }

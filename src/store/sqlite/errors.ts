@@ -1,6 +1,6 @@
 /** Turns SQLite's failures into registry errors that never carry SQL or a stack to a client. */
 import Database from 'better-sqlite3';
-import { RegistryError, isRegistryError } from '../domain/errors.js';
+import { RegistryError, isRegistryError } from '../../domain/errors.js';
 
 /** SQLite result codes that mean "the database cannot serve this right now", not "a bug". */
 const UNAVAILABLE: ReadonlyArray<[prefix: string, message: string]> = [

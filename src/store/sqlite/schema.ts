@@ -55,4 +55,31 @@ export const MIGRATIONS: readonly string[] = [
     value TEXT NOT NULL
   ) STRICT;
   `,
+  `
+  -- Every registry process beats here: the others see it is alive (start-up grace is for the
+  -- service coming back, not for one process restarting while others serve) and when a VM
+  -- last reached it (the guard holds reclaims when no VM has for a TTL).
+  CREATE TABLE instances (
+    id            TEXT    PRIMARY KEY,
+    started_at    INTEGER NOT NULL,
+    at            INTEGER NOT NULL,
+    fleet_seen_at INTEGER
+  ) STRICT;
+  -- The latest VM request any instance saw, kept when instances come and go.
+  CREATE TABLE fleet (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    seen_at INTEGER NOT NULL
+  ) STRICT;
+
+  -- Allocations refused for want of an identifier: the demand the guarded reaper must meet.
+  CREATE TABLE refusals (
+    client_id TEXT    NOT NULL,
+    at        INTEGER NOT NULL
+  ) STRICT;
+  CREATE INDEX refusals_by_at ON refusals (at);
+
+  -- The guard counts reclaims over the last TTL, across sweeps and processes.
+  CREATE INDEX history_by_event_at ON history (event, at);
+  `,
 ];
+

@@ -1,6 +1,6 @@
 /** Row <-> domain mapping. Rows arrive as `unknown`; every column is checked, never cast. */
-import { HISTORY_EVENTS } from '../domain/types.js';
-import type { HistoryEntry, HistoryEvent, IdentifierRecord } from '../domain/types.js';
+import { HISTORY_EVENTS } from '../../domain/types.js';
+import type { HistoryEntry, HistoryEvent, IdentifierRecord } from '../../domain/types.js';
 
 type Row = Readonly<Record<string, unknown>>;
 

@@ -1,0 +1,734 @@
+/**
+ * The SQLite engine: one connection, statements prepared once. The writes queued in one
+ * event-loop tick run in one BEGIN IMMEDIATE transaction, each use case in a savepoint of its
+ * own (group commit), and the commit is fsynced off the event loop when any of them changed
+ * ownership. Another process's write lock is waited for off the event loop: the connection's
+ * busy timeout is zero and a locked write is retried on a timer, so reads and /health go on.
+ */
+import { closeSync, fsync as fsFsync, fsyncSync, mkdirSync, openSync, statSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import Database from 'better-sqlite3';
+import type { Statement } from 'better-sqlite3';
+import { anchorClock, anchoredClock, resumeAnchor, systemTimeSource } from '../../clock.js';
+import type { Clock, ClockAnchor, TimeSource } from '../../clock.js';
+import { RegistryError, isRegistryError } from '../../domain/errors.js';
+import type { HistoryEntry, HistoryEvent, IdentifierRecord } from '../../domain/types.js';
+import type { InstanceBeat, ListQuery, PoolRow, RawCounts, Reader, Store, Tx, WriteOptions } from '../types.js';
+import { startCheckpointer } from './checkpointer.js';
+import type { Checkpointer } from './checkpointer.js';
+import { toRegistryError } from './errors.js';
+import { RECORD_COLUMNS, asRow, intColumn, scalar, toHistoryEntry, toRecord } from './rows.js';
+import { MIGRATIONS } from './schema.js';
+
+export interface SqliteStoreOptions {
+  /** File path, or `:memory:` for a throwaway database. */
+  readonly path: string;
+  /** How long a write may wait for another process's write lock before answering `unavailable`. */
+  readonly busyTimeoutMs?: number;
+  readonly readonly?: boolean;
+  /** How a durable commit's WAL is made durable; tests hold it back. Default: fs.fsync. */
+  readonly fsync?: (fd: number, done: (err: Error | null) => void) => void;
+  /** Registry time. Default: the machine's clocks anchored through the database (see clock.ts). */
+  readonly clock?: Clock;
+  /** The machine's clocks, for the default clock; tests step them. */
+  readonly source?: TimeSource;
+  /**
+   * How the next batch is deferred (default: setImmediate, so the requests of one tick share a
+   * commit). Interleaving tests hand it to fast-check's scheduler.
+   */
+  readonly defer?: (run: () => void) => void;
+}
+
+interface Queued {
+  readonly fn: (tx: SqliteTx) => Promise<unknown>;
+  readonly durable: boolean;
+  readonly since: number;
+  readonly resolve: (v: unknown) => void;
+  readonly reject: (e: unknown) => void;
+}
+
+interface QueuedRead {
+  readonly fn: (r: Reader) => Promise<unknown>;
+  readonly resolve: (v: unknown) => void;
+  readonly reject: (e: unknown) => void;
+}
+
+type Outcome = { ok: true; value: unknown } | { ok: false; error: RegistryError };
+
+const STATUS_WHERE: Readonly<Record<string, string>> = {
+  all: '1 = 1',
+  leased: 'client_id IS NOT NULL',
+  free: 'client_id IS NULL AND retired = 0 AND available_at <= @now',
+  cooling: 'client_id IS NULL AND retired = 0 AND available_at > @now',
+  retired: 'retired = 1',
+};
+
+const CLOCK_KEY = 'clock_anchor';
+/** An instance that has not beaten for this long (crashed long ago) is dropped from the table. */
+const INSTANCE_FORGOTTEN_MS = 24 * 3600_000;
+/** First wait before retrying a write that found the database locked; doubles up to the cap. */
+const LOCK_RETRY_FIRST_MS = 2;
+const LOCK_RETRY_MAX_MS = 50;
+
+function isBusy(e: unknown): boolean {
+  return e instanceof Database.SqliteError && /^SQLITE_(BUSY|LOCKED)/.test(e.code);
+}
+
+export function openDatabase(opts: SqliteStoreOptions): Database.Database {
+  if (opts.path !== ':memory:' && !opts.readonly) mkdirSync(dirname(opts.path), { recursive: true });
+  // Opening and migrating may wait for the lock (start-up, one-shot tools); serving never does.
+  const db = new Database(opts.path, { timeout: opts.busyTimeoutMs ?? 5000, readonly: opts.readonly ?? false });
+  if (!opts.readonly) {
+    db.pragma('journal_mode = WAL');
+    db.pragma('foreign_keys = ON');
+    // Commits never fsync on the event loop: a batch with an ownership change fsyncs the WAL
+    // on libuv's thread pool and answers after (see flushWrites). NORMAL + that fsync is FULL.
+    db.pragma('synchronous = NORMAL');
+    migrate(db);
+  }
+  return db;
+}
+
+function migrate(db: Database.Database): void {
+  const run = db.transaction(() => {
+    const version = Number(db.pragma('user_version', { simple: true }));
+    for (let v = version; v < MIGRATIONS.length; v++) {
+      db.exec(MIGRATIONS[v] ?? '');
+      db.pragma(`user_version = ${v + 1}`);
+    }
+  });
+  run.immediate();
+}
+
+function parseAnchor(raw: string | null): ClockAnchor | null {
+  if (raw === null) return null;
+  try {
+    const v: unknown = JSON.parse(raw);
+    if (typeof v === 'object' && v !== null && 'bootId' in v && 'offset' in v &&
+        typeof v.bootId === 'string' && typeof v.offset === 'number' && Number.isFinite(v.offset)) {
+      return { bootId: v.bootId, offset: v.offset };
+    }
+  } catch {
+    // a damaged anchor is a new one
+  }
+  return null;
+}
+
+/** The statements, prepared once. Plain synchronous calls; the Tx/Reader wrap them. */
+class Statements {
+  readonly byName: Statement;
+  readonly byClient: Statement;
+  readonly nextAllocatable: Statement;
+  readonly grant: Statement;
+  readonly renew: Statement;
+  readonly free: Statement;
+  readonly historyInsert: Statement;
+  readonly history: Statement;
+  readonly expired: Statement;
+  readonly countExpired: Statement;
+  readonly countLeased: Statement;
+  readonly countEvents: Statement;
+  readonly counts: Statement;
+  readonly lists: ReadonlyMap<string, Statement>;
+  readonly poolRows: Statement;
+  readonly insert: Statement;
+  readonly setRetired: Statement;
+  readonly setOrder: Statement;
+  readonly metaGet: Statement;
+  readonly metaSet: Statement;
+  readonly latestLastSeen: Statement;
+  readonly oldestLastSeen: Statement;
+  readonly latestHistory: Statement;
+  readonly latestBeatAny: Statement;
+  readonly latestBeatOther: Statement;
+  readonly fleetSeenAt: Statement;
+  readonly beat: Statement;
+  readonly fleetSeen: Statement;
+  readonly pruneInstances: Statement;
+  readonly forgetInstance: Statement;
+  readonly ping: Statement;
+  readonly shiftCooldowns: Statement;
+  readonly reclaimHistory: Statement;
+  readonly reclaimFree: Statement;
+  readonly refusalInsert: Statement;
+  readonly refusedClients: Statement;
+  readonly refusalsPrune: Statement;
+
+  constructor(db: Database.Database) {
+    const p = (sql: string): Statement => db.prepare(sql);
+    this.byName = p(`SELECT ${RECORD_COLUMNS} FROM identifiers WHERE name = ?`);
+    this.byClient = p(`SELECT ${RECORD_COLUMNS} FROM identifiers WHERE client_id = ?`);
+    this.nextAllocatable = p(
+      `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE client_id IS NULL AND retired = 0 AND available_at <= ?
+       ORDER BY available_at, pool_order LIMIT 1`,
+    );
+    this.grant = p(
+      `UPDATE identifiers SET client_id = @clientId, epoch = @epoch, allocated_at = @now, last_seen = @now
+       WHERE id = @rowId AND client_id IS NULL`,
+    );
+    this.renew = p(`UPDATE identifiers SET last_seen = max(last_seen, @now) WHERE id = @rowId AND client_id = @clientId`);
+    this.free = p(
+      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = @availableAt
+       WHERE id = @rowId`,
+    );
+    this.historyInsert = p(
+      `INSERT INTO history (identifier_id, at, event, client_id, epoch) VALUES (@rowId, @at, @event, @clientId, @epoch)`,
+    );
+    this.history = p(`SELECT at, event, client_id, epoch FROM history WHERE identifier_id = ? ORDER BY id`);
+    this.expired = p(
+      `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE client_id IS NOT NULL AND last_seen <= @cutoff
+       ORDER BY last_seen, id LIMIT @limit`,
+    );
+    this.countExpired = p(`SELECT count(*) AS n FROM identifiers WHERE client_id IS NOT NULL AND last_seen <= ?`);
+    this.countLeased = p(`SELECT count(*) AS n FROM identifiers WHERE client_id IS NOT NULL`);
+    this.countEvents = p(`SELECT count(*) AS n FROM history WHERE event = ? AND at >= ?`);
+    this.counts = p(
+      `SELECT count(*) AS total,
+              count(client_id) AS leased,
+              coalesce(sum(client_id IS NULL AND retired = 0 AND available_at > @now), 0) AS cooling,
+              coalesce(sum(client_id IS NULL AND retired = 1), 0) AS retired
+       FROM identifiers`,
+    );
+    const lists = new Map<string, Statement>();
+    for (const [status, where] of Object.entries(STATUS_WHERE)) {
+      const base = `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE ${where}`;
+      lists.set(`${status}:first`, p(`${base} ORDER BY pool_order, id LIMIT @limit`));
+      lists.set(`${status}:after`, p(`${base} AND (pool_order, id) > (@afterOrder, @afterId) ORDER BY pool_order, id LIMIT @limit`));
+    }
+    this.lists = lists;
+    this.poolRows = p(`SELECT id, name, pool_order, retired, client_id, epoch FROM identifiers`);
+    this.insert = p(`INSERT INTO identifiers (name, pool_order) VALUES (?, ?)`);
+    this.setRetired = p(`UPDATE identifiers SET retired = @retired, pool_order = @poolOrder WHERE id = @rowId`);
+    this.setOrder = p(`UPDATE identifiers SET pool_order = ? WHERE id = ?`);
+    this.metaGet = p(`SELECT value FROM meta WHERE key = ?`);
+    this.metaSet = p(`INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`);
+    this.latestLastSeen = p(`SELECT max(last_seen) AS n FROM identifiers WHERE client_id IS NOT NULL`);
+    this.oldestLastSeen = p(`SELECT min(last_seen) AS n FROM identifiers WHERE client_id IS NOT NULL`);
+    this.latestHistory = p(`SELECT at AS n FROM history ORDER BY id DESC LIMIT 1`);
+    this.latestBeatAny = p(`SELECT id, started_at, at, fleet_seen_at FROM instances ORDER BY at DESC LIMIT 1`);
+    this.latestBeatOther = p(`SELECT id, started_at, at, fleet_seen_at FROM instances WHERE id <> ? ORDER BY at DESC LIMIT 1`);
+    this.fleetSeenAt = p(`SELECT seen_at AS n FROM fleet WHERE id = 1`);
+    this.beat = p(
+      `INSERT INTO instances (id, started_at, at, fleet_seen_at) VALUES (@id, @startedAt, @at, @fleetSeenAt)
+       ON CONFLICT (id) DO UPDATE SET at = max(at, excluded.at),
+         fleet_seen_at = max(coalesce(fleet_seen_at, 0), coalesce(excluded.fleet_seen_at, 0))`,
+    );
+    this.fleetSeen = p(
+      `INSERT INTO fleet (id, seen_at) VALUES (1, @seenAt) ON CONFLICT (id) DO UPDATE SET seen_at = max(seen_at, excluded.seen_at)`,
+    );
+    this.pruneInstances = p(`DELETE FROM instances WHERE at < ?`);
+    this.forgetInstance = p(`DELETE FROM instances WHERE id = ?`);
+    this.ping = p(`SELECT count(*) AS n FROM meta`);
+    // Set-based: one statement for the history and one for the rows, whatever the batch size.
+    this.reclaimHistory = p(
+      `INSERT INTO history (identifier_id, at, event, client_id, epoch)
+       SELECT id, @now, 'reclaimed', client_id, epoch FROM identifiers WHERE id IN (SELECT value FROM json_each(@ids))`,
+    );
+    this.reclaimFree = p(
+      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = @availableAt
+       WHERE id IN (SELECT value FROM json_each(@ids))`,
+    );
+    this.shiftCooldowns = p(`UPDATE identifiers SET available_at = available_at + @shift WHERE client_id IS NULL AND available_at > @floor`);
+    this.refusalInsert = p(`INSERT INTO refusals (client_id, at) VALUES (?, ?)`);
+    this.refusedClients = p(`SELECT count(DISTINCT client_id) AS n FROM refusals WHERE at >= ?`);
+    this.refusalsPrune = p(`DELETE FROM refusals WHERE at < ?`);
+  }
+}
+
+function toBeat(raw: unknown): InstanceBeat | null {
+  if (raw === undefined) return null;
+  const r = asRow(raw);
+  const seen = r['fleet_seen_at'];
+  return {
+    id: String(r['id']),
+    startedAt: intColumn(r, 'started_at'),
+    at: intColumn(r, 'at'),
+    fleetSeenAt: typeof seen === 'number' && seen > 0 ? seen : null,
+  };
+}
+
+/** Reads on the connection; every method runs synchronously and resolves at once. */
+class SqliteReader implements Reader {
+  constructor(protected readonly s: Statements, readonly now: number) {}
+
+  async byName(name: string): Promise<IdentifierRecord | null> {
+    const r: unknown = this.s.byName.get(name);
+    return r === undefined ? null : toRecord(r);
+  }
+
+  async byClient(clientId: string): Promise<IdentifierRecord | null> {
+    const r: unknown = this.s.byClient.get(clientId);
+    return r === undefined ? null : toRecord(r);
+  }
+
+  async history(rowId: number): Promise<HistoryEntry[]> {
+    return this.s.history.all(rowId).map(toHistoryEntry);
+  }
+
+  async list(q: ListQuery): Promise<IdentifierRecord[]> {
+    const stmt = this.s.lists.get(`${q.status ?? 'all'}:${q.after ? 'after' : 'first'}`);
+    if (!stmt) throw new Error('no list statement');
+    const params: Record<string, number> = { now: q.now, limit: q.limit ?? -1 };
+    if (q.after) {
+      params['afterOrder'] = q.after.poolOrder;
+      params['afterId'] = q.after.rowId;
+    }
+    return stmt.all(params).map(toRecord);
+  }
+
+  async counts(now: number): Promise<RawCounts> {
+    const r = asRow(this.s.counts.get({ now }));
+    return {
+      total: intColumn(r, 'total'),
+      leased: intColumn(r, 'leased'),
+      cooling: intColumn(r, 'cooling'),
+      retired: intColumn(r, 'retired'),
+    };
+  }
+
+  async oldestLastSeen(): Promise<number | null> {
+    return scalar(this.s.oldestLastSeen.get());
+  }
+
+  async meta(key: string): Promise<string | null> {
+    const r: unknown = this.s.metaGet.get(key);
+    if (r === undefined) return null;
+    const v = asRow(r)['value'];
+    return typeof v === 'string' ? v : null;
+  }
+
+  async latestBeat(exceptId: string | null): Promise<InstanceBeat | null> {
+    return toBeat(exceptId === null ? this.s.latestBeatAny.get() : this.s.latestBeatOther.get(exceptId));
+  }
+
+  async fleetSeenAt(): Promise<number | null> {
+    const n = scalar(this.s.fleetSeenAt.get());
+    return n !== null && n > 0 ? n : null;
+  }
+}
+
+/** A use case's view of the write transaction. */
+class SqliteTx extends SqliteReader implements Tx {
+  async nextAllocatable(now: number): Promise<IdentifierRecord | null> {
+    const r: unknown = this.s.nextAllocatable.get(now);
+    return r === undefined ? null : toRecord(r);
+  }
+
+  async grant(rowId: number, clientId: string, epoch: number, now: number): Promise<void> {
+    const r = this.s.grant.run({ rowId, clientId, epoch, now });
+    if (r.changes !== 1) throw new Error(`grant of row ${rowId} changed ${r.changes} rows`);
+  }
+
+  async renew(rowId: number, clientId: string, now: number): Promise<void> {
+    this.s.renew.run({ rowId, clientId, now });
+  }
+
+  async free(rowId: number, availableAt: number): Promise<void> {
+    this.s.free.run({ rowId, availableAt });
+  }
+
+  async appendHistory(rowId: number, at: number, event: HistoryEvent, clientId: string | null, epoch: number): Promise<void> {
+    this.s.historyInsert.run({ rowId, at, event, clientId, epoch });
+  }
+
+  async trySweepLock(): Promise<boolean> {
+    return true; // BEGIN IMMEDIATE: this transaction is the only writer of the file
+  }
+
+  async countExpired(cutoff: number): Promise<number> {
+    return scalar(this.s.countExpired.get(cutoff)) ?? 0;
+  }
+
+  async countLeased(): Promise<number> {
+    return scalar(this.s.countLeased.get()) ?? 0;
+  }
+
+  async countEvents(event: HistoryEvent, since: number): Promise<number> {
+    return scalar(this.s.countEvents.get(event, since)) ?? 0;
+  }
+
+  async reclaimExpired(cutoff: number, limit: number, now: number, availableAt: number): Promise<IdentifierRecord[]> {
+    const recs = this.s.expired.all({ cutoff, limit }).map(toRecord);
+    if (recs.length === 0) return recs;
+    const ids = JSON.stringify(recs.map((r) => r.rowId));
+    this.s.reclaimHistory.run({ ids, now });
+    this.s.reclaimFree.run({ ids, availableAt });
+    return recs;
+  }
+
+  async recordRefusal(clientId: string, at: number): Promise<void> {
+    this.s.refusalInsert.run(clientId, at);
+  }
+
+  async countRefusedClients(since: number): Promise<number> {
+    return scalar(this.s.refusedClients.get(since)) ?? 0;
+  }
+
+  async pruneRefusals(before: number): Promise<void> {
+    this.s.refusalsPrune.run(before);
+  }
+
+  async poolRows(): Promise<PoolRow[]> {
+    return this.s.poolRows.all().map((raw) => {
+      const r = asRow(raw);
+      const clientId = r['client_id'];
+      return {
+        rowId: intColumn(r, 'id'),
+        name: String(r['name']),
+        poolOrder: intColumn(r, 'pool_order'),
+        retired: intColumn(r, 'retired') === 1,
+        clientId: typeof clientId === 'string' ? clientId : null,
+        epoch: intColumn(r, 'epoch'),
+      };
+    });
+  }
+
+  async insertIdentifiers(rows: readonly { readonly name: string; readonly poolOrder: number }[]): Promise<void> {
+    for (const r of rows) this.s.insert.run(r.name, r.poolOrder);
+  }
+
+  async setRetired(rowId: number, retired: boolean, poolOrder: number): Promise<void> {
+    this.s.setRetired.run({ rowId, retired: retired ? 1 : 0, poolOrder });
+  }
+
+  async setPoolOrder(rowId: number, poolOrder: number): Promise<void> {
+    this.s.setOrder.run(poolOrder, rowId);
+  }
+
+  async setMeta(key: string, value: string): Promise<void> {
+    this.s.metaSet.run(key, value);
+  }
+
+  async beat(b: InstanceBeat): Promise<void> {
+    this.s.beat.run({ id: b.id, startedAt: b.startedAt, at: b.at, fleetSeenAt: b.fleetSeenAt });
+    if (b.fleetSeenAt !== null) this.s.fleetSeen.run({ seenAt: b.fleetSeenAt });
+    this.s.pruneInstances.run(b.at - INSTANCE_FORGOTTEN_MS);
+  }
+
+  async forgetInstance(id: string): Promise<void> {
+    this.s.forgetInstance.run(id);
+  }
+}
+
+export class SqliteStore implements Store {
+  readonly engine = 'sqlite' as const;
+  readonly db: Database.Database;
+  readonly clock: Clock;
+  /** Set when this process found a previous boot's anchor: cool-downs were resumed from the floor. */
+  readonly rebooted: boolean;
+  private readonly s: Statements;
+  private writes: Queued[] = [];
+  private reads: QueuedRead[] = [];
+  private pumping = false;
+  private pumpScheduled = false;
+  /** A write batch found the database locked by another process: retry at this timer. */
+  private lockRetry: NodeJS.Timeout | null = null;
+  private lockWaitMs = LOCK_RETRY_FIRST_MS;
+  private readonly busyTimeoutMs: number;
+  private walFd: number | null = null;
+  private syncsInFlight = 0;
+  private syncsDone: (() => void) | null = null;
+  private readonly fsync: (fd: number, done: (err: Error | null) => void) => void;
+  private checkpointer: Checkpointer | null = null;
+  /** The database file as opened; null in memory. */
+  private readonly file: { readonly path: string; readonly dev: number; readonly ino: number } | null;
+  /** The last storage failure of a write, until a write succeeds again. */
+  private storageFault: string | null = null;
+  private closed = false;
+  private readonly defer: (run: () => void) => void;
+
+  constructor(opts: SqliteStoreOptions) {
+    this.db = openDatabase(opts);
+    this.defer = opts.defer ?? setImmediate;
+    this.fsync = opts.fsync ?? fsFsync;
+    this.busyTimeoutMs = opts.busyTimeoutMs ?? 5000;
+    const db = this.db;
+    if (db.memory) {
+      this.file = null;
+    } else {
+      const st = statSync(db.name);
+      this.file = { path: db.name, dev: st.dev, ino: st.ino };
+    }
+    this.s = new Statements(db);
+    if (opts.clock || opts.readonly) {
+      this.clock = opts.clock ?? anchoredClock(opts.source ?? systemTimeSource, this.latestTime());
+      this.rebooted = false;
+    } else {
+      const { clock, rebooted } = this.anchor(opts.source ?? systemTimeSource);
+      this.clock = clock;
+      this.rebooted = rebooted;
+    }
+    // From here on the event loop never waits for another process's lock: see flushWrites.
+    db.pragma('busy_timeout = 0');
+  }
+
+  /**
+   * Registry time for every process of this boot: the anchor recorded by the first process
+   * of the boot. A new boot cannot know how much real time passed while the machine was
+   * down (its wall clock may have been stepped), so cool-downs still running at the floor
+   * count their remaining part again from now: never shorter, only longer by the downtime.
+   */
+  private anchor(source: TimeSource): { clock: Clock; rebooted: boolean } {
+    const s = this.s;
+    const run = this.db.transaction(() => {
+      const floor = Math.max(
+        scalar(s.latestLastSeen.get()) ?? 0,
+        scalar(s.latestHistory.get()) ?? 0,
+        toBeat(s.latestBeatAny.get())?.at ?? 0,
+      );
+      const metaRow: unknown = s.metaGet.get(CLOCK_KEY);
+      const stored = parseAnchor(metaRow === undefined ? null : String(asRow(metaRow)['value']));
+      const d = resumeAnchor(stored, floor, source);
+      const clock = anchorClock(source, d.anchor, floor);
+      if (d.fresh) {
+        s.metaSet.run(CLOCK_KEY, JSON.stringify(d.anchor));
+        const shift = clock.now() - floor;
+        if (d.rebooted && shift > 0) s.shiftCooldowns.run({ floor, shift });
+      }
+      return { clock, rebooted: d.rebooted };
+    });
+    return run.immediate();
+  }
+
+  write<T>(fn: (tx: Tx) => Promise<T>, opts: WriteOptions): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      if (this.closed) return reject(new RegistryError('unavailable', 'the database is closed'));
+      this.writes.push({ fn, durable: opts.durable, since: performance.now(), resolve: (v) => resolve(v as T), reject });
+      this.schedule();
+    });
+  }
+
+  read<T>(fn: (r: Reader) => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      if (this.closed) return reject(new RegistryError('unavailable', 'the database is closed'));
+      this.reads.push({ fn, resolve: (v) => resolve(v as T), reject });
+      this.schedule();
+    });
+  }
+
+  private schedule(): void {
+    if (this.pumpScheduled || this.pumping) return;
+    this.pumpScheduled = true;
+    this.defer(() => {
+      this.pumpScheduled = false;
+      void this.pump();
+    });
+  }
+
+  /** One batch at a time on the connection: reads first, then writes, until both queues are empty. */
+  private async pump(): Promise<void> {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      for (;;) {
+        if (this.reads.length > 0) {
+          const batch = this.reads;
+          this.reads = [];
+          await this.runReads(batch);
+        } else if (this.writes.length > 0 && this.lockRetry === null) {
+          const batch = this.writes;
+          this.writes = [];
+          await this.flushWrites(batch);
+        } else {
+          return;
+        }
+      }
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private async runReads(batch: readonly QueuedRead[]): Promise<void> {
+    const r = new SqliteReader(this.s, this.clock.now());
+    try {
+      this.db.exec('BEGIN');
+    } catch (e) {
+      for (const item of batch) item.reject(toRegistryError(e));
+      return;
+    }
+    for (const item of batch) {
+      try {
+        item.resolve(await item.fn(r));
+      } catch (e) {
+        item.reject(toRegistryError(e));
+      }
+    }
+    try {
+      this.db.exec('COMMIT');
+    } catch {
+      if (this.db.inTransaction) this.db.exec('ROLLBACK');
+    }
+  }
+
+  /** Commits `batch` in one transaction; a locked database puts it back and retries on a timer. */
+  private async flushWrites(batch: Queued[]): Promise<void> {
+    try {
+      const moved = this.fileProblem();
+      if (moved) throw new RegistryError('unavailable', moved);
+      this.db.exec('BEGIN IMMEDIATE');
+    } catch (e) {
+      if (isBusy(e)) return this.waitForLock(batch);
+      return this.fail(batch, e);
+    }
+    this.lockWaitMs = LOCK_RETRY_FIRST_MS;
+    const outcomes: Outcome[] = [];
+    try {
+      for (const item of batch) outcomes.push(await this.runItem(item));
+      this.db.exec('COMMIT');
+    } catch (e) {
+      // A storage failure, or the commit itself failed (disk full): nothing of the batch is kept
+      // and nothing of it is acknowledged.
+      if (this.db.inTransaction) this.db.exec('ROLLBACK');
+      return this.fail(batch, e);
+    }
+    this.storageFault = null;
+    if (!batch.some((b, i) => b.durable && outcomes[i]?.ok)) return this.settle(batch, outcomes, null);
+    this.syncWal((fsyncError) => this.settle(batch, outcomes, fsyncError));
+  }
+
+  /** One use case in its own savepoint: its RegistryError undoes only its own writes. */
+  private async runItem(item: Queued): Promise<Outcome> {
+    this.db.exec('SAVEPOINT use_case');
+    try {
+      const value = await item.fn(new SqliteTx(this.s, this.clock.now()));
+      this.db.exec('RELEASE use_case');
+      return { ok: true, value };
+    } catch (e) {
+      this.db.exec('ROLLBACK TO use_case');
+      this.db.exec('RELEASE use_case');
+      if (isRegistryError(e) && e.code !== 'unavailable' && e.code !== 'internal') return { ok: false, error: e };
+      throw e;
+    }
+  }
+
+  private waitForLock(batch: Queued[]): void {
+    const now = performance.now();
+    const expired = batch.filter((b) => now - b.since >= this.busyTimeoutMs);
+    const waiting = batch.filter((b) => now - b.since < this.busyTimeoutMs);
+    const err = new RegistryError('unavailable', 'the database is locked by another writer; try again');
+    for (const item of expired) item.reject(err);
+    this.writes = [...waiting, ...this.writes];
+    if (this.writes.length === 0) return;
+    this.lockRetry = setTimeout(() => {
+      this.lockRetry = null;
+      this.schedule();
+    }, this.lockWaitMs);
+    this.lockWaitMs = Math.min(this.lockWaitMs * 2, LOCK_RETRY_MAX_MS);
+  }
+
+  private fail(batch: readonly Queued[], e: unknown): void {
+    const err = toRegistryError(e);
+    if (err.code === 'unavailable' && !isBusy(e)) this.storageFault = err.message;
+    for (const item of batch) item.reject(err);
+  }
+
+  /** Answers each item with its outcome; `durableError` overrides the durable ones' success. */
+  private settle(batch: readonly Queued[], outcomes: readonly Outcome[], durableError: RegistryError | null): void {
+    outcomes.forEach((o, i) => {
+      const item = batch[i];
+      if (!item) return;
+      if (!o.ok) item.reject(o.error);
+      else if (durableError && item.durable) item.reject(durableError);
+      else item.resolve(o.value);
+    });
+  }
+
+  /**
+   * Makes every commit so far durable, off the event loop: fsync of the WAL file, which is
+   * what synchronous=FULL does after each commit. One fsync covers all the commits before it.
+   */
+  private syncWal(then: (err: RegistryError | null) => void): void {
+    const failed = (err: Error): void => {
+      this.storageFault = `the database's log could not be synced to disk (${err.message})`;
+      then(new RegistryError('unavailable', this.storageFault, { cause: err }));
+    };
+    let fd: number | null;
+    try {
+      fd = this.walDescriptor();
+    } catch (e) {
+      return failed(e instanceof Error ? e : new Error(String(e)));
+    }
+    if (fd === null) return then(null); // in memory: nothing to make durable
+    this.syncsInFlight++;
+    this.fsync(fd, (err) => {
+      this.syncsInFlight--;
+      if (this.syncsInFlight === 0) this.syncsDone?.();
+      if (err) failed(err);
+      else then(null);
+    });
+  }
+
+  private walDescriptor(): number | null {
+    if (this.walFd !== null || !this.file) return this.walFd;
+    this.walFd = openSync(`${this.file.path}-wal`, 'r');
+    // The WAL file's directory entry must be durable too (once).
+    const dir = openSync(dirname(this.file.path), 'r');
+    try {
+      fsyncSync(dir);
+    } finally {
+      closeSync(dir);
+    }
+    return this.walFd;
+  }
+
+  /**
+   * Whether the file this connection writes to is still the one at its path. SQLite keeps
+   * writing to a deleted or replaced file's inode, and everything written there is lost at
+   * the next start-up, so such writes are refused.
+   */
+  fileProblem(): string | null {
+    if (!this.file) return null;
+    try {
+      const st = statSync(this.file.path);
+      if (st.ino !== this.file.ino || st.dev !== this.file.dev) return `the database file ${this.file.path} was replaced`;
+      return null;
+    } catch {
+      return `the database file ${this.file.path} was removed`;
+    }
+  }
+
+  async healthProblem(): Promise<string | null> {
+    try {
+      if (!this.db.open) return 'the database is closed';
+      this.s.ping.get();
+      if (this.db.readonly) return 'the database is open read-only';
+      return this.fileProblem() ?? this.storageFault;
+    } catch (e) {
+      return toRegistryError(e).message;
+    }
+  }
+
+  /** The latest registry time written to the database. */
+  latestTime(): number {
+    return Math.max(scalar(this.s.latestLastSeen.get()) ?? 0, scalar(this.s.latestHistory.get()) ?? 0);
+  }
+
+  /**
+   * Moves WAL checkpoints to a worker thread (see checkpointer.ts). For a long-running
+   * registry on a file; tests and one-shot commands keep SQLite's automatic checkpoint.
+   */
+  checkpointInBackground(onError?: (message: string) => void): void {
+    if (this.checkpointer || this.db.memory) return;
+    this.db.pragma('wal_autocheckpoint = 0');
+    this.checkpointer = startCheckpointer(this.db.name, onError ? { onError } : {});
+  }
+
+  /** Commits what is queued, stops the checkpointer, then closes the database. */
+  async close(): Promise<void> {
+    // Writes waiting for another process's lock get their busy timeout, then are refused.
+    while (this.pumping || this.reads.length > 0 || this.writes.length > 0) {
+      if (this.lockRetry !== null || this.pumping) await new Promise((r) => setTimeout(r, LOCK_RETRY_FIRST_MS));
+      else await this.pump();
+    }
+    this.closed = true;
+    if (this.syncsInFlight > 0) await new Promise<void>((resolve) => { this.syncsDone = resolve; });
+    if (this.checkpointer) {
+      await this.checkpointer.stop();
+      this.checkpointer = null;
+    }
+    if (this.walFd !== null) closeSync(this.walFd);
+    this.walFd = null;
+    if (this.db.open) this.db.close();
+  }
+}
