@@ -7,12 +7,11 @@
 import { expect } from 'chai';
 import { Agent, request } from 'node:http';
 import { tempDir } from '../helpers.js';
-import { ROOT, eventually, startProcess } from '../process-helpers.js';
+import { WALL_CLOCK_PRELOAD, eventually, startProcess } from '../process-helpers.js';
 import type { RunningRegistry } from '../process-helpers.js';
 import { TestPostgres, freshDatabase, sharedPostgres } from '../support/postgres.js';
 
 const ENV = { LEASE_TTL_SECONDS: '3600', STARTUP_GRACE_SECONDS: '3600', REAPER_SCHEDULE: '0 0 1 1 *', LOG_LEVEL: 'warn' };
-const SHIFT_CLOCK = `${ROOT}test/support/shift-clock.mjs`;
 
 interface Answer { status: number; body: Record<string, unknown>; retryAfter: string | null }
 
@@ -168,8 +167,8 @@ describe('high availability: several instances on one PostgreSQL database', func
         for (const r of running) health.push((await send(r.base, 'GET', '/health'))?.status ?? 0);
         await new Promise((r) => setTimeout(r, 100));
       }
+      phase = 'after'; // from here on answers may come from the server starting again
       await server.resume();
-      phase = 'after';
       await eventually(async () => {
         const answers = await Promise.all(running.map((r) => send(r.base, 'POST', '/allocate', { client_id: `after-${n++}` })));
         return answers.every((a) => a?.status === 200);
@@ -177,7 +176,7 @@ describe('high availability: several instances on one PostgreSQL database', func
       stop = true;
       await load;
       expect(during.length).to.be.above(10);
-      expect(new Set(during)).to.deep.equal(new Set(['503 unavailable retry-after:true']));
+      expect([...new Set(during)]).to.deep.equal(['503 unavailable retry-after:true']);
       expect(new Set(health)).to.deep.equal(new Set([503]));
       expect(running.map((r) => r.child.exitCode)).to.deep.equal([null, null]);
       expect(running.map((r) => r.child.pid)).to.deep.equal(pids);
@@ -193,8 +192,8 @@ describe('high availability: several instances on one PostgreSQL database', func
     const env = { ...ENV, REUSE_COOLDOWN_SECONDS: '600', DATABASE_URL: url };
     const pool = 'x\n';
     const normal = await startProcess({ dir: t.dir, pool, env });
-    const ahead = await startProcess({ dir: t.dir, pool, env: { ...env, IDREG_TEST_CLOCK_SHIFT_MS: '3600000' }, nodeArgs: ['--import', SHIFT_CLOCK] });
-    const behind = await startProcess({ dir: t.dir, pool, env: { ...env, IDREG_TEST_CLOCK_SHIFT_MS: '-3600000' }, nodeArgs: ['--import', SHIFT_CLOCK] });
+    const ahead = await startProcess({ dir: t.dir, pool, env: { ...env, WALL_OFFSET_MS: '3600000' }, nodeArgs: ['--import', WALL_CLOCK_PRELOAD] });
+    const behind = await startProcess({ dir: t.dir, pool, env: { ...env, WALL_OFFSET_MS: '-3600000' }, nodeArgs: ['--import', WALL_CLOCK_PRELOAD] });
     running = [normal, ahead, behind];
 
     const granted = await send(normal.base, 'POST', '/allocate', { client_id: 'vm-1' });
