@@ -384,6 +384,66 @@ describe('postgres store', function () {
     });
   });
 
+  describe('group commit', () => {
+    it('writes that queue up commit together; a refusal, a refusal after writing and a refused statement each fail alone', async () => {
+      const store = await open({ poolSize: 2 }); // one lane: while it is busy, writes queue into one batch
+      await seed(store, names(40));
+      const [before] = await sql(`SELECT xact_commit::int AS n FROM pg_stat_database WHERE datname = current_database()`);
+      const queueUp = async <T>(writes: () => T): Promise<T> => {
+        const blocker = gate();
+        const busy = store.write(async () => { blocker.arrive(); await blocker.opened; }, { durable: false });
+        await blocker.reached;
+        const out = writes();
+        blocker.open();
+        await busy;
+        return out;
+      };
+      const refusal = new RegistryError('not_owner', 'refused before writing');
+      const lateRefusal = new RegistryError('stale_epoch', 'refused after writing');
+      const first = await queueUp(() => ({
+        renewals: names(40).map((name, i) => store.write(async (tx) => {
+          await tx.setMeta(`k-${i}`, name);
+          return name;
+        }, { durable: i % 2 === 0 })),
+        early: store.write(async () => { throw refusal; }, { durable: false }).then(() => null, (e: unknown) => e),
+        late: store.write(async (tx) => {
+          await tx.setMeta('late', 'should not stay');
+          throw lateRefusal;
+        }, { durable: true }).then(() => null, (e: unknown) => e),
+      }));
+      expect(await Promise.all(first.renewals)).to.deep.equal(names(40));
+      expect(await first.early).to.equal(refusal);
+      expect(await first.late).to.equal(lateRefusal);
+      const second = await queueUp(() => ({
+        good: store.write((tx) => tx.setMeta('good', 'stays'), { durable: true }),
+        broken: errorCode(store.write(async (tx) => {
+          await tx.setMeta('broken', 'should not stay');
+          await tx.appendHistory(999_999, tx.now, 'allocated', 'vm-x', 1); // no such identifier
+        }, { durable: true })),
+      }));
+      await second.good;
+      expect(await second.broken).to.equal('internal');
+      expect(await sql(`SELECT count(*)::int AS n FROM meta WHERE key LIKE 'k-%'`)).to.deep.equal([{ n: 40 }]);
+      expect(await sql(`SELECT key FROM meta WHERE key IN ('late', 'broken', 'good') ORDER BY key`)).to.deep.equal([{ key: 'good' }]);
+      const [after] = await sql(`SELECT xact_commit::int AS n FROM pg_stat_database WHERE datname = current_database()`);
+      // Far fewer commits than writes (the statistics count a few of this test's own queries too).
+      expect(Number(after?.['n']) - Number(before?.['n'])).to.be.below(20);
+    });
+
+    it('a batch sees its earlier writes: two allocations for one client in one batch get one identifier', async () => {
+      const store = await open({ poolSize: 2 });
+      await seed(store, names(5));
+      const blocker = gate();
+      const first = store.write(async () => { blocker.arrive(); await blocker.opened; }, { durable: false });
+      await blocker.reached; // the lane is busy: the next writes queue into one batch
+      const both = Promise.all([allocate(store, 'vm-1'), allocate(store, 'vm-1'), allocate(store, 'vm-2')]);
+      blocker.open();
+      await first;
+      expect(await both).to.deep.equal([{ identifier: 'w-0', epoch: 1 }, { identifier: 'w-0', epoch: 1 }, { identifier: 'w-1', epoch: 1 }]);
+      expect(await sql(`SELECT count(*)::int AS n FROM history`)).to.deep.equal([{ n: 2 }]);
+    });
+  });
+
   describe('time', () => {
     async function serverNow(): Promise<number> {
       const rows = await sql(`SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint::text AS t`);

@@ -44,6 +44,20 @@ export interface PostgresStoreOptions {
 
 /** Attempts of one write when it loses a race to another transaction. */
 const MAX_ATTEMPTS = 6;
+/**
+ * Writes one transaction takes at most: enough to spread a commit over many, few enough that
+ * the rows it locks are not held long (no savepoints, so no subtransactions either).
+ */
+const MAX_BATCH = 32;
+
+interface QueuedWrite {
+  readonly fn: (tx: Tx) => Promise<unknown>;
+  readonly durable: boolean;
+  readonly resolve: (v: unknown) => void;
+  readonly reject: (e: unknown) => void;
+}
+
+type Outcome = { readonly ok: true; readonly value: unknown } | { readonly ok: false; readonly error: unknown };
 const INT8_OID = 20;
 
 /** BIGINT columns as numbers (exact, or an error), everything else as node-postgres does. */
@@ -103,6 +117,11 @@ export class PostgresStore implements Store {
   private readonly monotonic: () => number;
   private lastTxNow = 0;
   private closed = false;
+  private ended = false;
+  private drained: (() => void) | null = null;
+  private queue: QueuedWrite[] = [];
+  private lanes = 0;
+  private readonly maxLanes: number;
 
   private constructor(
     private readonly pool: Pool,
@@ -111,7 +130,10 @@ export class PostgresStore implements Store {
     monotonic: () => number,
     serverNow: number,
     sentAt: number,
+    poolSize: number,
   ) {
+    // Lanes leave connections for reads, so a queue of writes never starves /identifier or /health.
+    this.maxLanes = Math.max(1, Math.ceil(poolSize / 2));
     this.injectedClock = clock;
     this.monotonic = monotonic;
     this.serverClock = clock ? null : new ServerClock(monotonic, serverNow, sentAt);
@@ -147,7 +169,7 @@ export class PostgresStore implements Store {
       const serverNow = int(asRow((await client.query(SERVER_NOW)).rows[0]), 'now');
       client.release();
       client = null;
-      return new PostgresStore(pool, healthPool, opts.clock ?? null, monotonic, serverNow, sentAt);
+      return new PostgresStore(pool, healthPool, opts.clock ?? null, monotonic, serverNow, sentAt, opts.poolSize ?? 10);
     } catch (e) {
       client?.release(e instanceof Error ? e : true);
       await Promise.all([pool.end(), healthPool.end()]).catch(() => undefined);
@@ -157,12 +179,109 @@ export class PostgresStore implements Store {
     }
   }
 
-  async write<T>(fn: (tx: Tx) => Promise<T>, opts: WriteOptions): Promise<T> {
+  /**
+   * Group commit: a write starts at once on a free lane (a connection of its own); writes that
+   * arrive while every lane is busy queue, and the next free lane runs up to MAX_BATCH of them
+   * one after another in one transaction and one commit, as SQLite's engine does with the
+   * writes of a tick. Serial, so each sees the ones before it as if they had committed first.
+   */
+  write<T>(fn: (tx: Tx) => Promise<T>, opts: WriteOptions): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      if (this.closed) return reject(new RegistryError('unavailable', 'the store is closed'));
+      this.queue.push({ fn, durable: opts.durable, resolve: (v) => resolve(v as T), reject });
+      this.pump();
+    });
+  }
+
+  private pump(): void {
+    while (this.lanes < this.maxLanes && this.queue.length > 0) {
+      const batch = this.queue.splice(0, MAX_BATCH);
+      this.lanes++;
+      void this.runBatch(batch).finally(() => {
+        this.lanes--;
+        this.pump();
+        if (this.lanes === 0 && this.queue.length === 0) this.drained?.();
+      });
+    }
+  }
+
+  private async runBatch(batch: readonly QueuedWrite[]): Promise<void> {
+    const only = batch[0];
+    if (batch.length === 1 && only) {
+      await this.runOne(only.fn, only.durable).then(only.resolve, only.reject);
+      return;
+    }
+    let outcomes: Outcome[] | null;
+    try {
+      outcomes = await this.tryTogether(batch);
+    } catch (e) {
+      // The database is gone: the batch was not committed (or its COMMIT's fate is unknown).
+      const err = toRegistryError(e);
+      for (const item of batch) item.reject(err);
+      return;
+    }
+    if (outcomes === null) {
+      // Something in the batch needs a transaction of its own (a race lost, a statement
+      // refused, a refusal after writing): each runs alone, with its own retries.
+      await Promise.all(batch.map((item) => this.runOne(item.fn, item.durable).then(item.resolve, item.reject)));
+      return;
+    }
+    outcomes.forEach((o, i) => {
+      const item = batch[i];
+      if (!item) return;
+      if (o.ok) item.resolve(o.value);
+      else item.reject(o.error);
+    });
+  }
+
+  /**
+   * Runs the batch in one transaction; its outcomes once committed, or null (rolled back) when
+   * an item failed in a way only a transaction of its own can answer. Throws on connection loss.
+   */
+  private async tryTogether(batch: readonly QueuedWrite[]): Promise<Outcome[] | null> {
+    const client = await this.connect();
+    let broken: Error | undefined;
+    try {
+      const now = await this.begin(client, batch.some((b) => b.durable));
+      const outcomes: Outcome[] = [];
+      for (const item of batch) {
+        const tx = new PgTx(client, now);
+        try {
+          outcomes.push({ ok: true, value: await item.fn(tx) });
+        } catch (e) {
+          if (isConnectionLoss(e)) throw e;
+          // A refusal before any write is that item's answer; anything else undoes the batch.
+          if (!isRegistryError(e) || tx.wrote) {
+            await client.query('ROLLBACK');
+            return null;
+          }
+          outcomes.push({ ok: false, error: e });
+        }
+      }
+      const done = await client.query('COMMIT');
+      if (done.command !== 'COMMIT') return null;
+      return outcomes;
+    } catch (e) {
+      if (isConnectionLoss(e)) broken = e instanceof Error ? e : new Error(String(e));
+      else {
+        await client.query('ROLLBACK').catch((rollbackError: unknown) => {
+          broken = rollbackError instanceof Error ? rollbackError : new Error(String(rollbackError));
+        });
+        if (broken === undefined) return null;
+      }
+      throw e;
+    } finally {
+      client.release(broken);
+    }
+  }
+
+  /** One use case in a transaction of its own, run again when it loses a race. */
+  private async runOne<T>(fn: (tx: Tx) => Promise<T>, durable: boolean): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       const client = await this.connect();
       let broken: Error | undefined;
       try {
-        const now = await this.begin(client, opts.durable);
+        const now = await this.begin(client, durable);
         const value = await fn(new PgTx(client, now));
         const done = await client.query('COMMIT');
         // A transaction that failed inside `fn` (an error swallowed there) commits as a ROLLBACK.
@@ -230,9 +349,12 @@ export class PostgresStore implements Store {
     }
   }
 
+  /** Refuses new writes, finishes the queued ones, then closes the connections. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    if (this.lanes > 0 || this.queue.length > 0) await new Promise<void>((resolve) => { this.drained = resolve; });
+    this.ended = true;
     await Promise.all([this.pool.end(), this.healthPool.end()]);
   }
 
@@ -252,7 +374,7 @@ export class PostgresStore implements Store {
   }
 
   private async connect(): Promise<PoolClient> {
-    if (this.closed) throw new RegistryError('unavailable', 'the store is closed');
+    if (this.ended) throw new RegistryError('unavailable', 'the store is closed');
     try {
       return await this.pool.connect();
     } catch (e) {

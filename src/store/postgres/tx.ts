@@ -124,6 +124,9 @@ export class PgReader implements Reader {
 }
 
 export class PgTx extends PgReader implements Tx {
+  /** Whether this use case has written (or taken a lock past its rows): see store.ts, group commit. */
+  wrote = false;
+
   constructor(client: PoolClient, now: number) {
     super(client, now, 'FOR UPDATE');
   }
@@ -137,6 +140,7 @@ export class PgTx extends PgReader implements Tx {
   }
 
   async grant(rowId: number, clientId: string, epoch: number, now: number): Promise<void> {
+    this.wrote = true;
     const n = await changes(this.client, 'grant',
       `UPDATE identifiers SET client_id = $2, epoch = $3, allocated_at = $4, last_seen = $4
        WHERE id = $1 AND client_id IS NULL`, [rowId, clientId, epoch, now]);
@@ -144,23 +148,27 @@ export class PgTx extends PgReader implements Tx {
   }
 
   async renew(rowId: number, clientId: string, now: number): Promise<void> {
+    this.wrote = true;
     await changes(this.client, 'renew',
       'UPDATE identifiers SET last_seen = greatest(last_seen, $3) WHERE id = $1 AND client_id = $2', [rowId, clientId, now]);
   }
 
   async free(rowId: number, availableAt: number): Promise<void> {
+    this.wrote = true;
     await changes(this.client, 'free',
       `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = $2 WHERE id = $1`,
       [rowId, availableAt]);
   }
 
   async appendHistory(rowId: number, at: number, event: HistoryEvent, clientId: string | null, epoch: number): Promise<void> {
+    this.wrote = true;
     await changes(this.client, 'history_append',
       'INSERT INTO history (identifier_id, at, event, client_id, epoch) VALUES ($1, $2, $3, $4, $5)',
       [rowId, at, event, clientId, epoch]);
   }
 
   async trySweepLock(): Promise<boolean> {
+    this.wrote = true;
     const r = asRow(await first(this.client, 'sweep_lock', 'SELECT pg_try_advisory_xact_lock($1, $2) AS ok', [LOCK_NAMESPACE, LOCK_SWEEP]));
     return r['ok'] === true;
   }
@@ -178,6 +186,7 @@ export class PgTx extends PgReader implements Tx {
   }
 
   async reclaimExpired(cutoff: number, limit: number, now: number, availableAt: number): Promise<IdentifierRecord[]> {
+    this.wrote = true;
     // One statement: lock the oldest expired leases no other sweep holds, append their history,
     // free them. A lease renewed since this statement's snapshot is re-checked on its newest
     // version by the row lock (READ COMMITTED), so it is not taken; one freed by another sweep
@@ -199,6 +208,7 @@ export class PgTx extends PgReader implements Tx {
   }
 
   async recordRefusal(clientId: string, at: number): Promise<void> {
+    this.wrote = true;
     await changes(this.client, 'refusal_record', 'INSERT INTO refusals (client_id, at) VALUES ($1, $2)', [clientId, at]);
   }
 
@@ -207,18 +217,21 @@ export class PgTx extends PgReader implements Tx {
   }
 
   async pruneRefusals(before: number): Promise<void> {
+    this.wrote = true;
     await changes(this.client, 'refusals_prune', 'DELETE FROM refusals WHERE at < $1', [before]);
   }
 
   async poolRows(): Promise<PoolRow[]> {
     // The sync decides on these rows and writes in one transaction, as SQLite's write lock
     // gives it: other writers wait (readers do not), without locking a million rows one by one.
+    this.wrote = true;
     await this.client.query('LOCK TABLE identifiers IN EXCLUSIVE MODE');
     const rs = await rows(this.client, 'pool_rows', 'SELECT id, name, pool_order, retired, client_id, epoch FROM identifiers ORDER BY id');
     return rs.map(toPoolRow);
   }
 
   async insertIdentifiers(list: readonly { readonly name: string; readonly poolOrder: number }[]): Promise<void> {
+    this.wrote = true;
     for (let i = 0; i < list.length; i += INSERT_CHUNK) {
       const chunk = list.slice(i, i + INSERT_CHUNK);
       await changes(this.client, 'identifiers_insert',
@@ -228,19 +241,23 @@ export class PgTx extends PgReader implements Tx {
   }
 
   async setRetired(rowId: number, retired: boolean, poolOrder: number): Promise<void> {
+    this.wrote = true;
     await changes(this.client, 'set_retired', 'UPDATE identifiers SET retired = $2, pool_order = $3 WHERE id = $1', [rowId, retired, poolOrder]);
   }
 
   async setPoolOrder(rowId: number, poolOrder: number): Promise<void> {
+    this.wrote = true;
     await changes(this.client, 'set_pool_order', 'UPDATE identifiers SET pool_order = $2 WHERE id = $1', [rowId, poolOrder]);
   }
 
   async setMeta(key: string, value: string): Promise<void> {
+    this.wrote = true;
     await changes(this.client, 'meta_set',
       'INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value', [key, value]);
   }
 
   async beat(b: InstanceBeat): Promise<void> {
+    this.wrote = true;
     // One statement: the beat, the fleet's latest request (kept when instances come and go),
     // and instances that stopped beating a day ago (crashed long since) dropped.
     await changes(this.client, 'beat',
@@ -257,6 +274,7 @@ export class PgTx extends PgReader implements Tx {
   }
 
   async forgetInstance(id: string): Promise<void> {
+    this.wrote = true;
     await changes(this.client, 'forget_instance', 'DELETE FROM instances WHERE id = $1', [id]);
   }
 }
