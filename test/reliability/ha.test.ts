@@ -5,9 +5,11 @@
  * instance, an outage of the database, and host clocks that disagree.
  */
 import { expect } from 'chai';
+import { spawn } from 'node:child_process';
 import { Agent, request } from 'node:http';
+import { join } from 'node:path';
 import { tempDir } from '../helpers.js';
-import { WALL_CLOCK_PRELOAD, eventually, startProcess } from '../process-helpers.js';
+import { ROOT, WALL_CLOCK_PRELOAD, eventually, startProcess } from '../process-helpers.js';
 import type { RunningRegistry } from '../process-helpers.js';
 import { TestPostgres, freshDatabase, sharedPostgres } from '../support/postgres.js';
 
@@ -39,6 +41,16 @@ function send(base: string, method: string, path: string, body?: unknown): Promi
     req.on('error', () => resolve(null));
     req.end(data);
   });
+}
+
+function idreg(args: string[], env: Record<string, string>): Promise<{ code: number | null; out: string }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/idreg.ts'), ...args], {
+    cwd: ROOT, env: { PATH: process.env['PATH'] ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  child.stderr.on('data', (d: Buffer) => { out += d.toString(); });
+  return new Promise((resolve) => child.on('exit', (code) => resolve({ code, out })));
 }
 
 function code(a: Answer): string {
@@ -213,5 +225,48 @@ describe('high availability: several instances on one PostgreSQL database', func
     expect(Math.max(...availableAt) - Math.min(...availableAt)).to.equal(0);
     const grantedAt = Date.parse(String(granted?.body['allocated_at']));
     expect(availableAt[0] ?? 0).to.be.within(grantedAt + 600_000, grantedAt + 600_000 + 30_000);
+  });
+
+  it('a SQLite registry moved to PostgreSQL with idreg export / import keeps leases, epochs, cool-downs and history', async () => {
+    const env = { ...ENV, REUSE_COOLDOWN_SECONDS: '600' };
+    const pool = 'w-[0-3]\n';
+    const old = await startProcess({ dir: t.dir, pool, env });
+    running = [old];
+    const held = await send(old.base, 'POST', '/allocate', { client_id: 'vm-a' }); // w-0
+    await send(old.base, 'POST', '/allocate', { client_id: 'vm-b' }); // w-1
+    await send(old.base, 'POST', '/release', { client_id: 'vm-b', identifier: 'w-1' }); // free, epoch 1
+    await send(old.base, 'POST', '/allocate', { client_id: 'vm-c' }); // w-2
+    await send(old.base, 'DELETE', '/identifier/w-2'); // cooling for 600 s
+    const before = await Promise.all(['w-0', 'w-1', 'w-2', 'w-3'].map(async (id) => ({
+      view: (await send(old.base, 'GET', `/identifier/${id}`))?.body,
+      history: (await send(old.base, 'GET', `/identifier/${id}/history`))?.body,
+    })));
+    expect((await old.stop()).code).to.equal(0);
+    running = [];
+
+    const url = await freshDatabase();
+    const file = join(t.dir, 'registry.dump');
+    const exported = await idreg(['export', file], { DB_PATH: join(t.dir, 'registry.db') });
+    expect(exported.code, exported.out).to.equal(0);
+    const imported = await idreg(['import', file], { DATABASE_URL: url });
+    expect(imported.code, imported.out).to.equal(0);
+    const again = await idreg(['import', file], { DATABASE_URL: url });
+    expect(again.code).to.equal(1);
+    expect(again.out).to.match(/already holds/);
+
+    const moved = await startProcess({ dir: t.dir, pool, env: { ...env, DATABASE_URL: url } });
+    running = [moved];
+    const after = await Promise.all(['w-0', 'w-1', 'w-2', 'w-3'].map(async (id) => ({
+      view: (await send(moved.base, 'GET', `/identifier/${id}`))?.body,
+      history: (await send(moved.base, 'GET', `/identifier/${id}/history`))?.body,
+    })));
+    expect(after).to.deep.equal(before);
+    const same = await send(moved.base, 'POST', '/allocate', { client_id: 'vm-a' });
+    expect([same?.body['identifier'], same?.body['epoch']]).to.deep.equal([held?.body['identifier'], held?.body['epoch']]);
+    expect((await send(moved.base, 'POST', '/allocate', { client_id: 'vm-new' }))?.body['identifier']).to.equal('w-3');
+    const reused = await send(moved.base, 'POST', '/allocate', { client_id: 'vm-next' });
+    expect([reused?.body['identifier'], reused?.body['epoch']]).to.deep.equal(['w-1', 2]); // never an epoch again
+    const none = await send(moved.base, 'POST', '/allocate', { client_id: 'vm-late' });
+    expect(none && `${none.status} ${code(none)}`).to.equal('503 pool_exhausted'); // w-2 still cooling
   });
 });
