@@ -384,6 +384,24 @@ describe('postgres store', function () {
     });
   });
 
+  describe('failover', () => {
+    it('a database that turns read-only (a standby after failover) is unavailable, and served again once writable, no restart', async () => {
+      const store = await open({ poolSize: 4 });
+      await seed(store, names(10));
+      expect(await allocate(store, 'vm-1')).to.deep.equal({ identifier: 'w-0', epoch: 1 });
+      const db = new URL(url).pathname.slice(1);
+      const dropSessions = `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '${db}' AND pid <> pg_backend_pid()`;
+      await server.sql(`ALTER DATABASE ${db} SET default_transaction_read_only = on`);
+      await server.sql(dropSessions);
+      // Every pooled connection now goes to a read-only server.
+      for (let i = 0; i < 6; i++) expect(await errorCode(allocate(store, `vm-ro-${i}`))).to.equal('unavailable');
+      await server.sql(`ALTER DATABASE ${db} SET default_transaction_read_only = off`);
+      // The read-only connections were dropped, not kept: the next write gets a writable one.
+      expect(await allocate(store, 'vm-2')).to.deep.equal({ identifier: 'w-1', epoch: 1 });
+      expect(await allocate(store, 'vm-1')).to.deep.equal({ identifier: 'w-0', epoch: 1 });
+    });
+  });
+
   describe('group commit', () => {
     it('writes that queue up commit together; a refusal, a refusal after writing and a refused statement each fail alone', async () => {
       const store = await open({ poolSize: 2 }); // one lane: while it is busy, writes queue into one batch

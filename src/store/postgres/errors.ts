@@ -61,7 +61,9 @@ export function isRetryable(e: unknown): boolean {
 export function isConnectionLoss(e: unknown): boolean {
   if (isRegistryError(e)) return false;
   const code = codeOf(e);
-  if (code !== null && (SOCKET_CODES.has(code) || code.startsWith('08') || code.startsWith('57P'))) return true;
+  // 25006: connected to a server that is now a standby (a failover): drop the connection, the
+  // next one goes wherever the writer endpoint points now.
+  if (code !== null && (SOCKET_CODES.has(code) || code.startsWith('08') || code.startsWith('57P') || code === '25006')) return true;
   const message = e instanceof Error ? e.message : '';
   return DRIVER_MESSAGES.some(([pattern]) => pattern.test(message));
 }

@@ -222,8 +222,9 @@ export class PostgresStore implements Store {
     }
     if (outcomes === null) {
       // Something in the batch needs a transaction of its own (a race lost, a statement
-      // refused, a refusal after writing): each runs alone, with its own retries.
-      await Promise.all(batch.map((item) => this.runOne(item.fn, item.durable).then(item.resolve, item.reject)));
+      // refused, a refusal after writing): each runs alone, with its own retries, in order
+      // and on this lane's one connection at a time.
+      for (const item of batch) await this.runOne(item.fn, item.durable).then(item.resolve, item.reject);
       return;
     }
     outcomes.forEach((o, i) => {
