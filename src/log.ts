@@ -18,7 +18,8 @@ export function stdoutDestination(): pino.DestinationStream & { flushSync(): voi
 export function createLogger(level: LogLevel, destination?: pino.DestinationStream): Logger {
   const opts = {
     level,
-    base: { service: 'asg-id-registry' },
+    // The pid on every line: under `npm start` it is the process to send SIGHUP to.
+    base: { service: 'asg-id-registry', pid: process.pid },
     timestamp: pino.stdTimeFunctions.isoTime,
     formatters: { level: (label: string) => ({ level: label }) },
   };

@@ -7,8 +7,8 @@ import { lookup } from 'node:dns/promises';
 import type { RequestListener, Server } from 'node:http';
 import { systemTimeSource } from './clock.js';
 import { ConfigError, loadConfig, processEnv } from './config.js';
-import { isRegistryError } from './domain/errors.js';
 import type { Config } from './config.js';
+import { isRegistryError } from './domain/errors.js';
 import { createApp } from './http/app.js';
 import { createHttpServer } from './http/server.js';
 import { startReaper } from './jobs/reaper.js';
@@ -18,9 +18,12 @@ import { Metrics } from './metrics.js';
 import { parsePoolFile, readPoolText } from './pool/load.js';
 import type { PoolFile } from './pool/load.js';
 import { BEAT_INTERVAL_MS, Registry } from './registry.js';
+import { explainDbOpenError, inspectDbPath } from './store/explain.js';
 import { openPostgresStore } from './store/postgres/store.js';
 import { SqliteStore } from './store/sqlite/store.js';
 import type { Store } from './store/types.js';
+import { REGISTRY_USAGE, registryCommand } from './usage.js';
+import { packageVersion } from './version.js';
 
 /** Exit status for every configuration problem (sysexits EX_CONFIG): systemd will not restart-loop on it. */
 const EX_CONFIG = 78;
@@ -28,6 +31,24 @@ const EX_CONFIG = 78;
 function die(message: string, status = 1): never {
   process.stderr.write(`asg-id-registry: ${message}\n`);
   process.exit(status);
+}
+
+/** --help and --version answer and exit before anything is read or opened. */
+function answerCommandLine(): void {
+  const cmd = registryCommand(process.argv.slice(2));
+  if (cmd.kind === 'run') return;
+  if (cmd.kind === 'help') process.stdout.write(`${REGISTRY_USAGE}\n`);
+  if (cmd.kind === 'version') process.stdout.write(`asg-id-registry ${packageVersion()}\n`);
+  if (cmd.kind === 'usage_error') die(`${cmd.message}\n${REGISTRY_USAGE}`, 2);
+  process.exit(0);
+}
+
+/** A database that cannot be opened or written is a configuration problem: say why, exit 78. */
+function dieOnDatabase(e: unknown, config: Config): never {
+  if (config.databaseUrl !== null) {
+    die(`configuration error: DATABASE_URL: cannot use ${redact(config.databaseUrl)}: ${e instanceof Error ? e.message : String(e)}`, EX_CONFIG);
+  }
+  die(explainDbOpenError(e, inspectDbPath(config.dbPath)), EX_CONFIG);
 }
 
 function configure(): Config {
@@ -119,6 +140,7 @@ async function reloadPool(registry: Registry, config: Config, log: Logger): Prom
 }
 
 async function main(): Promise<void> {
+  answerCommandLine();
   const config = configure();
   const logOut = stdoutDestination();
   const log = createLogger(config.logLevel, logOut);
@@ -139,7 +161,7 @@ async function main(): Promise<void> {
     try {
       store = sqlite = new SqliteStore({ path: config.dbPath, busyTimeoutMs: config.dbBusyTimeoutMs, source: systemTimeSource });
     } catch (e) {
-      die(`configuration error: DB_PATH: cannot open the database ${config.dbPath}: ${e instanceof Error ? e.message : String(e)}`, EX_CONFIG);
+      dieOnDatabase(e, config);
     }
     if (sqlite.rebooted) log.warn('the machine rebooted since the registry last ran: cool-downs in progress resume from now');
   }
@@ -167,9 +189,10 @@ async function main(): Promise<void> {
     else await registry.syncPool(names, pool.fingerprint);
   } catch (e) {
     logOut.flushSync();
+    if (isRegistryError(e) && e.code === 'unavailable') dieOnDatabase(e, config);
     die(e instanceof Error ? e.message : String(e), EX_CONFIG);
   }
-  await registry.open();
+  await registry.open({ serviceRestarted: sqlite?.rebooted ?? false }).catch((e: unknown) => dieOnDatabase(e, config));
   sqlite?.checkpointInBackground((message) => log.warn({ err: message }, 'WAL checkpoint failed'));
 
   const app = createApp({

@@ -138,10 +138,14 @@ export class Registry {
    * and the start-up grace runs from now; otherwise it has been up, and this instance restarting
    * while others serve changes nothing.
    */
-  async open(): Promise<void> {
+  async open(opts: { readonly serviceRestarted?: boolean } = {}): Promise<void> {
     await this.store.write(async (tx) => {
       const other = await tx.latestBeat(this.instanceId);
-      if (!other || tx.now - other.at > SERVICE_GAP_MS) await tx.setMeta(SERVICE_UP_SINCE, String(tx.now));
+      // After a reboot of the (one) host, every process on the store was down, whatever the
+      // beats' times say: registry time may have been clamped to the last of them.
+      if (opts.serviceRestarted || !other || tx.now - other.at > SERVICE_GAP_MS) {
+        await tx.setMeta(SERVICE_UP_SINCE, String(tx.now));
+      }
       await this.beatIn(tx);
     }, { durable: false });
   }
@@ -308,7 +312,9 @@ export class Registry {
     const now = tx.now;
     await this.beatIn(tx);
     if (this.stepSeenAt !== null) {
-      await tx.setMeta(CLOCK_STEP_AT, String(this.stepSeenAt));
+      // Never over a newer step another process recorded.
+      const stored = numberOrNull(await tx.meta(CLOCK_STEP_AT));
+      if (stored === null || stored < this.stepSeenAt) await tx.setMeta(CLOCK_STEP_AT, String(this.stepSeenAt));
     }
     const cutoff = now - this.rules.ttlMs;
     const [expired, leased, reclaimedInTtl, reclaimedInMinute, refused, fleetSeenAt, upSince, stepAt] = [
@@ -509,8 +515,8 @@ export class Registry {
 }
 
 /** Builds a registry on `store` and joins the service (see Registry.open). */
-export async function openRegistry(deps: RegistryDeps): Promise<Registry> {
+export async function openRegistry(deps: RegistryDeps, opts: { readonly serviceRestarted?: boolean } = {}): Promise<Registry> {
   const registry = new Registry(deps);
-  await registry.open();
+  await registry.open(opts);
   return registry;
 }

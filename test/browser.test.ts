@@ -1,19 +1,21 @@
 /**
- * The dashboard in real headless Chromium (Debian's, driven by playwright-core) against a live
- * registry: the admin token is asked for once, an allocation made through the API shows up in
- * the grid with its owner on hover, and the degraded banner appears when the guard holds.
+ * The dashboard in real headless Chromium (the build the npm package @sparticuz/chromium
+ * carries, so nothing needs to be installed on the machine; driven by playwright-core) against a live
+ * registry: the admin token is asked for once (a wrong one is said to be wrong), an allocation
+ * made through the API shows up in the grid with its owner on hover, the degraded banner appears
+ * when the guard holds, and expired, cooling and retired-but-held cells each say what they are.
  * A screenshot is kept in test-artifacts/.
  */
 import { expect } from 'chai';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import type { Browser } from 'playwright-core';
+import { bundledChromium } from './chromium.js';
 import { tempDir } from './helpers.js';
-import { ROOT, startProcess } from './process-helpers.js';
+import { ROOT, eventually, startProcess } from './process-helpers.js';
 import type { RunningRegistry } from './process-helpers.js';
 
-const CHROMIUM = '/usr/bin/chromium';
 const ADMIN = 'admin-token-0123456789';
 const AGENT = 'agent-token-0123456789';
 const ARTIFACTS = join(ROOT, 'test-artifacts');
@@ -39,12 +41,14 @@ describe('dashboard in headless Chromium', function () {
       dir: t.dir, pool: 'worker-[000-063]\n',
       env: {
         ADMIN_TOKENS: ADMIN, AGENT_TOKENS: AGENT, LEASE_TTL_SECONDS: '1', REAPER_SCHEDULE: '0 0 1 1 *',
-        STARTUP_GRACE_SECONDS: '0', REAPER_MAX_FRACTION: '0.5', REAPER_MIN_HOLD: '2',
+        STARTUP_GRACE_SECONDS: '0', REAPER_MAX_FRACTION: '0.5', REAPER_MIN_HOLD: '2', REUSE_COOLDOWN_SECONDS: '600',
       },
     });
+    const bundled = bundledChromium();
     browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      executablePath: bundled.executablePath,
+      env: { ...process.env, ...bundled.env },
+      args: ['--no-zygote', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
     });
   });
   after(async () => {
@@ -57,6 +61,17 @@ describe('dashboard in headless Chromium', function () {
     const page = await browser.newPage({ viewport: { width: 1100, height: 500 } });
     await page.goto(reg.base + '/');
     await page.locator('#login').waitFor({ state: 'visible' });
+    expect(await page.locator('#login-error').textContent()).to.equal('');
+    // A wrong token, then an agent token: each is refused, saying why, and the form stays.
+    await page.fill('#token', 'wrong-token-0123456789');
+    await page.click('#login button');
+    await page.locator('#login-error', { hasText: 'refused' }).waitFor();
+    expect(await page.locator('#login-error').textContent()).to.equal('The registry refused that token (401): use one of its ADMIN_TOKENS.');
+    await page.fill('#token', AGENT);
+    await page.click('#login button');
+    await page.locator('#login-error', { hasText: '403' }).waitFor();
+    expect(await page.locator('#login-error').textContent()).to.match(/^That token is not an admin token \(403\)/);
+    expect(await page.locator('#grid .cell').count()).to.equal(0);
     await page.fill('#token', ADMIN);
     await page.click('#login button');
     await page.locator('#grid .cell').first().waitFor();
@@ -103,8 +118,68 @@ describe('dashboard in headless Chromium', function () {
     await page.goto(reg.base + '/');
     const banner = page.locator('#banner.degraded');
     await banner.waitFor({ state: 'visible' });
-    expect(await banner.textContent()).to.match(/^Degraded: mass expiry: 4 of 4 leases \(100%\) expired at once/);
+    expect(await banner.textContent()).to.match(/^Degraded: mass expiry: 4 of 4 leases \(100%\) expired within the last TTL/);
     await page.screenshot({ path: join(ARTIFACTS, 'dashboard-degraded.png') });
+    await page.close();
+  });
+
+  it('marks expired-but-not-reclaimed, cooling (with when it is free) and retired-but-held cells', async () => {
+    const headers = { 'content-type': 'application/json', authorization: `Bearer ${AGENT}` };
+    const grant = async (client: string): Promise<string> => {
+      const r = await fetch(`${reg.base}/allocate`, { method: 'POST', headers, body: JSON.stringify({ client_id: client }) });
+      const lease: unknown = await r.json();
+      return typeof lease === 'object' && lease !== null && 'identifier' in lease ? String(lease.identifier) : '';
+    };
+    const cooled = await grant('vm-cool');
+    const del = await fetch(`${reg.base}/identifier/${cooled}`, { method: 'DELETE', headers: { authorization: `Bearer ${ADMIN}` } });
+    expect(del.status).to.equal(200);
+    const retired = await grant('vm-retire');
+    // Take it out of the pool file while it is held, and have the registry re-read the file.
+    const names = Array.from({ length: 64 }, (_, i) => `worker-${String(i).padStart(3, '0')}`).filter((n) => n !== retired);
+    writeFileSync(join(t.dir, 'pool.txt'), `${names.join('\n')}\n`);
+    reg.child.kill('SIGHUP');
+    await eventually(async () => {
+      const r = await fetch(`${reg.base}/identifier/${retired}`, { headers: { authorization: `Bearer ${ADMIN}` } });
+      return (await r.text()).includes('"retired":true');
+    }, 10_000, 'the held identifier to be retired');
+
+    const page = await browser.newPage({ viewport: { width: 1100, height: 500 } });
+    await page.addInitScript(`localStorage.setItem('idreg-token', ${JSON.stringify(ADMIN)})`);
+    await page.goto(reg.base + '/');
+    await page.locator(`#grid .cell[data-identifier="${retired}"]`).waitFor();
+    const tipOf = async (identifier: string): Promise<string> => {
+      await page.locator(`#grid .cell[data-identifier="${identifier}"]`).hover();
+      const tip = page.locator('#tip');
+      await tip.waitFor({ state: 'visible' });
+      return (await tip.textContent()) ?? '';
+    };
+
+    // The four leases the guard held (test above) expired a while ago and are still held.
+    // The page's "now" is the registry's Date header, to the second: a lease that expired within
+    // the last second shows as expired from the next refresh on.
+    await page.locator('#grid .cell.expired[data-owner="vm-browser-5"]').waitFor({ timeout: 15_000 });
+    const expired = page.locator('#grid .cell.expired');
+    expect(await expired.count()).to.be.greaterThanOrEqual(4);
+    expect(await page.locator('[data-count="expired"] b').textContent()).to.equal(String(await expired.count()));
+    const stale = page.locator('#grid .cell[data-owner="vm-browser-2"]');
+    expect(await stale.getAttribute('data-expired')).to.equal('true');
+    // Striped, unlike a live lease (this file is compiled without the DOM's types, hence the cast).
+    const backgroundImage = await stale.evaluate((el) => (globalThis as unknown as { getComputedStyle(e: unknown): { backgroundImage: string } }).getComputedStyle(el).backgroundImage);
+    expect(backgroundImage).to.include('gradient');
+    expect(await tipOf(String(await stale.getAttribute('data-identifier'))))
+      .to.match(/leased\s+owner vm-browser-2\s+epoch 1\s+last seen \d+s ago\s+expired \d+s ago, not reclaimed yet \(the owner can still renew\)/);
+
+    const cooling = page.locator(`#grid .cell[data-identifier="${cooled}"]`);
+    expect(await cooling.getAttribute('data-status')).to.equal('cooling');
+    expect(await tipOf(cooled)).to.match(new RegExp(`^${cooled}\\s+cooling\\s+epoch 1\\s+free in (9m\\d+s|10m0s) \\(at \\d\\d:\\d\\d:\\d\\d UTC\\)$`));
+
+    const held = page.locator(`#grid .cell[data-identifier="${retired}"]`);
+    expect(await held.getAttribute('class')).to.include('retired-held');
+    expect(await held.getAttribute('data-status')).to.equal('leased');
+    expect(await page.locator('[data-count="retired-held"] b').textContent()).to.equal('1');
+    expect(await tipOf(retired)).to.match(new RegExp(`^${retired}\\s+leased \\(retired\\)\\s+owner vm-retire[\\s\\S]*retired from the pool file: leaves the pool once freed$`));
+    await page.mouse.move(1000, 400);
+    await page.screenshot({ path: join(ARTIFACTS, 'dashboard-states.png') });
     await page.close();
   });
 });

@@ -1,7 +1,7 @@
 /** idreg against a live registry process (and its database file), asserting what it prints. */
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { tempDir } from './helpers.js';
@@ -62,8 +62,11 @@ describe('idreg, the operator command', function () {
     const r = await idreg(['list', '--status', 'leased'], env);
     expect(r.stdout.trim().split('\n').slice(1).map((l) => l.split(/\s+/)[0])).to.deep.equal(['w-0', 'w-1']);
     const bad = await idreg(['list', '--status', 'busy'], env);
-    expect(bad.code).to.equal(1);
-    expect(bad.stderr).to.match(/^error: invalid_request: status/);
+    expect(bad.code).to.equal(2); // a usage error, found before asking the registry
+    expect(bad.stderr).to.match(/^idreg: list: --status must be one of leased, free, cooling, retired \(not "busy"\)\nusage: idreg/);
+    const limit = await idreg(['list', '--limit', '0'], env);
+    expect(limit.code).to.equal(2);
+    expect(limit.stderr).to.match(/^idreg: list: --limit must be a whole number from 1 to 10000/);
   });
 
   it('show: by identifier, or by client', async () => {
@@ -94,12 +97,52 @@ describe('idreg, the operator command', function () {
     expect(r.stdout.trim()).to.equal('reclaimed 0');
   });
 
-  it('auth: no token is refused (exit 1), an agent token is forbidden', async () => {
+  it('auth: no token or a wrong one is refused (exit 1) saying to set IDREG_TOKEN; an agent token is forbidden', async () => {
     const none = await idreg(['list'], { IDREG_URL: reg.base });
     expect(none.code).to.equal(1);
-    expect(none.stderr).to.match(/error: unauthorized/);
+    expect(none.stderr).to.match(/^error: unauthorized: .*\(HTTP 401\)\nthe registry needs a token: set IDREG_TOKEN \(or --token\) to one of its ADMIN_TOKENS\n$/);
+    const wrong = await idreg(['list'], { IDREG_URL: reg.base, IDREG_TOKEN: 'not-the-token-0123456789' });
+    expect(wrong.code).to.equal(1);
+    expect(wrong.stderr).to.match(/\nthe registry refused the token: set IDREG_TOKEN \(or --token\) to one of its ADMIN_TOKENS\n$/);
     const agent = await idreg(['--token', AGENT, 'list'], { IDREG_URL: reg.base });
-    expect(agent.stderr).to.match(/error: forbidden/);
+    expect(agent.code).to.equal(1);
+    expect(agent.stderr).to.match(/error: forbidden/).and.match(/set IDREG_TOKEN \(or --token\) to one of the registry's ADMIN_TOKENS/);
+  });
+
+  it('--help and --version answer (exit 0) without asking the registry', async () => {
+    const version: unknown = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'));
+    const v = await idreg(['--version'], { IDREG_URL: 'http://127.0.0.1:9' });
+    expect(v.code).to.equal(0);
+    expect(v.stdout).to.equal(`idreg ${typeof version === 'object' && version !== null && 'version' in version ? String(version.version) : '?'}\n`);
+    for (const args of [['--help'], ['help'], ['list', '--help']]) {
+      const h = await idreg(args, { IDREG_URL: 'http://127.0.0.1:9' });
+      expect(h.code, args.join(' ')).to.equal(0);
+      expect(h.stdout).to.match(/^usage: idreg /);
+    }
+  });
+
+  it('a missing argument says what is missing (exit 2)', async () => {
+    const cases: Array<[string[], RegExp]> = [
+      [['show'], /^idreg: show: missing IDENTIFIER or CLIENT_ID\nusage: idreg/],
+      [['history'], /^idreg: history: missing IDENTIFIER\n/],
+      [['release'], /^idreg: release: missing IDENTIFIER/],
+      [['backup'], /^idreg: backup: missing FILE/],
+      [['pool'], /^idreg: pool: missing sync/],
+      [[], /^idreg: missing COMMAND/],
+      [['--url'], /^idreg: --url needs a value/],
+    ];
+    for (const [args, message] of cases) {
+      const r = await idreg(args, env);
+      expect(r.code, args.join(' ')).to.equal(2);
+      expect(r.stderr, args.join(' ')).to.match(message);
+    }
+  });
+
+  it('pool sync on a database path that cannot be used says why in one line (exit 3)', async () => {
+    writeFileSync(join(t.dir, 'plain'), '');
+    const r = await idreg(['pool', 'sync', '--db', join(t.dir, 'plain', 'registry.db')], env);
+    expect(r.code).to.equal(3);
+    expect(r.stderr).to.equal(`error: DB_PATH or --db ${join(t.dir, 'plain', 'registry.db')}: ${join(t.dir, 'plain')} is a file, not a folder, so the database cannot be created in it; point DB_PATH elsewhere or move that file\n`);
   });
 
   it('unreachable registry: exit 3; usage errors: exit 2', async () => {

@@ -200,6 +200,10 @@ describe('races: concurrent requests, flushes, sweeps and clock steps, in every 
     await fc.assert(race({ ...RULES, cooldownMs: 0, maxFraction: 0.5, minHold: 0, guardedRatePerMinute: 1 }, false), { numRuns: RUNS });
   });
 
+  it('the same with a cool-down longer than the TTL: the fence window outlasts the lease', async () => {
+    await fc.assert(race({ ...RULES, cooldownMs: 20 * SEC }, false), { numRuns: RUNS });
+  });
+
   it('finds finding 1 of issue 10 when a liveness is answered before its commit', async () => {
     const out = await fc.check(race(RULES, true), { numRuns: RUNS * 3 });
     expect(out.failed, 'the race test must catch a renewal answered before it is committed').to.equal(true);

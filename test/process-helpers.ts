@@ -39,6 +39,11 @@ export interface StartOptions {
   readonly wait?: boolean;
   /** Extra node options before the entry point, e.g. ['--import', WALL_CLOCK_PRELOAD]. */
   readonly nodeArgs?: readonly string[];
+  /** Command-line arguments for src/main.ts. */
+  readonly args?: readonly string[];
+  /** Run as another user (the test must be root for that). */
+  readonly uid?: number;
+  readonly gid?: number;
 }
 
 /**
@@ -52,8 +57,10 @@ export async function startProcess(opts: StartOptions): Promise<RunningRegistry>
   const port = opts.port ?? (await freePort());
   const poolFile = join(opts.dir, 'pool.txt');
   if (opts.pool !== undefined) writeFileSync(poolFile, opts.pool);
-  const child = spawn(process.execPath, ['--import', 'tsx', ...(opts.nodeArgs ?? []), 'src/main.ts'], {
+  const child = spawn(process.execPath, ['--import', 'tsx', ...(opts.nodeArgs ?? []), 'src/main.ts', ...(opts.args ?? [])], {
     cwd: ROOT,
+    ...(opts.uid !== undefined ? { uid: opts.uid } : {}),
+    ...(opts.gid !== undefined ? { gid: opts.gid } : {}),
     env: {
       PATH: process.env['PATH'] ?? '',
       HOST: '127.0.0.1',
@@ -96,6 +103,21 @@ export async function startProcess(opts: StartOptions): Promise<RunningRegistry>
   }
   await running.stop('SIGKILL');
   throw new Error(`registry did not come up:\n${out}`);
+}
+
+let built: Promise<void> | null = null;
+
+/** Runs `npm run build` (into dist/) once per test run, for tests of what is installed. */
+export function buildOnce(): Promise<void> {
+  built ??= new Promise((resolve, reject) => {
+    const child = spawn('npm', ['run', 'build'], { cwd: ROOT, env: { PATH: process.env['PATH'] ?? '' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    child.stderr.on('data', (d: Buffer) => { out += d.toString(); });
+    child.on('error', reject);
+    child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`npm run build failed (${code}):\n${out}`))));
+  });
+  return built;
 }
 
 /** Polls `probe` until it returns true or the deadline passes; for real processes only. */

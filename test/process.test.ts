@@ -1,7 +1,8 @@
 import { expect } from 'chai';
-import { writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
+import { loadConfig } from '../src/config.js';
 import { snapshotDb, tempDir } from './helpers.js';
 import { ROOT, eventually, json, startProcess } from './process-helpers.js';
 
@@ -22,6 +23,78 @@ describe('the registry process', function () {
     const lines = reg.output().trim().split('\n');
     expect(lines).to.have.length(1);
     expect(lines[0]).to.match(/LEASE_TTL_SECONDS/);
+  });
+
+  it('--help and --version answer and exit without opening or serving anything; a stray argument exits 2', async () => {
+    const version: unknown = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'));
+    const v = await startProcess({ dir: t.dir, pool: 'a\n', args: ['--version'], wait: false });
+    expect((await v.exited).code).to.equal(0);
+    expect(v.output()).to.equal(`asg-id-registry ${typeof version === 'object' && version !== null && 'version' in version ? String(version.version) : '?'}\n`);
+    const h = await startProcess({ dir: t.dir, pool: 'a\n', args: ['--help'], wait: false });
+    expect((await h.exited).code).to.equal(0);
+    expect(h.output()).to.match(/^usage: asg-id-registry \[--help \| --version\]/);
+    // Every variable the configuration reads is in the help.
+    const read = new Set<string>();
+    loadConfig(new Proxy({}, { get: (_, k) => { if (typeof k === 'string') read.add(k); return undefined; } }));
+    expect(read.size).to.be.greaterThan(10);
+    for (const name of read) expect(h.output(), name).to.include(name);
+    const bad = await startProcess({ dir: t.dir, pool: 'a\n', args: ['--port=9'], wait: false });
+    expect((await bad.exited).code).to.equal(2);
+    expect(bad.output()).to.match(/^asg-id-registry: unknown argument --port=9/);
+    expect(existsSync(join(t.dir, 'registry.db')), 'no database was created').to.equal(false);
+  });
+
+  it('a database path that cannot be used stops start-up with one line naming DB_PATH and why, exit 78', async () => {
+    writeFileSync(join(t.dir, 'plain'), 'not a folder\n');
+    writeFileSync(join(t.dir, 'junk.db'), 'not a database either, but long enough to have a header? no.\n'.repeat(20));
+    mkdirSync(join(t.dir, 'folder'));
+    const cases: Array<[dbPath: string, why: RegExp]> = [
+      [join(t.dir, 'plain', 'sub', 'registry.db'), /plain is a file, not a folder/],
+      [join(t.dir, 'plain', 'registry.db'), /plain is a file, not a folder/],
+      [join(t.dir, 'folder'), /folder is a folder; DB_PATH names the database file itself/],
+      [join(t.dir, 'junk.db'), /junk\.db is not a usable SQLite database/],
+    ];
+    for (const [dbPath, why] of cases) {
+      const reg = await startProcess({ dir: t.dir, pool: 'a\n', env: { DB_PATH: dbPath }, wait: false });
+      expect((await reg.exited).code, reg.output()).to.equal(78);
+      const lines = reg.output().trim().split('\n');
+      expect(lines, reg.output()).to.have.length(1);
+      expect(lines[0]).to.include(`DB_PATH=${dbPath}: `).and.match(why);
+    }
+  });
+
+  it('a database folder or file the registry\'s user may not write: the line names it and the user, exit 78', async () => {
+    // As root, permissions bind only another user: run the registry as nobody. Otherwise as ourselves.
+    const asRoot = process.getuid?.() === 0;
+    const locked = join(t.dir, 'locked');
+    mkdirSync(locked);
+    chmodSync(t.dir, 0o755);
+    chmodSync(locked, asRoot ? 0o755 : 0o555);
+    writeFileSync(join(t.dir, 'pool.txt'), 'a\n');
+    chmodSync(join(t.dir, 'pool.txt'), 0o644);
+    try {
+      const reg = await startProcess({
+        dir: t.dir, env: { DB_PATH: join(locked, 'registry.db') }, wait: false,
+        ...(asRoot ? { uid: 65534, gid: 65534 } : {}),
+      });
+      expect((await reg.exited).code, reg.output()).to.equal(78);
+      expect(reg.output().trim()).to.match(new RegExp(`^asg-id-registry: DB_PATH=${locked}/registry\\.db: user \\S+ \\(uid ${asRoot ? 65534 : process.getuid?.()}\\) may not create registry\\.db in ${locked} \\(permission denied\\)`));
+      // A database the user may read but not write ("the database is read-only" before).
+      const made = join(t.dir, 'made');
+      const first = await startProcess({ dir: t.dir, env: { DB_PATH: join(made, 'registry.db') } });
+      expect((await first.stop()).code).to.equal(0);
+      chmodSync(made, asRoot ? 0o755 : 0o555);
+      chmodSync(join(made, 'registry.db'), asRoot ? 0o644 : 0o444);
+      const ro = await startProcess({
+        dir: t.dir, env: { DB_PATH: join(made, 'registry.db') }, wait: false,
+        ...(asRoot ? { uid: 65534, gid: 65534 } : {}),
+      });
+      expect((await ro.exited).code, ro.output()).to.equal(78);
+      expect(ro.output().trim()).to.match(new RegExp(`^asg-id-registry: DB_PATH=${made}/registry\\.db: ${made}/registry\\.db is read-only for user \\S+ \\(uid \\d+\\)`));
+      chmodSync(made, 0o755);
+    } finally {
+      chmodSync(locked, 0o755);
+    }
   });
 
   it('a malformed pool line stops start-up with its line number and leaves the database as it was', async () => {
@@ -120,7 +193,9 @@ describe('the registry process', function () {
     expect(lines.length).to.be.greaterThan(4);
     const parsed = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
     expect(parsed.map((l) => l['msg'])).to.include.members(['asg-id-registry listening', 'request', 'ownership allocated', 'database closed; bye']);
-    expect(parsed.find((l) => l['msg'] === 'request' && l['status'] === 409)).to.include({ level: 'info', route: '/liveness', error_code: 'not_owner', client_id: 'vm-b' });
+    expect(parsed.find((l) => l['msg'] === 'request' && l['status'] === 409)).to.include({
+      level: 'info', route: '/liveness', error_code: 'not_owner', client_id: 'vm-b', remote_addr: '127.0.0.1', pid: reg.child.pid,
+    });
   });
 
   it('serves the shipped seed pool: 1,024 worker ids, handed out from worker-0000', async () => {

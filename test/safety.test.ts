@@ -26,7 +26,7 @@ class Deployment {
 
   async start(): Promise<this> {
     this.store = new SqliteStore({ path: this.path, source: this.source });
-    this.registry = await openRegistry({ store: this.store, source: this.source, rules: this.rules });
+    this.registry = await openRegistry({ store: this.store, source: this.source, rules: this.rules }, { serviceRestarted: this.store.rebooted });
     await this.registry.syncPool(POOL);
     return this;
   }
@@ -43,6 +43,15 @@ class Deployment {
   async stop(): Promise<void> {
     await this.registry.close();
     await this.store.close();
+  }
+
+  /** The machine loses power: no clean shutdown, the instance's last beat stays in the database. */
+  async powerCut(downMs: number, wallJumpMs: number): Promise<void> {
+    await this.store.close();
+    this.source.advance(downMs);
+    this.source.jumpWall(wallJumpMs);
+    this.source.reboot();
+    await this.start();
   }
 }
 
@@ -69,6 +78,25 @@ describe('safety: startup grace', () => {
     }
   });
 
+  it('applies after a power cut and a reboot even when the wall clock came back behind the latest time in the database', async () => {
+    const d = await new Deployment(join(t.dir, 'r.db'), { ...DEFAULT_RULES, ttlMs: 90 * SECOND, graceMs: 90 * SECOND, maxFraction: 1 }).start();
+    try {
+      await d.registry.allocate('vm-a');
+      d.source.advance(60 * SECOND);
+      await d.registry.renew('vm-a', 'w-0');
+      d.source.advance(40 * SECOND);
+      expect(await d.registry.reap()).to.include({ reclaimed: 0, reason: null }); // grace over; nothing expired
+      // Power cut: the instance's beat is left in the database; the machine comes back with its wall clock an hour behind.
+      await d.powerCut(5 * SECOND, -HOUR);
+      const r = await d.registry.reap({});
+      expect(r.reason).to.match(/startup grace/);
+      d.source.advance(60 * SECOND);
+      expect((await d.registry.reap()).reclaimed).to.equal(0);
+    } finally {
+      await d.stop();
+    }
+  });
+
   it('a VM that renews during the grace keeps its identifier', async () => {
     const d = await new Deployment(join(t.dir, 'r.db'), { ...DEFAULT_RULES, graceMs: 90 * SECOND }).start();
     try {
@@ -82,6 +110,22 @@ describe('safety: startup grace', () => {
     } finally {
       await d.stop();
     }
+  });
+});
+
+describe('safety: forced sweeps', () => {
+  it('a forced sweep that arrives during a normal one is not answered with the normal one\'s result (finding 7)', async () => {
+    const h = await makeRegistry({ pool: 'w-[0-3]', rules: { graceMs: 3600 * SECOND, maxFraction: 1 } });
+    await h.registry.allocate('vm-a');
+    h.clock.advance(91 * SECOND);
+    const normal = h.registry.reap(); // in grace: reclaims nothing
+    const forced = h.registry.reap({ force: true });
+    const again = h.registry.reap({ force: true }); // shares the queued forced one
+    expect(await normal).to.include({ reclaimed: 0 });
+    expect((await normal).reason).to.match(/startup grace/);
+    expect(await forced).to.deep.equal({ reclaimed: 1, held: false, reason: null });
+    expect(await again).to.deep.equal({ reclaimed: 1, held: false, reason: null });
+    expect(await h.leasedCount()).to.equal(0);
   });
 });
 

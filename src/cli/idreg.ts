@@ -19,11 +19,17 @@ import type { Dump } from '../store/dump.js';
 import { openPostgresStore } from '../store/postgres/store.js';
 import { backupDatabase } from '../store/sqlite/backup.js';
 import { exportSqliteFile, importSqliteFile } from '../store/sqlite/dump.js';
+import { explainDbOpenError, inspectDbPath } from '../store/explain.js';
 import { SqliteStore } from '../store/sqlite/store.js';
 import type { Store } from '../store/types.js';
+import { packageVersion } from '../version.js';
 import { ago, table } from './format.js';
 
+const STATUSES = ['leased', 'free', 'cooling', 'retired'] as const;
+const MAX_LIMIT = 10_000;
+
 const USAGE = `usage: idreg [--url URL] [--token TOKEN] COMMAND
+       idreg --help | --version
 
   list [--status leased|free|cooling|retired] [--limit N]   who holds what
   show IDENTIFIER|CLIENT_ID                                   one identifier, or one client's lease
@@ -35,8 +41,9 @@ const USAGE = `usage: idreg [--url URL] [--token TOKEN] COMMAND
   export FILE [--db PATH]                                     the whole state (leases, epochs, cool-downs, history) to FILE
   import FILE [--db PATH]                                     load an export into an empty store (refused otherwise)
 
-environment: IDREG_URL (default http://127.0.0.1:8080), IDREG_TOKEN, DB_PATH, POOL_FILE,
-  DATABASE_URL (pool sync, export and import work on PostgreSQL unless --db is given)
+environment: IDREG_URL (default http://127.0.0.1:8080), IDREG_TOKEN (an admin token, when the
+registry has ADMIN_TOKENS), DB_PATH, POOL_FILE, DATABASE_URL (pool sync, export and import
+work on PostgreSQL when it is set and --db is not)
 exit status: 0 ok, 1 refused by the registry, 2 usage, 3 registry unreachable or database error`;
 
 class CliError extends Error {
@@ -44,6 +51,9 @@ class CliError extends Error {
     super(message);
   }
 }
+
+/** A usage error: what is wrong, then the usage (exit 2). */
+const usageError = (what: string): CliError => new CliError(`idreg: ${what}\n${USAGE}`, 2);
 
 type Json = unknown;
 
@@ -72,10 +82,18 @@ async function call(cfg: CliConfig, method: string, path: string): Promise<Reply
   return { status: res.status, body, date: Number.isNaN(date) ? systemTimeSource.wall() : date };
 }
 
-function ok(r: Reply): Reply {
+/** What to do about a refusal that the operator's own setup causes. */
+function hint(status: number, cfg: CliConfig): string {
+  if (status === 401 && cfg.token === null) return '\nthe registry needs a token: set IDREG_TOKEN (or --token) to one of its ADMIN_TOKENS';
+  if (status === 401) return '\nthe registry refused the token: set IDREG_TOKEN (or --token) to one of its ADMIN_TOKENS';
+  if (status === 403) return '\nthis token may not do that (an agent token?): set IDREG_TOKEN (or --token) to one of the registry\'s ADMIN_TOKENS';
+  return '';
+}
+
+function ok(r: Reply, cfg: CliConfig): Reply {
   if (r.status >= 200 && r.status < 300) return r;
   const err = field(r.body, 'error');
-  throw new CliError(`error: ${text(field(err, 'code'))}: ${text(field(err, 'message'))} (HTTP ${r.status})`, r.status >= 500 ? 3 : 1);
+  throw new CliError(`error: ${text(field(err, 'code'))}: ${text(field(err, 'message'))} (HTTP ${r.status})${hint(r.status, cfg)}`, r.status >= 500 ? 3 : 1);
 }
 
 function identifierRows(list: Json, now: number): string[][] {
@@ -99,23 +117,31 @@ function describe(view: Json, now: number): string {
 async function list(cfg: CliConfig, args: string[]): Promise<string> {
   const { values } = parseArgs({ args, options: { status: { type: 'string' }, limit: { type: 'string' } } });
   const q = new URLSearchParams();
-  if (values.status) q.set('status', values.status);
-  if (values.limit) q.set('limit', values.limit);
-  const r = ok(await call(cfg, 'GET', `/identifiers${q.size ? `?${q}` : ''}`));
+  const status = values.status;
+  if (status !== undefined) {
+    if (!STATUSES.some((x) => x === status)) throw usageError(`list: --status must be one of ${STATUSES.join(', ')} (not "${status}")`);
+    q.set('status', status);
+  }
+  if (values.limit !== undefined) {
+    const n = Number(values.limit);
+    if (!/^\d+$/.test(values.limit) || n < 1 || n > MAX_LIMIT) throw usageError(`list: --limit must be a whole number from 1 to ${MAX_LIMIT} (not "${values.limit}")`);
+    q.set('limit', values.limit);
+  }
+  const r = ok(await call(cfg, 'GET', `/identifiers${q.size ? `?${q}` : ''}`), cfg);
   return table(['IDENTIFIER', 'OWNER', 'EPOCH', 'LAST SEEN', 'STATUS'], identifierRows(r.body, r.date));
 }
 
 async function show(cfg: CliConfig, name: string): Promise<string> {
   const byId = await call(cfg, 'GET', `/identifier/${encodeURIComponent(name)}`);
   if (byId.status === 200) return describe(byId.body, byId.date);
-  if (byId.status !== 404 && byId.status !== 400) ok(byId);
+  if (byId.status !== 404 && byId.status !== 400) ok(byId, cfg);
   const byClient = await call(cfg, 'GET', `/client/${encodeURIComponent(name)}`);
   if (byClient.status === 404 || byClient.status === 400) throw new CliError(`error: no identifier or client named ${name}`, 1);
-  return describe(ok(byClient).body, byClient.date);
+  return describe(ok(byClient, cfg).body, byClient.date);
 }
 
 async function history(cfg: CliConfig, name: string): Promise<string> {
-  const r = ok(await call(cfg, 'GET', `/identifier/${encodeURIComponent(name)}/history`));
+  const r = ok(await call(cfg, 'GET', `/identifier/${encodeURIComponent(name)}/history`), cfg);
   const rows = (Array.isArray(r.body) ? r.body : []).map((h: Json) => [
     text(field(h, 'at')), text(field(h, 'event')), text(field(h, 'client_id')), text(field(h, 'epoch')),
   ]);
@@ -123,13 +149,13 @@ async function history(cfg: CliConfig, name: string): Promise<string> {
 }
 
 async function release(cfg: CliConfig, name: string): Promise<string> {
-  const r = ok(await call(cfg, 'DELETE', `/identifier/${encodeURIComponent(name)}`));
+  const r = ok(await call(cfg, 'DELETE', `/identifier/${encodeURIComponent(name)}`), cfg);
   return `${name}: ${text(field(r.body, 'status'))} (epoch ${text(field(r.body, 'epoch'))})`;
 }
 
 async function reap(cfg: CliConfig, args: string[]): Promise<string> {
   const { values } = parseArgs({ args, options: { force: { type: 'boolean', default: false } } });
-  const r = ok(await call(cfg, 'POST', `/admin/reap${values.force ? '?force=true' : ''}`));
+  const r = ok(await call(cfg, 'POST', `/admin/reap${values.force ? '?force=true' : ''}`), cfg);
   const reason = field(r.body, 'reason');
   return `reclaimed ${text(field(r.body, 'reclaimed'))}${field(r.body, 'held') === true ? ' (held by the mass-expiry guard)' : ''}` +
     (typeof reason === 'string' ? `\n${reason}` : '');
@@ -148,7 +174,13 @@ function usePostgres(cfg: CliConfig, args: string[]): string | null {
 
 async function openStore(cfg: CliConfig, args: string[], db: string): Promise<Store> {
   const url = usePostgres(cfg, args);
-  if (url === null) return new SqliteStore({ path: db, source: systemTimeSource });
+  if (url === null) {
+    try {
+      return new SqliteStore({ path: db, source: systemTimeSource });
+    } catch (e) {
+      throw new CliError(`error: ${explainDbOpenError(e, inspectDbPath(db)).replace(/^DB_PATH=/, 'DB_PATH or --db ')}`, 3);
+    }
+  }
   try {
     return await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg' });
   } catch (e) {
@@ -251,7 +283,7 @@ async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
 async function backup(cfg: CliConfig, args: string[]): Promise<string> {
   const { db, rest } = fileOptions(cfg, args);
   const dest = rest[0];
-  if (!dest) throw new CliError(USAGE, 2);
+  if (!dest) throw usageError('backup: missing FILE (where to write the copy)');
   try {
     const pages = await backupDatabase(db, dest);
     return `backed up ${db} to ${dest} (${pages} pages, integrity ok)`;
@@ -260,19 +292,23 @@ async function backup(cfg: CliConfig, args: string[]): Promise<string> {
   }
 }
 
-/** Global flags (--url, --token, --help) may stand anywhere; everything else is the command. */
-function splitGlobal(argv: readonly string[]): { url?: string; token?: string; help: boolean; rest: string[] } {
-  const out: { url?: string; token?: string; help: boolean; rest: string[] } = { help: false, rest: [] };
+interface GlobalFlags { url?: string; token?: string; help: boolean; version: boolean; rest: string[] }
+
+/** Global flags (--url, --token, --help, --version) may stand anywhere; everything else is the command. */
+function splitGlobal(argv: readonly string[]): GlobalFlags {
+  const out: GlobalFlags = { help: false, version: false, rest: [] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i] ?? '';
     const m = /^--(url|token)(?:=(.*))?$/.exec(a);
     if (m) {
       const v = m[2] ?? argv[++i];
-      if (v === undefined) throw new CliError(`--${m[1]} needs a value\n${USAGE}`, 2);
+      if (v === undefined) throw usageError(`--${m[1]} needs a value`);
       if (m[1] === 'url') out.url = v;
       else out.token = v;
     } else if (a === '-h' || a === '--help') {
       out.help = true;
+    } else if (a === '-V' || a === '--version') {
+      out.version = true;
     } else {
       out.rest.push(a);
     }
@@ -285,26 +321,27 @@ export async function run(argv: readonly string[], env = processEnv()): Promise<
   const base = loadCliConfig(env);
   const cfg: CliConfig = { ...base, url: g.url ?? base.url, token: g.token ?? base.token };
   const [cmd, ...rest] = g.rest;
-  const arg = (): string => {
+  const arg = (what: string): string => {
     const a = rest.find((x) => !x.startsWith('-'));
-    if (!a) throw new CliError(USAGE, 2);
+    if (!a) throw usageError(`${cmd ?? ''}: missing ${what}`);
     return a;
   };
-  if (g.help) throw new CliError(USAGE, 0);
+  if (g.help || cmd === 'help') throw new CliError(USAGE, 0);
+  if (g.version) throw new CliError(`idreg ${packageVersion()}`, 0);
   switch (cmd) {
     case 'list': return list(cfg, rest);
-    case 'show': return show(cfg, arg());
-    case 'history': return history(cfg, arg());
-    case 'release': return release(cfg, arg());
+    case 'show': return show(cfg, arg('IDENTIFIER or CLIENT_ID'));
+    case 'history': return history(cfg, arg('IDENTIFIER'));
+    case 'release': return release(cfg, arg('IDENTIFIER (the one to force release)'));
     case 'reap': return reap(cfg, rest);
     case 'pool':
-      if (rest[0] !== 'sync') throw new CliError(USAGE, 2);
+      if (rest[0] !== 'sync') throw usageError(rest[0] === undefined ? 'pool: missing sync' : `pool: unknown subcommand ${rest[0]} (pool sync)`);
       return poolSync(cfg, rest.slice(1));
     case 'backup': return backup(cfg, rest);
     case 'export': return exportState(cfg, rest);
     case 'import': return importState(cfg, rest);
-    case undefined: throw new CliError(USAGE, 2);
-    default: throw new CliError(`unknown command ${cmd}\n${USAGE}`, 2);
+    case undefined: throw usageError('missing COMMAND');
+    default: throw usageError(`unknown command ${cmd}`);
   }
 }
 
@@ -318,7 +355,7 @@ async function main(): Promise<void> {
       return;
     }
     const usage = e instanceof Error && 'code' in e && String(e.code).startsWith('ERR_PARSE_ARGS');
-    process.stderr.write(`error: ${e instanceof Error ? e.message : String(e)}\n${usage ? `${USAGE}\n` : ''}`);
+    process.stderr.write(`${usage ? 'idreg' : 'error'}: ${e instanceof Error ? e.message : String(e)}\n${usage ? `${USAGE}\n` : ''}`);
     process.exitCode = usage ? 2 : 3;
   }
 }

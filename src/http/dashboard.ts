@@ -10,7 +10,7 @@ export const DASHBOARD_HTML = `<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>asg-id-registry</title>
 <style>
-  :root { --leased: #2e9d5b; --free: #d9dde3; --cooling: #e8a33d; --retired: #6b7280; }
+  :root { --leased: #2e9d5b; --free: #d9dde3; --cooling: #e8a33d; --retired: #6b7280; --expired: #d64545; }
   body { font: 14px/1.4 system-ui, sans-serif; margin: 0; color: #1f2933; background: #f7f8fa; }
   header { display: flex; flex-wrap: wrap; gap: 24px; align-items: baseline; padding: 16px 24px; background: #fff; border-bottom: 1px solid #e3e6ea; }
   h1 { font-size: 18px; margin: 0; }
@@ -24,10 +24,15 @@ export const DASHBOARD_HTML = `<!doctype html>
   .cell { width: 14px; height: 14px; border-radius: 2px; cursor: default; }
   .cell.leased { background: var(--leased); } .cell.free { background: var(--free); }
   .cell.cooling { background: var(--cooling); } .cell.retired { background: var(--retired); }
+  /* Expired but not reclaimed yet: still the owner's (it may renew), but the reaper will take it. */
+  .cell.expired, .dot.expired { background: repeating-linear-gradient(135deg, var(--leased) 0 3px, var(--expired) 3px 6px); }
+  /* Retired from the pool file but still held: it leaves the pool when freed. */
+  .cell.retired-held, .dot.retired-held { box-shadow: inset 0 0 0 3px var(--retired); }
   #tip { position: fixed; pointer-events: none; background: #1f2933; color: #fff; padding: 6px 8px; border-radius: 4px; font-size: 12px; display: none; white-space: pre; }
   .muted { color: #6b7280; }
   form#login { display: none; margin: 24px; }
   form#login input { font: inherit; padding: 4px 8px; width: 320px; }
+  #login-error { color: #9b1c1c; font-weight: 600; margin-top: 8px; }
 </style>
 </head>
 <body>
@@ -38,7 +43,7 @@ export const DASHBOARD_HTML = `<!doctype html>
   <div class="muted" id="updated"></div>
 </header>
 <div class="banner" id="banner"></div>
-<form id="login"><label>Admin token <input id="token" type="password" autocomplete="off"></label> <button>Use</button></form>
+<form id="login"><label>Admin token <input id="token" type="password" autocomplete="off"></label> <button>Use</button><div id="login-error" role="alert"></div></form>
 <main>
   <div id="grid" aria-label="identifiers"></div>
   <p class="muted" id="more"></p>
@@ -52,6 +57,7 @@ export const DASHBOARD_HTML = `<!doctype html>
   var $ = function (id) { return document.getElementById(id); };
   var token = localStorage.getItem('idreg-token') || '';
   var lastOk = 0;
+  var marks = { expired: 0, retiredHeld: 0 };
 
   function human(s) {
     s = Math.max(0, Math.floor(s));
@@ -74,33 +80,72 @@ export const DASHBOARD_HTML = `<!doctype html>
     if (b.pool) {
       $('counts').innerHTML = ['leased', 'free', 'cooling', 'retired'].map(function (s) {
         return '<span data-count="' + s + '"><i class="dot" style="background:' + COLORS[s] + '"></i>' + s + ' <b>' + b.pool[s] + '</b></span>';
-      }).join('') + '<span>total <b>' + b.pool.total + '</b></span>';
+      }).join('') + '<span>total <b>' + b.pool.total + '</b></span>' +
+        '<span data-count="expired"><i class="dot expired"></i>expired, not reclaimed <b>' + marks.expired + '</b></span>' +
+        '<span data-count="retired-held"><i class="dot retired-held" style="background:var(--leased)"></i>retired, still held <b>' + marks.retiredHeld + '</b></span>';
     }
     var r = b.reaper;
     $('reaper').textContent = 'up ' + b.uptime + ' · reaper: ' + (r.last_run_at ? 'last sweep ' + human((h.date - Date.parse(r.last_run_at)) / 1000) + ' ago, reclaimed ' + r.last_reclaimed : 'not run yet') + (r.held ? ' · HELD' : '');
   }
 
+  function until(iso, now) { return human((Date.parse(iso) - now) / 1000); }
+
+  /** The tooltip: who holds it and since when; when an expired one will be reclaimed, a cooling one free. */
+  function tipOf(x, now, expired) {
+    var lines = [x.identifier + '  ' + x.status + (x.retired ? ' (retired)' : '')];
+    if (x.client_id) {
+      lines.push('owner ' + x.client_id + '  epoch ' + x.epoch);
+      lines.push('last seen ' + human((now - Date.parse(x.last_seen)) / 1000) + ' ago');
+      lines.push(expired ? 'expired ' + human((now - Date.parse(x.expires_at)) / 1000) + ' ago, not reclaimed yet (the owner can still renew)'
+        : 'expires in ' + until(x.expires_at, now) + ' without liveness');
+      if (x.retired) lines.push('retired from the pool file: leaves the pool once freed');
+    } else {
+      lines.push('epoch ' + x.epoch);
+      if (x.status === 'cooling' && x.available_at) lines.push('free in ' + until(x.available_at, now) + ' (at ' + x.available_at.slice(11, 19) + ' UTC)');
+    }
+    return lines.join('\\n');
+  }
+
   function renderGrid(res) {
+    // "Now" is the registry's (its Date header), so expiry does not depend on this machine's clock.
     var now = res.date || Date.now(), grid = $('grid'), frag = document.createDocumentFragment();
+    marks = { expired: 0, retiredHeld: 0 };
     res.body.forEach(function (x) {
       var c = document.createElement('div');
-      c.className = 'cell ' + x.status;
+      var expired = x.status === 'leased' && !!x.expires_at && Date.parse(x.expires_at) <= now;
+      var retiredHeld = x.retired === true && !!x.client_id;
+      if (expired) marks.expired++;
+      if (retiredHeld) marks.retiredHeld++;
+      c.className = 'cell ' + x.status + (expired ? ' expired' : '') + (retiredHeld ? ' retired-held' : '');
       c.dataset.identifier = x.identifier;
       c.dataset.status = x.status;
       c.dataset.owner = x.client_id || '';
-      c.dataset.tip = x.identifier + '  ' + x.status + (x.client_id ? '\\nowner ' + x.client_id + '  epoch ' + x.epoch + '\\nlast seen ' + human((now - Date.parse(x.last_seen)) / 1000) + ' ago' : '\\nepoch ' + x.epoch);
+      c.dataset.expired = String(expired);
+      c.dataset.retired = String(x.retired === true);
+      c.dataset.tip = tipOf(x, now, expired);
       frag.appendChild(c);
     });
     grid.replaceChildren(frag);
     $('more').textContent = res.body.length >= PAGE ? 'Showing the first ' + PAGE + ' identifiers.' : '';
   }
 
+  /** Asks for a token, saying why: none yet, refused, or not an admin token. */
+  function askForToken(status) {
+    $('grid').replaceChildren();
+    marks = { expired: 0, retiredHeld: 0 };
+    $('login').style.display = 'block';
+    $('login-error').textContent = !token ? ''
+      : status === 403 ? 'That token is not an admin token (403): listing needs one of the registry\\'s ADMIN_TOKENS.'
+      : 'The registry refused that token (401): use one of its ADMIN_TOKENS.';
+    if (token) localStorage.removeItem('idreg-token');
+  }
+
   function refresh() {
     Promise.all([get('/health'), get('/identifiers?limit=' + PAGE)]).then(function (rs) {
-      renderHealth(rs[0]);
-      if (rs[1].status === 401 || rs[1].status === 403) { $('login').style.display = 'block'; return; }
+      if (rs[1].status === 401 || rs[1].status === 403) { askForToken(rs[1].status); renderHealth(rs[0]); return; }
       $('login').style.display = 'none';
       renderGrid(rs[1]);
+      renderHealth(rs[0]);
       lastOk = Date.now();
     }).catch(function () { $('banner').className = 'banner unhealthy'; $('banner').textContent = 'The registry cannot be reached.'; });
   }

@@ -1,5 +1,5 @@
 /**
- * One log line and one latency observation per request, with a request id (the client's
+ * One latency observation per request and one log line (a 200 liveness at debug), with a request id (the client's
  * X-Request-Id when well-formed, else a new one) echoed back. Fields are chosen one by one:
  * headers are never logged, so a bearer token never reaches a log.
  */
@@ -30,19 +30,26 @@ export function telemetry(metrics: Metrics, log: Logger) {
       const code: unknown = ctx.state['errorCode'];
       const errorCode = typeof code === 'string' ? code : null;
       metrics.onRequest(ctx.method, route, ctx.status, seconds, errorCode);
-      const clientId: unknown = ctx.state['clientId'];
-      const line = {
-        req_id: id,
-        method: ctx.method,
-        route,
-        path: ctx.path,
-        status: ctx.status,
-        duration_ms: Math.round(seconds * 1e6) / 1e3,
-        ...(typeof clientId === 'string' ? { client_id: clientId } : {}),
-        ...(errorCode !== null ? { error_code: errorCode } : {}),
-      };
-      if (ctx.status >= 500) log.error(line, 'request');
-      else log.info(line, 'request');
+      // A VM's routine 200 liveness is the bulk of all traffic and says nothing an operator
+      // reads line by line: it is counted and timed in /metrics, and logged only at debug.
+      // Formatting and writing that line cost about a tenth of the liveness throughput.
+      const level = ctx.status >= 500 ? 'error' : ctx.status === 200 && route === '/liveness' ? 'debug' : 'info';
+      if (log.isLevelEnabled(level)) {
+        const clientId: unknown = ctx.state['clientId'];
+        const line = {
+          req_id: id,
+          method: ctx.method,
+          route,
+          // The peer's address (a proxy's, behind one: X-Forwarded-For is not trusted).
+          remote_addr: ctx.socket.remoteAddress ?? null,
+          path: ctx.path,
+          status: ctx.status,
+          duration_ms: Math.round(seconds * 1e6) / 1e3,
+          ...(typeof clientId === 'string' ? { client_id: clientId } : {}),
+          ...(errorCode !== null ? { error_code: errorCode } : {}),
+        };
+        log[level](line, 'request');
+      }
     }
   };
 }

@@ -19,7 +19,7 @@ export interface ReaperJob {
 /** How far ahead a next slot is looked for; a rarer schedule just looks again then. */
 const HORIZON_S = 86_400;
 
-type Matcher = (d: Date) => boolean;
+type Matcher = ((d: Date) => boolean) & { readonly horizonS?: number };
 
 function numbers(values: readonly (number | string)[]): Set<number> | null {
   const out = new Set<number>();
@@ -36,8 +36,9 @@ export function cronMatcher(expression: string): Matcher {
   const dom = numbers(f.dayOfMonth);
   const dow = numbers(f.dayOfWeek);
   if (!dom || !dow) {
+    // node-cron's own matcher (for L and # day forms) costs ~13 µs a look: scan an hour at a time.
     const task = cron.createTask(expression, () => {});
-    return (d) => task.match(d);
+    return Object.assign((d: Date) => task.match(d), { horizonS: 3600 });
   }
   const second = new Set(f.second);
   const minute = new Set(f.minute);
@@ -47,11 +48,14 @@ export function cronMatcher(expression: string): Matcher {
     dom.has(d.getDate()) && month.has(d.getMonth() + 1) && dow.has(d.getDay());
 }
 
-/** Milliseconds from `now` to the next whole second the expression matches (within the horizon). */
-export function msToNext(match: Matcher, now: number): number {
+/**
+ * Milliseconds from `now` to the next whole second the expression matches, or, with none
+ * within `horizonS`, to the horizon (`due` false: look again then, do not sweep).
+ */
+export function msToNext(match: Matcher, now: number, horizonS = HORIZON_S): { ms: number; due: boolean } {
   let t = Math.floor(now / 1000) * 1000 + 1000;
-  for (let i = 0; i < HORIZON_S; i++, t += 1000) if (match(new Date(t))) return t - now;
-  return t - now;
+  for (let i = 0; i < horizonS; i++, t += 1000) if (match(new Date(t))) return { ms: t - now, due: true };
+  return { ms: t - now, due: false };
 }
 
 /** Starts the schedule; returns the function that stops it. */
@@ -61,7 +65,8 @@ export function startReaper(job: ReaperJob): () => void {
   let stopped = false;
   const arm = (): void => {
     if (stopped) return;
-    timer = setTimeout(reaperTick, msToNext(match, job.clock.now()));
+    const next = msToNext(match, job.clock.now(), match.horizonS);
+    timer = setTimeout(next.due ? reaperTick : arm, next.ms);
   };
   async function reaperTick(): Promise<void> {
     try {

@@ -104,7 +104,7 @@ describe('logs', () => {
     };
   }
 
-  it('one JSON line per request (method, route, status, duration, request id, client_id) and per ownership change; never a token', async () => {
+  it('one JSON line per request (method, route, status, duration, request id, client_id, caller\'s address, pid) and per ownership change; never a token', async () => {
     const out = capture();
     const log = createLogger('info', out.stream);
     const AGENT = 'agent-token-SECRET-0123456789';
@@ -126,9 +126,42 @@ describe('logs', () => {
     expect(requests).to.have.length(4);
     expect(requests[0]).to.include({ req_id: 'req-42', method: 'POST', route: '/allocate', path: '/allocate', status: 200, client_id: 'vm-a', level: 'info' });
     expect(requests[0]?.['duration_ms']).to.be.a('number');
+    expect(requests[0]?.['remote_addr']).to.match(/^(::ffff:)?127\.0\.0\.1$/);
+    expect(lines.every((l) => l['pid'] === process.pid), 'every line names the process').to.equal(true);
     expect(requests[2]).to.include({ status: 401, error_code: 'unauthorized' });
     expect(lines.find((l) => l['msg'] === 'ownership allocated')).to.include({ event: 'allocated', identifier: 'w-0', client_id: 'vm-a', epoch: 1 });
     expect(out.raw()).to.not.include('SECRET');
+  });
+
+  it('a routine 200 liveness is counted and timed in /metrics but logged only at debug; a refused one is logged at info', async () => {
+    for (const level of ['info', 'debug'] as const) {
+      const out = capture();
+      const h = await makeRegistry({ log: createLogger(level, out.stream) });
+      const l = (await h.http.post('/allocate').send({ client_id: 'vm-a' })).body;
+      await h.http.post('/liveness').send({ client_id: 'vm-a', identifier: l.identifier }).expect(200);
+      await h.http.post('/liveness').send({ client_id: 'vm-b', identifier: l.identifier }).expect(409);
+      const lines = out.lines().filter((x) => x['msg'] === 'request').map((x) => [x['level'], x['route'], x['status']]);
+      expect(lines, level).to.deep.equal([
+        ['info', '/allocate', 200],
+        ...(level === 'debug' ? [['debug', '/liveness', 200]] : []),
+        ['info', '/liveness', 409],
+      ]);
+      expect(await h.metrics.render()).to.match(/http_request_duration_seconds_count\{method="POST",route="\/liveness",status="200"\} 1/);
+    }
+  });
+
+  it('sweeps log at info when they reclaim or are forced, at warn when the guard holds, else only at debug', async () => {
+    const out = capture();
+    const log = createLogger('debug', out.stream);
+    const { logRegistryEvent } = await import('../../src/log.js');
+    const sweep = { type: 'sweep', expired: 0, leased: 4, reason: null, forced: false, durationMs: 1 } as const;
+    logRegistryEvent(log, { ...sweep, reclaimed: 2, held: false });
+    logRegistryEvent(log, { ...sweep, reclaimed: 0, held: true, reason: 'mass expiry' });
+    logRegistryEvent(log, { ...sweep, reclaimed: 0, held: false, forced: true });
+    logRegistryEvent(log, { ...sweep, reclaimed: 0, held: false });
+    expect(out.lines().map((l) => [l['level'], l['msg']])).to.deep.equal([
+      ['info', 'reaper sweep'], ['warn', 'reaper held by the mass-expiry guard'], ['info', 'reaper sweep'], ['debug', 'reaper sweep'],
+    ]);
   });
 
   it('LOG_LEVEL=warn keeps request lines out', async () => {
@@ -197,5 +230,8 @@ describe('dashboard route', () => {
     expect(res.status).to.equal(200);
     expect(res.headers['content-type']).to.equal('text/html; charset=utf-8');
     expect(res.text).to.include('<title>asg-id-registry</title>').and.include("get('/identifiers?limit=").and.include("get('/health')");
+    // The script lives in a template literal, where one backslash too few breaks it silently.
+    const script = res.text.slice(res.text.indexOf('<script>') + '<script>'.length, res.text.indexOf('</script>'));
+    expect(() => new Function(script), 'the page\'s script parses').to.not.throw();
   });
 });

@@ -38,6 +38,7 @@ describe('several registry processes on one database file', function () {
     const env = { LEASE_TTL_SECONDS: '1', REUSE_COOLDOWN_SECONDS: '0' };
     const p1 = await start(env);
     const p2 = await start(env);
+    expect(p1.output()).to.match(/REUSE_COOLDOWN_SECONDS is 0/); // said at start-up: no fence window
     for (let round = 0; round < 5; round++) {
       const lease = asBody((await json(p1.base, 'POST', '/allocate', { client_id: 'vm-a' })).body);
       await eventually(async () => Date.parse(String((await get(p2.base, '/client/vm-a'))['expires_at'])) < Date.now(), 5000, 'the lease to expire');

@@ -512,7 +512,7 @@ export class SqliteStore implements Store {
     this.pumpScheduled = true;
     this.defer(() => {
       this.pumpScheduled = false;
-      void this.pump();
+      this.pump().catch((e: unknown) => this.failAll(e));
     });
   }
 
@@ -579,7 +579,11 @@ export class SqliteStore implements Store {
     } catch (e) {
       // A storage failure, or the commit itself failed (disk full): nothing of the batch is kept
       // and nothing of it is acknowledged.
-      if (this.db.inTransaction) this.db.exec('ROLLBACK');
+      try {
+        if (this.db.inTransaction) this.db.exec('ROLLBACK');
+      } catch {
+        // SQLite may have rolled back already; the original error is the answer
+      }
       return this.fail(batch, e);
     }
     this.storageFault = null;
@@ -587,7 +591,10 @@ export class SqliteStore implements Store {
     this.syncWal((fsyncError) => this.settle(batch, outcomes, fsyncError));
   }
 
-  /** One use case in its own savepoint: its RegistryError undoes only its own writes. */
+  /**
+   * One use case in its own savepoint: its failure undoes only its own writes and is only its
+   * own answer. If SQLite itself ended the transaction (an I/O error), the batch fails whole.
+   */
   private async runItem(item: Queued): Promise<Outcome> {
     this.db.exec('SAVEPOINT use_case');
     try {
@@ -595,11 +602,25 @@ export class SqliteStore implements Store {
       this.db.exec('RELEASE use_case');
       return { ok: true, value };
     } catch (e) {
+      if (!this.db.inTransaction) throw e;
       this.db.exec('ROLLBACK TO use_case');
       this.db.exec('RELEASE use_case');
-      if (isRegistryError(e) && e.code !== 'unavailable' && e.code !== 'internal') return { ok: false, error: e };
-      throw e;
+      if (isRegistryError(e) && e.code !== 'unavailable') return { ok: false, error: e };
+      if (isBusy(e) || (e instanceof Database.SqliteError && !/^SQLITE_(CONSTRAINT|ERROR|MISMATCH|RANGE)/.test(e.code))) throw e;
+      return { ok: false, error: toRegistryError(e) };
     }
+  }
+
+  /** The pump itself failed (it should not): nothing queued is left hanging. */
+  private failAll(e: unknown): void {
+    this.pumping = false;
+    try {
+      if (this.db.open && this.db.inTransaction) this.db.exec('ROLLBACK');
+    } catch {
+      // the connection is gone; the answers below say so
+    }
+    const err = toRegistryError(e);
+    for (const item of [...this.writes.splice(0), ...this.reads.splice(0)]) item.reject(err);
   }
 
   private waitForLock(batch: Queued[]): void {

@@ -1,0 +1,46 @@
+/**
+ * The registry's command line: it takes no arguments (everything is configured through the
+ * environment), but answers --help and --version and exits without starting anything.
+ */
+
+export const REGISTRY_USAGE = `usage: asg-id-registry [--help | --version]
+       (node dist/main.js; npm start runs it)
+
+Hands each VM of an Auto Scaling Group a unique identifier from a pool, keeps it while the
+VM sends liveness, and reclaims it when the VM goes quiet. No identifier is ever held by
+two live VMs at once. Configured by environment variables (defaults in brackets):
+
+  HOST, PORT                  listen address [127.0.0.1, 8080]
+  DB_PATH                     SQLite file, created with its folder [./data/registry.db]
+  POOL_FILE                   the pool, one identifier or pattern a line [seed/identifiers.txt]
+  LEASE_TTL_SECONDS           a lease expires this long after its last liveness [90]
+  REAPER_SCHEDULE             node-cron expression, seconds field allowed [*/10 * * * * *]
+  REUSE_COOLDOWN_SECONDS      wait after a reclaim or force release before reuse [= TTL]
+  STARTUP_GRACE_SECONDS       no reclaim before this much uptime [= TTL]
+  REAPER_MAX_FRACTION         mass-expiry guard: hold when more of the leases expire [0.5]
+  REAPER_MIN_HOLD             ... and more than this many [10]
+  REAPER_GUARDED_RATE         reclaims a minute while the guard limits; 0 holds all [1 % of the pool, at least 1]
+  REAPER_BATCH_SIZE           leases reclaimed per transaction [1000]
+  DB_BUSY_TIMEOUT_MS          wait for another process's write lock before 503 [2000]
+  AGENT_TOKENS, ADMIN_TOKENS  comma-separated bearer tokens, 16+ characters [unset: open]
+  LOG_LEVEL                   fatal error warn info debug trace silent [info]
+
+signals: SIGHUP re-reads the pool file; SIGTERM or SIGINT finish in-flight requests and stop.
+exit status: 0 stopped by a signal; 2 bad command line; 78 a bad setting, pool file or
+database path (restarting will not mend it); 1 anything else.`;
+
+export type RegistryCommand =
+  | { readonly kind: 'run' }
+  | { readonly kind: 'help' }
+  | { readonly kind: 'version' }
+  | { readonly kind: 'usage_error'; readonly message: string };
+
+/** What the command line asks for; `args` excludes node and the script. */
+export function registryCommand(args: readonly string[]): RegistryCommand {
+  const [first, ...rest] = args;
+  if (first === undefined) return { kind: 'run' };
+  if (rest.length > 0) return { kind: 'usage_error', message: `unexpected argument ${rest[0] ?? ''}` };
+  if (first === '--help' || first === '-h') return { kind: 'help' };
+  if (first === '--version' || first === '-V') return { kind: 'version' };
+  return { kind: 'usage_error', message: `unknown argument ${first} (settings are environment variables)` };
+}
