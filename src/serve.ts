@@ -21,7 +21,9 @@ import { parsePoolFile, readPoolText } from './pool/load.js';
 import type { PoolFile } from './pool/load.js';
 import { BEAT_INTERVAL_MS, Registry } from './registry.js';
 import { explainDbOpenError, inspectDbPath } from './store/explain.js';
+import { openPostgresStore } from './store/postgres/store.js';
 import { SqliteStore } from './store/sqlite/store.js';
+import type { Store } from './store/types.js';
 import { readTls } from './tls.js';
 import type { TlsMaterial } from './tls.js';
 import { REGISTRY_USAGE, registryCommand } from './usage.js';
@@ -54,6 +56,9 @@ function answerCommandLine(): void {
 
 /** A database that cannot be opened or written is a configuration problem: say why, exit 78. */
 function dieOnDatabase(e: unknown, config: Config): never {
+  if (config.databaseUrl !== null) {
+    die(`configuration error: DATABASE_URL: cannot use ${redact(config.databaseUrl)}: ${messageOf(e)}`, EX_CONFIG);
+  }
   die(explainDbOpenError(e, inspectDbPath(config.dbPath)), EX_CONFIG);
 }
 
@@ -92,6 +97,41 @@ async function bind(config: Config, tls: TlsMaterial | null): Promise<{ server: 
     server.listen(config.port, config.host, () => resolve());
   });
   return { server, serve: (l) => { listener = l; } };
+}
+
+/** A database URL fit for a log line: the password blanked. */
+function redact(url: string): string {
+  const u = new URL(url);
+  if (u.password) u.password = '***';
+  return u.toString();
+}
+
+/** How long start-up waits for an unreachable PostgreSQL (a failover in progress) before giving up. */
+const DATABASE_WAIT_MS = 30_000;
+
+/**
+ * The PostgreSQL store, migrated. A database that does not answer may be failing over: start-up
+ * waits for it (answering 503 meanwhile) up to DATABASE_WAIT_MS, then stops as for a bad setting.
+ */
+async function openPostgres(config: Config, url: string, log: Logger): Promise<Store> {
+  const deadline = systemTimeSource.monotonic() + DATABASE_WAIT_MS;
+  for (let wait = 250; ; wait = Math.min(wait * 2, 4000)) {
+    try {
+      return await openPostgresStore({
+        url,
+        applicationName: `asg-id-registry ${config.host}:${config.port}`,
+        onConnectionError: (reason) => log.warn({ err: reason }, 'a database connection failed; it is replaced on next use'),
+      });
+    } catch (e) {
+      const unavailable = isRegistryError(e) && e.code === 'unavailable';
+      const reason = messageOf(e);
+      if (!unavailable || systemTimeSource.monotonic() + wait > deadline) {
+        die(`configuration error: DATABASE_URL: cannot use ${redact(url)}: ${reason}`, EX_CONFIG);
+      }
+      log.warn({ db: redact(url), err: reason }, 'waiting for the database');
+      await new Promise((r) => setTimeout(r, wait));
+    }
+  }
 }
 
 /** Syncs the pool unless the file is the one last synced. Throws PoolFileError for a bad file. */
@@ -146,13 +186,18 @@ export async function serve(signals: Signals): Promise<void> {
     die(e instanceof Error ? e.message : String(e), EX_CONFIG);
   }
   const { server, serve: answerWith } = await bind(config, tls);
-  let store: SqliteStore;
-  try {
-    store = new SqliteStore({ path: config.dbPath, busyTimeoutMs: config.dbBusyTimeoutMs, source: systemTimeSource });
-  } catch (e) {
-    dieOnDatabase(e, config);
+  let store: Store;
+  let sqlite: SqliteStore | null = null;
+  if (config.databaseUrl !== null) {
+    store = await openPostgres(config, config.databaseUrl, log);
+  } else {
+    try {
+      store = sqlite = new SqliteStore({ path: config.dbPath, busyTimeoutMs: config.dbBusyTimeoutMs, source: systemTimeSource });
+    } catch (e) {
+      dieOnDatabase(e, config);
+    }
+    if (sqlite.rebooted) log.warn('the machine rebooted since the registry last ran: cool-downs in progress resume from now');
   }
-  if (store.rebooted) log.warn('the machine rebooted since the registry last ran: cool-downs in progress resume from now');
   const metrics = new Metrics({ processMetrics: true });
   const registry = new Registry({
     store,
@@ -180,8 +225,8 @@ export async function serve(signals: Signals): Promise<void> {
     if (isRegistryError(e) && e.code === 'unavailable') dieOnDatabase(e, config);
     die(messageOf(e), EX_CONFIG); // a malformed file, or one that would retire more than half of the pool
   }
-  await registry.open({ serviceRestarted: store.rebooted }).catch((e: unknown) => dieOnDatabase(e, config));
-  store.checkpointInBackground((message) => log.warn({ err: message }, 'WAL checkpoint failed'));
+  await registry.open({ serviceRestarted: sqlite?.rebooted ?? false }).catch((e: unknown) => dieOnDatabase(e, config));
+  sqlite?.checkpointInBackground((message) => log.warn({ err: message }, 'WAL checkpoint failed'));
 
   const app = createApp({
     registry,
@@ -202,7 +247,8 @@ export async function serve(signals: Signals): Promise<void> {
     log.warn('REUSE_COOLDOWN_SECONDS is 0: a reclaimed or force-released identifier can be handed out while its old holder ' +
       'still uses it (its fence window is 0); set a cool-down of at least the lease TTL');
   }
-  log.info({ host: config.host, port: config.port, https: tls !== null, db: config.dbPath, pool: config.poolFile }, 'asg-id-registry listening');
+  const db = config.databaseUrl === null ? config.dbPath : redact(config.databaseUrl);
+  log.info({ host: config.host, port: config.port, https: tls !== null, db, engine: store.engine, pool: config.poolFile }, 'asg-id-registry listening');
 
   const beats = setInterval(() => {
     registry.beat().catch((e: unknown) => log.warn({ err: e instanceof Error ? e.message : String(e) }, 'instance beat failed'));

@@ -12,6 +12,7 @@ two live VMs at once. Configured by environment variables (defaults in brackets)
 
   HOST, PORT                  listen address [127.0.0.1, 8080]
   DB_PATH                     SQLite file, created with its folder [./data/registry.db]
+  DATABASE_URL                postgres://…: PostgreSQL instead, shared by several instances [unset]
   POOL_FILE                   the pool, one identifier or pattern a line [seed/identifiers.txt]
   LEASE_TTL_SECONDS           a lease expires this long after its last liveness [90]
   REAPER_SCHEDULE             node-cron expression, seconds field allowed [*/10 * * * * *]
@@ -28,8 +29,8 @@ two live VMs at once. Configured by environment variables (defaults in brackets)
   LOG_LEVEL                   fatal error warn info debug trace silent [info]
 
 signals: SIGHUP re-reads the pool file; SIGTERM or SIGINT finish in-flight requests and stop.
-exit status: 0 stopped by a signal; 2 bad command line; 78 a bad setting, pool file or
-database path (restarting will not mend it); 1 anything else.`;
+exit status: 0 stopped by a signal; 2 bad command line; 78 a bad setting, pool file,
+database path, or a database URL unreachable for 30 s (restarting will not mend it); 1 anything else.`;
 
 export type RegistryCommand =
   | { readonly kind: 'run' }

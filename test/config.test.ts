@@ -77,6 +77,22 @@ describe('config', () => {
     expect(failure({ ALLOW_OPEN: 'yes' }).variable).to.equal('ALLOW_OPEN');
   });
 
+  it('DATABASE_URL selects PostgreSQL; without it SQLite stays the default', () => {
+    expect(loadConfig({}).databaseUrl).to.equal(null);
+    const url = 'postgres://registry:s3cret@db.internal:5432/idreg?sslmode=require';
+    expect(loadConfig({ DATABASE_URL: url }).databaseUrl).to.equal(url);
+    expect(loadConfig({ DATABASE_URL: 'postgresql://db.internal/idreg' }).databaseUrl).to.equal('postgresql://db.internal/idreg');
+  });
+
+  for (const value of ['mysql://u:s3cret@db/x', 'not a url s3cret', 'postgres://', 'sqlite:///data/registry.db']) {
+    it(`refuses DATABASE_URL=${JSON.stringify(value)} without echoing it (it may hold a password)`, () => {
+      const e = failure({ DATABASE_URL: value });
+      expect(e.variable).to.equal('DATABASE_URL');
+      expect(e.message).to.not.include('s3cret');
+      expect(e.message).to.not.include('\n');
+    });
+  }
+
   it('refuses a token that is both an agent and an admin token', () => {
     expect(failure({ AGENT_TOKENS: 'same-token-0123456789', ADMIN_TOKENS: 'same-token-0123456789' }).variable).to.equal('AGENT_TOKENS');
   });

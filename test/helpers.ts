@@ -15,6 +15,9 @@ import { parsePool } from '../src/pool/parse.js';
 import { Registry } from '../src/registry.js';
 import type { RegistryEvent, RegistryRules } from '../src/registry.js';
 import { SqliteStore } from '../src/store/sqlite/store.js';
+import type { Store } from '../src/store/types.js';
+import { openTestStore, sqliteLookOf } from './engines.js';
+import type { EngineName, TestStore } from './engines.js';
 
 export const SECOND = 1000;
 
@@ -30,34 +33,58 @@ export const DEFAULT_RULES: RegistryRules = {
 
 export interface Harness {
   readonly registry: Registry;
-  readonly store: SqliteStore;
+  readonly store: Store;
+  /** The SQLite store, for tests that reach into its file; null on PostgreSQL. */
+  readonly sqlite: SqliteStore | null;
   readonly clock: FakeClock;
   readonly events: RegistryEvent[];
   readonly app: Koa;
   readonly metrics: Metrics;
   readonly http: ReturnType<typeof request>;
   /** Raw SQL look at the database, for asserting what a request left behind. */
-  row(name: string): Record<string, unknown> | undefined;
-  leasedCount(): number;
+  row(name: string): Promise<Record<string, unknown> | undefined>;
+  leasedCount(): Promise<number>;
+  /** A second registry on the same database, as another process or instance would run it. */
+  another(clock?: Clock, rules?: Partial<RegistryRules>): Promise<Registry>;
+  /** Makes the database unreadable under the registry. */
+  breakStore(): Promise<void>;
 }
 
 export interface HarnessOptions {
   readonly pool?: string;
   readonly rules?: Partial<RegistryRules>;
+  /** SQLite only: this file instead of memory (tests that reopen it). */
   readonly path?: string;
+  /** A database another registry can open too (SQLite: a temp file instead of memory). */
+  readonly shared?: boolean;
   readonly clock?: FakeClock;
   readonly auth?: AppDeps['auth'];
   readonly log?: Logger;
+  /** This engine, whatever the enclosing suite runs on. */
+  readonly engine?: EngineName;
 }
 
+/** A registry and its app on a fresh database of the engine the test runs on (see engines.ts). */
 export async function makeRegistry(opts: HarnessOptions = {}): Promise<Harness> {
   const clock = opts.clock ?? new FakeClock();
-  const store = new SqliteStore({ path: opts.path ?? ':memory:', clock });
   const events: RegistryEvent[] = [];
   const metrics = new Metrics();
+  let t: TestStore;
+  if (opts.path !== undefined) {
+    const store = new SqliteStore({ path: opts.path, clock });
+    const path = opts.path;
+    t = {
+      store, sqlite: store, raw: sqliteLookOf(store),
+      another: async (c) => new SqliteStore({ path, clock: c }),
+      breakIt: async () => { store.db.close(); },
+    };
+  } else {
+    t = await openTestStore(clock, { shared: opts.shared ?? false, ...(opts.engine ? { engine: opts.engine } : {}) });
+  }
+  const rules = { ...DEFAULT_RULES, ...opts.rules };
   const registry = new Registry({
-    store,
-    rules: { ...DEFAULT_RULES, ...opts.rules },
+    store: t.store,
+    rules,
     observe: (e) => {
       events.push(e);
       metrics.onRegistryEvent(e);
@@ -71,20 +98,22 @@ export async function makeRegistry(opts: HarnessOptions = {}): Promise<Harness> 
     auth: opts.auth ?? { agentTokens: [], adminTokens: [] },
     ...(opts.log ? { log: opts.log } : {}),
   });
-  const rowStmt = store.db.prepare('SELECT * FROM identifiers WHERE name = ?');
-  const leasedStmt = store.db.prepare('SELECT count(*) AS n FROM identifiers WHERE client_id IS NOT NULL');
   return {
-    registry, store, clock, events, app, metrics,
+    registry, store: t.store, sqlite: t.sqlite, clock, events, app, metrics,
     http: request(app.callback()),
-    row: (name) => {
-      const r: unknown = rowStmt.get(name);
-      return typeof r === 'object' && r !== null ? Object.fromEntries(Object.entries(r)) : undefined;
-    },
-    leasedCount: () => {
-      const r: unknown = leasedStmt.get();
-      return typeof r === 'object' && r !== null && 'n' in r && typeof r.n === 'number' ? r.n : -1;
-    },
+    row: (name) => t.raw.row(name),
+    leasedCount: () => t.raw.leasedCount(),
+    another: async (c = clock, r = {}) => new Registry({ store: await t.another(c), rules: { ...rules, ...r } }),
+    breakStore: () => t.breakIt(),
   };
+}
+
+/** A harness on SQLite whatever the suite runs on, for the tests of the SQLite engine itself. */
+export async function makeSqliteRegistry(opts: HarnessOptions = {}): Promise<Harness & { readonly store: SqliteStore }> {
+  const h = await makeRegistry({ ...opts, engine: 'sqlite' });
+  const store = h.sqlite;
+  if (!store) throw new Error('expected a SQLite store');
+  return { ...h, store };
 }
 
 /** A registry on the database file at `path`, with the given clock; for tests that restart it or run two. */

@@ -4,6 +4,9 @@
  * the real registry on a real SQLite file and against a small in-memory model of SPEC.md.
  * After every step the two agree on every identifier, and no identifier is believed held by
  * two live VMs (each VM fencing itself as SPEC.md tells it to).
+ *
+ * The same histories run on PostgreSQL too, where registry time is the database server's
+ * clock: real time, which neither the registry host's wall-clock jumps nor its reboots touch.
  */
 import { expect } from 'chai';
 import { join } from 'node:path';
@@ -12,9 +15,14 @@ import { FakeTimeSource } from '../src/clock.js';
 import { Registry } from '../src/registry.js';
 import { fenceAfterMs } from '../src/domain/lease.js';
 import type { RegistryRules } from '../src/registry.js';
+import { openPostgresStore } from '../src/store/postgres/store.js';
 import { SqliteStore } from '../src/store/sqlite/store.js';
+import type { Clock } from '../src/clock.js';
+import type { Store } from '../src/store/types.js';
 import type { Status } from '../src/domain/types.js';
+import type { EngineName } from './engines.js';
 import { tempDir } from './helpers.js';
+import { freshDatabase } from './support/postgres.js';
 
 const SEC = 1000;
 // Small on purpose: few identifiers and clients make reuse, contention and exhaustion common.
@@ -51,18 +59,25 @@ class Model {
   private clockStepAt: number | null = null;
   private skew = 0;
 
-  constructor(readonly rules: RegistryRules, readonly src: FakeTimeSource, pool: readonly string[]) {
+  /** `server`: PostgreSQL's clock (registry time there); null for SQLite's anchored host clock. */
+  constructor(readonly rules: RegistryRules, readonly src: FakeTimeSource, pool: readonly string[], readonly server: Clock | null = null) {
     this.boot(false);
     this.sync(pool);
   }
 
-  /** Registry time: offset + monotonic, the offset kept in the store for the whole boot (src/clock.ts, restated). */
+  /** Registry time: offset + monotonic, the offset kept in the store for the whole boot (src/clock.ts, restated); the server's on PostgreSQL. */
   now(): number {
+    if (this.server) return this.server.now();
     return Math.max(this.floorNow, Math.floor((this.offset ?? 0) + this.src.monotonic()));
   }
 
-  /** A process starts: the same boot keeps time and cool-downs exactly; a new boot anchors anew. */
+  /** A process starts: the same boot keeps time and cool-downs exactly; a new boot anchors anew (SQLite). */
   boot(rebooted: boolean): void {
+    if (this.server) {
+      this.startedAt = this.now(); // the only instance: the service starts with it
+      this.skew = this.src.wall() - this.now();
+      return;
+    }
     let floor = this.lastHistoryAt;
     for (const i of this.ids.values()) if (i.holder) floor = Math.max(floor, i.holder.lastSeen);
     if (this.offset === null || rebooted) {
@@ -252,11 +267,14 @@ const cmdArb: fc.Arbitrary<Cmd> = fc.oneof(
 // ---------------------------------------------------------------- the real system
 
 class Real {
-  store!: SqliteStore;
+  store!: Store;
   registry!: Registry;
-  constructor(readonly path: string, readonly rules: RegistryRules, readonly src: FakeTimeSource) {}
+  /** A SQLite file, or on PostgreSQL a database URL and the server's clock. */
+  constructor(readonly path: string, readonly rules: RegistryRules, readonly src: FakeTimeSource, readonly pg: { url: string; clock: Clock } | null) {}
   async start(pool: readonly string[]): Promise<void> {
-    this.store = new SqliteStore({ path: this.path, source: this.src });
+    this.store = this.pg
+      ? await openPostgresStore({ url: this.pg.url, clock: this.pg.clock, poolSize: 2 })
+      : new SqliteStore({ path: this.path, source: this.src });
     this.registry = new Registry({ store: this.store, source: this.src, rules: this.rules });
     await this.registry.syncPool(pool);
     await this.registry.open();
@@ -280,19 +298,22 @@ async function outcome(p: Promise<{ identifier: string; epoch: number }>): Promi
 /** What each VM believes it holds, and until when by its own (real-time) clock. */
 interface Belief { identifier: string; epoch: number; sentAt: number }
 
-async function runScenario(rules: RegistryRules, cmds: Cmd[], checkBeliefs: boolean): Promise<void> {
+async function runScenario(engine: EngineName, rules: RegistryRules, cmds: Cmd[], checkBeliefs: boolean): Promise<void> {
   const t = tempDir();
   const src = new FakeTimeSource();
   let pool: string[] = [...INITIAL_POOL];
-  const real = new Real(join(t.dir, 'model.db'), rules, src);
+  // The VMs' clocks: they run at the rate of real time, and the registry host's reboot does not reset them.
+  let elapsed = 0;
+  const realTime = (): number => elapsed;
+  // PostgreSQL's clock: real time too, on another machine than the registry's.
+  const serverStart = src.wall();
+  const server: Clock = { now: () => serverStart + elapsed };
+  const real = new Real(join(t.dir, 'model.db'), rules, src, engine === 'postgres' ? { url: await freshDatabase(), clock: server } : null);
   try {
     await real.start(pool);
-    const model = new Model(rules, src, pool);
+    const model = new Model(rules, src, pool, engine === 'postgres' ? server : null);
     const beliefs = new Map<string, Belief>();
     const lastEpoch = new Map<string, number>();
-    // The VMs' clocks: they run at the rate of real time, and the registry host's reboot does not reset them.
-    let elapsed = 0;
-    const realTime = (): number => elapsed;
 
     for (const [step, cmd] of cmds.entries()) {
       const where = `step ${step} ${JSON.stringify(cmd)}`;
@@ -408,32 +429,38 @@ async function runScenario(rules: RegistryRules, cmds: Cmd[], checkBeliefs: bool
 // About 4 s a property on this machine; MODEL_RUNS=2000 for a long hunt.
 const RUNS = Number(process.env['MODEL_RUNS'] ?? 250);
 
-describe('model: the registry agrees with SPEC.md under random histories', function () {
-  this.timeout(120_000);
+// PostgreSQL: fewer histories (each opens a database and its connections), the same commands.
+const PG_RUNS = Number(process.env['MODEL_PG_RUNS'] ?? 40);
 
-  it('with SPEC.md defaults (cool-down and grace = TTL): agreement, and never two live holders', async () => {
-    const rules: RegistryRules = {
-      ttlMs: 30 * SEC, cooldownMs: 30 * SEC, graceMs: 30 * SEC, maxFraction: 0.5, minHold: 1, guardedRatePerMinute: 1, reapBatchSize: 2,
-    };
-    await fc.assert(
-      fc.asyncProperty(fc.array(cmdArb, { minLength: 1, maxLength: 50, size: 'max' }), (cmds) => runScenario(rules, cmds, true)),
-      { numRuns: RUNS },
-    );
-  });
+for (const engine of ['sqlite', 'postgres'] as const) {
+  describe(`model [${engine}]: the registry agrees with SPEC.md under random histories`, function () {
+    this.timeout(300_000);
+    const numRuns = engine === 'sqlite' ? RUNS : PG_RUNS;
 
-  it('with random timing rules: agreement with the model', async () => {
-    const rulesArb = fc.record({
-      ttlMs: fc.integer({ min: 1, max: 60 }).map((s) => s * SEC),
-      cooldownMs: fc.integer({ min: 0, max: 60 }).map((s) => s * SEC),
-      graceMs: fc.integer({ min: 0, max: 60 }).map((s) => s * SEC),
-      maxFraction: fc.constantFrom(0.25, 0.5, 1),
-      minHold: fc.integer({ min: 0, max: 3 }),
-      guardedRatePerMinute: fc.integer({ min: 0, max: 3 }),
-      reapBatchSize: fc.integer({ min: 1, max: 4 }),
+    it('with SPEC.md defaults (cool-down and grace = TTL): agreement, and never two live holders', async () => {
+      const rules: RegistryRules = {
+        ttlMs: 30 * SEC, cooldownMs: 30 * SEC, graceMs: 30 * SEC, maxFraction: 0.5, minHold: 1, guardedRatePerMinute: 1, reapBatchSize: 2,
+      };
+      await fc.assert(
+        fc.asyncProperty(fc.array(cmdArb, { minLength: 1, maxLength: 50, size: 'max' }), (cmds) => runScenario(engine, rules, cmds, true)),
+        { numRuns },
+      );
     });
-    await fc.assert(
-      fc.asyncProperty(rulesArb, fc.array(cmdArb, { minLength: 1, maxLength: 50, size: 'max' }), (rules, cmds) => runScenario(rules, cmds, false)),
-      { numRuns: RUNS },
-    );
+
+    it('with random timing rules: agreement with the model', async () => {
+      const rulesArb = fc.record({
+        ttlMs: fc.integer({ min: 1, max: 60 }).map((s) => s * SEC),
+        cooldownMs: fc.integer({ min: 0, max: 60 }).map((s) => s * SEC),
+        graceMs: fc.integer({ min: 0, max: 60 }).map((s) => s * SEC),
+        maxFraction: fc.constantFrom(0.25, 0.5, 1),
+        minHold: fc.integer({ min: 0, max: 3 }),
+        guardedRatePerMinute: fc.integer({ min: 0, max: 3 }),
+        reapBatchSize: fc.integer({ min: 1, max: 4 }),
+      });
+      await fc.assert(
+        fc.asyncProperty(rulesArb, fc.array(cmdArb, { minLength: 1, maxLength: 50, size: 'max' }), (rules, cmds) => runScenario(engine, rules, cmds, false)),
+        { numRuns },
+      );
+    });
   });
-});
+}

@@ -11,6 +11,7 @@ import type { Registry } from '../src/registry.js';
 import type { RegistryRules } from '../src/registry.js';
 import { SqliteStore } from '../src/store/sqlite/store.js';
 import request from 'supertest';
+import { ENGINES, useEngine } from './engines.js';
 import { DEFAULT_RULES, SECOND, errorCode, makeRegistry, tempDir } from './helpers.js';
 
 const HOUR = 3600 * SECOND;
@@ -112,58 +113,6 @@ describe('safety: startup grace', () => {
   });
 });
 
-describe('safety: mass-expiry guard', () => {
-  const rules = { maxFraction: 0.5, minHold: 10 };
-
-  it('slows a sweep that would reclaim more than the fraction to the guarded rate, reports degraded, and force overrides it', async () => {
-    const h = await makeRegistry({ pool: 'w-[0-29]', rules });
-    for (let i = 0; i < 30; i++) await h.registry.allocate(`vm-${i}`);
-    h.clock.advance(91 * SECOND);
-    for (let i = 0; i < 5; i++) await h.registry.renew(`vm-${i}`, `w-${i}`);
-
-    const held = await h.http.post('/admin/reap');
-    expect(held.body).to.deep.include({ reclaimed: 1, held: true }); // REAPER_GUARDED_RATE 1 a minute, oldest first
-    expect(held.body.reason).to.match(/25 of 30/);
-    expect(h.leasedCount()).to.equal(29);
-    expect((await h.http.post('/admin/reap')).body).to.deep.include({ reclaimed: 0, held: true }); // this minute's one is spent
-
-    const health = await h.http.get('/health');
-    expect(health.status).to.equal(200);
-    expect(health.body.status).to.equal('degraded');
-    expect(health.body.reaper).to.include({ held: true, last_reclaimed: 0 });
-    expect(health.body.reaper.reason).to.match(/mass expiry/);
-
-    const forced = await h.http.post('/admin/reap?force=true');
-    expect(forced.body).to.deep.equal({ reclaimed: 24, held: false, reason: null });
-    expect(h.leasedCount()).to.equal(5);
-    expect((await h.http.get('/health')).body.status).to.equal('healthy');
-  });
-
-  it('looks again next sweep: once the fleet renews, the few that stay silent are reclaimed', async () => {
-    const h = await makeRegistry({ pool: 'w-[0-29]', rules });
-    for (let i = 0; i < 30; i++) await h.registry.allocate(`vm-${i}`);
-    h.clock.advance(91 * SECOND);
-    expect((await h.registry.reap()).held).to.equal(true);
-    for (let i = 0; i < 27; i++) await h.registry.renew(`vm-${i}`, `w-${i}`); // the network came back
-    expect(await h.registry.reap()).to.deep.equal({ reclaimed: 3, held: false, reason: null });
-    expect((await h.registry.health()).reaper.held).to.equal(false);
-  });
-
-  it('does not hold when no more than REAPER_MIN_HOLD leases expire, whatever the fraction', async () => {
-    const h = await makeRegistry({ pool: 'w-[0-9]', rules });
-    for (let i = 0; i < 10; i++) await h.registry.allocate(`vm-${i}`);
-    h.clock.advance(91 * SECOND);
-    expect((await h.registry.reap()).reclaimed).to.equal(10);
-  });
-
-  it('REAPER_MAX_FRACTION=1 turns the guard off', async () => {
-    const h = await makeRegistry({ pool: 'w-[0-29]', rules: { maxFraction: 1, minHold: 0 } });
-    for (let i = 0; i < 30; i++) await h.registry.allocate(`vm-${i}`);
-    h.clock.advance(91 * SECOND);
-    expect((await h.registry.reap()).reclaimed).to.equal(30);
-  });
-});
-
 describe('safety: forced sweeps', () => {
   it('a forced sweep that arrives during a normal one is not answered with the normal one\'s result (finding 7)', async () => {
     const h = await makeRegistry({ pool: 'w-[0-3]', rules: { graceMs: 3600 * SECOND, maxFraction: 1 } });
@@ -176,7 +125,7 @@ describe('safety: forced sweeps', () => {
     expect((await normal).reason).to.match(/startup grace/);
     expect(await forced).to.deep.equal({ reclaimed: 1, held: false, reason: null });
     expect(await again).to.deep.equal({ reclaimed: 1, held: false, reason: null });
-    expect(h.leasedCount()).to.equal(0);
+    expect(await h.leasedCount()).to.equal(0);
   });
 });
 
@@ -296,29 +245,112 @@ describe('safety: clock jumps', () => {
   });
 });
 
-describe('safety: fencing and force release', () => {
-  it('an old incarnation of a VM cannot renew or release its successor\'s lease', async () => {
-    const { registry, clock } = await makeRegistry({ pool: 'only', rules: { cooldownMs: 0 } });
-    const old = await registry.allocate('vm-a');
-    clock.advance(91 * SECOND);
-    await registry.reap();
-    const now = await registry.allocate('vm-a'); // same hostname, rebooted VM
-    expect(now.epoch).to.equal(old.epoch + 1);
-    expect(await errorCode(registry.renew('vm-a', 'only', old.epoch))).to.equal('stale_epoch');
-    expect(await errorCode(registry.release('vm-a', 'only', old.epoch))).to.equal('stale_epoch');
-    expect((await registry.leaseOfClient('vm-a')).epoch).to.equal(now.epoch);
+for (const engine of ENGINES) describe(`[${engine}]`, () => {
+  useEngine(engine);
+
+  describe('safety: mass-expiry guard', () => {
+    const rules = { maxFraction: 0.5, minHold: 10 };
+
+    it('slows a sweep that would reclaim more than the fraction to the guarded rate, reports degraded, and force overrides it', async () => {
+      const h = await makeRegistry({ pool: 'w-[0-29]', rules });
+      for (let i = 0; i < 30; i++) await h.registry.allocate(`vm-${i}`);
+      h.clock.advance(91 * SECOND);
+      for (let i = 0; i < 5; i++) await h.registry.renew(`vm-${i}`, `w-${i}`);
+
+      const held = await h.http.post('/admin/reap');
+      expect(held.body).to.deep.include({ reclaimed: 1, held: true }); // REAPER_GUARDED_RATE 1 a minute, oldest first
+      expect(held.body.reason).to.match(/25 of 30/);
+      expect((await h.leasedCount())).to.equal(29);
+      expect((await h.http.post('/admin/reap')).body).to.deep.include({ reclaimed: 0, held: true }); // this minute's one is spent
+
+      const health = await h.http.get('/health');
+      expect(health.status).to.equal(200);
+      expect(health.body.status).to.equal('degraded');
+      expect(health.body.reaper).to.include({ held: true, last_reclaimed: 0 });
+      expect(health.body.reaper.reason).to.match(/mass expiry/);
+
+      const forced = await h.http.post('/admin/reap?force=true');
+      expect(forced.body).to.deep.equal({ reclaimed: 24, held: false, reason: null });
+      expect((await h.leasedCount())).to.equal(5);
+      expect((await h.http.get('/health')).body.status).to.equal('healthy');
+    });
+
+    it('looks again next sweep: once the fleet renews, the few that stay silent are reclaimed', async () => {
+      const h = await makeRegistry({ pool: 'w-[0-29]', rules });
+      for (let i = 0; i < 30; i++) await h.registry.allocate(`vm-${i}`);
+      h.clock.advance(91 * SECOND);
+      expect((await h.registry.reap()).held).to.equal(true);
+      for (let i = 0; i < 27; i++) await h.registry.renew(`vm-${i}`, `w-${i}`); // the network came back
+      expect(await h.registry.reap()).to.deep.equal({ reclaimed: 3, held: false, reason: null });
+      expect((await h.registry.health()).reaper.held).to.equal(false);
+    });
+
+    it('does not hold when no more than REAPER_MIN_HOLD leases expire, whatever the fraction', async () => {
+      const h = await makeRegistry({ pool: 'w-[0-9]', rules });
+      for (let i = 0; i < 10; i++) await h.registry.allocate(`vm-${i}`);
+      h.clock.advance(91 * SECOND);
+      expect((await h.registry.reap()).reclaimed).to.equal(10);
+    });
+
+    it('REAPER_MAX_FRACTION=1 turns the guard off', async () => {
+      const h = await makeRegistry({ pool: 'w-[0-29]', rules: { maxFraction: 1, minHold: 0 } });
+      for (let i = 0; i < 30; i++) await h.registry.allocate(`vm-${i}`);
+      h.clock.advance(91 * SECOND);
+      expect((await h.registry.reap()).reclaimed).to.equal(30);
+    });
   });
 
-  it('a force-released identifier is not handed out before the cool-down, so its old holder has time to notice', async () => {
-    const { registry, clock } = await makeRegistry({ pool: 'only', rules: { ttlMs: 90 * SECOND, cooldownMs: 90 * SECOND } });
-    const a = await registry.allocate('vm-a');
-    clock.advance(10 * SECOND);
-    await registry.forceRelease('only');
-    expect(await errorCode(registry.renew('vm-a', 'only', a.epoch))).to.equal('not_owner'); // vm-a fences itself
-    clock.advance(89 * SECOND);
-    expect(await errorCode(registry.allocate('vm-b'))).to.equal('pool_exhausted');
-    clock.advance(SECOND);
-    expect((await registry.allocate('vm-b')).epoch).to.equal(a.epoch + 1);
+  describe('safety: fencing and force release', () => {
+    it('an old incarnation of a VM cannot renew or release its successor\'s lease', async () => {
+      const { registry, clock } = await makeRegistry({ pool: 'only', rules: { cooldownMs: 0 } });
+      const old = await registry.allocate('vm-a');
+      clock.advance(91 * SECOND);
+      await registry.reap();
+      const now = await registry.allocate('vm-a'); // same hostname, rebooted VM
+      expect(now.epoch).to.equal(old.epoch + 1);
+      expect(await errorCode(registry.renew('vm-a', 'only', old.epoch))).to.equal('stale_epoch');
+      expect(await errorCode(registry.release('vm-a', 'only', old.epoch))).to.equal('stale_epoch');
+      expect((await registry.leaseOfClient('vm-a')).epoch).to.equal(now.epoch);
+    });
+
+    it('a force-released identifier is not handed out before the cool-down, so its old holder has time to notice', async () => {
+      const { registry, clock } = await makeRegistry({ pool: 'only', rules: { ttlMs: 90 * SECOND, cooldownMs: 90 * SECOND } });
+      const a = await registry.allocate('vm-a');
+      clock.advance(10 * SECOND);
+      await registry.forceRelease('only');
+      expect(await errorCode(registry.renew('vm-a', 'only', a.epoch))).to.equal('not_owner'); // vm-a fences itself
+      clock.advance(89 * SECOND);
+      expect(await errorCode(registry.allocate('vm-b'))).to.equal('pool_exhausted');
+      clock.advance(SECOND);
+      expect((await registry.allocate('vm-b')).epoch).to.equal(a.epoch + 1);
+    });
+  });
+
+  describe('safety: startup grace across instances', () => {
+    const rules = { ttlMs: 90 * SECOND, cooldownMs: 90 * SECOND, graceMs: 90 * SECOND, maxFraction: 1, minHold: 0 };
+
+    it('an instance joining a serving one does not start the grace again; the service coming back does', async () => {
+      const a = await makeRegistry({ shared: true, pool: 'w-[0-9]', rules });
+      await a.registry.open();
+      for (let i = 0; i < 3; i++) await a.registry.allocate(`vm-${i}`);
+      a.clock.advance(200 * SECOND); // the grace is long over, the three leases expired
+      await a.registry.beat();
+      const b = await a.another();
+      await b.open(); // a beat just now: the service is up, b restarting changes nothing
+      expect((await b.reap()).reclaimed).to.equal(3);
+
+      for (let i = 3; i < 6; i++) await b.allocate(`vm-${i}`);
+      await b.close();
+      await a.registry.close(); // every instance gone: the service is down
+      a.clock.advance(200 * SECOND); // meanwhile no VM could renew
+      const c = await a.another();
+      await c.open();
+      const held = await c.reap();
+      expect(held.reclaimed).to.equal(0);
+      expect(held.reason).to.match(/grace/);
+      a.clock.advance(91 * SECOND);
+      expect((await c.reap()).reclaimed).to.equal(3);
+    });
   });
 });
 

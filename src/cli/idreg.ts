@@ -2,9 +2,12 @@
 /**
  * idreg: the operator command. It talks HTTP to a registry (IDREG_URL, IDREG_TOKEN), except
  * `pool sync` and `backup`, which work on the database file (DB_PATH) and are safe with the
- * registry running or stopped: SQLite's locks order them with the registry's writes.
+ * registry running or stopped: SQLite's locks order them with the registry's writes; and
+ * `export` / `import`, which move the whole state between stores. `pool sync`, `export` and
+ * `import` work on the PostgreSQL database instead when DATABASE_URL is set (and no --db).
  */
-import { existsSync } from 'node:fs';
+import { createWriteStream, existsSync, readFileSync, renameSync } from 'node:fs';
+import { once } from 'node:events';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { systemTimeSource } from '../clock.js';
@@ -13,9 +16,14 @@ import type { CliConfig } from '../config.js';
 import { isRegistryError } from '../domain/errors.js';
 import { parsePoolFile, readPoolText } from '../pool/load.js';
 import { Registry } from '../registry.js';
+import { DumpError, dumpLines, parseDump } from '../store/dump.js';
+import type { Dump } from '../store/dump.js';
+import { openPostgresStore } from '../store/postgres/store.js';
 import { backupDatabase } from '../store/sqlite/backup.js';
+import { exportSqliteFile, importSqliteFile } from '../store/sqlite/dump.js';
 import { explainDbOpenError, inspectDbPath } from '../store/explain.js';
 import { SqliteStore } from '../store/sqlite/store.js';
+import type { Store } from '../store/types.js';
 import { packageVersion } from '../version.js';
 import { ago, table } from './format.js';
 
@@ -34,9 +42,12 @@ const USAGE = `usage: idreg [--url URL] [--token TOKEN] COMMAND
                                                               (--force: even if it retires more than half of the pool;
                                                                --create: make the database if it does not exist)
   backup FILE [--db PATH]                                     online backup of the database file, into one file
+  export FILE [--db PATH]                                     the whole state (leases, epochs, cool-downs, history) to FILE
+  import FILE [--db PATH]                                     load an export into an empty store (refused otherwise)
 
 environment: IDREG_URL (default http://127.0.0.1:8080), IDREG_TOKEN (an admin token, when the
-registry has ADMIN_TOKENS), DB_PATH, POOL_FILE
+registry has ADMIN_TOKENS), DB_PATH, POOL_FILE, DATABASE_URL (pool sync, export and import
+work on PostgreSQL when it is set and --db is not)
 exit status: 0 ok, 1 refused by the registry, 2 usage, 3 registry unreachable or database error`;
 
 class CliError extends Error {
@@ -178,13 +189,94 @@ function mustExist(db: string, create: boolean): void {
   throw new CliError(`error: database ${resolve(db)} does not exist (check --db or DB_PATH; --create makes a new one)`, 3);
 }
 
-/** The database file, or a CliError (exit 3) saying in one line why it cannot be opened. */
-function openStore(db: string): SqliteStore {
-  try {
-    return new SqliteStore({ path: db, source: systemTimeSource });
-  } catch (e) {
-    throw new CliError(`error: ${explainDbOpenError(e, inspectDbPath(db)).replace(/^DB_PATH=/, 'DB_PATH or --db ')}`, 3);
+/** The store a one-shot command works on: PostgreSQL when DATABASE_URL is set and --db is not. */
+function usePostgres(cfg: CliConfig, args: string[]): string | null {
+  const { values } = parseArgs({
+    args, allowPositionals: true,
+    options: { db: { type: 'string' }, pool: { type: 'string' }, force: { type: 'boolean' }, create: { type: 'boolean' } },
+  });
+  return values.db === undefined ? cfg.databaseUrl : null;
+}
+
+async function openStore(cfg: CliConfig, args: string[], db: string): Promise<Store> {
+  const url = usePostgres(cfg, args);
+  if (url === null) {
+    try {
+      return new SqliteStore({ path: db, source: systemTimeSource });
+    } catch (e) {
+      throw new CliError(`error: ${explainDbOpenError(e, inspectDbPath(db)).replace(/^DB_PATH=/, 'DB_PATH or --db ')}`, 3);
+    }
   }
+  try {
+    return await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg' });
+  } catch (e) {
+    throw new CliError(`error: DATABASE_URL: ${e instanceof Error ? e.message : String(e)}`, 3);
+  }
+}
+
+function summary(d: Dump): string {
+  const held = d.identifiers.filter((i) => i.clientId !== null).length;
+  return `${d.identifiers.length} identifiers (${held} held), ${d.history.length} history entries, ${d.meta.length} settings`;
+}
+
+async function exportState(cfg: CliConfig, args: string[]): Promise<string> {
+  const { db, rest } = fileOptions(cfg, args);
+  const dest = rest[0];
+  if (!dest) throw new CliError(USAGE, 2);
+  let dump: Dump;
+  const url = usePostgres(cfg, args);
+  try {
+    if (url === null) {
+      dump = exportSqliteFile(db, systemTimeSource.wall());
+    } else {
+      const store = await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg' });
+      try {
+        dump = await store.dump();
+      } finally {
+        await store.close();
+      }
+    }
+  } catch (e) {
+    throw new CliError(`error: ${url === null ? db : 'DATABASE_URL'}: ${e instanceof Error ? e.message : String(e)}`, 3);
+  }
+  // Written beside, then renamed: a failed export never leaves a truncated file under the name.
+  const out = createWriteStream(`${dest}.partial`, { mode: 0o600 });
+  for (const line of dumpLines(dump)) {
+    if (!out.write(`${line}\n`)) await once(out, 'drain');
+  }
+  out.end();
+  await once(out, 'finish');
+  renameSync(`${dest}.partial`, dest);
+  return `exported ${summary(dump)} from ${dump.engine} to ${dest}`;
+}
+
+async function importState(cfg: CliConfig, args: string[]): Promise<string> {
+  const { db, rest } = fileOptions(cfg, args);
+  const src = rest[0];
+  if (!src) throw new CliError(USAGE, 2);
+  let dump: Dump;
+  try {
+    dump = parseDump(readFileSync(src, 'utf8').split('\n'));
+  } catch (e) {
+    throw new CliError(`error: ${src}: ${e instanceof Error ? e.message : String(e)}; nothing imported`, 1);
+  }
+  const url = usePostgres(cfg, args);
+  try {
+    if (url === null) {
+      importSqliteFile(db, dump);
+    } else {
+      const store = await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg' });
+      try {
+        await store.load(dump);
+      } finally {
+        await store.close();
+      }
+    }
+  } catch (e) {
+    if (e instanceof DumpError) throw new CliError(`error: ${e.message}; nothing imported`, 1);
+    throw new CliError(`error: ${e instanceof Error ? e.message : String(e)}; nothing imported`, 3);
+  }
+  return `imported ${summary(dump)} into ${url === null ? db : 'PostgreSQL (DATABASE_URL)'}`;
 }
 
 async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
@@ -198,8 +290,8 @@ async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
   } catch (e) {
     throw new CliError(`error: ${e instanceof Error ? e.message : String(e)}; the database is unchanged`, 1);
   }
-  mustExist(db, create);
-  const store = openStore(db);
+  if (usePostgres(cfg, args) === null) mustExist(db, create);
+  const store = await openStore(cfg, args, db);
   try {
     const c = loadConfig({});
     const registry = new Registry({
@@ -278,6 +370,8 @@ export async function run(argv: readonly string[], env = processEnv()): Promise<
       if (rest[0] !== 'sync') throw usageError(rest[0] === undefined ? 'pool: missing sync' : `pool: unknown subcommand ${rest[0]} (pool sync)`);
       return poolSync(cfg, rest.slice(1));
     case 'backup': return backup(cfg, rest);
+    case 'export': return exportState(cfg, rest);
+    case 'import': return importState(cfg, rest);
     case undefined: throw usageError('missing COMMAND');
     default: throw usageError(`unknown command ${cmd}`);
   }

@@ -82,7 +82,7 @@ describe('metrics when the database is sick', () => {
     let m = await scrape(h);
     expect(sample(m, 'asg_id_registry_database_healthy')).to.equal(1);
     expect(sample(m, 'asg_id_registry_pool_identifiers{status="leased"}')).to.equal(1);
-    h.store.db.close();
+    await h.breakStore();
     m = await scrape(h);
     expect(sample(m, 'asg_id_registry_database_healthy')).to.equal(0);
     expect(sample(m, 'asg_id_registry_pool_identifiers{status="leased"}')).to.equal(1);

@@ -38,7 +38,7 @@ describe('auth matrix', () => {
     it(`${route.method.toUpperCase()} ${route.path} (${route.access})`, async () => {
       const h = await makeRegistry({ auth: { agentTokens: AGENTS, adminTokens: ADMINS } });
       await h.registry.allocate('vm-a');
-      const before = JSON.stringify(h.row('w-0'));
+      const before = JSON.stringify((await h.row('w-0')));
       for (const who of Object.keys(HEADER) as Who[]) {
         const want = expected(route.access, who);
         const got = await call(h, route.method, route.path, HEADER[who]);
@@ -50,7 +50,7 @@ describe('auth matrix', () => {
           if (want === 401) expect(got.www).to.equal('Bearer');
         }
         if (want !== 'pass' && route.method !== 'get') {
-          expect(JSON.stringify(h.row('w-0')), `${who} changed state`).to.equal(before);
+          expect(JSON.stringify((await h.row('w-0'))), `${who} changed state`).to.equal(before);
         }
       }
     });

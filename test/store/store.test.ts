@@ -5,7 +5,7 @@ import { RegistryError } from '../../src/domain/errors.js';
 import { SqliteStore } from '../../src/store/sqlite/store.js';
 import type { Tx } from '../../src/store/types.js';
 import { MIGRATIONS } from '../../src/store/sqlite/schema.js';
-import { makeRegistry, tempDir } from '../helpers.js';
+import { makeSqliteRegistry as makeRegistry, tempDir } from '../helpers.js';
 
 function metaOf(store: SqliteStore, key: string): Promise<string | null> {
   return store.read((r) => r.meta(key));

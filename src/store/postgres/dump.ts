@@ -1,0 +1,88 @@
+/**
+ * Export and import of the whole state (see ../dump.ts for the format) on PostgreSQL.
+ * The export reads one snapshot (REPEATABLE READ), so a registry serving meanwhile cannot tear
+ * it; the import runs in one transaction into an empty database and is refused otherwise.
+ */
+import type { PoolClient } from 'pg';
+import { isPortableMeta, notEmptyError, toDumpHistory, toDumpIdentifier, toDumpMeta } from '../dump.js';
+import type { Dump } from '../dump.js';
+import { asRow, int } from './rows.js';
+import { LOCK_IMPORT, LOCK_NAMESPACE } from './tx.js';
+
+/** Rows an import sends per statement. */
+const CHUNK = 5000;
+
+async function all(client: PoolClient, text: string): Promise<unknown[]> {
+  const res = await client.query(text);
+  const rows: unknown[] = res.rows;
+  return rows;
+}
+
+export async function dumpFrom(client: PoolClient, exportedAt: number): Promise<Dump> {
+  await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+  try {
+    const identifiers = (await all(client,
+      `SELECT name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at
+       FROM identifiers ORDER BY pool_order, id`)).map((r) => toDumpIdentifier(r));
+    const history = (await all(client,
+      `SELECT i.name AS identifier, h.at, h.event, h.client_id, h.epoch
+       FROM history h JOIN identifiers i ON i.id = h.identifier_id ORDER BY h.id`)).map((r) => toDumpHistory(r));
+    const meta = (await all(client, 'SELECT key, value FROM meta ORDER BY key')).map((r) => toDumpMeta(r)).filter(isPortableMeta);
+    await client.query('COMMIT');
+    return { engine: 'postgres', exportedAt, identifiers, history, meta };
+  } catch (e) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw e;
+  }
+}
+
+function chunks<T>(list: readonly T[]): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < list.length; i += CHUNK) out.push(list.slice(i, i + CHUNK));
+  return out;
+}
+
+export async function loadInto(client: PoolClient, d: Dump): Promise<void> {
+  await client.query('BEGIN');
+  try {
+    // Two imports at once: the second waits, then finds the first's rows and is refused.
+    await client.query('SELECT pg_advisory_xact_lock($1, $2)', [LOCK_NAMESPACE, LOCK_IMPORT]);
+    await client.query('LOCK TABLE identifiers, history IN EXCLUSIVE MODE');
+    const counts = asRow((await client.query(
+      'SELECT (SELECT count(*) FROM identifiers) AS identifiers, (SELECT count(*) FROM history) AS history')).rows[0]);
+    const held = int(counts, 'identifiers');
+    const logged = int(counts, 'history');
+    if (held > 0 || logged > 0) throw notEmptyError(held, logged);
+    for (const part of chunks(d.identifiers)) {
+      await client.query(
+        `INSERT INTO identifiers (name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at)
+         SELECT name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at
+         FROM unnest($1::text[], $2::bigint[], $3::boolean[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[])
+              WITH ORDINALITY AS t(name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at, ord)
+         ORDER BY ord`,
+        [
+          part.map((i) => i.name), part.map((i) => i.poolOrder), part.map((i) => i.retired), part.map((i) => i.epoch),
+          part.map((i) => i.clientId), part.map((i) => i.allocatedAt), part.map((i) => i.lastSeen), part.map((i) => i.availableAt),
+        ],
+      );
+    }
+    for (const part of chunks(d.history)) {
+      await client.query(
+        `INSERT INTO history (identifier_id, at, event, client_id, epoch)
+         SELECT i.id, t.at, t.event, t.client_id, t.epoch
+         FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[])
+              WITH ORDINALITY AS t(identifier, at, event, client_id, epoch, ord)
+         JOIN identifiers i ON i.name = t.identifier
+         ORDER BY t.ord`,
+        [part.map((h) => h.identifier), part.map((h) => h.at), part.map((h) => h.event), part.map((h) => h.clientId), part.map((h) => h.epoch)],
+      );
+    }
+    for (const m of d.meta.filter(isPortableMeta)) {
+      await client.query('INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value', [m.key, m.value]);
+    }
+    await client.query('COMMIT');
+  } catch (e) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw e;
+  }
+}

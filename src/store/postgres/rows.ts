@@ -1,0 +1,104 @@
+/**
+ * Row <-> domain mapping for PostgreSQL. Rows arrive as `unknown`; every column is checked,
+ * never cast. BIGINT columns arrive as numbers through `parseBigint` (see pool.ts), which
+ * refuses any value past Number.MAX_SAFE_INTEGER instead of rounding it.
+ */
+import { HISTORY_EVENTS } from '../../domain/types.js';
+import type { HistoryEntry, HistoryEvent, IdentifierRecord } from '../../domain/types.js';
+import type { InstanceBeat, PoolRow } from '../types.js';
+
+type Row = Readonly<Record<string, unknown>>;
+
+/** BIGINT text from the wire to a number, exactly or not at all. */
+export function parseBigint(text: string): number {
+  const n = Number(text);
+  if (!Number.isSafeInteger(n) || !/^-?\d+$/.test(text)) throw new Error(`bigint ${text} does not fit a JavaScript number`);
+  return n;
+}
+
+function isRow(r: unknown): r is Row {
+  return typeof r === 'object' && r !== null;
+}
+
+export function asRow(r: unknown): Row {
+  if (!isRow(r)) throw new Error('expected a row');
+  return r;
+}
+
+export function int(r: Row, k: string): number {
+  const v = r[k];
+  if (typeof v === 'number' && Number.isSafeInteger(v)) return v;
+  throw new Error(`column ${k}: expected an integer, got ${typeof v}`);
+}
+
+export function intOrNull(r: Row, k: string): number | null {
+  return r[k] === null ? null : int(r, k);
+}
+
+export function text(r: Row, k: string): string {
+  const v = r[k];
+  if (typeof v !== 'string') throw new Error(`column ${k}: expected text, got ${typeof v}`);
+  return v;
+}
+
+export function textOrNull(r: Row, k: string): string | null {
+  return r[k] === null ? null : text(r, k);
+}
+
+export function bool(r: Row, k: string): boolean {
+  const v = r[k];
+  if (typeof v !== 'boolean') throw new Error(`column ${k}: expected a boolean, got ${typeof v}`);
+  return v;
+}
+
+export const RECORD_COLUMNS = 'id, name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at';
+
+export function toRecord(raw: unknown): IdentifierRecord {
+  const r = asRow(raw);
+  const clientId = textOrNull(r, 'client_id');
+  const allocatedAt = intOrNull(r, 'allocated_at');
+  const lastSeen = intOrNull(r, 'last_seen');
+  return {
+    rowId: int(r, 'id'),
+    name: text(r, 'name'),
+    poolOrder: int(r, 'pool_order'),
+    epoch: int(r, 'epoch'),
+    retired: bool(r, 'retired'),
+    holder: clientId !== null && allocatedAt !== null && lastSeen !== null ? { clientId, allocatedAt, lastSeen } : null,
+    availableAt: int(r, 'available_at'),
+  };
+}
+
+function toEvent(v: string): HistoryEvent {
+  const e = HISTORY_EVENTS.find((x) => x === v);
+  if (!e) throw new Error(`history: unknown event ${v}`);
+  return e;
+}
+
+export function toHistoryEntry(raw: unknown): HistoryEntry {
+  const r = asRow(raw);
+  return { at: int(r, 'at'), event: toEvent(text(r, 'event')), clientId: textOrNull(r, 'client_id'), epoch: int(r, 'epoch') };
+}
+
+export function toPoolRow(raw: unknown): PoolRow {
+  const r = asRow(raw);
+  return {
+    rowId: int(r, 'id'),
+    name: text(r, 'name'),
+    poolOrder: int(r, 'pool_order'),
+    retired: bool(r, 'retired'),
+    clientId: textOrNull(r, 'client_id'),
+    epoch: int(r, 'epoch'),
+  };
+}
+
+export function toBeat(raw: unknown): InstanceBeat {
+  const r = asRow(raw);
+  return { id: text(r, 'id'), startedAt: int(r, 'started_at'), at: int(r, 'at'), fleetSeenAt: intOrNull(r, 'fleet_seen_at') };
+}
+
+/** The single value of `SELECT … AS n`; null stays null, no row is null. */
+export function scalar(raw: unknown, k = 'n'): number | null {
+  if (raw === undefined) return null;
+  return intOrNull(asRow(raw), k);
+}

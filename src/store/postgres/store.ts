@@ -1,0 +1,401 @@
+/**
+ * The PostgreSQL engine: several registry instances share one database. Each write is one
+ * transaction on a pooled connection (READ COMMITTED, with row locks taken by the statements
+ * that decide: see tx.ts), committed with `synchronous_commit` on when it changes ownership.
+ * A transaction that lost a race (serialization failure, deadlock, a unique index won by a
+ * concurrent grant) runs again from the start; a lost connection is `unavailable`, and the
+ * pool opens new connections by itself when the server is back.
+ */
+import pg from 'pg';
+import type { CustomTypesConfig, Pool, PoolClient, PoolConfig } from 'pg';
+import { systemTimeSource } from '../../clock.js';
+import type { Clock } from '../../clock.js';
+import { RegistryError, isRegistryError } from '../../domain/errors.js';
+import { DumpError } from '../dump.js';
+import type { Dump } from '../dump.js';
+import type { Reader, Store, Tx, WriteOptions } from '../types.js';
+import { ServerClock } from './clock.js';
+import { dumpFrom, loadInto } from './dump.js';
+import { isConnectionLoss, isRetryable, toRegistryError, unavailableReason } from './errors.js';
+import { migrate } from './migrate.js';
+import { asRow, int, parseBigint } from './rows.js';
+import { PgReader, PgTx } from './tx.js';
+
+export interface PostgresStoreOptions {
+  /** postgres://user:password@host:port/database?… (libpq-style parameters as node-postgres reads them). */
+  readonly url: string;
+  /** Registry time from this clock instead of the server's (tests drive time with a FakeClock). */
+  readonly clock?: Clock;
+  /** Connections this instance may hold. */
+  readonly poolSize?: number;
+  /** How long a request waits for a connection before answering `unavailable`. */
+  readonly connectTimeoutMs?: number;
+  /** Longest a statement may run, and longest a row lock is waited for, before `unavailable`. */
+  readonly statementTimeoutMs?: number;
+  readonly lockTimeoutMs?: number;
+  /** How long /health waits for the database. */
+  readonly healthTimeoutMs?: number;
+  readonly applicationName?: string;
+  /** Failures of idle connections (the server went away between requests), for the logs. */
+  readonly onConnectionError?: (reason: string) => void;
+  /** The local monotonic clock the server-time estimate runs on. */
+  readonly monotonic?: () => number;
+}
+
+/** Attempts of one write when it loses a race to another transaction. */
+const MAX_ATTEMPTS = 6;
+/**
+ * Writes one transaction takes at most: enough to spread a commit over many, few enough that
+ * the rows it locks are not held long (no savepoints, so no subtransactions either).
+ */
+const MAX_BATCH = 32;
+
+interface QueuedWrite {
+  readonly fn: (tx: Tx) => Promise<unknown>;
+  readonly durable: boolean;
+  readonly resolve: (v: unknown) => void;
+  readonly reject: (e: unknown) => void;
+}
+
+type Outcome = { readonly ok: true; readonly value: unknown } | { readonly ok: false; readonly error: unknown };
+const INT8_OID = 20;
+
+/** BIGINT columns as numbers (exact, or an error), everything else as node-postgres does. */
+const TYPES: CustomTypesConfig = {
+  getTypeParser: (oid, format) => (oid === INT8_OID && format !== 'binary' ? parseBigint : pg.types.getTypeParser(oid, format)),
+};
+
+/** Server time in epoch milliseconds, read in the transaction (clock_timestamp: not frozen at its start). */
+const SERVER_NOW = 'SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now';
+
+function begin(durable: boolean, readClock: boolean): string {
+  // Ownership changes wait for the commit to be flushed (and replicated to a synchronous
+  // standby); a renewal only needs to be visible to every instance, as SPEC.md allows.
+  const parts = ['BEGIN', `SET LOCAL synchronous_commit = ${durable ? 'on' : 'off'}`];
+  if (readClock) parts.push(SERVER_NOW);
+  return parts.join('; ');
+}
+
+/** The `now` column of the last result of a multi-statement query. */
+function serverNowOf(res: unknown): number {
+  const results: unknown[] = Array.isArray(res) ? res : [res];
+  const last = asRow(results[results.length - 1]);
+  const rowList = last['rows'];
+  if (!Array.isArray(rowList)) throw new Error('no rows in the clock read');
+  const row: unknown = rowList[0];
+  return int(asRow(row), 'now');
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function poolConfig(opts: PostgresStoreOptions, max: number, connectTimeoutMs: number, queryTimeoutMs: number): PoolConfig {
+  return {
+    connectionString: opts.url,
+    max,
+    connectionTimeoutMillis: connectTimeoutMs,
+    idleTimeoutMillis: 30_000,
+    keepAlive: true,
+    types: TYPES,
+    application_name: opts.applicationName ?? 'asg-id-registry',
+    statement_timeout: opts.statementTimeoutMs ?? 10_000,
+    lock_timeout: opts.lockTimeoutMs ?? 5_000,
+    // A transaction whose instance died or was cut off mid-way must not hold its row locks for
+    // the TCP timeout: the server ends it.
+    idle_in_transaction_session_timeout: 15_000,
+    // Client side too, for a server that stopped answering without closing the connection.
+    query_timeout: queryTimeoutMs,
+  };
+}
+
+export class PostgresStore implements Store {
+  readonly engine = 'postgres' as const;
+  readonly clock: Clock;
+  private readonly serverClock: ServerClock | null;
+  private readonly injectedClock: Clock | null;
+  private readonly monotonic: () => number;
+  private lastTxNow = 0;
+  private closed = false;
+  private ended = false;
+  private drained: (() => void) | null = null;
+  private queue: QueuedWrite[] = [];
+  private lanes = 0;
+  private readonly maxLanes: number;
+
+  private constructor(
+    private readonly pool: Pool,
+    private readonly healthPool: Pool,
+    clock: Clock | null,
+    monotonic: () => number,
+    serverNow: number,
+    sentAt: number,
+    poolSize: number,
+  ) {
+    // Lanes leave connections for reads, so a queue of writes never starves /identifier or /health.
+    this.maxLanes = Math.max(1, Math.ceil(poolSize / 2));
+    this.injectedClock = clock;
+    this.monotonic = monotonic;
+    this.serverClock = clock ? null : new ServerClock(monotonic, serverNow, sentAt);
+    this.clock = clock ?? this.serverClock ?? { now: () => serverNow };
+    this.lastTxNow = serverNow;
+  }
+
+  /**
+   * Connects, migrates the schema (safely alongside other instances starting at once) and
+   * reads the server's clock. Rejects with RegistryError `unavailable` when the database cannot
+   * be reached, and with the migration's error when the schema cannot be brought up to date.
+   */
+  static async open(opts: PostgresStoreOptions): Promise<PostgresStore> {
+    const connectTimeoutMs = opts.connectTimeoutMs ?? 5_000;
+    const healthTimeoutMs = opts.healthTimeoutMs ?? 2_000;
+    const pool = new pg.Pool(poolConfig(opts, opts.poolSize ?? 10, connectTimeoutMs, (opts.statementTimeoutMs ?? 10_000) + 5_000));
+    // /health asks through a connection of its own, so a busy pool does not look like a dead database.
+    const healthPool = new pg.Pool(poolConfig(opts, 1, healthTimeoutMs, healthTimeoutMs));
+    const onIdleError = (err: Error): void => opts.onConnectionError?.(unavailableReason(err) ?? 'a database connection failed');
+    pool.on('error', onIdleError);
+    healthPool.on('error', onIdleError);
+    // An error on a connection while a request holds it (the server closed it between two
+    // statements) rejects that request's next statement; without a listener it would crash us.
+    const quiet = (client: PoolClient): void => { client.on('error', () => undefined); };
+    pool.on('connect', quiet);
+    healthPool.on('connect', quiet);
+    const monotonic = opts.monotonic ?? systemTimeSource.monotonic;
+    let client: PoolClient | null = null;
+    try {
+      client = await pool.connect();
+      await migrate(client);
+      const sentAt = monotonic();
+      const serverNow = int(asRow((await client.query(SERVER_NOW)).rows[0]), 'now');
+      client.release();
+      client = null;
+      return new PostgresStore(pool, healthPool, opts.clock ?? null, monotonic, serverNow, sentAt, opts.poolSize ?? 10);
+    } catch (e) {
+      client?.release(e instanceof Error ? e : true);
+      await Promise.all([pool.end(), healthPool.end()]).catch(() => undefined);
+      const reason = unavailableReason(e);
+      if (reason !== null) throw new RegistryError('unavailable', reason, { cause: e });
+      throw e;
+    }
+  }
+
+  /**
+   * Group commit: a write starts at once on a free lane (a connection of its own); writes that
+   * arrive while every lane is busy queue, and the next free lane runs up to MAX_BATCH of them
+   * one after another in one transaction and one commit, as SQLite's engine does with the
+   * writes of a tick. Serial, so each sees the ones before it as if they had committed first.
+   */
+  write<T>(fn: (tx: Tx) => Promise<T>, opts: WriteOptions): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      if (this.closed) return reject(new RegistryError('unavailable', 'the store is closed'));
+      this.queue.push({ fn, durable: opts.durable, resolve: (v) => resolve(v as T), reject });
+      this.pump();
+    });
+  }
+
+  private pump(): void {
+    while (this.lanes < this.maxLanes && this.queue.length > 0) {
+      const batch = this.queue.splice(0, MAX_BATCH);
+      this.lanes++;
+      void this.runBatch(batch).finally(() => {
+        this.lanes--;
+        this.pump();
+        if (this.lanes === 0 && this.queue.length === 0) this.drained?.();
+      });
+    }
+  }
+
+  private async runBatch(batch: readonly QueuedWrite[]): Promise<void> {
+    const only = batch[0];
+    if (batch.length === 1 && only) {
+      await this.runOne(only.fn, only.durable).then(only.resolve, only.reject);
+      return;
+    }
+    let outcomes: Outcome[] | null;
+    try {
+      outcomes = await this.tryTogether(batch);
+    } catch (e) {
+      // The database is gone: the batch was not committed (or its COMMIT's fate is unknown).
+      const err = toRegistryError(e);
+      for (const item of batch) item.reject(err);
+      return;
+    }
+    if (outcomes === null) {
+      // Something in the batch needs a transaction of its own (a race lost, a statement
+      // refused, a refusal after writing): each runs alone, with its own retries, in order
+      // and on this lane's one connection at a time.
+      for (const item of batch) await this.runOne(item.fn, item.durable).then(item.resolve, item.reject);
+      return;
+    }
+    outcomes.forEach((o, i) => {
+      const item = batch[i];
+      if (!item) return;
+      if (o.ok) item.resolve(o.value);
+      else item.reject(o.error);
+    });
+  }
+
+  /**
+   * Runs the batch in one transaction; its outcomes once committed, or null (rolled back) when
+   * an item failed in a way only a transaction of its own can answer. Throws on connection loss.
+   */
+  private async tryTogether(batch: readonly QueuedWrite[]): Promise<Outcome[] | null> {
+    const client = await this.connect();
+    let broken: Error | undefined;
+    try {
+      const now = await this.begin(client, batch.some((b) => b.durable));
+      const outcomes: Outcome[] = [];
+      for (const item of batch) {
+        const tx = new PgTx(client, now);
+        try {
+          outcomes.push({ ok: true, value: await item.fn(tx) });
+        } catch (e) {
+          if (isConnectionLoss(e)) throw e;
+          // A refusal before any write is that item's answer; anything else undoes the batch.
+          if (!isRegistryError(e) || tx.wrote) {
+            await client.query('ROLLBACK');
+            return null;
+          }
+          outcomes.push({ ok: false, error: e });
+        }
+      }
+      const done = await client.query('COMMIT');
+      if (done.command !== 'COMMIT') return null;
+      return outcomes;
+    } catch (e) {
+      if (isConnectionLoss(e)) broken = e instanceof Error ? e : new Error(String(e));
+      else {
+        await client.query('ROLLBACK').catch((rollbackError: unknown) => {
+          broken = rollbackError instanceof Error ? rollbackError : new Error(String(rollbackError));
+        });
+        if (broken === undefined) return null;
+      }
+      throw e;
+    } finally {
+      client.release(broken);
+    }
+  }
+
+  /** One use case in a transaction of its own, run again when it loses a race. */
+  private async runOne<T>(fn: (tx: Tx) => Promise<T>, durable: boolean): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      const client = await this.connect();
+      let broken: Error | undefined;
+      try {
+        const now = await this.begin(client, durable);
+        const value = await fn(new PgTx(client, now));
+        const done = await client.query('COMMIT');
+        // A transaction that failed inside `fn` (an error swallowed there) commits as a ROLLBACK.
+        if (done.command !== 'COMMIT') throw new Error(`the transaction ended in ${done.command}, not COMMIT`);
+        return value;
+      } catch (e) {
+        if (isConnectionLoss(e)) {
+          // The outcome of a COMMIT cut off on the way is unknown: never run it again, answer
+          // `unavailable` (an allocate retried by the VM gets the same answer if it did commit).
+          broken = e instanceof Error ? e : new Error(String(e));
+        } else {
+          await client.query('ROLLBACK').catch((rollbackError: unknown) => {
+            broken = rollbackError instanceof Error ? rollbackError : new Error(String(rollbackError));
+          });
+        }
+        if (isRegistryError(e)) throw e;
+        if (broken === undefined && isRetryable(e) && attempt < MAX_ATTEMPTS) {
+          // Lost a race to another transaction: run again from the start, after a short random
+          // pause so the two do not collide again.
+          await delay(Math.random() * 2 ** attempt);
+          continue;
+        }
+        throw toRegistryError(e);
+      } finally {
+        client.release(broken);
+      }
+    }
+  }
+
+  async read<T>(fn: (r: Reader) => Promise<T>): Promise<T> {
+    const client = await this.connect();
+    let broken: Error | undefined;
+    try {
+      // Each statement reads the latest committed state; no transaction, so a read costs one
+      // round trip and never waits for a writer's locks. `now` is the local estimate of the
+      // server's clock, never behind it.
+      return await fn(new PgReader(client, this.clock.now(), ''));
+    } catch (e) {
+      if (isConnectionLoss(e)) broken = e instanceof Error ? e : new Error(String(e));
+      throw toRegistryError(e);
+    } finally {
+      client.release(broken);
+    }
+  }
+
+  /** The whole state, from one snapshot (`idreg export`). */
+  async dump(): Promise<Dump> {
+    return this.withClient((client) => dumpFrom(client, this.clock.now()));
+  }
+
+  /** Loads a dump into this store, which must hold no identifiers and no history (`idreg import`). */
+  async load(d: Dump): Promise<void> {
+    await this.withClient((client) => loadInto(client, d));
+  }
+
+  async healthProblem(): Promise<string | null> {
+    if (this.closed) return 'the store is closed';
+    try {
+      const sentAt = this.monotonic();
+      const res = await this.healthPool.query(SERVER_NOW);
+      this.serverClock?.anchor(int(asRow(res.rows[0]), 'now'), sentAt);
+      return null;
+    } catch (e) {
+      return unavailableReason(e) ?? 'the database check failed';
+    }
+  }
+
+  /** Refuses new writes, finishes the queued ones, then closes the connections. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.lanes > 0 || this.queue.length > 0) await new Promise<void>((resolve) => { this.drained = resolve; });
+    this.ended = true;
+    await Promise.all([this.pool.end(), this.healthPool.end()]);
+  }
+
+  /** Runs `fn` on a connection of its own; DumpError passes through, storage failures become RegistryError. */
+  private async withClient<T>(fn: (client: PoolClient) => Promise<T>): Promise<T> {
+    const client = await this.connect();
+    let broken: Error | undefined;
+    try {
+      return await fn(client);
+    } catch (e) {
+      if (isConnectionLoss(e)) broken = e instanceof Error ? e : new Error(String(e));
+      if (e instanceof DumpError) throw e;
+      throw toRegistryError(e);
+    } finally {
+      client.release(broken);
+    }
+  }
+
+  private async connect(): Promise<PoolClient> {
+    if (this.ended) throw new RegistryError('unavailable', 'the store is closed');
+    try {
+      return await this.pool.connect();
+    } catch (e) {
+      throw toRegistryError(e);
+    }
+  }
+
+  /** Opens the transaction and reads its time: one round trip. */
+  private async begin(client: PoolClient, durable: boolean): Promise<number> {
+    if (this.injectedClock) {
+      await client.query(begin(durable, false));
+      return this.injectedClock.now();
+    }
+    const sentAt = this.monotonic();
+    const serverNow = serverNowOf(await client.query(begin(durable, true)));
+    this.serverClock?.anchor(serverNow, sentAt);
+    // Per process, registry time never goes back even if the server's clock is stepped back.
+    this.lastTxNow = Math.max(this.lastTxNow, serverNow);
+    return this.lastTxNow;
+  }
+}
+
+export const openPostgresStore = (opts: PostgresStoreOptions): Promise<PostgresStore> => PostgresStore.open(opts);

@@ -1,0 +1,280 @@
+/**
+ * The registry's reads and writes in PostgreSQL's idiom. A `PgTx` runs inside one transaction
+ * on one pooled connection (see store.ts); rows it returns for a decision are locked
+ * (FOR UPDATE), the allocator and the reaper skip rows another instance holds (SKIP LOCKED),
+ * and only one instance sweeps at a time (a transaction-scoped advisory lock). Statements are
+ * named, so each connection parses and plans each one once.
+ */
+import type { PoolClient } from 'pg';
+import type { HistoryEntry, HistoryEvent, IdentifierRecord, Status } from '../../domain/types.js';
+import type { InstanceBeat, ListQuery, PoolRow, RawCounts, Reader, Tx } from '../types.js';
+import { RECORD_COLUMNS, asRow, int, scalar, toBeat, toHistoryEntry, toPoolRow, toRecord } from './rows.js';
+
+/** The advisory-lock namespace of this registry ("idrg"), and the locks in it. */
+export const LOCK_NAMESPACE = 0x69647267;
+export const LOCK_MIGRATE = 1;
+export const LOCK_SWEEP = 2;
+export const LOCK_IMPORT = 3;
+
+/** An instance that has not beaten for this long (crashed long ago) is dropped from the table. */
+const INSTANCE_FORGOTTEN_MS = 24 * 3600_000;
+
+/** Rows a bulk insert sends per statement. */
+const INSERT_CHUNK = 5000;
+
+const STATUS_WHERE: Readonly<Record<Status | 'all', string>> = {
+  all: 'true',
+  leased: 'client_id IS NOT NULL',
+  free: 'client_id IS NULL AND NOT retired AND available_at <= @now',
+  cooling: 'client_id IS NULL AND NOT retired AND available_at > @now',
+  retired: 'retired',
+};
+
+async function rows(client: PoolClient, name: string, text: string, values: unknown[] = []): Promise<unknown[]> {
+  const res = await client.query({ name, text, values });
+  const out: unknown[] = res.rows;
+  return out;
+}
+
+async function first(client: PoolClient, name: string, text: string, values: unknown[] = []): Promise<unknown> {
+  return (await rows(client, name, text, values))[0];
+}
+
+async function count(client: PoolClient, name: string, text: string, values: unknown[] = []): Promise<number> {
+  return scalar(await first(client, name, text, values)) ?? 0;
+}
+
+async function changes(client: PoolClient, name: string, text: string, values: unknown[]): Promise<number> {
+  const res = await client.query({ name, text, values });
+  return res.rowCount ?? 0;
+}
+
+export class PgReader implements Reader {
+  constructor(
+    protected readonly client: PoolClient,
+    readonly now: number,
+    /** FOR UPDATE in a write transaction; nothing in a read. */
+    private readonly lockClause: string,
+  ) {}
+
+  async byName(name: string): Promise<IdentifierRecord | null> {
+    const r = await first(this.client, `by_name${this.lockClause ? '_lock' : ''}`,
+      `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE name = $1 ${this.lockClause}`, [name]);
+    return r === undefined ? null : toRecord(r);
+  }
+
+  async byClient(clientId: string): Promise<IdentifierRecord | null> {
+    const r = await first(this.client, `by_client${this.lockClause ? '_lock' : ''}`,
+      `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE client_id = $1 ${this.lockClause}`, [clientId]);
+    return r === undefined ? null : toRecord(r);
+  }
+
+  async history(rowId: number): Promise<HistoryEntry[]> {
+    const rs = await rows(this.client, 'history', 'SELECT at, event, client_id, epoch FROM history WHERE identifier_id = $1 ORDER BY id', [rowId]);
+    return rs.map(toHistoryEntry);
+  }
+
+  async list(q: ListQuery): Promise<IdentifierRecord[]> {
+    const status = q.status ?? 'all';
+    const values: unknown[] = [q.limit]; // LIMIT NULL is no limit
+    let where = STATUS_WHERE[status];
+    if (where.includes('@now')) {
+      values.push(q.now);
+      where = where.replace('@now', `$${values.length}`);
+    }
+    if (q.after) {
+      values.push(q.after.poolOrder, q.after.rowId);
+      where += ` AND (pool_order, id) > ($${values.length - 1}, $${values.length})`;
+    }
+    const text = `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE ${where} ORDER BY pool_order, id LIMIT $1`;
+    return (await rows(this.client, `list_${status}${q.after ? '_after' : ''}`, text, values)).map(toRecord);
+  }
+
+  async counts(now: number): Promise<RawCounts> {
+    const r = asRow(await first(this.client, 'counts',
+      `SELECT count(*) AS total,
+              count(client_id) AS leased,
+              count(*) FILTER (WHERE client_id IS NULL AND NOT retired AND available_at > $1) AS cooling,
+              count(*) FILTER (WHERE client_id IS NULL AND retired) AS retired
+       FROM identifiers`, [now]));
+    return { total: int(r, 'total'), leased: int(r, 'leased'), cooling: int(r, 'cooling'), retired: int(r, 'retired') };
+  }
+
+  async oldestLastSeen(): Promise<number | null> {
+    return scalar(await first(this.client, 'oldest_last_seen', 'SELECT min(last_seen) AS n FROM identifiers WHERE client_id IS NOT NULL'));
+  }
+
+  async meta(key: string): Promise<string | null> {
+    const r = await first(this.client, 'meta_get', 'SELECT value FROM meta WHERE key = $1', [key]);
+    if (r === undefined) return null;
+    const v = asRow(r)['value'];
+    return typeof v === 'string' ? v : null;
+  }
+
+  async latestBeat(exceptId: string | null): Promise<InstanceBeat | null> {
+    const r = await first(this.client, 'latest_beat',
+      `SELECT id, started_at, at, fleet_seen_at FROM instances WHERE $1::text IS NULL OR id <> $1
+       ORDER BY at DESC, id LIMIT 1`, [exceptId]);
+    return r === undefined ? null : toBeat(r);
+  }
+
+  async fleetSeenAt(): Promise<number | null> {
+    return scalar(await first(this.client, 'fleet_seen_at', 'SELECT seen_at AS n FROM fleet WHERE id = 1'));
+  }
+}
+
+export class PgTx extends PgReader implements Tx {
+  /** Whether this use case has written (or taken a lock past its rows): see store.ts, group commit. */
+  wrote = false;
+
+  constructor(client: PoolClient, now: number) {
+    super(client, now, 'FOR UPDATE');
+  }
+
+  async nextAllocatable(now: number): Promise<IdentifierRecord | null> {
+    // SKIP LOCKED: a row another transaction is granting is not waited for; the next one is taken.
+    const r = await first(this.client, 'next_allocatable',
+      `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE client_id IS NULL AND NOT retired AND available_at <= $1
+       ORDER BY available_at, pool_order, id LIMIT 1 FOR UPDATE SKIP LOCKED`, [now]);
+    return r === undefined ? null : toRecord(r);
+  }
+
+  async grant(rowId: number, clientId: string, epoch: number, now: number): Promise<void> {
+    this.wrote = true;
+    const n = await changes(this.client, 'grant',
+      `UPDATE identifiers SET client_id = $2, epoch = $3, allocated_at = $4, last_seen = $4
+       WHERE id = $1 AND client_id IS NULL`, [rowId, clientId, epoch, now]);
+    if (n !== 1) throw new Error(`grant of row ${rowId} changed ${n} rows`);
+  }
+
+  async renew(rowId: number, clientId: string, now: number): Promise<void> {
+    this.wrote = true;
+    await changes(this.client, 'renew',
+      'UPDATE identifiers SET last_seen = greatest(last_seen, $3) WHERE id = $1 AND client_id = $2', [rowId, clientId, now]);
+  }
+
+  async free(rowId: number, availableAt: number): Promise<void> {
+    this.wrote = true;
+    await changes(this.client, 'free',
+      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = $2 WHERE id = $1`,
+      [rowId, availableAt]);
+  }
+
+  async appendHistory(rowId: number, at: number, event: HistoryEvent, clientId: string | null, epoch: number): Promise<void> {
+    this.wrote = true;
+    await changes(this.client, 'history_append',
+      'INSERT INTO history (identifier_id, at, event, client_id, epoch) VALUES ($1, $2, $3, $4, $5)',
+      [rowId, at, event, clientId, epoch]);
+  }
+
+  async trySweepLock(): Promise<boolean> {
+    this.wrote = true;
+    const r = asRow(await first(this.client, 'sweep_lock', 'SELECT pg_try_advisory_xact_lock($1, $2) AS ok', [LOCK_NAMESPACE, LOCK_SWEEP]));
+    return r['ok'] === true;
+  }
+
+  async countExpired(cutoff: number): Promise<number> {
+    return count(this.client, 'count_expired', 'SELECT count(*) AS n FROM identifiers WHERE client_id IS NOT NULL AND last_seen <= $1', [cutoff]);
+  }
+
+  async countLeased(): Promise<number> {
+    return count(this.client, 'count_leased', 'SELECT count(*) AS n FROM identifiers WHERE client_id IS NOT NULL');
+  }
+
+  async countEvents(event: HistoryEvent, since: number): Promise<number> {
+    return count(this.client, 'count_events', 'SELECT count(*) AS n FROM history WHERE event = $1 AND at >= $2', [event, since]);
+  }
+
+  async reclaimExpired(cutoff: number, limit: number, now: number, availableAt: number): Promise<IdentifierRecord[]> {
+    this.wrote = true;
+    // One statement: lock the oldest expired leases no other sweep holds, append their history,
+    // free them. A lease renewed since this statement's snapshot is re-checked on its newest
+    // version by the row lock (READ COMMITTED), so it is not taken; one freed by another sweep
+    // no longer matches. Set-based whatever the batch size.
+    const rs = await rows(this.client, 'reclaim_expired',
+      `WITH picked AS (
+         SELECT ${RECORD_COLUMNS} FROM identifiers
+         WHERE client_id IS NOT NULL AND last_seen <= $1
+         ORDER BY last_seen, id LIMIT $2 FOR UPDATE SKIP LOCKED
+       ), logged AS (
+         INSERT INTO history (identifier_id, at, event, client_id, epoch)
+         SELECT id, $3, 'reclaimed', client_id, epoch FROM picked ORDER BY last_seen, id
+       ), freed AS (
+         UPDATE identifiers i SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = $4
+         FROM picked WHERE i.id = picked.id
+       )
+       SELECT * FROM picked ORDER BY last_seen, id`, [cutoff, limit, now, availableAt]);
+    return rs.map(toRecord);
+  }
+
+  async recordRefusal(clientId: string, at: number): Promise<void> {
+    this.wrote = true;
+    await changes(this.client, 'refusal_record', 'INSERT INTO refusals (client_id, at) VALUES ($1, $2)', [clientId, at]);
+  }
+
+  async countRefusedClients(since: number): Promise<number> {
+    return count(this.client, 'refusals_count', 'SELECT count(DISTINCT client_id) AS n FROM refusals WHERE at >= $1', [since]);
+  }
+
+  async pruneRefusals(before: number): Promise<void> {
+    this.wrote = true;
+    await changes(this.client, 'refusals_prune', 'DELETE FROM refusals WHERE at < $1', [before]);
+  }
+
+  async poolRows(): Promise<PoolRow[]> {
+    // The sync decides on these rows and writes in one transaction, as SQLite's write lock
+    // gives it: other writers wait (readers do not), without locking a million rows one by one.
+    this.wrote = true;
+    await this.client.query('LOCK TABLE identifiers IN EXCLUSIVE MODE');
+    const rs = await rows(this.client, 'pool_rows', 'SELECT id, name, pool_order, retired, client_id, epoch FROM identifiers ORDER BY id');
+    return rs.map(toPoolRow);
+  }
+
+  async insertIdentifiers(list: readonly { readonly name: string; readonly poolOrder: number }[]): Promise<void> {
+    this.wrote = true;
+    for (let i = 0; i < list.length; i += INSERT_CHUNK) {
+      const chunk = list.slice(i, i + INSERT_CHUNK);
+      await changes(this.client, 'identifiers_insert',
+        'INSERT INTO identifiers (name, pool_order) SELECT * FROM unnest($1::text[], $2::bigint[])',
+        [chunk.map((r) => r.name), chunk.map((r) => r.poolOrder)]);
+    }
+  }
+
+  async setRetired(rowId: number, retired: boolean, poolOrder: number): Promise<void> {
+    this.wrote = true;
+    await changes(this.client, 'set_retired', 'UPDATE identifiers SET retired = $2, pool_order = $3 WHERE id = $1', [rowId, retired, poolOrder]);
+  }
+
+  async setPoolOrder(rowId: number, poolOrder: number): Promise<void> {
+    this.wrote = true;
+    await changes(this.client, 'set_pool_order', 'UPDATE identifiers SET pool_order = $2 WHERE id = $1', [rowId, poolOrder]);
+  }
+
+  async setMeta(key: string, value: string): Promise<void> {
+    this.wrote = true;
+    await changes(this.client, 'meta_set',
+      'INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value', [key, value]);
+  }
+
+  async beat(b: InstanceBeat): Promise<void> {
+    this.wrote = true;
+    // One statement: the beat, the fleet's latest request (kept when instances come and go),
+    // and instances that stopped beating a day ago (crashed long since) dropped.
+    await changes(this.client, 'beat',
+      `WITH beat AS (
+         INSERT INTO instances (id, started_at, at, fleet_seen_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (id) DO UPDATE SET at = greatest(instances.at, excluded.at),
+           fleet_seen_at = greatest(instances.fleet_seen_at, excluded.fleet_seen_at)
+       ), fleet AS (
+         INSERT INTO fleet (id, seen_at) SELECT 1, $4 WHERE $4::bigint IS NOT NULL
+         ON CONFLICT (id) DO UPDATE SET seen_at = greatest(fleet.seen_at, excluded.seen_at)
+       )
+       DELETE FROM instances WHERE at < $3::bigint - $5::bigint AND id <> $1`,
+      [b.id, b.startedAt, b.at, b.fleetSeenAt, INSTANCE_FORGOTTEN_MS]);
+  }
+
+  async forgetInstance(id: string): Promise<void> {
+    this.wrote = true;
+    await changes(this.client, 'forget_instance', 'DELETE FROM instances WHERE id = $1', [id]);
+  }
+}
