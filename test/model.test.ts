@@ -78,7 +78,8 @@ class Model {
       this.skew = this.src.wall() - this.now();
       return;
     }
-    let floor = this.lastHistoryAt;
+    // Every time the store holds: history, liveness, the last VM request seen, refusals.
+    let floor = Math.max(this.lastHistoryAt, this.fleetSeenAt ?? 0, ...this.refusals.map((r) => r.at));
     for (const i of this.ids.values()) if (i.holder) floor = Math.max(floor, i.holder.lastSeen);
     if (this.offset === null || rebooted) {
       this.offset = Math.max(this.src.wall(), floor) - this.src.monotonic();

@@ -33,7 +33,8 @@ describe('GET /identifiers without limit: the streamed listing', function () {
   this.timeout(60_000);
   let h: Harness;
 
-  before(async () => {
+  // Each test its own registry: the run's root hook closes every test store after each test.
+  beforeEach(async () => {
     // Several pages, every status, and a retired identifier that is still held.
     h = await makeRegistry({ pool: 'w-[0000-2499]\n', rules: { cooldownMs: 60 * SECOND } });
     for (let i = 0; i < 1200; i++) await h.registry.allocate(`vm-${i}`);

@@ -154,6 +154,7 @@ class Statements {
   readonly refusalInsert: Statement;
   readonly refusedClients: Statement;
   readonly refusalsPrune: Statement;
+  readonly latestRefusal: Statement;
 
   constructor(db: Database.Database) {
     const p = (sql: string): Statement => db.prepare(sql);
@@ -231,6 +232,7 @@ class Statements {
     this.refusalInsert = p(`INSERT INTO refusals (client_id, at) VALUES (?, ?)`);
     this.refusedClients = p(`SELECT count(DISTINCT client_id) AS n FROM refusals WHERE at >= ?`);
     this.refusalsPrune = p(`DELETE FROM refusals WHERE at < ?`);
+    this.latestRefusal = p(`SELECT max(at) AS n FROM refusals`);
   }
 }
 
@@ -470,10 +472,13 @@ export class SqliteStore implements Store {
   private anchor(source: TimeSource): { clock: Clock; rebooted: boolean } {
     const s = this.s;
     const run = this.db.transaction(() => {
+      // Every time the store holds that a process wrote as "now": time must not go back below any.
       const floor = Math.max(
         scalar(s.latestLastSeen.get()) ?? 0,
         scalar(s.latestHistory.get()) ?? 0,
         toBeat(s.latestBeatAny.get())?.at ?? 0,
+        scalar(s.fleetSeenAt.get()) ?? 0,
+        scalar(s.latestRefusal.get()) ?? 0,
       );
       const metaRow: unknown = s.metaGet.get(CLOCK_KEY);
       const stored = parseAnchor(metaRow === undefined ? null : String(asRow(metaRow)['value']));
