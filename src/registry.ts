@@ -155,9 +155,18 @@ export class Registry {
     }, { durable: false });
   }
 
-  /** Tells the others this instance is alive, and when a VM last reached it. */
+  /**
+   * Tells the others this instance is alive, and when a VM last reached it; run every
+   * BEAT_INTERVAL_MS. When no instance at all has beaten lately, the service was down (every
+   * instance, or the database they share: no VM could renew meanwhile), so the start-up grace
+   * runs again from now.
+   */
   beat(): Promise<void> {
-    return this.store.write((tx) => this.beatIn(tx), { durable: false });
+    return this.store.write(async (tx) => {
+      const last = await tx.latestBeat(null);
+      if (!last || tx.now - last.at > SERVICE_GAP_MS) await tx.setMeta(SERVICE_UP_SINCE, String(tx.now));
+      await this.beatIn(tx);
+    }, { durable: false });
   }
 
   /** A VM's request reached this instance (answered or refused): the registry still reaches its fleet. */

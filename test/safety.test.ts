@@ -333,8 +333,10 @@ for (const engine of ENGINES) describe(`[${engine}]`, () => {
       const a = await makeRegistry({ shared: true, pool: 'w-[0-9]', rules });
       await a.registry.open();
       for (let i = 0; i < 3; i++) await a.registry.allocate(`vm-${i}`);
-      a.clock.advance(200 * SECOND); // the grace is long over, the three leases expired
-      await a.registry.beat();
+      for (let s = 0; s < 200; s++) { // a serves, beating every second: the grace is long over, the three leases expired
+        a.clock.advance(SECOND);
+        await a.registry.beat();
+      }
       const b = await a.another();
       await b.open(); // a beat just now: the service is up, b restarting changes nothing
       expect((await b.reap()).reclaimed).to.equal(3);
@@ -350,6 +352,27 @@ for (const engine of ENGINES) describe(`[${engine}]`, () => {
       expect(held.reason).to.match(/grace/);
       a.clock.advance(91 * SECOND);
       expect((await c.reap()).reclaimed).to.equal(3);
+    });
+
+    it('instances that stay up while their database is unreachable start the grace again when it comes back', async () => {
+      const a = await makeRegistry({ pool: 'w-[0-9]', rules });
+      await a.registry.open();
+      for (let i = 0; i < 3; i++) await a.registry.allocate(`vm-${i}`);
+      for (let s = 0; s < 100; s++) { // serving, beating every second
+        a.clock.advance(SECOND);
+        await a.registry.beat();
+      }
+      // The database is gone for two TTLs: no beat lands, no VM can renew. Then it is back.
+      a.clock.advance(180 * SECOND);
+      await a.registry.beat();
+      const held = await a.registry.reap();
+      expect(held).to.include({ reclaimed: 0 });
+      expect(held.reason).to.match(/startup grace/);
+      for (let s = 0; s < 91; s++) { // serving again, beating every second, through the grace
+        a.clock.advance(SECOND);
+        await a.registry.beat();
+      }
+      expect((await a.registry.reap()).reclaimed).to.equal(3);
     });
   });
 });
