@@ -541,6 +541,18 @@ export class Registry {
   }
 }
 
+/**
+ * What the store holds of the pool: the fingerprint of the file last synced and how many
+ * identifiers are in service. Start-up reads it before building the registry, so an unchanged
+ * pool file (a million lines) is neither parsed nor held in memory.
+ */
+export function storedPool(store: Store): Promise<{ fingerprint: string | null; inService: number }> {
+  return store.read(async (r) => {
+    const c = await r.counts(r.now);
+    return { fingerprint: (await r.meta(POOL_FINGERPRINT)) || null, inService: c.total - c.retired };
+  });
+}
+
 /** Builds a registry on `store` and joins the service (see Registry.open). */
 export async function openRegistry(deps: RegistryDeps, opts: { readonly serviceRestarted?: boolean } = {}): Promise<Registry> {
   const registry = new Registry(deps);

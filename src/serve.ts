@@ -19,7 +19,7 @@ import type { Logger } from './log.js';
 import { Metrics } from './metrics.js';
 import { parsePoolFile, readPoolText } from './pool/load.js';
 import type { PoolFile } from './pool/load.js';
-import { BEAT_INTERVAL_MS, Registry } from './registry.js';
+import { BEAT_INTERVAL_MS, Registry, storedPool } from './registry.js';
 import { explainDbOpenError, inspectDbPath } from './store/explain.js';
 import { openPostgresStore } from './store/postgres/store.js';
 import { SqliteStore } from './store/sqlite/store.js';
@@ -178,12 +178,10 @@ export async function serve(signals: Signals): Promise<void> {
   const logOut = stdoutDestination();
   const log = createLogger(config.logLevel, logOut);
   let pool: PoolFile;
-  let names: string[];
   try {
     pool = readPoolText(config.poolFile);
-    names = parsePoolFile(config.poolFile, pool);
   } catch (e) {
-    die(e instanceof Error ? e.message : String(e), EX_CONFIG);
+    die(messageOf(e), EX_CONFIG);
   }
   const { server, serve: answerWith } = await bind(config, tls);
   let store: Store;
@@ -198,6 +196,19 @@ export async function serve(signals: Signals): Promise<void> {
     }
     if (sqlite.rebooted) log.warn('the machine rebooted since the registry last ran: cool-downs in progress resume from now');
   }
+  // The file is parsed only when it differs from the one last synced.
+  const stored = await storedPool(store).catch((e: unknown) => dieOnDatabase(e, config));
+  let names: string[] | null = null;
+  if (stored.fingerprint === pool.fingerprint) {
+    log.info({ pool: config.poolFile }, 'pool file unchanged since the last sync');
+  } else {
+    try {
+      names = parsePoolFile(config.poolFile, pool);
+    } catch (e) {
+      die(messageOf(e), EX_CONFIG);
+    }
+  }
+  const poolSize = names?.length ?? stored.inService;
   const metrics = new Metrics({ processMetrics: true });
   const registry = new Registry({
     store,
@@ -208,7 +219,7 @@ export async function serve(signals: Signals): Promise<void> {
       graceMs: config.startupGraceSeconds * 1000,
       maxFraction: config.reaperMaxFraction,
       minHold: config.reaperMinHold,
-      guardedRatePerMinute: config.reaperGuardedRate ?? Math.max(1, Math.floor(names.length / 100)),
+      guardedRatePerMinute: config.reaperGuardedRate ?? Math.max(1, Math.floor(poolSize / 100)),
       reapBatchSize: config.reaperBatchSize,
     },
     observe: (e) => {
@@ -218,8 +229,7 @@ export async function serve(signals: Signals): Promise<void> {
   });
   metrics.watch(() => registry.health());
   try {
-    if ((await registry.poolFingerprint()) === pool.fingerprint) log.info({ pool: config.poolFile }, 'pool file unchanged since the last sync');
-    else await registry.syncPool(names, pool.fingerprint);
+    if (names) await registry.syncPool(names, pool.fingerprint);
   } catch (e) {
     logOut.flushSync();
     if (isRegistryError(e) && e.code === 'unavailable') dieOnDatabase(e, config);
