@@ -72,6 +72,10 @@ export function loadSqlite(db: Database.Database, d: Dump): void {
       if (insertHistory.run(h).changes !== 1) throw new Error(`history of unknown identifier ${h.identifier}`);
     }
     for (const m of d.meta.filter(isPortableMeta)) upsertMeta.run(m.key, m.value);
+    // The kept pool counts follow grants, frees and retirements, not inserts: recount once.
+    db.exec(`UPDATE pool_counts SET total = (SELECT count(*) FROM identifiers),
+      leased = (SELECT count(*) FROM identifiers WHERE client_id IS NOT NULL),
+      retired = (SELECT count(*) FROM identifiers WHERE client_id IS NULL AND retired = 1)`);
   });
   load.immediate();
 }

@@ -155,6 +155,7 @@ class Statements {
   readonly refusedClients: Statement;
   readonly refusalsPrune: Statement;
   readonly latestRefusal: Statement;
+  readonly addToTotal: Statement;
 
   constructor(db: Database.Database) {
     const p = (sql: string): Statement => db.prepare(sql);
@@ -233,6 +234,7 @@ class Statements {
     this.refusedClients = p(`SELECT count(DISTINCT client_id) AS n FROM refusals WHERE at >= ?`);
     this.refusalsPrune = p(`DELETE FROM refusals WHERE at < ?`);
     this.latestRefusal = p(`SELECT max(at) AS n FROM refusals`);
+    this.addToTotal = p(`UPDATE pool_counts SET total = total + ?`);
   }
 }
 
@@ -386,6 +388,7 @@ class SqliteTx extends SqliteReader implements Tx {
 
   async insertIdentifiers(rows: readonly { readonly name: string; readonly poolOrder: number }[]): Promise<void> {
     for (const r of rows) this.s.insert.run(r.name, r.poolOrder);
+    if (rows.length > 0) this.s.addToTotal.run(rows.length); // new rows are free: only the total moves
   }
 
   async setRetired(rowId: number, retired: boolean, poolOrder: number): Promise<void> {
