@@ -5,7 +5,9 @@
  * database.
  */
 import { lookup } from 'node:dns/promises';
-import type { RequestListener, Server } from 'node:http';
+import type { Server } from 'node:http';
+import { createServer as createNetServer } from 'node:net';
+import type { Server as NetServer } from 'node:net';
 import { Server as TlsServer } from 'node:tls';
 import { systemTimeSource } from './clock.js';
 import { ConfigError, loadConfig, processEnv } from './config.js';
@@ -72,31 +74,35 @@ function configure(): { config: Config; tls: TlsMaterial | null } {
   }
 }
 
+/** Where the socket cannot listen: a configuration problem naming HOST or PORT. */
+function listenProblem(e: NodeJS.ErrnoException, config: Config): string {
+  if (e.code === 'EADDRINUSE') return `PORT: ${config.port} on ${config.host} is already in use`;
+  if (e.code === 'EACCES') return `PORT: ${config.port} needs privileges this process does not have`;
+  return `HOST: cannot listen on ${config.host}:${config.port} (${e.code ?? e.message})`;
+}
+
+function listenOn(server: Server | NetServer, config: Config): Promise<void> {
+  return new Promise<void>((resolve) => {
+    server.once('error', (e: NodeJS.ErrnoException) => die(`configuration error: ${listenProblem(e, config)}`, EX_CONFIG));
+    server.listen(config.port, config.host, () => resolve());
+  });
+}
+
 /**
- * Binds the listening socket before anything touches the store, so a bad address or a port in
- * use stops start-up with nothing changed. Until the registry is ready it answers 503.
+ * Checks, before anything touches the store, that HOST resolves and the port can be taken, so
+ * such a failed start changes nothing. The probe socket is closed again: the registry listens
+ * only once it can answer, so nobody (a probe, a load balancer) sees it half started.
  */
-async function bind(config: Config, tls: TlsMaterial | null): Promise<{ server: Server; serve: (l: RequestListener) => void }> {
+async function checkListen(config: Config): Promise<void> {
   try {
     await lookup(config.host);
   } catch (e) {
-    die(`configuration error: HOST: cannot resolve "${config.host}" (${e instanceof Error ? e.message : String(e)})`, EX_CONFIG);
+    die(`configuration error: HOST: cannot resolve "${config.host}" (${messageOf(e)})`, EX_CONFIG);
   }
-  let listener: RequestListener = function notReady(_req, res) {
-    const body = JSON.stringify({ error: { code: 'unavailable', message: 'the registry is starting; try again' } });
-    res.writeHead(503, { 'Content-Type': 'application/json; charset=utf-8', 'Retry-After': '1' }).end(body);
-  };
-  const server = createHttpServer((req, res) => listener(req, res), DEFAULT_LIMITS, tls);
-  await new Promise<void>((resolve) => {
-    server.once('error', (e: NodeJS.ErrnoException) => {
-      const where = `${config.host}:${config.port}`;
-      if (e.code === 'EADDRINUSE') die(`configuration error: PORT: ${config.port} on ${config.host} is already in use`, EX_CONFIG);
-      if (e.code === 'EACCES') die(`configuration error: PORT: ${config.port} needs privileges this process does not have`, EX_CONFIG);
-      die(`configuration error: HOST: cannot listen on ${where} (${e.code ?? e.message})`, EX_CONFIG);
-    });
-    server.listen(config.port, config.host, () => resolve());
-  });
-  return { server, serve: (l) => { listener = l; } };
+  if (config.port === 0) return; // any free port: nothing to check
+  const probe = createNetServer();
+  await listenOn(probe, config);
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
 }
 
 /** A database URL fit for a log line: the password blanked. */
@@ -183,7 +189,7 @@ export async function serve(signals: Signals): Promise<void> {
   } catch (e) {
     die(messageOf(e), EX_CONFIG);
   }
-  const { server, serve: answerWith } = await bind(config, tls);
+  await checkListen(config);
   let store: Store;
   let sqlite: SqliteStore | null = null;
   if (config.databaseUrl !== null) {
@@ -244,7 +250,8 @@ export async function serve(signals: Signals): Promise<void> {
     metrics,
     log,
   });
-  answerWith(app.callback());
+  const server = createHttpServer(app.callback(), DEFAULT_LIMITS, tls);
+  await listenOn(server, config);
   if (config.agentTokens.length > 0 && config.adminTokens.length === 0) {
     log.warn('AGENT_TOKENS is set and ADMIN_TOKENS is not: listing, inspection and admin routes refuse every caller (403)');
   } else if (config.adminTokens.length === 0) {
