@@ -3,8 +3,9 @@
  * never cast. BIGINT columns arrive as numbers through `parseBigint` (see pool.ts), which
  * refuses any value past Number.MAX_SAFE_INTEGER instead of rounding it.
  */
-import { HISTORY_EVENTS } from '../../domain/types.js';
-import type { HistoryEntry, HistoryEvent, IdentifierRecord } from '../../domain/types.js';
+import { RECORD_COLUMNS, columns, historyEntryFrom, recordFrom } from '../columns.js';
+import type { ColumnTypes } from '../columns.js';
+import type { HistoryEntry, IdentifierRecord } from '../../domain/types.js';
 import type { InstanceBeat, PoolRow } from '../types.js';
 
 type Row = Readonly<Record<string, unknown>>;
@@ -51,33 +52,17 @@ export function bool(r: Row, k: string): boolean {
   return v;
 }
 
-export const RECORD_COLUMNS = 'id, name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at';
+const POSTGRES: ColumnTypes = {
+  int: (v) => (typeof v === 'number' && Number.isSafeInteger(v) ? v : undefined),
+  bool: (v) => (typeof v === 'boolean' ? v : undefined),
+};
 
 export function toRecord(raw: unknown): IdentifierRecord {
-  const r = asRow(raw);
-  const clientId = textOrNull(r, 'client_id');
-  const allocatedAt = intOrNull(r, 'allocated_at');
-  const lastSeen = intOrNull(r, 'last_seen');
-  return {
-    rowId: int(r, 'id'),
-    name: text(r, 'name'),
-    poolOrder: int(r, 'pool_order'),
-    epoch: int(r, 'epoch'),
-    retired: bool(r, 'retired'),
-    holder: clientId !== null && allocatedAt !== null && lastSeen !== null ? { clientId, allocatedAt, lastSeen } : null,
-    availableAt: int(r, 'available_at'),
-  };
-}
-
-function toEvent(v: string): HistoryEvent {
-  const e = HISTORY_EVENTS.find((x) => x === v);
-  if (!e) throw new Error(`history: unknown event ${v}`);
-  return e;
+  return recordFrom(columns(raw, POSTGRES));
 }
 
 export function toHistoryEntry(raw: unknown): HistoryEntry {
-  const r = asRow(raw);
-  return { at: int(r, 'at'), event: toEvent(text(r, 'event')), clientId: textOrNull(r, 'client_id'), epoch: int(r, 'epoch') };
+  return historyEntryFrom(columns(raw, POSTGRES));
 }
 
 export function toPoolRow(raw: unknown): PoolRow {
@@ -102,3 +87,5 @@ export function scalar(raw: unknown, k = 'n'): number | null {
   if (raw === undefined) return null;
   return intOrNull(asRow(raw), k);
 }
+
+export { RECORD_COLUMNS };
