@@ -31,7 +31,7 @@ async function waitFor(url: string, child: ChildProcess, output: () => string, t
 
 export async function startServer(script: string, env: Record<string, string>, port: number, probe = '/health'): Promise<Server> {
   const started = Date.now();
-  const child = spawn(process.execPath, [script], {
+  const child = spawn(process.execPath, [...(process.env['BENCH_NODE_ARGS'] ?? '').split(' ').filter(Boolean), script], {
     cwd: ROOT,
     env: { PATH: process.env['PATH'] ?? '', HOST: '127.0.0.1', PORT: String(port), LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],

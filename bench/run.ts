@@ -6,6 +6,12 @@
  * process here. Throughput is reported as a ratio to that baseline, median of alternating
  * rounds. Writes bench/results/latest.json and prints one table.
  *
+ * npm run bench -- --only throughput|scaling|reaper [--against DIR] [--repeat N]
+ *
+ * One part of the table (writes latest-PART.json); with --against, the same part run on another
+ * build (a checkout of an older commit with dist/ built), alternating, N times: before/after
+ * figures from the same run on this shared machine.
+ *
  * npm run bench -- --engine postgres [--quick]
  *
  * The engines compared instead: liveness and durable allocate+release on PostgreSQL (one
@@ -22,6 +28,8 @@ import { ROOT, load, median, metric, percentile, post, startServer, writePool } 
 import type { LoadResult, Request, Server } from './lib.js';
 
 const QUICK = process.argv.includes('--quick');
+const ONLY = process.argv.includes('--only') ? process.argv[process.argv.indexOf('--only') + 1] : undefined;
+if (ONLY !== undefined && !['throughput', 'scaling', 'reaper'].includes(ONLY)) throw new Error(`--only: expected throughput, scaling or reaper, got ${String(ONLY)}`);
 const ENGINE = process.argv.includes('--engine') ? process.argv[process.argv.indexOf('--engine') + 1] : undefined;
 if (ENGINE !== undefined && ENGINE !== 'postgres') throw new Error(`--engine: expected postgres, got ${String(ENGINE)}`);
 const CFG = QUICK
@@ -29,7 +37,10 @@ const CFG = QUICK
   : { rounds: 5, seconds: 5, latencySeconds: 10, bigPool: 1_000_000, reclaims: 100_000, allocSamples: 2_000 };
 const LIVE_CLIENTS = QUICK ? 2_000 : 10_000;
 const JSON_HEADERS = { 'content-type': 'application/json' };
-const MAIN = join(ROOT, 'dist/main.js');
+let MAIN = join(ROOT, 'dist/main.js');
+/** Another build (a checkout with dist/ built) measured in the same run, alternating with this one. */
+const AGAINST = process.argv.includes('--against') ? process.argv[process.argv.indexOf('--against') + 1] : undefined;
+const REPEAT = process.argv.includes('--repeat') ? Number(process.argv[process.argv.indexOf('--repeat') + 1]) : 1;
 const BASELINE = join(ROOT, 'bench/baseline.mjs');
 let nextPort = 20_000 + Math.floor(Math.random() * 20_000);
 const port = (): number => nextPort++;
@@ -370,17 +381,25 @@ async function main(): Promise<void> {
     console.log('- engines: SQLite vs PostgreSQL');
     await engines();
   } else {
-    console.log('- throughput');
-    await throughput();
-    console.log('- scaling');
-    await scaling();
-    console.log('- reaper');
-    await reaper();
+    const parts = { throughput, scaling, reaper };
+    const builds = AGAINST === undefined ? [{ label: '', main: MAIN }] : [{ label: 'this: ', main: MAIN }, { label: 'against: ', main: join(AGAINST, 'dist/main.js') }];
+    for (let r = 0; r < REPEAT; r++) {
+      for (const build of builds) {
+        MAIN = build.main;
+        for (const [name, part] of Object.entries(parts)) {
+          if (ONLY !== undefined && ONLY !== name) continue;
+          console.log(`- ${build.label}${name}`);
+          const before = rows.length;
+          await part();
+          for (const row of rows.slice(before)) row.scenario = `${build.label}${row.scenario}`;
+        }
+      }
+    }
   }
   const table = print();
   console.log(`\n${table}\n\n(${((Date.now() - t0) / 1000).toFixed(0)} s)`);
   mkdirSync(join(ROOT, 'bench/results'), { recursive: true });
-  const file = ENGINE === 'postgres' ? 'latest-postgres.json' : 'latest.json';
+  const file = ENGINE === 'postgres' ? 'latest-postgres.json' : ONLY ? `latest-${ONLY}.json` : 'latest.json';
   writeFileSync(join(ROOT, `bench/results/${file}`), `${JSON.stringify({ date: new Date().toISOString(), quick: QUICK, engine: ENGINE ?? 'sqlite', config: CFG, rows, raw }, null, 2)}\n`);
 }
 
