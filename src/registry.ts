@@ -288,8 +288,13 @@ export class Registry {
     this.noticeClockStep(started);
     let first: { decision: SweepDecision; cutoff: number; expired: number; leased: number; reclaimed: IdentifierRecord[] } | null = null;
     // Another instance sweeping holds the sweep lock; a forced sweep waits for it.
+    // The batches need not each wait for the disk: the sweep's last write below is durable, and
+    // a commit on disk brings every earlier one with it (SQLite's WAL and PostgreSQL's are
+    // appended in order). A crash before that loses reclaims, never grants: a lost reclaim
+    // leaves the lease with its dead holder, to be reclaimed again; and nothing can grant a
+    // reclaimed identifier without a durable commit of its own after it.
     for (let attempt = 0; first === null; attempt++) {
-      first = await this.store.write((tx) => this.decideAndReclaim(tx, force), { durable: true });
+      first = await this.store.write((tx) => this.decideAndReclaim(tx, force), { durable: false });
       if (first === null && (!force || attempt >= 100)) {
         return { reclaimed: 0, held: false, reason: 'another instance is sweeping' };
       }
@@ -303,7 +308,7 @@ export class Registry {
     while (last === this.rules.reapBatchSize && reclaimed < decision.allowance) {
       const limit = Math.min(this.rules.reapBatchSize, decision.allowance - reclaimed);
       const batch = await this.store.write(
-        (tx) => tx.reclaimExpired(cutoff, limit, tx.now, tx.now + this.rules.cooldownMs), { durable: true },
+        (tx) => tx.reclaimExpired(cutoff, limit, tx.now, tx.now + this.rules.cooldownMs), { durable: false },
       );
       this.emitReclaimed(batch);
       reclaimed += batch.length;
@@ -312,7 +317,8 @@ export class Registry {
     const finished = this.store.clock.now();
     const state: ReaperState = { lastRunAt: finished, lastReclaimed: reclaimed, held: decision.held, reason: decision.reason };
     this.lastReaper = state;
-    await this.store.write((tx) => tx.setMeta(REAPER_STATE, JSON.stringify(state)), { durable: false });
+    // Durable: the sweep is answered (and logged as done) once all of its reclaims are on disk.
+    await this.store.write((tx) => tx.setMeta(REAPER_STATE, JSON.stringify(state)), { durable: true });
     this.observe({
       type: 'sweep', reclaimed, expired: first.expired, leased: first.leased, held: decision.held, reason: decision.reason,
       forced: force, durationMs: finished - started,

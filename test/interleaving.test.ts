@@ -20,7 +20,7 @@ import { fenceAfterMs } from '../src/domain/lease.js';
 import { Registry } from '../src/registry.js';
 import type { RegistryRules } from '../src/registry.js';
 import { SqliteStore } from '../src/store/sqlite/store.js';
-import type { Reader, Store, Tx, WriteOptions } from '../src/store/types.js';
+import type { Store, Tx, WriteOptions } from '../src/store/types.js';
 import { DEFAULT_RULES } from './helpers.js';
 
 const SEC = 1000;
@@ -60,17 +60,18 @@ function answerRenewalsBeforeCommit(inner: Store, s: fc.Scheduler): Store {
     healthProblem: () => inner.healthProblem(),
     close: () => inner.close(),
     write<T>(fn: (tx: Tx) => Promise<T>, opts: WriteOptions): Promise<T> {
-      if (opts.durable) return inner.write(fn, opts);
+      // Every use case runs as it does, except that a renewal is only noted and written later.
       const pending: Array<[number, string, number]> = [];
-      return inner.read((r: Reader) => {
-        const tx = new Proxy(r, {
+      return inner.write((real: Tx) => {
+        const tx = new Proxy(real, {
           get(target, prop, receiver) {
             if (prop === 'renew') return async (rowId: number, clientId: string, now: number) => { pending.push([rowId, clientId, now]); };
             return Reflect.get(target, prop, receiver);
           },
         });
-        return fn(tx as Tx);
-      }).then((value) => {
+        return fn(tx);
+      }, opts).then((value) => {
+        if (pending.length === 0) return value;
         void s.schedule(Promise.resolve(), 'late renewal flush').then(() => inner.write(async (tx) => {
           for (const [rowId, clientId, now] of pending) await tx.renew(rowId, clientId, now);
         }, { durable: false }));

@@ -6,7 +6,9 @@ import { SqliteStore } from '../../src/store/sqlite/store.js';
 import type { Tx } from '../../src/store/types.js';
 import { MIGRATIONS } from '../../src/store/sqlite/schema.js';
 import { dumpSqlite, loadSqlite } from '../../src/store/sqlite/dump.js';
-import { makeSqliteRegistry as makeRegistry, tempDir } from '../helpers.js';
+import { FakeClock } from '../../src/clock.js';
+import { Registry } from '../../src/registry.js';
+import { DEFAULT_RULES, makeSqliteRegistry as makeRegistry, tempDir } from '../helpers.js';
 
 function metaOf(store: SqliteStore, key: string): Promise<string | null> {
   return store.read((r) => r.meta(key));
@@ -135,6 +137,57 @@ describe('store: group commit', () => {
     } finally {
       t.cleanup();
     }
+  });
+
+  it('a sweep of many batches is answered once all of its reclaims are on disk, with one fsync', async () => {
+    const t = tempDir();
+    try {
+      const held: Array<(err: Error | null) => void> = [];
+      const clock = new FakeClock();
+      const store = new SqliteStore({ path: join(t.dir, 'f.db'), clock, fsync: (_fd, done) => held.push(done) });
+      const registry = new Registry({ store, rules: { ...DEFAULT_RULES, reapBatchSize: 2, maxFraction: 1, graceMs: 0 } });
+      const flushAll = async <T>(p: Promise<T>): Promise<T> => {
+        // the setup's durable writes: let each fsync through as it is asked for
+        let done = false;
+        const out = p.finally(() => { done = true; });
+        while (!done) {
+          held.splice(0).forEach((f) => f(null));
+          await new Promise((r) => setTimeout(r, 1));
+        }
+        return out;
+      };
+      await flushAll(registry.syncPool(['a', 'b', 'c', 'd', 'e']));
+      for (const vm of ['vm-1', 'vm-2', 'vm-3', 'vm-4', 'vm-5']) await flushAll(registry.allocate(vm));
+      clock.advance(DEFAULT_RULES.ttlMs + 1);
+      let answered = false;
+      const reap = registry.reap({ force: true }).then((r) => { answered = true; return r; });
+      await waitFor(() => held.length > 0);
+      // The one fsync asked for comes after the last batch: it covers every reclaim.
+      const reclaimed = await store.read((r) => r.list({ status: 'leased', now: r.now, after: null, limit: null }));
+      expect(reclaimed, 'all five reclaimed before the fsync').to.have.length(0);
+      await new Promise((r) => setTimeout(r, 20));
+      expect(held, 'one fsync for the whole sweep').to.have.length(1);
+      expect(answered, 'not answered before the fsync').to.equal(false);
+      held.splice(0).forEach((f) => f(null));
+      expect((await reap).reclaimed).to.equal(5);
+      await store.close();
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  it('a chain of writes, each started when the last resolves, leaves the event loop a turn between them', async () => {
+    const { store } = await makeRegistry({ pool: '' });
+    const order: string[] = [];
+    const chain = (async () => {
+      for (let i = 0; i < 20; i++) {
+        await store.write((tx) => tx.setMeta('k', String(i)), { durable: false });
+        order.push(`w${i}`);
+      }
+    })();
+    setImmediate(() => order.push('io'));
+    await chain;
+    expect(order.indexOf('io'), order.join(' ')).to.be.within(0, 2);
   });
 
   it('a failed fsync answers 503 unavailable to the durable writes and makes the store unhealthy', async () => {

@@ -522,27 +522,30 @@ export class SqliteStore implements Store {
     });
   }
 
-  /** One batch at a time on the connection: reads first, then writes, until both queues are empty. */
+  /**
+   * One batch at a time on the connection: the queued reads, then the queued writes in one
+   * transaction. Whatever queued meanwhile waits for the next turn of the event loop: a chain
+   * of writes that each start when the one before resolves (a sweep's batches) would otherwise
+   * run back to back in one turn, and no request would be read until the chain ended.
+   */
   private async pump(): Promise<void> {
     if (this.pumping) return;
     this.pumping = true;
     try {
-      for (;;) {
-        if (this.reads.length > 0) {
-          const batch = this.reads;
-          this.reads = [];
-          await this.runReads(batch);
-        } else if (this.writes.length > 0 && this.lockRetry === null) {
-          const batch = this.writes;
-          this.writes = [];
-          await this.flushWrites(batch);
-        } else {
-          return;
-        }
+      if (this.reads.length > 0) {
+        const batch = this.reads;
+        this.reads = [];
+        await this.runReads(batch);
+      }
+      if (this.writes.length > 0 && this.lockRetry === null) {
+        const batch = this.writes;
+        this.writes = [];
+        await this.flushWrites(batch);
       }
     } finally {
       this.pumping = false;
     }
+    if (this.reads.length > 0 || (this.writes.length > 0 && this.lockRetry === null)) this.schedule();
   }
 
   private async runReads(batch: readonly QueuedRead[]): Promise<void> {
