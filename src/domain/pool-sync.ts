@@ -13,12 +13,13 @@ export interface RetirePlan {
 
 /** What a sync to `names` would retire, given the identifiers the database has. */
 export function retirePlan(existing: Iterable<{ readonly name: string; readonly retired: boolean }>, names: readonly string[]): RetirePlan {
-  const wanted = new Set(names);
+  let wanted: Set<string> | null = null; // not built for a first sync: nothing is in service yet
   let inService = 0;
   let retiring = 0;
   for (const row of existing) {
     if (row.retired) continue;
     inService++;
+    wanted ??= new Set(names);
     if (!wanted.has(row.name)) retiring++;
   }
   return { inService, retiring };

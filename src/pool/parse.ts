@@ -49,25 +49,36 @@ export function entrySize(parts: readonly Part[]): number {
   return parts.reduce((n, p) => (typeof p === 'string' ? n : n * (p.to - p.from + 1)), 1);
 }
 
-/** Every identifier of an entry, in order: the rightmost range varies fastest. */
-export function* expand(parts: readonly Part[], i = 0, prefix = ''): Generator<string> {
-  if (i === parts.length) {
-    yield prefix;
-    return;
-  }
-  const p = parts[i];
-  if (p === undefined) return;
-  if (typeof p === 'string') {
-    yield* expand(parts, i + 1, prefix + p);
-    return;
-  }
-  for (let n = p.from; n <= p.to; n++) yield* expand(parts, i + 1, prefix + String(n).padStart(p.width, '0'));
+/**
+ * Hands each identifier of an entry to `emit`, in order, the rightmost range varying fastest
+ * (no array and no generator per identifier: a 1M range is one call).
+ */
+function expandInto(parts: readonly Part[], emit: (name: string) => void): void {
+  const walk = (i: number, prefix: string): void => {
+    const p = parts[i];
+    if (p === undefined) {
+      emit(prefix);
+    } else if (typeof p === 'string') {
+      walk(i + 1, prefix + p);
+    } else {
+      for (let n = p.from; n <= p.to; n++) walk(i + 1, prefix + String(n).padStart(p.width, '0'));
+    }
+  };
+  walk(0, '');
 }
 
 /** Parses a whole pool file into its identifiers in file order. Throws PoolParseError. */
 export function parsePool(text: string): string[] {
   const out: string[] = [];
-  const firstLine = new Map<string, number>();
+  const seen = new Set<string>();
+  const add = (name: string, lineNo: number): void => {
+    if (!IDENTIFIER_RE.test(name)) {
+      throw new PoolParseError(lineNo, `"${name}" is not a valid identifier (1-128 of A-Z a-z 0-9 . _ : -)`);
+    }
+    if (seen.has(name)) throw new PoolParseError(lineNo, `"${name}" is already in the pool (line ${firstLineOf(text, name)})`);
+    seen.add(name);
+    out.push(name);
+  };
   const lines = text.split(/\r?\n/);
   for (let idx = 0; idx < lines.length; idx++) {
     const lineNo = idx + 1;
@@ -75,19 +86,32 @@ export function parsePool(text: string): string[] {
     const hash = raw.indexOf('#');
     const entry = (hash === -1 ? raw : raw.slice(0, hash)).trim();
     if (entry === '') continue;
+    // A plain identifier (most lines of a long file): no range to parse.
+    if (!entry.includes('[') && !entry.includes(']')) {
+      if (out.length + 1 > MAX_POOL_SIZE) throw new PoolParseError(lineNo, `the pool would exceed ${MAX_POOL_SIZE} identifiers`);
+      add(entry, lineNo);
+      continue;
+    }
     const parts = parseEntry(entry, lineNo);
     if (out.length + entrySize(parts) > MAX_POOL_SIZE) {
       throw new PoolParseError(lineNo, `the pool would exceed ${MAX_POOL_SIZE} identifiers`);
     }
-    for (const name of expand(parts)) {
-      if (!IDENTIFIER_RE.test(name)) {
-        throw new PoolParseError(lineNo, `"${name}" is not a valid identifier (1-128 of A-Z a-z 0-9 . _ : -)`);
-      }
-      const seen = firstLine.get(name);
-      if (seen !== undefined) throw new PoolParseError(lineNo, `"${name}" is already in the pool (line ${seen})`);
-      firstLine.set(name, lineNo);
-      out.push(name);
-    }
+    expandInto(parts, (name) => add(name, lineNo));
   }
   return out;
+}
+
+/** The first line of `text` whose entry yields `name` (for the duplicate's message only). */
+function firstLineOf(text: string, name: string): number {
+  const lines = text.split(/\r?\n/);
+  for (let idx = 0; idx < lines.length; idx++) {
+    const raw = lines[idx] ?? '';
+    const hash = raw.indexOf('#');
+    const entry = (hash === -1 ? raw : raw.slice(0, hash)).trim();
+    if (entry === '') continue;
+    let found = false;
+    expandInto(parseEntry(entry, idx + 1), (n) => { found ||= n === name; });
+    if (found) return idx + 1;
+  }
+  return 0;
 }

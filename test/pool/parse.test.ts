@@ -73,6 +73,26 @@ describe('pool file', () => {
     expect(e.message).to.include('line 1');
   });
 
+  it('refuses a duplicate within one entry, between plain lines, and from a range after a plain line', () => {
+    const within = parseError('a\nx[1-11][1-11]\n'); // x1 then 11 and x11 then 1 are both x111
+    expect(within.line).to.equal(2);
+    expect(within.message).to.include('"x111" is already in the pool (line 2)');
+    const plain = parseError('# the pool\nw-1\nw-2\n\nw-1 # again\n');
+    expect(plain.line).to.equal(5);
+    expect(plain.message).to.include('"w-1" is already in the pool (line 2)');
+    const later = parseError('w-07\nw-[00-09]\n');
+    expect(later.line).to.equal(2);
+    expect(later.message).to.include('(line 1)');
+  });
+
+  it('parses a long file of plain lines and a 1,000,000-identifier range in file order', () => {
+    const lines = Array.from({ length: 50_000 }, (_, i) => `n-${i}`);
+    expect(parsePool(`${lines.join('\n')}\n`)).to.deep.equal(lines);
+    const big = parsePool('p-[000000-999999]\n');
+    expect(big).to.have.length(1_000_000);
+    expect([big[0], big[1], big[999_999]]).to.deep.equal(['p-000000', 'p-000001', 'p-999999']);
+  });
+
   it('refuses a pool too large to hold, before expanding it', () => {
     expect(parseError('w-[0-99999999999]').message).to.match(/exceed/);
   });

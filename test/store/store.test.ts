@@ -99,6 +99,18 @@ describe('store: pool counts kept by triggers', () => {
   });
 });
 
+describe('store: the pool sync', () => {
+  it('adds a pool larger than one insert statement takes: every identifier, in file order, counted once', async () => {
+    const { store, registry } = await makeRegistry({ pool: '' });
+    const names = Array.from({ length: 25_001 }, (_, i) => `w-${i}`);
+    expect(await registry.syncPool(names)).to.include({ total: 25_001, added: 25_001, retired: 0 });
+    const rows = store.db.prepare('SELECT name, pool_order FROM identifiers ORDER BY id').all() as { name: string; pool_order: number }[];
+    expect(rows.map((r) => r.name)).to.deep.equal(names);
+    expect(rows.every((r, i) => r.pool_order === i)).to.equal(true);
+    expect((await registry.health()).pool).to.include({ total: 25_001, free: 25_001, leased: 0 });
+  });
+});
+
 describe('store: group commit', () => {
   it('commits the writes of one tick together, and a failing one leaves the others in', async () => {
     const { store } = await makeRegistry({ pool: '' });
