@@ -6,13 +6,25 @@ import type { RegistryEvent } from './registry.js';
 
 export type { Logger };
 
+/** Longest a log line waits in the buffer before it is written. */
+export const LOG_FLUSH_MS = 200;
+
 /**
- * Asynchronous stdout: a synchronous write per request line costs a syscall on the hot path.
- * Lines that arrive while a write is in flight go out together in the next one, so under load
- * they are batched, and when idle a line (an error, say) is written at once. `flushSync` on exit.
+ * Asynchronous, buffered stdout: each write is a trip through libuv's thread pool, which cost
+ * a tenth of an allocate+release's CPU when every line (or every few) had its own. Lines are
+ * written 8 KB at a time, or LOG_FLUSH_MS after they were logged when fewer come, and
+ * everything left is written synchronously when the process exits.
  */
 export function stdoutDestination(): pino.DestinationStream & { flushSync(): void } {
-  return pino.destination({ dest: 1, sync: false });
+  const dest = pino.destination({ dest: 1, sync: false, minLength: 8 * 1024, periodicFlush: LOG_FLUSH_MS });
+  process.on('exit', () => {
+    try {
+      dest.flushSync();
+    } catch {
+      // stdout is gone (a closed pipe): nothing more can be said
+    }
+  });
+  return dest;
 }
 
 export function createLogger(level: LogLevel, destination?: pino.DestinationStream): Logger {

@@ -176,6 +176,24 @@ describe('the registry process', function () {
     }
   });
 
+  it('log lines are buffered, yet a quiet line is out within a second and none is lost at exit', async () => {
+    const reg = await startProcess({ dir: t.dir, pool: 'w-[0-299]\n' });
+    const count = (msg: string): number => reg.output().split('\n').filter((l) => l.includes(`"msg":"${msg}"`)).length;
+    try {
+      expect((await json(reg.base, 'POST', '/allocate', { client_id: 'first' })).status).to.equal(200);
+      const t0 = Date.now();
+      await eventually(async () => count('ownership allocated') === 1, 1_000, 'the allocation to be logged');
+      expect(Date.now() - t0).to.be.below(1_000);
+      const grants = await Promise.all(Array.from({ length: 299 }, (_, i) => json(reg.base, 'POST', '/allocate', { client_id: `vm-${i}` })));
+      expect(grants.every((g) => g.status === 200)).to.equal(true);
+    } finally {
+      expect((await reg.stop('SIGTERM')).code).to.equal(0);
+    }
+    expect(count('ownership allocated')).to.equal(300);
+    expect(reg.output().split('\n').filter((l) => l.includes('"msg":"request"') && l.includes('"route":"/allocate"'))).to.have.length(300);
+    expect(reg.output().trim().split('\n').at(-1)).to.include('database closed; bye');
+  });
+
   it('exposes process metrics and writes only JSON log lines, level by name', async () => {
     const reg = await startProcess({ dir: t.dir, pool: 'w-[0-2]\n' });
     try {
