@@ -151,6 +151,35 @@ describe('store: group commit', () => {
     }
   });
 
+  it('shares one fsync among the durable batches that commit while another runs; each answered after an fsync that began after its commit', async () => {
+    const t = tempDir();
+    try {
+      const held: Array<(err: Error | null) => void> = [];
+      const store = new SqliteStore({ path: join(t.dir, 'f.db'), fsync: (_fd, done) => held.push(done) });
+      const answered: string[] = [];
+      const write = (k: string): Promise<void> => store.write((tx) => tx.setMeta(k, 'v'), { durable: true })
+        .then(() => { answered.push(k); }, (e: unknown) => { answered.push(`${k}:${e instanceof RegistryError ? e.code : String(e)}`); });
+      const a = write('a');
+      await waitFor(() => held.length === 1);
+      const b = write('b');
+      await waitFor(() => store.db.prepare(`SELECT count(*) AS n FROM meta WHERE key = 'b'`).pluck().get() === 1); // committed
+      const c = write('c');
+      await waitFor(() => store.db.prepare(`SELECT count(*) AS n FROM meta WHERE key = 'c'`).pluck().get() === 1);
+      await new Promise((r) => setTimeout(r, 20));
+      expect(held, 'no second fsync while the first runs').to.have.length(1);
+      held.shift()?.(null);
+      await a;
+      expect(answered).to.deep.equal(['a']); // b and c committed after the first fsync began: not covered by it
+      await waitFor(() => held.length === 1);
+      held.shift()?.(new Error('EIO'));
+      await Promise.all([b, c]);
+      expect(answered).to.deep.equal(['a', 'b:unavailable', 'c:unavailable']);
+      await store.close();
+    } finally {
+      t.cleanup();
+    }
+  });
+
   it('a sweep of many batches is answered once all of its reclaims are on disk, with one fsync', async () => {
     const t = tempDir();
     try {

@@ -158,6 +158,13 @@ class Statements {
   readonly refusalsPrune: Statement;
   readonly latestRefusal: Statement;
   readonly addToTotal: Statement;
+  /** Transaction control, prepared once: db.exec parses its SQL on every call, twice per use case. */
+  readonly begin: Statement;
+  readonly beginImmediate: Statement;
+  readonly commit: Statement;
+  readonly savepoint: Statement;
+  readonly release: Statement;
+  readonly rollbackTo: Statement;
 
   constructor(db: Database.Database) {
     const p = (sql: string): Statement => db.prepare(sql);
@@ -238,6 +245,12 @@ class Statements {
     this.refusalsPrune = p(`DELETE FROM refusals WHERE at < ?`);
     this.latestRefusal = p(`SELECT max(at) AS n FROM refusals`);
     this.addToTotal = p(`UPDATE pool_counts SET total = total + ?`);
+    this.begin = p('BEGIN');
+    this.beginImmediate = p('BEGIN IMMEDIATE');
+    this.commit = p('COMMIT');
+    this.savepoint = p('SAVEPOINT use_case');
+    this.release = p('RELEASE use_case');
+    this.rollbackTo = p('ROLLBACK TO use_case');
   }
 }
 
@@ -436,6 +449,8 @@ export class SqliteStore implements Store {
   private readonly busyTimeoutMs: number;
   private walFd: number | null = null;
   private syncsInFlight = 0;
+  /** Durable batches committed while an fsync runs: answered by the next one. */
+  private syncWaiters: { readonly then: (err: RegistryError | null) => void; readonly failed: (err: Error) => void }[] = [];
   private syncsDone: (() => void) | null = null;
   private readonly fsync: (fd: number, done: (err: Error | null) => void) => void;
   private checkpointer: Checkpointer | null = null;
@@ -556,7 +571,7 @@ export class SqliteStore implements Store {
   private async runReads(batch: readonly QueuedRead[]): Promise<void> {
     const r = new SqliteReader(this.s, this.clock.now());
     try {
-      this.db.exec('BEGIN');
+      this.s.begin.run();
     } catch (e) {
       for (const item of batch) item.reject(toRegistryError(e));
       return;
@@ -569,7 +584,7 @@ export class SqliteStore implements Store {
       }
     }
     try {
-      this.db.exec('COMMIT');
+      this.s.commit.run();
     } catch {
       if (this.db.inTransaction) this.db.exec('ROLLBACK');
     }
@@ -580,7 +595,7 @@ export class SqliteStore implements Store {
     try {
       const moved = this.fileProblem();
       if (moved) throw new RegistryError('unavailable', moved);
-      this.db.exec('BEGIN IMMEDIATE');
+      this.s.beginImmediate.run();
     } catch (e) {
       if (isBusy(e)) return this.waitForLock(batch);
       return this.fail(batch, e);
@@ -589,7 +604,7 @@ export class SqliteStore implements Store {
     const outcomes: Outcome[] = [];
     try {
       for (const item of batch) outcomes.push(await this.runItem(item));
-      this.db.exec('COMMIT');
+      this.s.commit.run();
     } catch (e) {
       // A storage failure, or the commit itself failed (disk full): nothing of the batch is kept
       // and nothing of it is acknowledged.
@@ -610,15 +625,15 @@ export class SqliteStore implements Store {
    * own answer. If SQLite itself ended the transaction (an I/O error), the batch fails whole.
    */
   private async runItem(item: Queued): Promise<Outcome> {
-    this.db.exec('SAVEPOINT use_case');
+    this.s.savepoint.run();
     try {
       const value = await item.fn(new SqliteTx(this.s, this.clock.now()));
-      this.db.exec('RELEASE use_case');
+      this.s.release.run();
       return { ok: true, value };
     } catch (e) {
       if (!this.db.inTransaction) throw e;
-      this.db.exec('ROLLBACK TO use_case');
-      this.db.exec('RELEASE use_case');
+      this.s.rollbackTo.run();
+      this.s.release.run();
       if (isRegistryError(e) && e.code !== 'unavailable') return { ok: false, error: e };
       if (isBusy(e) || (e instanceof Database.SqliteError && !/^SQLITE_(CONSTRAINT|ERROR|MISMATCH|RANGE)/.test(e.code))) throw e;
       return { ok: false, error: toRegistryError(e) };
@@ -685,12 +700,24 @@ export class SqliteStore implements Store {
       return failed(e instanceof Error ? e : new Error(String(e)));
     }
     if (fd === null) return then(null); // in memory: nothing to make durable
+    // One fsync at a time, shared: it covers every commit made before it started, so the
+    // batches that commit while it runs wait for the next one, which they all share.
+    this.syncWaiters.push({ then, failed });
+    if (this.syncsInFlight === 0) this.startSync(fd);
+  }
+
+  private startSync(fd: number): void {
+    const round = this.syncWaiters;
+    this.syncWaiters = [];
     this.syncsInFlight++;
     this.fsync(fd, (err) => {
       this.syncsInFlight--;
-      if (this.syncsInFlight === 0) this.syncsDone?.();
-      if (err) failed(err);
-      else then(null);
+      for (const w of round) {
+        if (err) w.failed(err);
+        else w.then(null);
+      }
+      if (this.syncWaiters.length > 0) this.startSync(fd);
+      else if (this.syncsInFlight === 0) this.syncsDone?.();
     });
   }
 
