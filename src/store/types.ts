@@ -12,7 +12,7 @@
  * must have no effect outside the transaction.
  */
 import type { Clock } from '../clock.js';
-import type { HistoryEntry, HistoryEvent, IdentifierRecord, Status } from '../domain/types.js';
+import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple, Status } from '../domain/types.js';
 
 /** An identifier as the pool sync needs to see it. */
 export interface PoolRow {
@@ -57,7 +57,10 @@ export interface Reader {
   byName(name: string): Promise<IdentifierRecord | null>;
   byClient(clientId: string): Promise<IdentifierRecord | null>;
   history(rowId: number): Promise<HistoryEntry[]>;
+  /** Rows in pool order (pool_order, then row id). */
   list(q: ListQuery): Promise<IdentifierRecord[]>;
+  /** `list` as tuples: what a listing reads, up to the whole pool, without an object per row. */
+  listRows(q: ListQuery): Promise<RecordTuple[]>;
   counts(now: number): Promise<RawCounts>;
   /** The least recent liveness among leases, or null with none. */
   oldestLastSeen(): Promise<number | null>;
