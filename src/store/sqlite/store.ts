@@ -15,10 +15,11 @@ import type { Clock, ClockAnchor, TimeSource } from '../../clock.js';
 import { RegistryError, isRegistryError } from '../../domain/errors.js';
 import { recordOf } from '../../domain/lease.js';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple } from '../../domain/types.js';
-import type { InstanceBeat, ListQuery, PoolRow, RawCounts, Reader, Store, Tx, WriteOptions } from '../types.js';
+import type { InstanceBeat, ListJson, ListQuery, PoolRow, RawCounts, Reader, Store, Tx, ViewRules, WriteOptions } from '../types.js';
 import { startCheckpointer } from './checkpointer.js';
 import type { Checkpointer } from './checkpointer.js';
 import { toRegistryError } from './errors.js';
+import { ListingJson } from './listing-json.js';
 import { RECORD_COLUMNS, asRow, intColumn, recordTuples, scalar, toHistoryEntry, toRecord } from './rows.js';
 import { MIGRATIONS } from './schema.js';
 
@@ -132,6 +133,7 @@ class Statements {
   readonly countEvents: Statement;
   readonly counts: Statement;
   readonly lists: ReadonlyMap<string, Statement>;
+  readonly listingJson: ListingJson;
   readonly poolRows: Statement;
   readonly insert: Statement;
   readonly setRetired: Statement;
@@ -198,6 +200,7 @@ class Statements {
       lists.set(`${status}:after`, p(`${base} AND (pool_order, id) > (@afterOrder, @afterId) ORDER BY pool_order, id LIMIT @limit`).raw());
     }
     this.lists = lists;
+    this.listingJson = new ListingJson(db, STATUS_WHERE);
     this.poolRows = p(`SELECT id, name, pool_order, retired, client_id, epoch FROM identifiers`);
     this.insert = p(`INSERT INTO identifiers (name, pool_order) VALUES (?, ?)`);
     this.setRetired = p(`UPDATE identifiers SET retired = @retired, pool_order = @poolOrder WHERE id = @rowId`);
@@ -282,6 +285,10 @@ class SqliteReader implements Reader {
       params['afterId'] = q.after.rowId;
     }
     return recordTuples(stmt.all(params));
+  }
+
+  async listJson(q: ListQuery, view: ViewRules): Promise<ListJson | null> {
+    return this.s.listingJson.write(q, view);
   }
 
   async counts(now: number): Promise<RawCounts> {
