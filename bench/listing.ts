@@ -111,12 +111,15 @@ for (let round = 1; round <= ROUNDS; round++) {
   const stopLag = lagMonitor();
   let finished = false;
   const probing = probe(() => finished);
+  const cpu0 = process.cpuUsage();
   const r = await fullListing();
+  const cpu = process.cpuUsage(cpu0);
   finished = true;
   const live = await probing;
   const held = stopLag();
   console.log(
     `N=${N} round ${round}: ${r.ms.toFixed(0)} ms, ${Math.round(N / (r.ms / 1000)).toLocaleString('en')} rows/s, ` +
+      `registry CPU ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms, ` +
       `${(r.bytes / 1e6).toFixed(1)} MB; event loop held up to ${held.wall.toFixed(1)} ms (CPU ${held.cpu.toFixed(1)} ms); slowest liveness ${live.worst.toFixed(1)} ms${live.failed ? ` (${live.failed} failed)` : ''}`,
   );
 }
