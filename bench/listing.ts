@@ -4,7 +4,9 @@
  * The full listing (`GET /identifiers`, what `idreg list` does) on a pool of N identifiers,
  * 90% leased, served in this process: rows a second, the longest the event loop was held
  * (the longest gap between 1 ms timer ticks), and the slowest liveness answered while the
- * listing ran. --curl fetches the listing with curl in a process of its own. Not a
+ * listing ran, and the CPU this process used meanwhile (the registry's work, and the
+ * probe's client; with --curl, not the listing's client): steadier than wall time on a
+ * shared machine. --curl fetches the listing with curl in a process of its own. Not a
  * test: it prints numbers to compare before and after a change, on the same machine.
  */
 import { spawn } from 'node:child_process';
@@ -119,7 +121,7 @@ for (let round = 1; round <= ROUNDS; round++) {
   const held = stopLag();
   console.log(
     `N=${N} round ${round}: ${r.ms.toFixed(0)} ms, ${Math.round(N / (r.ms / 1000)).toLocaleString('en')} rows/s, ` +
-      `registry CPU ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms, ` +
+      `CPU ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms, ` +
       `${(r.bytes / 1e6).toFixed(1)} MB; event loop held up to ${held.wall.toFixed(1)} ms (CPU ${held.cpu.toFixed(1)} ms); slowest liveness ${live.worst.toFixed(1)} ms${live.failed ? ` (${live.failed} failed)` : ''}`,
   );
 }
