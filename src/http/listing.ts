@@ -17,8 +17,13 @@ import type { Status } from '../domain/types.js';
 import type { ListedPage, Registry } from '../registry.js';
 import { identifierViewsJson } from './views.js';
 
-/** Rows a page: a few milliseconds of work, far under the 20 ms an event-loop turn may take. */
-export const LISTING_PAGE_SIZE = 1000;
+/**
+ * Rows a page: a few milliseconds of work (written by SQLite, about 4 ms at 2,000 rows on
+ * 2 shared cores), well under the 20 ms an event-loop turn may take. Larger pages cost less
+ * a row (2,500 took a fifth less CPU than 1,000), but a slow moment of the machine stretches
+ * a page's turn with its size.
+ */
+export const LISTING_PAGE_SIZE = 2000;
 
 const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
