@@ -1,10 +1,12 @@
 /**
- * node --import tsx bench/listing.ts [N=100000] [rounds=3] [--curl]
+ * node --import tsx bench/listing.ts [N=100000] [rounds=3] [--curl] [--no-probe]
  *
  * The full listing (`GET /identifiers`, what `idreg list` does) on a pool of N identifiers,
  * 90% leased, served in this process: rows a second, the longest the event loop was held
  * (the longest gap between 1 ms timer ticks), and the slowest liveness answered while the
- * listing ran. --curl fetches the listing with curl in a process of its own. Not a
+ * listing ran, and the CPU this process used meanwhile (the registry's work, and the
+ * probe's client; with --curl, not the listing's client): steadier than wall time on a
+ * shared machine. --curl fetches the listing with curl in a process of its own. Not a
  * test: it prints numbers to compare before and after a change, on the same machine.
  */
 import { spawn } from 'node:child_process';
@@ -23,6 +25,8 @@ const args = process.argv.slice(2).filter((a) => !a.startsWith('--'));
 const N = Number(args[0] ?? 100_000);
 const ROUNDS = Number(args[1] ?? 3);
 const CURL = process.argv.includes('--curl');
+/** Without the liveness probe: the listing's own throughput (the probe's requests share its process and cores). */
+const PROBE = !process.argv.includes('--no-probe');
 
 const dir = mkdtempSync(join(tmpdir(), 'idreg-listing-'));
 const clock = new FakeClock();
@@ -110,13 +114,16 @@ await fullListing(); // warm-up (in --curl mode, with curl too)
 for (let round = 1; round <= ROUNDS; round++) {
   const stopLag = lagMonitor();
   let finished = false;
-  const probing = probe(() => finished);
+  const probing = PROBE ? probe(() => finished) : Promise.resolve({ worst: 0, failed: 0 });
+  const cpu0 = process.cpuUsage();
   const r = await fullListing();
+  const cpu = process.cpuUsage(cpu0);
   finished = true;
   const live = await probing;
   const held = stopLag();
   console.log(
     `N=${N} round ${round}: ${r.ms.toFixed(0)} ms, ${Math.round(N / (r.ms / 1000)).toLocaleString('en')} rows/s, ` +
+      `CPU ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms, ` +
       `${(r.bytes / 1e6).toFixed(1)} MB; event loop held up to ${held.wall.toFixed(1)} ms (CPU ${held.cpu.toFixed(1)} ms); slowest liveness ${live.worst.toFixed(1)} ms${live.failed ? ` (${live.failed} failed)` : ''}`,
   );
 }

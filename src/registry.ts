@@ -9,11 +9,11 @@ import { randomUUID } from 'node:crypto';
 import { StepDetector } from './clock.js';
 import type { TimeSource } from './clock.js';
 import { RegistryError } from './domain/errors.js';
-import { assertOwner, decideSweep, fenceAfterMs, infoOf, leaseOf } from './domain/lease.js';
+import { assertOwner, decideSweep, fenceAfterMs, infoOf, leaseOf, recordOf } from './domain/lease.js';
 import type { GuardRules, LeaseRules, SweepDecision } from './domain/lease.js';
 import { retirePlan, retireRefusal } from './domain/pool-sync.js';
 import type {
-  HistoryEntry, HistoryEvent, IdentifierInfo, IdentifierRecord, Lease, PoolCounts, ReaperState, Status, SyncResult,
+  HistoryEntry, HistoryEvent, IdentifierInfo, IdentifierRecord, Lease, PoolCounts, ReaperState, RecordTuple, Status, SyncResult,
 } from './domain/types.js';
 import type { Reader, Store, Tx } from './store/types.js';
 
@@ -36,14 +36,39 @@ export type RegistryObserver = (e: RegistryEvent) => void;
 
 export interface ListFilter {
   readonly status: Status | null;
-  readonly after: string | null;
+  /** Start after this identifier, or after this position of the pool order (a previous page's `cursor`). */
+  readonly after: string | ListCursor | null;
   readonly limit: number | null;
+}
+
+/** A position in the pool order: the pool order and row id of the last row seen. */
+export interface ListCursor {
+  readonly poolOrder: number;
+  readonly rowId: number;
 }
 
 export interface ListPage {
   readonly items: IdentifierInfo[];
   /** The identifier to pass as `after` for the next page, or null on the last page. */
   readonly next: string | null;
+}
+
+/**
+ * A page of the listing, for the HTTP layer to write out without an object per row
+ * (http/views.ts, identifierViewsJson). Either the store wrote it already (`json`, SQLite) or
+ * it comes as the store's rows; either way its views are those of `list`'s items,
+ * `identifierView(infoOf(recordOf(row), now, rules))`.
+ */
+export interface ListedPage {
+  /** The page's identifier views as the members of a JSON array (UTF-8, no brackets), when the store wrote them; else null. */
+  readonly json: Buffer | null;
+  /** The page's rows when `json` is null (else empty). */
+  readonly rows: readonly RecordTuple[];
+  /** Registry time of the page's read. */
+  readonly now: number;
+  readonly rules: LeaseRules;
+  /** Where the next page starts (`name` as `after` in a URL, `cursor` as `after` here), or null on the last page. */
+  readonly next: { readonly name: string; readonly cursor: ListCursor } | null;
 }
 
 export interface ReapResult {
@@ -455,25 +480,49 @@ export class Registry {
 
   /** Errors: invalid_request when `after` names no identifier. */
   async list(filter: ListFilter): Promise<ListPage> {
+    const page = await this.readPage(filter, false);
+    return {
+      items: page.rows.map((row) => infoOf(recordOf(row), page.now, this.rules)),
+      next: page.next?.name ?? null,
+    };
+  }
+
+  /**
+   * `list` for the HTTP layer to write out: written as JSON by the store where it can (SQLite),
+   * else as the store's rows. Errors: invalid_request when `after` names no identifier.
+   */
+  async listPage(filter: ListFilter): Promise<ListedPage> {
+    return this.readPage(filter, true);
+  }
+
+  private async readPage(filter: ListFilter, written: boolean): Promise<ListedPage> {
     return this.store.read(async (r) => {
       const now = r.now;
-      let after: IdentifierRecord | null = null;
-      if (filter.after !== null) {
-        after = await r.byName(filter.after);
-        if (!after) throw new RegistryError('invalid_request', `after: no identifier ${filter.after}`);
+      let after: ListCursor | null = null;
+      if (typeof filter.after === 'string') {
+        const rec = await r.byName(filter.after);
+        if (!rec) throw new RegistryError('invalid_request', `after: no identifier ${filter.after}`);
+        after = { poolOrder: rec.poolOrder, rowId: rec.rowId };
+      } else {
+        after = filter.after;
+      }
+      const q = { status: filter.status, now, after, limit: filter.limit };
+      const json = written && r.listJson ? await r.listJson(q, { ttlMs: this.rules.ttlMs, fenceAfterMs: fenceAfterMs(this.rules) }) : null;
+      if (json) {
+        const n = json.next;
+        return { json: json.members, rows: [], now, rules: this.rules, next: n ? { name: n.name, cursor: { poolOrder: n.poolOrder, rowId: n.rowId } } : null };
       }
       // One row past the page tells whether there is a next page.
-      const recs = await r.list({
-        status: filter.status,
-        now,
-        after: after ? { poolOrder: after.poolOrder, rowId: after.rowId } : null,
-        limit: filter.limit === null ? null : filter.limit + 1,
-      });
-      const more = filter.limit !== null && recs.length > filter.limit;
-      const page = more ? recs.slice(0, filter.limit ?? 0) : recs;
+      const rows = await r.listRows({ ...q, limit: filter.limit === null ? null : filter.limit + 1 });
+      const more = filter.limit !== null && rows.length > filter.limit;
+      const page = more ? rows.slice(0, filter.limit ?? 0) : rows;
+      const last = page[page.length - 1];
       return {
-        items: page.map((rec) => infoOf(rec, now, this.rules)),
-        next: more ? (page[page.length - 1]?.name ?? null) : null,
+        json: null,
+        rows: page,
+        now,
+        rules: this.rules,
+        next: more && last ? { name: last[1], cursor: { poolOrder: last[2], rowId: last[0] } } : null,
       };
     });
   }

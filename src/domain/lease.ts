@@ -1,6 +1,6 @@
 /** Pure lease rules: who owns what, when a lease expires, what a sweep may do. */
 import { RegistryError } from './errors.js';
-import type { IdentifierInfo, IdentifierRecord, Lease, Status } from './types.js';
+import type { IdentifierInfo, IdentifierRecord, Lease, RecordTuple, Status } from './types.js';
 
 /** Registry-wide timing rules, in milliseconds. */
 export interface LeaseRules {
@@ -8,10 +8,31 @@ export interface LeaseRules {
   readonly cooldownMs: number;
 }
 
+/** The status of an identifier that is held or not, retired or not, allocatable from `availableAt`. */
+export function statusFrom(held: boolean, retired: boolean, availableAt: number, now: number): Status {
+  if (held) return 'leased';
+  if (retired) return 'retired';
+  return availableAt > now ? 'cooling' : 'free';
+}
+
 export function statusOf(rec: IdentifierRecord, now: number): Status {
-  if (rec.holder) return 'leased';
-  if (rec.retired) return 'retired';
-  return rec.availableAt > now ? 'cooling' : 'free';
+  return statusFrom(rec.holder !== null, rec.retired, rec.availableAt, now);
+}
+
+/** When a lease whose last liveness was at `lastSeen` expires. */
+export function expiresAt(lastSeen: number, rules: LeaseRules): number {
+  return lastSeen + rules.ttlMs;
+}
+
+/** The record a tuple holds. */
+export function recordOf(t: RecordTuple): IdentifierRecord {
+  const [rowId, name, poolOrder, retired, epoch, clientId, allocatedAt, lastSeen, availableAt] = t;
+  return {
+    rowId, name, poolOrder, epoch,
+    retired: retired === 1,
+    holder: clientId !== null && allocatedAt !== null && lastSeen !== null ? { clientId, allocatedAt, lastSeen } : null,
+    availableAt,
+  };
 }
 
 /** Margin for clock-rate drift between the registry and a VM (SPEC.md: 1 %). */
@@ -35,7 +56,7 @@ export function leaseOf(rec: IdentifierRecord, rules: LeaseRules): Lease | null 
     epoch: rec.epoch,
     allocatedAt: h.allocatedAt,
     lastSeen: h.lastSeen,
-    expiresAt: h.lastSeen + rules.ttlMs,
+    expiresAt: expiresAt(h.lastSeen, rules),
     fenceAfterMs: fenceAfterMs(rules),
   };
 }

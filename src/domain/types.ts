@@ -28,6 +28,24 @@ export interface IdentifierRecord {
   readonly availableAt: number;
 }
 
+/**
+ * One identifier as stored, as a tuple: what a listing reads. A listing reads a pool a page at
+ * a time, up to a million rows, and an object per row (and one for its holder) was most of its
+ * cost. The holder's three columns are all null or all set, as in the store.
+ */
+export type RecordTuple = readonly [
+  rowId: number,
+  name: string,
+  poolOrder: number,
+  retired: 0 | 1,
+  epoch: number,
+  clientId: string | null,
+  allocatedAt: number | null,
+  lastSeen: number | null,
+  /** As IdentifierRecord.availableAt. */
+  availableAt: number,
+];
+
 /** A held identifier, as its owner sees it. */
 export interface Lease {
   readonly identifier: string;

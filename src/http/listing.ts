@@ -1,46 +1,51 @@
 /**
  * The full listing (`GET /identifiers` without `limit`), streamed: a 1M pool serialized in
  * one go would hold the event loop for seconds, and every liveness with it. Instead the array
- * is written page by page, each page one `registry.list` call, with a turn of the event loop
- * between pages, and only as fast as the client reads (a slow reader costs a page of memory,
- * not the pool).
+ * is written page by page, each page one `registry.listPage` call, written as JSON by the
+ * store (SQLite) or by identifierViewsJson, with a turn of the event loop between pages, and only as
+ * fast as the client reads (a slow reader costs a page of memory, not the pool).
  *
  * Each page is its own read snapshot, so a listing is not one snapshot of the pool: an
  * identifier whose state changes while the listing runs shows the state its page saw, and
  * a pool sync that reorders the pool meanwhile can make the rest of the listing skip or
- * repeat identifiers. Pages follow the pool order by keyset (`after`), so without a
- * reordering sync each identifier appears once.
+ * repeat identifiers. Pages follow the pool order by keyset (each page starts after the
+ * pool order and row id of the last row sent), so without a reordering sync each identifier
+ * appears once.
  */
 import { Readable } from 'node:stream';
 import type { Status } from '../domain/types.js';
-import type { ListPage, Registry } from '../registry.js';
-import { identifierView } from './views.js';
+import type { ListedPage, Registry } from '../registry.js';
+import { identifierViewsJson } from './views.js';
 
-/** Rows a page: a few milliseconds of work, far under the 20 ms an event-loop turn may take. */
-export const LISTING_PAGE_SIZE = 1000;
-
-/** A page as the members of a JSON array, without the brackets; '' for an empty page. */
-function members(page: ListPage): string {
-  if (page.items.length === 0) return '';
-  return JSON.stringify(page.items.map(identifierView)).slice(1, -1);
-}
+/**
+ * Rows a page: a few milliseconds of work (written by SQLite, about 4 ms at 2,000 rows on
+ * 2 shared cores), well under the 20 ms an event-loop turn may take. Larger pages cost less
+ * a row (2,500 took a fifth less CPU than 1,000), but a slow moment of the machine stretches
+ * a page's turn with its size.
+ */
+export const LISTING_PAGE_SIZE = 2000;
 
 const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
-async function* chunks(registry: Registry, status: Status | null, first: ListPage): AsyncGenerator<Buffer> {
+const OPEN = Buffer.from('[');
+const COMMA = Buffer.from(',');
+const CLOSE = Buffer.from(']');
+const EMPTY = Buffer.from('[]');
+
+async function* chunks(registry: Registry, status: Status | null, first: ListedPage): AsyncGenerator<Buffer> {
   let page = first;
-  let open = '[';
+  let open = OPEN;
   for (;;) {
-    const body = members(page);
-    if (body !== '') {
-      yield Buffer.from(open + body);
-      open = ',';
+    const body = identifierViewsJson(page);
+    if (body.length > 0) {
+      yield Buffer.concat([open, body]);
+      open = COMMA;
     }
     if (page.next === null) break;
     await nextTurn();
-    page = await registry.list({ status, after: page.next, limit: LISTING_PAGE_SIZE });
+    page = await registry.listPage({ status, after: page.next.cursor, limit: LISTING_PAGE_SIZE });
   }
-  yield Buffer.from(open === '[' ? '[]' : ']');
+  yield open === OPEN ? EMPTY : CLOSE;
 }
 
 /**
@@ -50,6 +55,6 @@ async function* chunks(registry: Registry, status: Status | null, first: ListPag
  * sees an aborted, unterminated array, never a complete-looking one).
  */
 export async function streamListing(registry: Registry, status: Status | null, after: string | null): Promise<Readable> {
-  const first = await registry.list({ status, after, limit: LISTING_PAGE_SIZE });
+  const first = await registry.listPage({ status, after, limit: LISTING_PAGE_SIZE });
   return Readable.from(chunks(registry, status, first), { objectMode: false });
 }

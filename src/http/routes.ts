@@ -18,7 +18,7 @@ import {
   allocateBodySchema, clientIdSchema, healthSchema, historySchema, identifierListSchema, identifierSchema,
   identifierViewSchema, leaseBodySchema, leaseViewSchema, listQuerySchema, parse, reapQuerySchema, reapResultSchema,
 } from './schemas.js';
-import { healthView, historyView, identifierView, leaseView, unhealthyView } from './views.js';
+import { healthView, historyView, identifierView, identifierViewsJson, leaseView, unhealthyView } from './views.js';
 
 export interface RouteDeps {
   readonly registry: Registry;
@@ -41,6 +41,9 @@ export interface RouteSpec {
   readonly errors: readonly ErrorCode[];
   readonly handle: (ctx: Context, deps: RouteDeps) => Promise<void>;
 }
+
+const OPEN = Buffer.from('[');
+const CLOSE = Buffer.from(']');
 
 function nextLink(ctx: Context, after: string): string {
   const q = new URLSearchParams();
@@ -106,9 +109,10 @@ export const ROUTES: readonly RouteSpec[] = [
         ctx.body = await streamListing(registry, q.status ?? null, q.after ?? null);
         return;
       }
-      const page = await registry.list({ status: q.status ?? null, after: q.after ?? null, limit: q.limit ?? null });
-      if (page.next !== null) ctx.set('Link', nextLink(ctx, page.next));
-      ctx.body = page.items.map(identifierView);
+      const page = await registry.listPage({ status: q.status ?? null, after: q.after ?? null, limit: q.limit ?? null });
+      if (page.next !== null) ctx.set('Link', nextLink(ctx, page.next.name));
+      ctx.body = Buffer.concat([OPEN, identifierViewsJson(page), CLOSE]);
+      ctx.type = 'application/json; charset=utf-8';
     },
   },
   {

@@ -1,6 +1,8 @@
 /** JSON representations of SPEC.md: snake_case, ISO 8601 UTC times with milliseconds. */
-import type { HistoryEntry, IdentifierInfo, Lease, PoolCounts, ReaperState } from '../domain/types.js';
-import type { Health } from '../registry.js';
+import { expiresAt, fenceAfterMs, statusFrom } from '../domain/lease.js';
+import type { LeaseRules } from '../domain/lease.js';
+import type { HistoryEntry, IdentifierInfo, Lease, PoolCounts, ReaperState, RecordTuple } from '../domain/types.js';
+import type { Health, ListedPage } from '../registry.js';
 
 /** The `.000Z`…`.999Z` endings of an ISO time, built once. */
 const MILLIS: readonly string[] = Array.from({ length: 1000 }, (_, i) => `.${String(i).padStart(3, '0')}Z`);
@@ -65,6 +67,45 @@ export function identifierView(i: IdentifierInfo) {
     available_at: isoOrNull(i.availableAt),
     ...(l && i.retired ? { retired: true } : {}),
   };
+}
+
+/** Text that JSON.stringify writes as is between its quotes (every identifier and client id SPEC.md allows). */
+const PLAIN = /^[A-Za-z0-9._:-]*$/;
+
+/** JSON.stringify(s), without its general machinery for the common case. */
+function jsonString(s: string): string {
+  return PLAIN.test(s) ? `"${s}"` : JSON.stringify(s);
+}
+
+/**
+ * Rows' identifier views as the members of a JSON array (no brackets; '' for none): byte for
+ * byte what JSON.stringify writes for `identifierView` of each row's
+ * `infoOf(recordOf(row), now, rules)`, which stays the one definition of the view
+ * (test/http/listing-json.test.ts holds this to it). Written directly, because building
+ * those objects and stringifying them was most of a listing's cost.
+ */
+export function identifierViewsText(rows: readonly RecordTuple[], now: number, rules: LeaseRules): string {
+  const fence = fenceAfterMs(rules);
+  let out = '';
+  for (const [, name, , retired, epoch, clientId, allocatedAt, lastSeen, availableAt] of rows) {
+    if (out !== '') out += ',';
+    if (clientId !== null && allocatedAt !== null && lastSeen !== null) {
+      out += `{"identifier":${jsonString(name)},"status":"leased","client_id":${jsonString(clientId)},"epoch":${epoch},` +
+        `"allocated_at":"${iso(allocatedAt)}","last_seen":"${iso(lastSeen)}","expires_at":"${iso(expiresAt(lastSeen, rules))}",` +
+        `"fence_after_ms":${fence},"available_at":null${retired === 1 ? ',"retired":true}' : '}'}`;
+    } else {
+      const status = statusFrom(false, retired === 1, availableAt, now);
+      out += `{"identifier":${jsonString(name)},"status":"${status}","client_id":null,"epoch":${epoch},` +
+        `"allocated_at":null,"last_seen":null,"expires_at":null,"fence_after_ms":null,` +
+        `"available_at":${status === 'cooling' ? `"${iso(availableAt)}"` : 'null'}}`;
+    }
+  }
+  return out;
+}
+
+/** A listed page's identifier views as the members of a JSON array, in UTF-8: as the store wrote them, or written here. */
+export function identifierViewsJson(page: ListedPage): Buffer {
+  return page.json ?? Buffer.from(identifierViewsText(page.rows, page.now, page.rules));
 }
 
 export function historyView(h: HistoryEntry) {

@@ -4,8 +4,9 @@
  * (SQLite: numbers or bigints and 0/1; PostgreSQL: numbers, BIGINT parsed exactly, booleans).
  */
 import { HISTORY_EVENTS } from '../domain/types.js';
-import type { HistoryEntry, HistoryEvent, IdentifierRecord } from '../domain/types.js';
+import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple } from '../domain/types.js';
 
+/** The columns of a record, in the order of RecordTuple (a listing reads them as arrays). */
 export const RECORD_COLUMNS = 'id, name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at';
 
 type Row = Readonly<Record<string, unknown>>;
@@ -82,4 +83,26 @@ function historyEvent(v: string): HistoryEvent {
 
 export function historyEntryFrom(c: Columns): HistoryEntry {
   return { at: c.int('at'), event: historyEvent(c.text('event')), clientId: c.textOrNull('client_id'), epoch: c.int('epoch') };
+}
+
+const isInt = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v);
+
+/**
+ * A row read as an array of RECORD_COLUMNS (retired as 0/1, integers as numbers) is a
+ * RecordTuple: every column checked, the holder's three all null or all set. Checked in place,
+ * not copied: a listing reads a million of them.
+ */
+export function isRecordTuple(r: unknown): r is RecordTuple {
+  if (!Array.isArray(r) || r.length !== 9) return false;
+  const c: unknown[] = r; // indexed, not destructured: this runs once a row
+  const retired = c[3];
+  const clientId = c[5];
+  return isInt(c[0]) && typeof c[1] === 'string' && isInt(c[2]) && (retired === 0 || retired === 1) && isInt(c[4]) &&
+    (clientId === null ? c[6] === null && c[7] === null : typeof clientId === 'string' && isInt(c[6]) && isInt(c[7])) &&
+    isInt(c[8]);
+}
+
+export function recordTuples(rows: unknown[]): RecordTuple[] {
+  if (!rows.every(isRecordTuple)) throw new Error(`expected rows of ${RECORD_COLUMNS}`);
+  return rows;
 }

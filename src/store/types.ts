@@ -12,7 +12,7 @@
  * must have no effect outside the transaction.
  */
 import type { Clock } from '../clock.js';
-import type { HistoryEntry, HistoryEvent, IdentifierRecord, Status } from '../domain/types.js';
+import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple, Status } from '../domain/types.js';
 
 /** An identifier as the pool sync needs to see it. */
 export interface PoolRow {
@@ -31,6 +31,20 @@ export interface ListQuery {
   readonly after: { readonly poolOrder: number; readonly rowId: number } | null;
   /** At most this many rows; null for all. */
   readonly limit: number | null;
+}
+
+/** What an identifier view shows beyond the row: `expires_at` is `last_seen` + ttlMs; `fence_after_ms`. */
+export interface ViewRules {
+  readonly ttlMs: number;
+  readonly fenceAfterMs: number;
+}
+
+/** A page of the listing written by the store as JSON. */
+export interface ListJson {
+  /** The page's identifier views as the members of a JSON array: UTF-8, no brackets, empty for none. */
+  readonly members: Buffer;
+  /** The page's last row when another follows it (only with a limit), else null. */
+  readonly next: { readonly name: string; readonly poolOrder: number; readonly rowId: number } | null;
 }
 
 export interface RawCounts {
@@ -57,7 +71,16 @@ export interface Reader {
   byName(name: string): Promise<IdentifierRecord | null>;
   byClient(clientId: string): Promise<IdentifierRecord | null>;
   history(rowId: number): Promise<HistoryEntry[]>;
+  /** Rows in pool order (pool_order, then row id). */
   list(q: ListQuery): Promise<IdentifierRecord[]>;
+  /** `list` as tuples: what a listing reads, up to the whole pool, without an object per row. */
+  listRows(q: ListQuery): Promise<RecordTuple[]>;
+  /**
+   * Optional: the rows `q` lists, already written as identifier views, byte for byte what
+   * http/views.ts writes for them (an engine that can do it faster than JavaScript: SQLite, in
+   * C). Null when it cannot for this page; the caller then writes `listRows` itself.
+   */
+  listJson?(q: ListQuery, view: ViewRules): Promise<ListJson | null>;
   counts(now: number): Promise<RawCounts>;
   /** The least recent liveness among leases, or null with none. */
   oldestLastSeen(): Promise<number | null>;

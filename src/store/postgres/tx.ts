@@ -6,9 +6,10 @@
  * named, so each connection parses and plans each one once.
  */
 import type { PoolClient } from 'pg';
-import type { HistoryEntry, HistoryEvent, IdentifierRecord, Status } from '../../domain/types.js';
+import { recordOf } from '../../domain/lease.js';
+import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple, Status } from '../../domain/types.js';
 import type { InstanceBeat, ListQuery, PoolRow, RawCounts, Reader, Tx } from '../types.js';
-import { RECORD_COLUMNS, asRow, int, scalar, toBeat, toHistoryEntry, toPoolRow, toRecord } from './rows.js';
+import { RECORD_COLUMNS, TUPLE_COLUMNS, asRow, int, recordTuples, scalar, toBeat, toHistoryEntry, toPoolRow, toRecord } from './rows.js';
 
 /** The advisory-lock namespace of this registry ("idrg"), and the locks in it. */
 export const LOCK_NAMESPACE = 0x69647267;
@@ -32,6 +33,13 @@ const STATUS_WHERE: Readonly<Record<Status | 'all', string>> = {
 
 async function rows(client: PoolClient, name: string, text: string, values: unknown[] = []): Promise<unknown[]> {
   const res = await client.query({ name, text, values });
+  const out: unknown[] = res.rows;
+  return out;
+}
+
+/** Rows as arrays of their columns, in the order selected. */
+async function arrays(client: PoolClient, name: string, text: string, values: unknown[]): Promise<unknown[]> {
+  const res = await client.query({ name, text, values, rowMode: 'array' });
   const out: unknown[] = res.rows;
   return out;
 }
@@ -75,6 +83,10 @@ export class PgReader implements Reader {
   }
 
   async list(q: ListQuery): Promise<IdentifierRecord[]> {
+    return (await this.listRows(q)).map(recordOf);
+  }
+
+  async listRows(q: ListQuery): Promise<RecordTuple[]> {
     const status = q.status ?? 'all';
     const values: unknown[] = [q.limit]; // LIMIT NULL is no limit
     let where = STATUS_WHERE[status];
@@ -86,8 +98,8 @@ export class PgReader implements Reader {
       values.push(q.after.poolOrder, q.after.rowId);
       where += ` AND (pool_order, id) > ($${values.length - 1}, $${values.length})`;
     }
-    const text = `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE ${where} ORDER BY pool_order, id LIMIT $1`;
-    return (await rows(this.client, `list_${status}${q.after ? '_after' : ''}`, text, values)).map(toRecord);
+    const text = `SELECT ${TUPLE_COLUMNS} FROM identifiers WHERE ${where} ORDER BY pool_order, id LIMIT $1`;
+    return recordTuples(await arrays(this.client, `list_${status}${q.after ? '_after' : ''}`, text, values));
   }
 
   async counts(now: number): Promise<RawCounts> {

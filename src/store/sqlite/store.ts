@@ -13,12 +13,14 @@ import type { Statement } from 'better-sqlite3';
 import { anchorClock, anchoredClock, resumeAnchor, systemTimeSource } from '../../clock.js';
 import type { Clock, ClockAnchor, TimeSource } from '../../clock.js';
 import { RegistryError, isRegistryError } from '../../domain/errors.js';
-import type { HistoryEntry, HistoryEvent, IdentifierRecord } from '../../domain/types.js';
-import type { InstanceBeat, ListQuery, PoolRow, RawCounts, Reader, Store, Tx, WriteOptions } from '../types.js';
+import { recordOf } from '../../domain/lease.js';
+import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple } from '../../domain/types.js';
+import type { InstanceBeat, ListJson, ListQuery, PoolRow, RawCounts, Reader, Store, Tx, ViewRules, WriteOptions } from '../types.js';
 import { startCheckpointer } from './checkpointer.js';
 import type { Checkpointer } from './checkpointer.js';
 import { toRegistryError } from './errors.js';
-import { RECORD_COLUMNS, asRow, intColumn, scalar, toHistoryEntry, toRecord } from './rows.js';
+import { ListingJson } from './listing-json.js';
+import { RECORD_COLUMNS, asRow, intColumn, recordTuples, scalar, toHistoryEntry, toRecord } from './rows.js';
 import { MIGRATIONS } from './schema.js';
 
 export interface SqliteStoreOptions {
@@ -133,6 +135,7 @@ class Statements {
   readonly countEvents: Statement;
   readonly counts: Statement;
   readonly lists: ReadonlyMap<string, Statement>;
+  readonly listingJson: ListingJson;
   readonly poolRows: Statement;
   readonly insert: Statement;
   readonly setRetired: Statement;
@@ -202,10 +205,11 @@ class Statements {
     const lists = new Map<string, Statement>();
     for (const [status, where] of Object.entries(STATUS_WHERE)) {
       const base = `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE ${where}`;
-      lists.set(`${status}:first`, p(`${base} ORDER BY pool_order, id LIMIT @limit`));
-      lists.set(`${status}:after`, p(`${base} AND (pool_order, id) > (@afterOrder, @afterId) ORDER BY pool_order, id LIMIT @limit`));
+      lists.set(`${status}:first`, p(`${base} ORDER BY pool_order, id LIMIT @limit`).raw());
+      lists.set(`${status}:after`, p(`${base} AND (pool_order, id) > (@afterOrder, @afterId) ORDER BY pool_order, id LIMIT @limit`).raw());
     }
     this.lists = lists;
+    this.listingJson = new ListingJson(db, STATUS_WHERE);
     this.poolRows = p(`SELECT id, name, pool_order, retired, client_id, epoch FROM identifiers`);
     // Many rows a statement, as JSON: a million single-row statements cost three times as much.
     this.insert = p(`INSERT INTO identifiers (name, pool_order) SELECT value ->> 0, value ->> 1 FROM json_each(?)`);
@@ -285,6 +289,10 @@ class SqliteReader implements Reader {
   }
 
   async list(q: ListQuery): Promise<IdentifierRecord[]> {
+    return (await this.listRows(q)).map(recordOf);
+  }
+
+  async listRows(q: ListQuery): Promise<RecordTuple[]> {
     const stmt = this.s.lists.get(`${q.status ?? 'all'}:${q.after ? 'after' : 'first'}`);
     if (!stmt) throw new Error('no list statement');
     const params: Record<string, number> = { now: q.now, limit: q.limit ?? -1 };
@@ -292,7 +300,11 @@ class SqliteReader implements Reader {
       params['afterOrder'] = q.after.poolOrder;
       params['afterId'] = q.after.rowId;
     }
-    return stmt.all(params).map(toRecord);
+    return recordTuples(stmt.all(params));
+  }
+
+  async listJson(q: ListQuery, view: ViewRules): Promise<ListJson | null> {
+    return this.s.listingJson.write(q, view);
   }
 
   async counts(now: number): Promise<RawCounts> {

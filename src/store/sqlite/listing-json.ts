@@ -1,0 +1,107 @@
+/**
+ * The listing's pages written as JSON by SQLite itself, in C: one statement a page returns the
+ * page's identifier views as one UTF-8 blob (`group_concat` of one `printf` a row), and a second
+ * one where the next page starts. Reading a row into JavaScript (a value at a time, an array
+ * a row) cost more than everything else a listing does; this way a page crosses into
+ * JavaScript as one Buffer, already what goes on the wire.
+ *
+ * The definition of an identifier view stays `identifierView` in http/views.ts (with
+ * domain/lease.ts's status and expiry): this is a faster way to write the same bytes, and
+ * test/http/listing-json.test.ts holds it to them over random states, times, filters and
+ * cursors. Times are formatted with integer arithmetic only (never through a float): the
+ * date by a lookup of the three days around now (nearly every time a listing shows) or else
+ * strftime on whole days, the time of day by printf on the millisecond count. A page with a
+ * time outside the years 0000-9999 (where toISOString has another form), or with view rules
+ * that are not whole milliseconds, is not written here: `write` answers null and the caller
+ * writes it in JavaScript.
+ */
+import type Database from 'better-sqlite3';
+import type { Statement } from 'better-sqlite3';
+import type { ListJson, ListQuery, ViewRules } from '../types.js';
+
+const DAY_MS = 86_400_000;
+/** The last millisecond toISOString writes in its plain 24-character form (9999-12-31T23:59:59.999Z). */
+const MAX_PLAIN_ISO_MS = 253_402_300_799_999;
+
+/** printf arguments for `YYYY-MM-DD` and `THH:MM:SS.mmmZ` of the time `ms` (an SQL expression, whole ms, in range). */
+function isoArgs(ms: string): string {
+  const day = `${ms} / ${DAY_MS}`;
+  const date = `CASE ${day} WHEN @day0 THEN @date0 WHEN @day1 THEN @date1 WHEN @day2 THEN @date2 ` +
+    `ELSE strftime('%Y-%m-%d', ${day} * 86400, 'unixepoch') END`;
+  return `${date}, ${ms} / 3600000 % 24, ${ms} / 60000 % 60, ${ms} / 1000 % 60, ${ms} % 1000`;
+}
+const ISO = '"%sT%02d:%02d:%02d.%03dZ"';
+
+/** A time is written here only within the plain ISO range; otherwise the row is NULL and the page falls back. */
+const inRange = (ms: string): string => `${ms} BETWEEN 0 AND ${MAX_PLAIN_ISO_MS}`;
+
+/** One row's identifier view as JSON text, or NULL when a time of it is out of range. Same keys, same order as identifierView. */
+const ROW_JSON = `CASE
+  WHEN client_id IS NOT NULL THEN CASE WHEN ${inRange('allocated_at')} AND ${inRange('last_seen')} AND ${inRange('last_seen + @ttl')} THEN
+    printf('{"identifier":%s,"status":"leased","client_id":%s,"epoch":%d,"allocated_at":${ISO},"last_seen":${ISO},"expires_at":${ISO},"fence_after_ms":%d,"available_at":null%s}',
+      json_quote(name), json_quote(client_id), epoch, ${isoArgs('allocated_at')}, ${isoArgs('last_seen')}, ${isoArgs('(last_seen + @ttl)')},
+      @fence, CASE WHEN retired = 1 THEN ',"retired":true' ELSE '' END) END
+  WHEN retired = 0 AND available_at > @now THEN CASE WHEN ${inRange('available_at')} THEN
+    printf('{"identifier":%s,"status":"cooling","client_id":null,"epoch":%d,"allocated_at":null,"last_seen":null,"expires_at":null,"fence_after_ms":null,"available_at":${ISO}}',
+      json_quote(name), epoch, ${isoArgs('available_at')}) END
+  ELSE printf('{"identifier":%s,"status":"%s","client_id":null,"epoch":%d,"allocated_at":null,"last_seen":null,"expires_at":null,"fence_after_ms":null,"available_at":null}',
+    json_quote(name), CASE WHEN retired = 1 THEN 'retired' ELSE 'free' END, epoch)
+END`;
+
+interface PageStatements {
+  /** The page's views joined by commas (rows arrive in the subquery's order), how many rows, how many written. */
+  readonly body: Statement;
+  /** The page's last row and the one after it, if any: where the next page starts, and whether there is one. */
+  readonly edge: Statement;
+}
+
+/** `where` of each status filter (with @now), as SqliteStore lists them. */
+export class ListingJson {
+  private readonly pages = new Map<string, PageStatements>();
+
+  constructor(db: Database.Database, statusWhere: Readonly<Record<string, string>>) {
+    for (const [status, where] of Object.entries(statusWhere)) {
+      for (const after of [false, true]) {
+        const w = `${where}${after ? ' AND (pool_order, id) > (@afterOrder, @afterId)' : ''}`;
+        this.pages.set(`${status}:${after ? 'after' : 'first'}`, {
+          body: db.prepare(
+            `SELECT CAST(group_concat(j, ',') AS BLOB), count(*), count(j) FROM (
+               SELECT ${ROW_JSON} AS j FROM identifiers WHERE ${w} ORDER BY pool_order, id LIMIT @limit)`,
+          ).raw(),
+          edge: db.prepare(`SELECT id, name, pool_order FROM identifiers WHERE ${w} ORDER BY pool_order, id LIMIT 2 OFFSET @limit - 1`).raw(),
+        });
+      }
+    }
+  }
+
+  /** The rows `q` lists, written as identifier views; null when they cannot be written here (see above). */
+  write(q: ListQuery, view: ViewRules): ListJson | null {
+    const { now } = q;
+    const { ttlMs, fenceAfterMs } = view;
+    if (!Number.isSafeInteger(now) || now < 0 || now > MAX_PLAIN_ISO_MS) return null;
+    if (!Number.isSafeInteger(ttlMs) || ttlMs < 0 || !Number.isSafeInteger(fenceAfterMs)) return null;
+    const page = this.pages.get(`${q.status ?? 'all'}:${q.after ? 'after' : 'first'}`);
+    if (!page) throw new Error('no listing statement');
+    const today = Math.floor(now / DAY_MS);
+    const day = (d: number): string => new Date(d * DAY_MS).toISOString().slice(0, 10);
+    const keyset = q.after ? { afterOrder: q.after.poolOrder, afterId: q.after.rowId } : {};
+    const limit = q.limit ?? -1;
+    // Integers bound as BigInt are SQLite INTEGERs: the arithmetic on times stays integer.
+    const row: unknown = page.body.get({
+      ...keyset, limit, now: BigInt(now), ttl: BigInt(ttlMs), fence: BigInt(fenceAfterMs),
+      day0: BigInt(today - 1), date0: day(today - 1), day1: BigInt(today), date1: day(today), day2: BigInt(today + 1), date2: day(today + 1),
+    });
+    if (!Array.isArray(row)) throw new Error('listing: expected one row');
+    const [members, listed, written]: unknown[] = row;
+    if (written !== listed) return null;
+    if (listed === 0) return { members: Buffer.alloc(0), next: null };
+    if (!Buffer.isBuffer(members) || typeof listed !== 'number') throw new Error('listing: expected a blob and a count');
+    if (q.limit === null || listed < q.limit) return { members, next: null };
+    const edge: unknown[] = page.edge.all({ ...keyset, limit, now });
+    const [last, following] = edge;
+    if (following === undefined || !Array.isArray(last)) return { members, next: null };
+    const [rowId, name, poolOrder]: unknown[] = last;
+    if (typeof rowId !== 'number' || typeof name !== 'string' || typeof poolOrder !== 'number') throw new Error('listing: expected id, name, pool_order');
+    return { members, next: { name, poolOrder, rowId } };
+  }
+}
