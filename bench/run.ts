@@ -174,7 +174,7 @@ async function throughput(): Promise<void> {
     };
     rows.push({ scenario: 'bare node:http baseline', value: `${Math.round(b)} req/s`, target: '-', met: null });
     add(`liveness, ${LIVE_CLIENTS} clients`, 'liveness', 0.5);
-    add('allocate + release (durable)', 'allocRelease', 0.25);
+    add('allocate + release (durable)', 'allocRelease', 0.3);
     add('GET /identifier/:id', 'getIdentifier', null);
     add('GET /identifiers, 1,000-row page', 'page', null);
 
