@@ -184,10 +184,7 @@ export class Registry {
     const out = await this.store.write(async (tx): Promise<{ lease: Lease; granted: boolean } | null> => {
       const now = tx.now;
       const held = await tx.byClient(clientId);
-      if (held) {
-        await tx.renew(held.rowId, clientId, now);
-        return { lease: this.leaseAfterRenew(held, now), granted: false };
-      }
+      if (held) return { lease: this.leaseOfRenewed(await tx.renewHeld(held.name, clientId, held.epoch, now)), granted: false };
       const next = await tx.nextAllocatable(now);
       if (!next) {
         // Demand the guarded reaper must meet (a churning fleet never stalls the pool).
@@ -216,14 +213,16 @@ export class Registry {
    */
   async renew(clientId: string, identifier: string, epoch?: number): Promise<Lease> {
     this.noteFleetRequest();
-    const lease = await this.store.write(async (tx) => {
+    // The common case in one store call (one statement on PostgreSQL, shared with the renewals
+    // queued beside it); when it changed nothing, the full use case says why, or renews a lease
+    // granted to this client in between.
+    const renewed = await this.store.renewHeld(identifier, clientId, epoch ?? null) ?? await this.store.write(async (tx) => {
       const rec = await this.mustFind(tx, identifier);
       assertOwner(rec, clientId, epoch);
-      await tx.renew(rec.rowId, clientId, tx.now);
-      return this.leaseAfterRenew(rec, tx.now);
+      return tx.renewHeld(identifier, clientId, epoch ?? null, tx.now);
     }, { durable: false });
     this.observe({ type: 'renewed', identifier, clientId });
-    return lease;
+    return this.leaseOfRenewed(renewed);
   }
 
   /**
@@ -520,14 +519,11 @@ export class Registry {
     return rec;
   }
 
-  private leaseAfterRenew(rec: IdentifierRecord, now: number): Lease {
-    const h = rec.holder;
-    if (!h) throw new Error('renewed a record without holder');
-    const lastSeen = Math.max(h.lastSeen, now);
-    return {
-      identifier: rec.name, clientId: h.clientId, epoch: rec.epoch,
-      allocatedAt: h.allocatedAt, lastSeen, expiresAt: lastSeen + this.rules.ttlMs, fenceAfterMs: fenceAfterMs(this.rules),
-    };
+  /** The lease as a renewal left it; a row locked and checked before (allocate, the full liveness) cannot have slipped away. */
+  private leaseOfRenewed(rec: IdentifierRecord | null): Lease {
+    const lease = rec ? leaseOf(rec, this.rules) : null;
+    if (!lease) throw new Error('renewed a lease its owner does not hold');
+    return lease;
   }
 
   private async freeRecord(tx: Tx, rec: IdentifierRecord, availableAt: number, event: HistoryEvent): Promise<IdentifierInfo> {

@@ -77,8 +77,12 @@ export interface Tx extends Reader {
   nextAllocatable(now: number): Promise<IdentifierRecord | null>;
   /** Refuses (throws) unless the row is free. */
   grant(rowId: number, clientId: string, epoch: number, now: number): Promise<void>;
-  /** last_seen = max(last_seen, now) if `clientId` still holds the row. */
-  renew(rowId: number, clientId: string, now: number): Promise<void>;
+  /**
+   * The renewal rule, the one place each engine writes it: last_seen = max(last_seen, now) if
+   * `clientId` holds `name` (under `epoch`, when given). The record as renewed, or null when
+   * the client does not hold it (then nothing changed).
+   */
+  renewHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null>;
   free(rowId: number, availableAt: number): Promise<void>;
   appendHistory(rowId: number, at: number, event: HistoryEvent, clientId: string | null, epoch: number): Promise<void>;
 
@@ -132,6 +136,12 @@ export interface Store {
    * Storage failures reject with RegistryError `unavailable` (never SQL or a stack).
    */
   write<T>(fn: (tx: Tx) => Promise<T>, opts: WriteOptions): Promise<T>;
+  /**
+   * A liveness as one write: Tx.renewHeld at the store's time, committed (not necessarily on
+   * disk) before it resolves; null when the client does not hold `name` (under `epoch`) and
+   * nothing changed. Engines may commit several renewals in one statement.
+   */
+  renewHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null>;
   /** Runs `fn` with read access; never waits for another process's write lock. */
   read<T>(fn: (r: Reader) => Promise<T>): Promise<T>;
   /** Why the store cannot serve, or null; never throws. */

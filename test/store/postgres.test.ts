@@ -56,7 +56,7 @@ function allocate(store: Store, clientId: string, pause?: { afterGrant?: () => P
   return store.write(async (tx) => {
     const held = await tx.byClient(clientId);
     if (held?.holder) {
-      await tx.renew(held.rowId, clientId, tx.now);
+      await tx.renewHeld(held.name, clientId, held.epoch, tx.now);
       return { identifier: held.name, epoch: held.epoch };
     }
     const next = await tx.nextAllocatable(tx.now);
@@ -307,7 +307,7 @@ describe('postgres store', function () {
       const renewal = a.write(async (tx) => {
         const rec = await tx.byName('w-0');
         if (!rec) throw new Error('missing');
-        await tx.renew(rec.rowId, 'vm-0', T + 50_000);
+        await tx.renewHeld(rec.name, 'vm-0', null, T + 50_000);
         hold.arrive();
         await hold.opened;
       }, { durable: false });

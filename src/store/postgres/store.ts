@@ -13,13 +13,15 @@ import type { Clock } from '../../clock.js';
 import { RegistryError, isRegistryError } from '../../domain/errors.js';
 import { DumpError } from '../dump.js';
 import type { Dump } from '../dump.js';
+import type { IdentifierRecord } from '../../domain/types.js';
 import type { Reader, Store, Tx, WriteOptions } from '../types.js';
 import { ServerClock } from './clock.js';
 import { dumpFrom, loadInto } from './dump.js';
 import { isConnectionLoss, isRetryable, toRegistryError, unavailableReason } from './errors.js';
 import { migrate } from './migrate.js';
 import { asRow, int, parseBigint } from './rows.js';
-import { PgReader, PgTx } from './tx.js';
+import { PgReader, PgTx, SERVER_MS, renewHeldAlone } from './tx.js';
+import type { RenewalAsk } from './tx.js';
 
 export interface PostgresStoreOptions {
   /** postgres://user:password@host:port/database?… (libpq-style parameters as node-postgres reads them). */
@@ -40,6 +42,11 @@ export interface PostgresStoreOptions {
   readonly onConnectionError?: (reason: string) => void;
   /** The local monotonic clock the server-time estimate runs on. */
   readonly monotonic?: () => number;
+  /**
+   * How a free lane starts its next batch (default: at once). Interleaving tests hand it to
+   * fast-check's scheduler, so the work queued meanwhile is batched in the orders it picks.
+   */
+  readonly defer?: (run: () => void) => void;
 }
 
 /** Attempts of one write when it loses a race to another transaction. */
@@ -49,11 +56,22 @@ const MAX_ATTEMPTS = 6;
  * the rows it locks are not held long (no savepoints, so no subtransactions either).
  */
 const MAX_BATCH = 32;
+/** Renewals one statement takes at most: each is a row lock held only for that statement. */
+const MAX_RENEWALS = 128;
 
 interface QueuedWrite {
+  /** Arrival order across writes and renewals: a free lane takes whichever waited longest. */
+  readonly seq: number;
   readonly fn: (tx: Tx) => Promise<unknown>;
   readonly durable: boolean;
   readonly resolve: (v: unknown) => void;
+  readonly reject: (e: unknown) => void;
+}
+
+interface QueuedRenewal {
+  readonly seq: number;
+  readonly ask: RenewalAsk;
+  readonly resolve: (v: IdentifierRecord | null) => void;
   readonly reject: (e: unknown) => void;
 }
 
@@ -66,7 +84,7 @@ const TYPES: CustomTypesConfig = {
 };
 
 /** Server time in epoch milliseconds, read in the transaction (clock_timestamp: not frozen at its start). */
-const SERVER_NOW = 'SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now';
+const SERVER_NOW = `SELECT ${SERVER_MS} AS now`;
 
 function begin(durable: boolean, readClock: boolean): string {
   // Ownership changes wait for the commit to be flushed (and replicated to a synchronous
@@ -120,8 +138,13 @@ export class PostgresStore implements Store {
   private ended = false;
   private drained: (() => void) | null = null;
   private queue: QueuedWrite[] = [];
+  private renewals: QueuedRenewal[] = [];
+  private seq = 0;
   private lanes = 0;
+  /** Lanes taken whose batch is not picked yet (see `defer`). */
+  private starting = 0;
   private readonly maxLanes: number;
+  private readonly defer: ((run: () => void) => void) | null;
 
   private constructor(
     private readonly pool: Pool,
@@ -131,7 +154,9 @@ export class PostgresStore implements Store {
     serverNow: number,
     sentAt: number,
     poolSize: number,
+    defer: ((run: () => void) => void) | null,
   ) {
+    this.defer = defer;
     // Lanes leave connections for reads, so a queue of writes never starves /identifier or /health.
     this.maxLanes = Math.max(1, Math.ceil(poolSize / 2));
     this.injectedClock = clock;
@@ -169,7 +194,7 @@ export class PostgresStore implements Store {
       const serverNow = int(asRow((await client.query(SERVER_NOW)).rows[0]), 'now');
       client.release();
       client = null;
-      return new PostgresStore(pool, healthPool, opts.clock ?? null, monotonic, serverNow, sentAt, opts.poolSize ?? 10);
+      return new PostgresStore(pool, healthPool, opts.clock ?? null, monotonic, serverNow, sentAt, opts.poolSize ?? 10, opts.defer ?? null);
     } catch (e) {
       client?.release(e instanceof Error ? e : true);
       await Promise.all([pool.end(), healthPool.end()]).catch(() => undefined);
@@ -188,20 +213,94 @@ export class PostgresStore implements Store {
   write<T>(fn: (tx: Tx) => Promise<T>, opts: WriteOptions): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       if (this.closed) return reject(new RegistryError('unavailable', 'the store is closed'));
-      this.queue.push({ fn, durable: opts.durable, resolve: (v) => resolve(v as T), reject });
+      this.queue.push({ seq: this.seq++, fn, durable: opts.durable, resolve: (v) => resolve(v as T), reject });
+      this.pump();
+    });
+  }
+
+  /**
+   * A renewal starts at once on a free lane, as one statement in a transaction of its own; the
+   * renewals that queue while every lane is busy go out together, up to MAX_RENEWALS in one
+   * statement: one round trip for the lot instead of four for each.
+   */
+  renewHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null> {
+    return new Promise((resolve, reject) => {
+      if (this.closed) return reject(new RegistryError('unavailable', 'the store is closed'));
+      this.renewals.push({ seq: this.seq++, ask: { name, clientId, epoch }, resolve, reject });
       this.pump();
     });
   }
 
   private pump(): void {
-    while (this.lanes < this.maxLanes && this.queue.length > 0) {
-      const batch = this.queue.splice(0, MAX_BATCH);
+    while (this.lanes < this.maxLanes && this.queue.length + this.renewals.length > this.starting) {
       this.lanes++;
-      void this.runBatch(batch).finally(() => {
-        this.lanes--;
-        this.pump();
-        if (this.lanes === 0 && this.queue.length === 0) this.drained?.();
-      });
+      if (this.defer) {
+        this.starting++;
+        this.defer(() => {
+          this.starting--;
+          this.startLane();
+        });
+      } else {
+        this.startLane();
+      }
+    }
+  }
+
+  /** The lane just taken runs the work that waited longest: a batch of writes, or of renewals. */
+  private startLane(): void {
+    const write = this.queue[0];
+    const renewal = this.renewals[0];
+    let run: Promise<void>;
+    if (renewal && (!write || renewal.seq < write.seq)) run = this.runRenewals(this.renewals.splice(0, MAX_RENEWALS));
+    else if (write) run = this.runBatch(this.queue.splice(0, MAX_BATCH));
+    else run = Promise.resolve(); // another lane took it meanwhile
+    void run.finally(() => {
+      this.lanes--;
+      this.pump();
+      if (this.lanes === 0 && this.queue.length === 0 && this.renewals.length === 0) this.drained?.();
+    });
+  }
+
+  /** One statement renews the batch (see tx.ts); a lost race runs it again, anything else answers each renewal. */
+  private async runRenewals(batch: readonly QueuedRenewal[]): Promise<void> {
+    // Every batch locks its rows in name order, so two batches never deadlock over them.
+    const sorted = [...batch].sort((a, b) => (a.ask.name < b.ask.name ? -1 : a.ask.name > b.ask.name ? 1 : 0));
+    for (let attempt = 1; ; attempt++) {
+      let client: PoolClient;
+      try {
+        client = await this.connect();
+      } catch (e) {
+        for (const item of sorted) item.reject(e);
+        return;
+      }
+      let broken: Error | undefined;
+      let retry = false;
+      try {
+        const sentAt = this.monotonic();
+        const renewed = await renewHeldAlone(client, sorted.map((r) => r.ask), this.injectedClock?.now() ?? null, this.lastTxNow);
+        const answers: Array<IdentifierRecord | null> = sorted.map(() => null);
+        for (const r of renewed) {
+          answers[r.index] = r.rec;
+          if (this.serverClock) {
+            this.serverClock.anchor(r.now, sentAt);
+            this.lastTxNow = Math.max(this.lastTxNow, r.now);
+          }
+        }
+        sorted.forEach((item, i) => item.resolve(answers[i] ?? null));
+        return;
+      } catch (e) {
+        // Cut off on the way, the statement may or may not have committed: `unavailable`, never a 200.
+        if (isConnectionLoss(e)) broken = e instanceof Error ? e : new Error(String(e));
+        retry = broken === undefined && isRetryable(e) && attempt < MAX_ATTEMPTS;
+        if (!retry) {
+          const err = toRegistryError(e);
+          for (const item of sorted) item.reject(err);
+          return;
+        }
+      } finally {
+        client.release(broken);
+      }
+      await delay(Math.random() * 2 ** attempt);
     }
   }
 
@@ -354,7 +453,7 @@ export class PostgresStore implements Store {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.lanes > 0 || this.queue.length > 0) await new Promise<void>((resolve) => { this.drained = resolve; });
+    if (this.lanes > 0 || this.queue.length > 0 || this.renewals.length > 0) await new Promise<void>((resolve) => { this.drained = resolve; });
     this.ended = true;
     await Promise.all([this.pool.end(), this.healthPool.end()]);
   }

@@ -30,6 +30,75 @@ const STATUS_WHERE: Readonly<Record<Status | 'all', string>> = {
   retired: 'retired',
 };
 
+/** The server's clock in epoch milliseconds (clock_timestamp: not frozen at the transaction's start). */
+export const SERVER_MS = 'floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint';
+
+const RECORD_COLUMNS_OF_I = RECORD_COLUMNS.split(', ').map((c) => `i.${c}`).join(', ');
+
+/**
+ * The renewal rule on PostgreSQL, written once: last_seen = max(last_seen, now) where the
+ * client still holds the identifier, under the epoch it sent when it sent one. The WHERE is
+ * re-checked on the newest version of a row another transaction changed meanwhile (READ
+ * COMMITTED), so a lease reclaimed, released or granted again since is never extended. Over a
+ * list of renewals, so one statement serves a whole batch: `idx` (from 1) says which renewal a
+ * row answers; a renewal without a row changed nothing.
+ */
+function renewHeldSql(clock: { readonly with: string; readonly now: string; readonly from: string }): string {
+  return `${clock.with}UPDATE identifiers i SET last_seen = greatest(i.last_seen, ${clock.now})
+    FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS r(name, client_id, epoch, idx)${clock.from}
+    WHERE i.name = r.name AND i.client_id = r.client_id AND (r.epoch IS NULL OR i.epoch = r.epoch)
+    RETURNING ${RECORD_COLUMNS_OF_I}, r.idx, ${clock.now} AS now`;
+}
+
+/** Inside a use case's transaction, at its time ($4). */
+const RENEW_HELD_IN_TX = renewHeldSql({ with: '', now: '$4::bigint', from: '' });
+
+/**
+ * A statement of its own, so its own transaction: one round trip. Its time is the server's
+ * clock, never below this instance's latest ($5), or $4 when the registry's time is injected
+ * (tests). It commits without waiting for the disk (SET LOCAL for this statement's transaction
+ * only): a liveness must be visible to every instance before its answer, not fsynced (SPEC.md).
+ */
+const RENEW_HELD_ALONE = renewHeldSql({
+  with: `WITH t AS MATERIALIZED (
+    SELECT coalesce($4::bigint, greatest($5::bigint, ${SERVER_MS})) AS now, set_config('synchronous_commit', 'off', true) AS async
+  ) `,
+  now: 't.now',
+  from: ', t',
+});
+
+/** One liveness to commit: see Tx.renewHeld. */
+export interface RenewalAsk {
+  readonly name: string;
+  readonly clientId: string;
+  readonly epoch: number | null;
+}
+
+export interface Renewed {
+  /** The index in the list asked of the renewal this row answers. */
+  readonly index: number;
+  readonly rec: IdentifierRecord;
+  /** The time the statement renewed at. */
+  readonly now: number;
+}
+
+function renewedOf(raw: unknown): Renewed {
+  const r = asRow(raw);
+  return { index: int(r, 'idx') - 1, rec: toRecord(raw), now: int(r, 'now') };
+}
+
+function renewalArrays(asks: readonly RenewalAsk[]): unknown[] {
+  return [asks.map((a) => a.name), asks.map((a) => a.clientId), asks.map((a) => a.epoch)];
+}
+
+/**
+ * Renews a batch of leases in one statement outside any transaction; `now` is the injected
+ * registry time, or null for the server's clock not below `floor`.
+ */
+export async function renewHeldAlone(client: PoolClient, asks: readonly RenewalAsk[], now: number | null, floor: number): Promise<Renewed[]> {
+  return (await rows(client, 'renew_held_alone', RENEW_HELD_ALONE, [...renewalArrays(asks), now, floor])).map(renewedOf);
+}
+
 async function rows(client: PoolClient, name: string, text: string, values: unknown[] = []): Promise<unknown[]> {
   const res = await client.query({ name, text, values });
   const out: unknown[] = res.rows;
@@ -147,10 +216,10 @@ export class PgTx extends PgReader implements Tx {
     if (n !== 1) throw new Error(`grant of row ${rowId} changed ${n} rows`);
   }
 
-  async renew(rowId: number, clientId: string, now: number): Promise<void> {
+  async renewHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null> {
     this.wrote = true;
-    await changes(this.client, 'renew',
-      'UPDATE identifiers SET last_seen = greatest(last_seen, $3) WHERE id = $1 AND client_id = $2', [rowId, clientId, now]);
+    const r = await first(this.client, 'renew_held', RENEW_HELD_IN_TX, [...renewalArrays([{ name, clientId, epoch }]), now]);
+    return r === undefined ? null : toRecord(r);
   }
 
   async free(rowId: number, availableAt: number): Promise<void> {

@@ -121,7 +121,7 @@ class Statements {
   readonly byClient: Statement;
   readonly nextAllocatable: Statement;
   readonly grant: Statement;
-  readonly renew: Statement;
+  readonly renewHeld: Statement;
   readonly free: Statement;
   readonly historyInsert: Statement;
   readonly history: Statement;
@@ -169,7 +169,11 @@ class Statements {
       `UPDATE identifiers SET client_id = @clientId, epoch = @epoch, allocated_at = @now, last_seen = @now
        WHERE id = @rowId AND client_id IS NULL`,
     );
-    this.renew = p(`UPDATE identifiers SET last_seen = max(last_seen, @now) WHERE id = @rowId AND client_id = @clientId`);
+    this.renewHeld = p(
+      `UPDATE identifiers SET last_seen = max(last_seen, @now)
+       WHERE name = @name AND client_id = @clientId AND (@epoch IS NULL OR epoch = @epoch)
+       RETURNING ${RECORD_COLUMNS}`,
+    );
     this.free = p(
       `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = @availableAt
        WHERE id = @rowId`,
@@ -322,8 +326,9 @@ class SqliteTx extends SqliteReader implements Tx {
     if (r.changes !== 1) throw new Error(`grant of row ${rowId} changed ${r.changes} rows`);
   }
 
-  async renew(rowId: number, clientId: string, now: number): Promise<void> {
-    this.s.renew.run({ rowId, clientId, now });
+  async renewHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null> {
+    const r: unknown = this.s.renewHeld.get({ name, clientId, epoch, now });
+    return r === undefined ? null : toRecord(r);
   }
 
   async free(rowId: number, availableAt: number): Promise<void> {
@@ -503,6 +508,11 @@ export class SqliteStore implements Store {
       this.writes.push({ fn, durable: opts.durable, since: performance.now(), resolve: (v) => resolve(v as T), reject });
       this.schedule();
     });
+  }
+
+  /** A write like the others: SQLite commits the writes of a tick together anyway. */
+  renewHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null> {
+    return this.write((tx) => tx.renewHeld(name, clientId, epoch, tx.now), { durable: false });
   }
 
   read<T>(fn: (r: Reader) => Promise<T>): Promise<T> {
