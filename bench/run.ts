@@ -6,7 +6,7 @@
  * process here. Throughput is reported as a ratio to that baseline, median of alternating
  * rounds. Writes bench/results/latest.json and prints one table.
  *
- * npm run bench -- --engine postgres [--quick]
+ * npm run bench -- --engine postgres [--quick] [--rounds N] [--seconds N]
  *
  * The engines compared instead: liveness and durable allocate+release on PostgreSQL (one
  * instance, and three sharing the database) as ratios to SQLite measured in the same run.
@@ -24,9 +24,18 @@ import type { LoadResult, Request, Server } from './lib.js';
 const QUICK = process.argv.includes('--quick');
 const ENGINE = process.argv.includes('--engine') ? process.argv[process.argv.indexOf('--engine') + 1] : undefined;
 if (ENGINE !== undefined && ENGINE !== 'postgres') throw new Error(`--engine: expected postgres, got ${String(ENGINE)}`);
-const CFG = QUICK
+/** `--rounds N` / `--seconds N` override the mode's (e.g. `--quick --rounds 3` for a median of a quick run). */
+function numberArg(name: string): number | undefined {
+  const i = process.argv.indexOf(name);
+  if (i < 0) return undefined;
+  const n = Number(process.argv[i + 1]);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`${name}: expected a positive integer, got ${String(process.argv[i + 1])}`);
+  return n;
+}
+const MODE = QUICK
   ? { rounds: 1, seconds: 2, latencySeconds: 3, bigPool: 100_000, reclaims: 10_000, allocSamples: 300 }
   : { rounds: 5, seconds: 5, latencySeconds: 10, bigPool: 1_000_000, reclaims: 100_000, allocSamples: 2_000 };
+const CFG = { ...MODE, rounds: numberArg('--rounds') ?? MODE.rounds, seconds: numberArg('--seconds') ?? MODE.seconds };
 const LIVE_CLIENTS = QUICK ? 2_000 : 10_000;
 const JSON_HEADERS = { 'content-type': 'application/json' };
 const MAIN = join(ROOT, 'dist/main.js');
