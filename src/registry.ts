@@ -15,7 +15,7 @@ import { retirePlan, retireRefusal } from './domain/pool-sync.js';
 import type {
   HistoryEntry, HistoryEvent, IdentifierInfo, IdentifierRecord, Lease, PoolCounts, ReaperState, Status, SyncResult,
 } from './domain/types.js';
-import type { Reader, Store, Tx } from './store/types.js';
+import type { FreeEntry, Reader, Store, Tx } from './store/types.js';
 
 export interface RegistryRules extends LeaseRules, GuardRules {
   /** No reclaim before the service has been up this long. */
@@ -183,9 +183,9 @@ export class Registry {
     this.noteFleetRequest();
     const out = await this.store.write(async (tx): Promise<{ lease: Lease; granted: boolean } | null> => {
       const now = tx.now;
-      const held = await tx.byClient(clientId);
-      if (held) return { lease: this.leaseOfRenewed(await tx.renewHeld(held.name, clientId, held.epoch, now)), granted: false };
-      const next = await tx.nextAllocatable(now);
+      const claim = await tx.claimFor(clientId, now);
+      if (claim?.held) return { lease: this.leaseOfRenewed(await tx.renewHeld(claim.rec.name, clientId, claim.rec.epoch, now)), granted: false };
+      const next = claim?.rec;
       if (!next) {
         // Demand the guarded reaper must meet (a churning fleet never stalls the pool).
         await tx.recordRefusal(clientId, now);
@@ -193,7 +193,6 @@ export class Registry {
       }
       const epoch = next.epoch + 1;
       await tx.grant(next.rowId, clientId, epoch, now);
-      await tx.appendHistory(next.rowId, now, 'allocated', clientId, epoch);
       const lease: Lease = {
         identifier: next.name, clientId, epoch, allocatedAt: now, lastSeen: now, expiresAt: now + this.rules.ttlMs,
         fenceAfterMs: fenceAfterMs(this.rules),
@@ -526,9 +525,8 @@ export class Registry {
     return lease;
   }
 
-  private async freeRecord(tx: Tx, rec: IdentifierRecord, availableAt: number, event: HistoryEvent): Promise<IdentifierInfo> {
-    await tx.free(rec.rowId, availableAt);
-    await tx.appendHistory(rec.rowId, tx.now, event, rec.holder?.clientId ?? null, rec.epoch);
+  private async freeRecord(tx: Tx, rec: IdentifierRecord, availableAt: number, event: FreeEntry['event']): Promise<IdentifierInfo> {
+    await tx.free(rec.rowId, availableAt, { at: tx.now, event, clientId: rec.holder?.clientId ?? null, epoch: rec.epoch });
     return infoOf({ ...rec, holder: null, availableAt }, tx.now, this.rules);
   }
 

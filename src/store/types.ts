@@ -40,6 +40,14 @@ export interface RawCounts {
   readonly retired: number;
 }
 
+/** The history entry of a row being freed by a release or a force release (the reaper frees its own, see reclaimExpired). */
+export interface FreeEntry {
+  readonly at: number;
+  readonly event: 'released' | 'force_released';
+  readonly clientId: string | null;
+  readonly epoch: number;
+}
+
 /** One registry process, as the others see it through the store. */
 export interface InstanceBeat {
   readonly id: string;
@@ -73,9 +81,13 @@ export interface Reader {
  * transaction (PostgreSQL: FOR UPDATE; SQLite: the whole database is locked already).
  */
 export interface Tx extends Reader {
-  /** The allocatable identifier free the longest (never-used first, in pool order), locked; skips rows locked by others. */
-  nextAllocatable(now: number): Promise<IdentifierRecord | null>;
-  /** Refuses (throws) unless the row is free. */
+  /**
+   * The identifier `clientId` holds, else the allocatable one free the longest (never-used
+   * first, in pool order), locked; skips rows locked by others. Null when it holds none and
+   * none is allocatable.
+   */
+  claimFor(clientId: string, now: number): Promise<{ readonly rec: IdentifierRecord; readonly held: boolean } | null>;
+  /** Grants a free row to `clientId` under `epoch` and appends its `allocated` history entry; refuses (throws) unless the row is free. */
   grant(rowId: number, clientId: string, epoch: number, now: number): Promise<void>;
   /**
    * The renewal rule, the one place each engine writes it: last_seen = max(last_seen, now) if
@@ -83,7 +95,8 @@ export interface Tx extends Reader {
    * the client does not hold it (then nothing changed).
    */
   renewHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null>;
-  free(rowId: number, availableAt: number): Promise<void>;
+  /** Frees the row (allocatable from `availableAt`) and appends the history entry that says why: an ownership change never goes unrecorded. */
+  free(rowId: number, availableAt: number, entry: FreeEntry): Promise<void>;
   appendHistory(rowId: number, at: number, event: HistoryEvent, clientId: string | null, epoch: number): Promise<void>;
 
   // ---- the sweep

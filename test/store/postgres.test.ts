@@ -54,16 +54,15 @@ async function until(probe: () => Promise<boolean>, timeoutMs: number, what: str
  */
 function allocate(store: Store, clientId: string, pause?: { afterGrant?: () => Promise<void>; afterPick?: () => Promise<void> }): Promise<Grant> {
   return store.write(async (tx) => {
-    const held = await tx.byClient(clientId);
-    if (held?.holder) {
-      await tx.renewHeld(held.name, clientId, held.epoch, tx.now);
-      return { identifier: held.name, epoch: held.epoch };
+    const claim = await tx.claimFor(clientId, tx.now);
+    if (claim?.held) {
+      await tx.renewHeld(claim.rec.name, clientId, claim.rec.epoch, tx.now);
+      return { identifier: claim.rec.name, epoch: claim.rec.epoch };
     }
-    const next = await tx.nextAllocatable(tx.now);
+    const next = claim?.rec;
     if (!next) throw new RegistryError('pool_exhausted', 'nothing free');
     await pause?.afterPick?.();
     await tx.grant(next.rowId, clientId, next.epoch + 1, tx.now);
-    await tx.appendHistory(next.rowId, tx.now, 'allocated', clientId, next.epoch + 1);
     await pause?.afterGrant?.();
     return { identifier: next.name, epoch: next.epoch + 1 };
   }, { durable: true });
@@ -242,8 +241,7 @@ describe('postgres store', function () {
         const rec = await tx.byName('x');
         if (rec?.holder?.clientId !== 'vm-1') throw new RegistryError('not_owner', 'vm-1 does not hold x');
         await pause?.();
-        await tx.free(rec.rowId, tx.now);
-        await tx.appendHistory(rec.rowId, tx.now, 'released', 'vm-1', rec.epoch);
+        await tx.free(rec.rowId, tx.now, { at: tx.now, event: 'released', clientId: 'vm-1', epoch: rec.epoch });
       }, { durable: true });
       const hold = gate();
       const first = release(a, async () => { hold.arrive(); await hold.opened; });
@@ -363,7 +361,7 @@ describe('postgres store', function () {
         await tx.setMeta('touched', 'yes');
         const rec = await tx.byName('a');
         if (!rec) throw new Error('missing');
-        await tx.free(rec.rowId, 0);
+        await tx.free(rec.rowId, 0, { at: tx.now, event: 'force_released', clientId: 'vm-1', epoch: rec.epoch });
         await tx.grant(rec.rowId, 'vm-2', rec.epoch, tx.now); // the same epoch again: the database refuses
       }, { durable: true }).then(() => null, (e: unknown) => e);
       expect(err).to.be.instanceOf(RegistryError).with.property('code', 'internal');
@@ -558,7 +556,7 @@ describe('postgres store', function () {
         await store.write(async (tx) => {
           const rec = await tx.byName('w-0');
           if (!rec) throw new Error('missing');
-          await tx.free(rec.rowId, 0);
+          await tx.free(rec.rowId, 0, { at: tx.now, event: 'force_released', clientId: rec.holder?.clientId ?? null, epoch: rec.epoch });
         }, { durable: true });
         const grant = await allocate(store, 'vm-new');
         expect(grant.identifier).to.equal('w-0');

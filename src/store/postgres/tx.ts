@@ -7,8 +7,8 @@
  */
 import type { PoolClient } from 'pg';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord, Status } from '../../domain/types.js';
-import type { InstanceBeat, ListQuery, PoolRow, RawCounts, Reader, Tx } from '../types.js';
-import { RECORD_COLUMNS, asRow, int, scalar, toBeat, toHistoryEntry, toPoolRow, toRecord } from './rows.js';
+import type { FreeEntry, InstanceBeat, ListQuery, PoolRow, RawCounts, Reader, Tx } from '../types.js';
+import { RECORD_COLUMNS, asRow, bool, int, scalar, toBeat, toHistoryEntry, toPoolRow, toRecord } from './rows.js';
 
 /** The advisory-lock namespace of this registry ("idrg"), and the locks in it. */
 export const LOCK_NAMESPACE = 0x69647267;
@@ -200,19 +200,31 @@ export class PgTx extends PgReader implements Tx {
     super(client, now, 'FOR UPDATE');
   }
 
-  async nextAllocatable(now: number): Promise<IdentifierRecord | null> {
-    // SKIP LOCKED: a row another transaction is granting is not waited for; the next one is taken.
-    const r = await first(this.client, 'next_allocatable',
-      `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE client_id IS NULL AND NOT retired AND available_at <= $1
-       ORDER BY available_at, pool_order, id LIMIT 1 FOR UPDATE SKIP LOCKED`, [now]);
-    return r === undefined ? null : toRecord(r);
+  async claimFor(clientId: string, now: number): Promise<{ rec: IdentifierRecord; held: boolean } | null> {
+    // One round trip: the client's own row, else (only then) the next allocatable one. SKIP
+    // LOCKED: a row another transaction is granting is not waited for; the next one is taken.
+    const r = await first(this.client, 'claim_for',
+      `WITH held AS (
+         SELECT ${RECORD_COLUMNS}, true AS held FROM identifiers WHERE client_id = $1 FOR UPDATE
+       ), next AS (
+         SELECT ${RECORD_COLUMNS}, false AS held FROM identifiers
+         WHERE client_id IS NULL AND NOT retired AND available_at <= $2 AND NOT EXISTS (SELECT FROM held)
+         ORDER BY available_at, pool_order, id LIMIT 1 FOR UPDATE SKIP LOCKED
+       )
+       SELECT * FROM held UNION ALL SELECT * FROM next`, [clientId, now]);
+    return r === undefined ? null : { rec: toRecord(r), held: bool(asRow(r), 'held') };
   }
 
   async grant(rowId: number, clientId: string, epoch: number, now: number): Promise<void> {
     this.wrote = true;
+    // The grant and its history entry in one statement: one round trip, never one without the other.
     const n = await changes(this.client, 'grant',
-      `UPDATE identifiers SET client_id = $2, epoch = $3, allocated_at = $4, last_seen = $4
-       WHERE id = $1 AND client_id IS NULL`, [rowId, clientId, epoch, now]);
+      `WITH granted AS (
+         UPDATE identifiers SET client_id = $2, epoch = $3, allocated_at = $4, last_seen = $4
+         WHERE id = $1 AND client_id IS NULL RETURNING id
+       )
+       INSERT INTO history (identifier_id, at, event, client_id, epoch) SELECT id, $4, 'allocated', $2, $3 FROM granted`,
+      [rowId, clientId, epoch, now]);
     if (n !== 1) throw new Error(`grant of row ${rowId} changed ${n} rows`);
   }
 
@@ -222,11 +234,14 @@ export class PgTx extends PgReader implements Tx {
     return r === undefined ? null : toRecord(r);
   }
 
-  async free(rowId: number, availableAt: number): Promise<void> {
+  async free(rowId: number, availableAt: number, entry: FreeEntry): Promise<void> {
     this.wrote = true;
     await changes(this.client, 'free',
-      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = $2 WHERE id = $1`,
-      [rowId, availableAt]);
+      `WITH freed AS (
+         UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = $2 WHERE id = $1 RETURNING id
+       )
+       INSERT INTO history (identifier_id, at, event, client_id, epoch) SELECT id, $3::bigint, $4::text, $5::text, $6::bigint FROM freed`,
+      [rowId, availableAt, entry.at, entry.event, entry.clientId, entry.epoch]);
   }
 
   async appendHistory(rowId: number, at: number, event: HistoryEvent, clientId: string | null, epoch: number): Promise<void> {

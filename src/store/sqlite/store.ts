@@ -14,7 +14,7 @@ import { anchorClock, anchoredClock, resumeAnchor, systemTimeSource } from '../.
 import type { Clock, ClockAnchor, TimeSource } from '../../clock.js';
 import { RegistryError, isRegistryError } from '../../domain/errors.js';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord } from '../../domain/types.js';
-import type { InstanceBeat, ListQuery, PoolRow, RawCounts, Reader, Store, Tx, WriteOptions } from '../types.js';
+import type { FreeEntry, InstanceBeat, ListQuery, PoolRow, RawCounts, Reader, Store, Tx, WriteOptions } from '../types.js';
 import { startCheckpointer } from './checkpointer.js';
 import type { Checkpointer } from './checkpointer.js';
 import { toRegistryError } from './errors.js';
@@ -316,14 +316,17 @@ class SqliteReader implements Reader {
 
 /** A use case's view of the write transaction. */
 class SqliteTx extends SqliteReader implements Tx {
-  async nextAllocatable(now: number): Promise<IdentifierRecord | null> {
-    const r: unknown = this.s.nextAllocatable.get(now);
-    return r === undefined ? null : toRecord(r);
+  async claimFor(clientId: string, now: number): Promise<{ rec: IdentifierRecord; held: boolean } | null> {
+    const held: unknown = this.s.byClient.get(clientId);
+    if (held !== undefined) return { rec: toRecord(held), held: true };
+    const next: unknown = this.s.nextAllocatable.get(now);
+    return next === undefined ? null : { rec: toRecord(next), held: false };
   }
 
   async grant(rowId: number, clientId: string, epoch: number, now: number): Promise<void> {
     const r = this.s.grant.run({ rowId, clientId, epoch, now });
     if (r.changes !== 1) throw new Error(`grant of row ${rowId} changed ${r.changes} rows`);
+    this.s.historyInsert.run({ rowId, at: now, event: 'allocated', clientId, epoch });
   }
 
   async renewHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null> {
@@ -331,8 +334,9 @@ class SqliteTx extends SqliteReader implements Tx {
     return r === undefined ? null : toRecord(r);
   }
 
-  async free(rowId: number, availableAt: number): Promise<void> {
+  async free(rowId: number, availableAt: number, entry: FreeEntry): Promise<void> {
     this.s.free.run({ rowId, availableAt });
+    this.s.historyInsert.run({ rowId, ...entry });
   }
 
   async appendHistory(rowId: number, at: number, event: HistoryEvent, clientId: string | null, epoch: number): Promise<void> {
