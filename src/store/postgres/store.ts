@@ -58,6 +58,13 @@ const MAX_ATTEMPTS = 6;
 const MAX_BATCH = 32;
 /** Renewals one statement takes at most: each is a row lock held only for that statement. */
 const MAX_RENEWALS = 128;
+/**
+ * Lanes a renewal statement may take at once. One: the renewals that arrive while it runs all
+ * go out in the next statement, so under load each statement carries many (measured: a third
+ * of PostgreSQL's CPU per renewal, against one lane per renewal), while the other lanes stay
+ * free for allocations and releases.
+ */
+const MAX_RENEWAL_LANES = 1;
 
 interface QueuedWrite {
   /** Arrival order across writes and renewals: a free lane takes whichever waited longest. */
@@ -141,8 +148,11 @@ export class PostgresStore implements Store {
   private renewals: QueuedRenewal[] = [];
   private seq = 0;
   private lanes = 0;
-  /** Lanes taken whose batch is not picked yet (see `defer`). */
-  private starting = 0;
+  /** Renewal statements sent, and the renewals they carried (tests check that batches form). */
+  readonly renewalStats = { statements: 0, renewals: 0 };
+  /** Lanes running a renewal statement. */
+  private renewing = 0;
+  private pumpScheduled = false;
   private readonly maxLanes: number;
   private readonly defer: ((run: () => void) => void) | null;
 
@@ -232,37 +242,54 @@ export class PostgresStore implements Store {
   }
 
   private pump(): void {
-    while (this.lanes < this.maxLanes && this.queue.length + this.renewals.length > this.starting) {
+    if (!this.defer) return this.startWork();
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    this.defer(() => {
+      this.pumpScheduled = false;
+      this.startWork();
+    });
+  }
+
+  /** Free lanes take the work that waited longest: a batch of writes, or of renewals. */
+  private startWork(): void {
+    while (this.lanes < this.maxLanes) {
+      const work = this.nextWork();
+      if (!work) return;
       this.lanes++;
-      if (this.defer) {
-        this.starting++;
-        this.defer(() => {
-          this.starting--;
-          this.startLane();
-        });
-      } else {
-        this.startLane();
-      }
+      void work().finally(() => {
+        this.lanes--;
+        this.pump();
+        if (this.lanes === 0 && this.queue.length === 0 && this.renewals.length === 0) this.drained?.();
+      });
     }
   }
 
-  /** The lane just taken runs the work that waited longest: a batch of writes, or of renewals. */
-  private startLane(): void {
+  private nextWork(): (() => Promise<void>) | null {
     const write = this.queue[0];
-    const renewal = this.renewals[0];
-    let run: Promise<void>;
-    if (renewal && (!write || renewal.seq < write.seq)) run = this.runRenewals(this.renewals.splice(0, MAX_RENEWALS));
-    else if (write) run = this.runBatch(this.queue.splice(0, MAX_BATCH));
-    else run = Promise.resolve(); // another lane took it meanwhile
-    void run.finally(() => {
-      this.lanes--;
-      this.pump();
-      if (this.lanes === 0 && this.queue.length === 0 && this.renewals.length === 0) this.drained?.();
-    });
+    const renewal = this.renewing < MAX_RENEWAL_LANES ? this.renewals[0] : undefined;
+    if (renewal && (!write || renewal.seq < write.seq)) {
+      const batch = this.renewals.splice(0, MAX_RENEWALS);
+      return () => this.runRenewals(batch);
+    }
+    if (write) {
+      const batch = this.queue.splice(0, MAX_BATCH);
+      return () => this.runBatch(batch);
+    }
+    return null;
   }
 
   /** One statement renews the batch (see tx.ts); a lost race runs it again, anything else answers each renewal. */
   private async runRenewals(batch: readonly QueuedRenewal[]): Promise<void> {
+    this.renewing++;
+    try {
+      await this.renewTogether(batch);
+    } finally {
+      this.renewing--;
+    }
+  }
+
+  private async renewTogether(batch: readonly QueuedRenewal[]): Promise<void> {
     // Every batch locks its rows in name order, so two batches never deadlock over them.
     const sorted = [...batch].sort((a, b) => (a.ask.name < b.ask.name ? -1 : a.ask.name > b.ask.name ? 1 : 0));
     for (let attempt = 1; ; attempt++) {
@@ -277,6 +304,8 @@ export class PostgresStore implements Store {
       let retry = false;
       try {
         const sentAt = this.monotonic();
+        this.renewalStats.statements++;
+        this.renewalStats.renewals += sorted.length;
         const renewed = await renewHeldAlone(client, sorted.map((r) => r.ask), this.injectedClock?.now() ?? null, this.lastTxNow);
         const answers: Array<IdentifierRecord | null> = sorted.map(() => null);
         for (const r of renewed) {
