@@ -59,8 +59,9 @@ function registry(d: string, pool: string, env: Record<string, string> = {}): Pr
 
 interface Lease { client_id: string; identifier: string; epoch: number }
 
-function livenessRequests(leases: readonly Lease[]): Request[] {
-  let i = 0;
+/** From `offset` on: each instance of a several-instance run renews its own part of the fleet, as VMs spread over a load balancer do. */
+function livenessRequests(leases: readonly Lease[], offset = 0): Request[] {
+  let i = offset;
   return [{
     method: 'POST', path: '/liveness', headers: JSON_HEADERS,
     setupRequest(req) {
@@ -309,9 +310,9 @@ function print(): string {
 }
 
 /** Load on several instances at once, `connections` spread over them; the summed throughput. */
-async function loadAll(bases: readonly string[], seconds: number, requests: () => Request[]): Promise<LoadResult> {
+async function loadAll(bases: readonly string[], seconds: number, requests: (instance: number, of: number) => Request[]): Promise<LoadResult> {
   const per = Math.max(4, Math.floor(32 / bases.length));
-  const results = await Promise.all(bases.map((url) => load({ url, seconds, connections: per, requests: requests() })));
+  const results = await Promise.all(bases.map((url, k) => load({ url, seconds, connections: per, requests: requests(k, bases.length) })));
   const sum = (f: (r: LoadResult) => number): number => results.reduce((a, r) => a + f(r), 0);
   return {
     rps: sum((r) => r.rps), p50: Math.max(...results.map((r) => r.p50)), p99: Math.max(...results.map((r) => r.p99)),
@@ -343,12 +344,13 @@ async function engines(): Promise<void> {
       pg: await allocateMany(pgInstances[0]?.base ?? '', 'live-', LIVE_CLIENTS),
     };
     const leasesOf = (key: string): Lease[] => leases[key === 'sqlite' ? 'sqlite' : 'pg'] ?? [];
-    for (const s of setups) await loadAll(s.bases, 1, () => livenessRequests(leasesOf(s.key))); // warm-up
+    const liveness = (key: string) => (k: number, of: number): Request[] => livenessRequests(leasesOf(key), Math.floor((k * leasesOf(key).length) / of));
+    for (const s of setups) await loadAll(s.bases, 1, liveness(s.key)); // warm-up
     const series: Record<string, number[]> = {};
     const push = (k: string, v: number): void => { (series[k] ??= []).push(v); };
     for (let r = 0; r < CFG.rounds; r++) {
       console.log(`  round ${r + 1}/${CFG.rounds}`);
-      for (const s of setups) push(`liveness_${s.key}`, check(await loadAll(s.bases, CFG.seconds, () => livenessRequests(leasesOf(s.key))), `liveness ${s.key}`).rps);
+      for (const s of setups) push(`liveness_${s.key}`, check(await loadAll(s.bases, CFG.seconds, liveness(s.key)), `liveness ${s.key}`).rps);
       for (const s of setups) push(`alloc_${s.key}`, check(await loadAll(s.bases, CFG.seconds, allocateReleaseRequests), `allocate+release ${s.key}`).rps);
     }
     raw['engines'] = series;
