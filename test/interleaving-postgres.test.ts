@@ -195,8 +195,8 @@ async function runRace(s: fc.Scheduler, ops: readonly Op[]): Promise<void> {
     }
   } finally {
     for (const st of stores) {
-      batching.statements += st.renewalStats.statements;
-      batching.renewals += st.renewalStats.renewals;
+      batching.statements += st.heldStats.renew.statements;
+      batching.renewals += st.heldStats.renew.asks;
     }
     await Promise.all(stores.map((st) => st.close()));
   }

@@ -59,6 +59,7 @@ function answerRenewalsBeforeCommit(inner: Store, s: fc.Scheduler): Store {
     clock: inner.clock,
     read: (fn) => inner.read(fn),
     write: (fn, opts) => inner.write(fn, opts),
+    releaseHeld: (name, clientId, epoch) => inner.releaseHeld(name, clientId, epoch),
     healthProblem: () => inner.healthProblem(),
     close: () => inner.close(),
     renewHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null> {

@@ -95,7 +95,14 @@ export interface Tx extends Reader {
    * the client does not hold it (then nothing changed).
    */
   renewHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null>;
-  /** Frees the row (allocatable from `availableAt`) and appends the history entry that says why: an ownership change never goes unrecorded. */
+  /**
+   * The release rule, the one place each engine writes it: if `clientId` holds `name` (under
+   * `epoch`, when given), it is freed, allocatable at once (available_at = now), with its
+   * `released` history entry. The record as freed, or null when the client does not hold it
+   * (then nothing changed).
+   */
+  releaseHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null>;
+  /** Frees the row whoever holds it (allocatable from `availableAt`) and appends the history entry that says why: an ownership change never goes unrecorded. */
   free(rowId: number, availableAt: number, entry: FreeEntry): Promise<void>;
   appendHistory(rowId: number, at: number, event: HistoryEvent, clientId: string | null, epoch: number): Promise<void>;
 
@@ -155,6 +162,12 @@ export interface Store {
    * nothing changed. Engines may commit several renewals in one statement.
    */
   renewHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null>;
+  /**
+   * A release by its holder as one write: Tx.releaseHeld at the store's time, on disk before it
+   * resolves; null when the client does not hold `name` (under `epoch`) and nothing changed.
+   * Engines may commit several releases in one statement.
+   */
+  releaseHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null>;
   /** Runs `fn` with read access; never waits for another process's write lock. */
   read<T>(fn: (r: Reader) => Promise<T>): Promise<T>;
   /** Why the store cannot serve, or null; never throws. */

@@ -20,8 +20,8 @@ import { dumpFrom, loadInto } from './dump.js';
 import { isConnectionLoss, isRetryable, toRegistryError, unavailableReason } from './errors.js';
 import { migrate } from './migrate.js';
 import { asRow, int, parseBigint } from './rows.js';
-import { PgReader, PgTx, SERVER_MS, renewHeldAlone } from './tx.js';
-import type { RenewalAsk } from './tx.js';
+import { PgReader, PgTx, SERVER_MS, heldAlone } from './tx.js';
+import type { HeldAsk, HeldKind } from './tx.js';
 
 export interface PostgresStoreOptions {
   /** postgres://user:password@host:port/database?… (libpq-style parameters as node-postgres reads them). */
@@ -56,18 +56,19 @@ const MAX_ATTEMPTS = 6;
  * the rows it locks are not held long (no savepoints, so no subtransactions either).
  */
 const MAX_BATCH = 32;
-/** Renewals one statement takes at most: each is a row lock held only for that statement. */
-const MAX_RENEWALS = 128;
+/** Renewals (or releases) one statement takes at most: each is a row lock held only for that statement. */
+const MAX_HELD_BATCH = 128;
 /**
- * Lanes a renewal statement may take at once. One: the renewals that arrive while it runs all
- * go out in the next statement, so under load each statement carries many (measured: a third
- * of PostgreSQL's CPU per renewal, against one lane per renewal), while the other lanes stay
- * free for allocations and releases.
+ * Lanes the statements of each kind (renewals, releases) may take at once. One: the asks that
+ * arrive while it runs all go out in the next statement, so under load each statement carries
+ * many (measured: a third of PostgreSQL's CPU per renewal, against one lane per renewal), while
+ * the other lanes stay free for allocations and the rest.
  */
-const MAX_RENEWAL_LANES = 1;
+const MAX_HELD_LANES = 1;
+const HELD_KINDS: readonly HeldKind[] = ['renew', 'release'];
 
 interface QueuedWrite {
-  /** Arrival order across writes and renewals: a free lane takes whichever waited longest. */
+  /** Arrival order across writes, renewals and releases: a free lane takes whichever waited longest. */
   readonly seq: number;
   readonly fn: (tx: Tx) => Promise<unknown>;
   readonly durable: boolean;
@@ -75,9 +76,9 @@ interface QueuedWrite {
   readonly reject: (e: unknown) => void;
 }
 
-interface QueuedRenewal {
+interface QueuedAsk {
   readonly seq: number;
-  readonly ask: RenewalAsk;
+  readonly ask: HeldAsk;
   readonly resolve: (v: IdentifierRecord | null) => void;
   readonly reject: (e: unknown) => void;
 }
@@ -145,13 +146,16 @@ export class PostgresStore implements Store {
   private ended = false;
   private drained: (() => void) | null = null;
   private queue: QueuedWrite[] = [];
-  private renewals: QueuedRenewal[] = [];
+  private held: Record<HeldKind, QueuedAsk[]> = { renew: [], release: [] };
   private seq = 0;
   private lanes = 0;
-  /** Renewal statements sent, and the renewals they carried (tests check that batches form). */
-  readonly renewalStats = { statements: 0, renewals: 0 };
-  /** Lanes running a renewal statement. */
-  private renewing = 0;
+  /** Statements sent of each kind, and the asks they carried (tests check that batches form). */
+  readonly heldStats: Record<HeldKind, { statements: number; asks: number }> = {
+    renew: { statements: 0, asks: 0 },
+    release: { statements: 0, asks: 0 },
+  };
+  /** Lanes running a statement of each kind. */
+  private heldLanes: Record<HeldKind, number> = { renew: 0, release: 0 };
   private pumpScheduled = false;
   private readonly maxLanes: number;
   private readonly defer: ((run: () => void) => void) | null;
@@ -230,15 +234,28 @@ export class PostgresStore implements Store {
 
   /**
    * A renewal starts at once on a free lane, as one statement in a transaction of its own; the
-   * renewals that queue while every lane is busy go out together, up to MAX_RENEWALS in one
-   * statement: one round trip for the lot instead of four for each.
+   * renewals that queue while it runs go out together, up to MAX_HELD_BATCH in one statement:
+   * one round trip for the lot instead of four for each.
    */
   renewHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null> {
+    return this.ask('renew', { name, clientId, epoch });
+  }
+
+  /** A release by its holder, batched as renewals are (committed with `synchronous_commit` on). */
+  releaseHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null> {
+    return this.ask('release', { name, clientId, epoch });
+  }
+
+  private ask(kind: HeldKind, ask: HeldAsk): Promise<IdentifierRecord | null> {
     return new Promise((resolve, reject) => {
       if (this.closed) return reject(new RegistryError('unavailable', 'the store is closed'));
-      this.renewals.push({ seq: this.seq++, ask: { name, clientId, epoch }, resolve, reject });
+      this.held[kind].push({ seq: this.seq++, ask, resolve, reject });
       this.pump();
     });
+  }
+
+  private idle(): boolean {
+    return this.lanes === 0 && this.queue.length === 0 && this.held.renew.length === 0 && this.held.release.length === 0;
   }
 
   private pump(): void {
@@ -251,7 +268,7 @@ export class PostgresStore implements Store {
     });
   }
 
-  /** Free lanes take the work that waited longest: a batch of writes, or of renewals. */
+  /** Free lanes take the work that waited longest: a batch of writes, of renewals or of releases. */
   private startWork(): void {
     while (this.lanes < this.maxLanes) {
       const work = this.nextWork();
@@ -260,36 +277,37 @@ export class PostgresStore implements Store {
       void work().finally(() => {
         this.lanes--;
         this.pump();
-        if (this.lanes === 0 && this.queue.length === 0 && this.renewals.length === 0) this.drained?.();
+        if (this.idle()) this.drained?.();
       });
     }
   }
 
   private nextWork(): (() => Promise<void>) | null {
+    let oldest: { seq: number; take: () => () => Promise<void> } | null = null;
     const write = this.queue[0];
-    const renewal = this.renewing < MAX_RENEWAL_LANES ? this.renewals[0] : undefined;
-    if (renewal && (!write || renewal.seq < write.seq)) {
-      const batch = this.renewals.splice(0, MAX_RENEWALS);
-      return () => this.runRenewals(batch);
-    }
     if (write) {
-      const batch = this.queue.splice(0, MAX_BATCH);
-      return () => this.runBatch(batch);
+      oldest = { seq: write.seq, take: () => { const batch = this.queue.splice(0, MAX_BATCH); return () => this.runBatch(batch); } };
     }
-    return null;
+    for (const kind of HELD_KINDS) {
+      const head = this.heldLanes[kind] < MAX_HELD_LANES ? this.held[kind][0] : undefined;
+      if (head && (!oldest || head.seq < oldest.seq)) {
+        oldest = { seq: head.seq, take: () => { const batch = this.held[kind].splice(0, MAX_HELD_BATCH); return () => this.runHeld(kind, batch); } };
+      }
+    }
+    return oldest ? oldest.take() : null;
   }
 
-  /** One statement renews the batch (see tx.ts); a lost race runs it again, anything else answers each renewal. */
-  private async runRenewals(batch: readonly QueuedRenewal[]): Promise<void> {
-    this.renewing++;
+  /** One statement renews (or releases) the batch (see tx.ts); a lost race runs it again, anything else answers each ask. */
+  private async runHeld(kind: HeldKind, batch: readonly QueuedAsk[]): Promise<void> {
+    this.heldLanes[kind]++;
     try {
-      await this.renewTogether(batch);
+      await this.heldTogether(kind, batch);
     } finally {
-      this.renewing--;
+      this.heldLanes[kind]--;
     }
   }
 
-  private async renewTogether(batch: readonly QueuedRenewal[]): Promise<void> {
+  private async heldTogether(kind: HeldKind, batch: readonly QueuedAsk[]): Promise<void> {
     // Every batch locks its rows in name order, so two batches never deadlock over them.
     const sorted = [...batch].sort((a, b) => (a.ask.name < b.ask.name ? -1 : a.ask.name > b.ask.name ? 1 : 0));
     for (let attempt = 1; ; attempt++) {
@@ -304,11 +322,11 @@ export class PostgresStore implements Store {
       let retry = false;
       try {
         const sentAt = this.monotonic();
-        this.renewalStats.statements++;
-        this.renewalStats.renewals += sorted.length;
-        const renewed = await renewHeldAlone(client, sorted.map((r) => r.ask), this.injectedClock?.now() ?? null, this.lastTxNow);
+        this.heldStats[kind].statements++;
+        this.heldStats[kind].asks += sorted.length;
+        const done = await heldAlone(client, kind, sorted.map((r) => r.ask), this.injectedClock?.now() ?? null, this.lastTxNow);
         const answers: Array<IdentifierRecord | null> = sorted.map(() => null);
-        for (const r of renewed) {
+        for (const r of done) {
           answers[r.index] = r.rec;
           if (this.serverClock) {
             this.serverClock.anchor(r.now, sentAt);
@@ -482,7 +500,7 @@ export class PostgresStore implements Store {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.lanes > 0 || this.queue.length > 0 || this.renewals.length > 0) await new Promise<void>((resolve) => { this.drained = resolve; });
+    if (!this.idle()) await new Promise<void>((resolve) => { this.drained = resolve; });
     this.ended = true;
     await Promise.all([this.pool.end(), this.healthPool.end()]);
   }

@@ -36,67 +36,103 @@ export const SERVER_MS = 'floor(extract(epoch FROM clock_timestamp()) * 1000)::b
 const RECORD_COLUMNS_OF_I = RECORD_COLUMNS.split(', ').map((c) => `i.${c}`).join(', ');
 
 /**
- * The renewal rule on PostgreSQL, written once: last_seen = max(last_seen, now) where the
- * client still holds the identifier, under the epoch it sent when it sent one. The WHERE is
- * re-checked on the newest version of a row another transaction changed meanwhile (READ
- * COMMITTED), so a lease reclaimed, released or granted again since is never extended. Over a
- * list of renewals, so one statement serves a whole batch: `idx` (from 1) says which renewal a
- * row answers; a renewal without a row changed nothing.
+ * What only the holder may do, over a list of asks so one statement serves a whole batch: the
+ * rows `name` where `client_id` still holds it, under the epoch it sent when it sent one. The
+ * WHERE is re-checked on the newest version of a row another transaction changed meanwhile (READ
+ * COMMITTED), so a lease reclaimed, released or granted again since is never touched. `idx`
+ * (from 1) says which ask a row answers; an ask without a row changed nothing.
  */
-function renewHeldSql(clock: { readonly with: string; readonly now: string; readonly from: string }): string {
-  return `${clock.with}UPDATE identifiers i SET last_seen = greatest(i.last_seen, ${clock.now})
-    FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS r(name, client_id, epoch, idx)${clock.from}
-    WHERE i.name = r.name AND i.client_id = r.client_id AND (r.epoch IS NULL OR i.epoch = r.epoch)
-    RETURNING ${RECORD_COLUMNS_OF_I}, r.idx, ${clock.now} AS now`;
-}
+const HELD_ASKS = 'unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS r(name, client_id, epoch, idx)';
+const HELD_WHERE = 'i.name = r.name AND i.client_id = r.client_id AND (r.epoch IS NULL OR i.epoch = r.epoch)';
 
-/** Inside a use case's transaction, at its time ($4). */
-const RENEW_HELD_IN_TX = renewHeldSql({ with: '', now: '$4::bigint', from: '' });
+/** A statement's time: $4 inside a use case's transaction; alone, see `alone`. */
+interface StatementClock { readonly with: string; readonly now: string; readonly from: string }
+const IN_TX: StatementClock = { with: 'WITH ', now: '$4::bigint', from: '' };
 
 /**
- * A statement of its own, so its own transaction: one round trip. Its time is the server's
- * clock, never below this instance's latest ($5), or $4 when the registry's time is injected
- * (tests). It commits without waiting for the disk (SET LOCAL for this statement's transaction
- * only): a liveness must be visible to every instance before its answer, not fsynced (SPEC.md).
+ * A statement of its own, so its own transaction: one round trip. Its time is the server's clock,
+ * never below this instance's latest ($5), or $4 when the registry's time is injected (tests).
+ * `synchronous_commit` is set for this statement's transaction only: on for an ownership change,
+ * off for a liveness, which must be visible to every instance before its answer, not fsynced (SPEC.md).
  */
-const RENEW_HELD_ALONE = renewHeldSql({
-  with: `WITH t AS MATERIALIZED (
-    SELECT coalesce($4::bigint, greatest($5::bigint, ${SERVER_MS})) AS now, set_config('synchronous_commit', 'off', true) AS async
-  ) `,
-  now: 't.now',
-  from: ', t',
-});
+function alone(durable: boolean): StatementClock {
+  return {
+    with: `WITH t AS MATERIALIZED (
+      SELECT coalesce($4::bigint, greatest($5::bigint, ${SERVER_MS})) AS now,
+             set_config('synchronous_commit', '${durable ? 'on' : 'off'}', true) AS commit_mode
+    ), `,
+    now: 't.now',
+    from: ', t',
+  };
+}
 
-/** One liveness to commit: see Tx.renewHeld. */
-export interface RenewalAsk {
+/** The renewal rule on PostgreSQL, written once: last_seen = max(last_seen, now) where the client holds the lease. */
+function renewHeldSql(clock: StatementClock): string {
+  return `${clock.with}renewed AS (
+      UPDATE identifiers i SET last_seen = greatest(i.last_seen, ${clock.now})
+      FROM ${HELD_ASKS}${clock.from}
+      WHERE ${HELD_WHERE}
+      RETURNING ${RECORD_COLUMNS_OF_I}, r.idx, ${clock.now} AS now
+    )
+    SELECT * FROM renewed`;
+}
+
+/** The release rule on PostgreSQL, written once: the holder frees it, allocatable at once, with its history entry. */
+function releaseHeldSql(clock: StatementClock): string {
+  return `${clock.with}released AS (
+      UPDATE identifiers i SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = ${clock.now}
+      FROM ${HELD_ASKS}${clock.from}
+      WHERE ${HELD_WHERE}
+      RETURNING ${RECORD_COLUMNS_OF_I}, r.idx, r.client_id AS released_by, ${clock.now} AS now
+    ), logged AS (
+      INSERT INTO history (identifier_id, at, event, client_id, epoch)
+      SELECT id, now, 'released', released_by, epoch FROM released ORDER BY idx
+    )
+    SELECT * FROM released`;
+}
+
+export type HeldKind = 'renew' | 'release';
+const HELD_SQL: Readonly<Record<HeldKind, { readonly inTx: string; readonly alone: string }>> = {
+  renew: { inTx: renewHeldSql(IN_TX), alone: renewHeldSql(alone(false)) },
+  release: { inTx: releaseHeldSql(IN_TX), alone: releaseHeldSql(alone(true)) },
+};
+
+/** One liveness or release by the holder: see Tx.renewHeld and Tx.releaseHeld. */
+export interface HeldAsk {
   readonly name: string;
   readonly clientId: string;
   readonly epoch: number | null;
 }
 
-export interface Renewed {
-  /** The index in the list asked of the renewal this row answers. */
+export interface HeldRow {
+  /** The index in the list asked of the ask this row answers. */
   readonly index: number;
+  /** The record as the statement left it. */
   readonly rec: IdentifierRecord;
-  /** The time the statement renewed at. */
+  /** The time the statement ran at. */
   readonly now: number;
 }
 
-function renewedOf(raw: unknown): Renewed {
+function heldRowOf(raw: unknown): HeldRow {
   const r = asRow(raw);
   return { index: int(r, 'idx') - 1, rec: toRecord(raw), now: int(r, 'now') };
 }
 
-function renewalArrays(asks: readonly RenewalAsk[]): unknown[] {
+function askArrays(asks: readonly HeldAsk[]): unknown[] {
   return [asks.map((a) => a.name), asks.map((a) => a.clientId), asks.map((a) => a.epoch)];
 }
 
 /**
- * Renews a batch of leases in one statement outside any transaction; `now` is the injected
- * registry time, or null for the server's clock not below `floor`.
+ * Renews or releases a batch of leases in one statement outside any transaction; `now` is the
+ * injected registry time, or null for the server's clock not below `floor`.
  */
-export async function renewHeldAlone(client: PoolClient, asks: readonly RenewalAsk[], now: number | null, floor: number): Promise<Renewed[]> {
-  return (await rows(client, 'renew_held_alone', RENEW_HELD_ALONE, [...renewalArrays(asks), now, floor])).map(renewedOf);
+export async function heldAlone(client: PoolClient, kind: HeldKind, asks: readonly HeldAsk[], now: number | null, floor: number): Promise<HeldRow[]> {
+  return (await rows(client, `${kind}_held_alone`, HELD_SQL[kind].alone, [...askArrays(asks), now, floor])).map(heldRowOf);
+}
+
+async function heldInTx(client: PoolClient, kind: HeldKind, ask: HeldAsk, now: number): Promise<IdentifierRecord | null> {
+  const r = await first(client, `${kind}_held`, HELD_SQL[kind].inTx, [...askArrays([ask]), now]);
+  return r === undefined ? null : toRecord(r);
 }
 
 async function rows(client: PoolClient, name: string, text: string, values: unknown[] = []): Promise<unknown[]> {
@@ -230,8 +266,12 @@ export class PgTx extends PgReader implements Tx {
 
   async renewHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null> {
     this.wrote = true;
-    const r = await first(this.client, 'renew_held', RENEW_HELD_IN_TX, [...renewalArrays([{ name, clientId, epoch }]), now]);
-    return r === undefined ? null : toRecord(r);
+    return heldInTx(this.client, 'renew', { name, clientId, epoch }, now);
+  }
+
+  async releaseHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null> {
+    this.wrote = true;
+    return heldInTx(this.client, 'release', { name, clientId, epoch }, now);
   }
 
   async free(rowId: number, availableAt: number, entry: FreeEntry): Promise<void> {

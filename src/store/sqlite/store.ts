@@ -122,6 +122,7 @@ class Statements {
   readonly nextAllocatable: Statement;
   readonly grant: Statement;
   readonly renewHeld: Statement;
+  readonly releaseHeld: Statement;
   readonly free: Statement;
   readonly historyInsert: Statement;
   readonly history: Statement;
@@ -171,6 +172,11 @@ class Statements {
     );
     this.renewHeld = p(
       `UPDATE identifiers SET last_seen = max(last_seen, @now)
+       WHERE name = @name AND client_id = @clientId AND (@epoch IS NULL OR epoch = @epoch)
+       RETURNING ${RECORD_COLUMNS}`,
+    );
+    this.releaseHeld = p(
+      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = @now
        WHERE name = @name AND client_id = @clientId AND (@epoch IS NULL OR epoch = @epoch)
        RETURNING ${RECORD_COLUMNS}`,
     );
@@ -332,6 +338,14 @@ class SqliteTx extends SqliteReader implements Tx {
   async renewHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null> {
     const r: unknown = this.s.renewHeld.get({ name, clientId, epoch, now });
     return r === undefined ? null : toRecord(r);
+  }
+
+  async releaseHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null> {
+    const r: unknown = this.s.releaseHeld.get({ name, clientId, epoch, now });
+    if (r === undefined) return null;
+    const rec = toRecord(r);
+    this.s.historyInsert.run({ rowId: rec.rowId, at: now, event: 'released', clientId, epoch: rec.epoch });
+    return rec;
   }
 
   async free(rowId: number, availableAt: number, entry: FreeEntry): Promise<void> {
@@ -517,6 +531,10 @@ export class SqliteStore implements Store {
   /** A write like the others: SQLite commits the writes of a tick together anyway. */
   renewHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null> {
     return this.write((tx) => tx.renewHeld(name, clientId, epoch, tx.now), { durable: false });
+  }
+
+  releaseHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null> {
+    return this.write((tx) => tx.releaseHeld(name, clientId, epoch, tx.now), { durable: true });
   }
 
   read<T>(fn: (r: Reader) => Promise<T>): Promise<T> {
