@@ -5,7 +5,8 @@
  *  - sqlite/: one connection, the writes of one tick in one BEGIN IMMEDIATE (group commit),
  *    a savepoint per use case, time from the host's clock anchored once per boot in the file;
  *  - postgres/: a pool, one transaction per use case, row locks (FOR UPDATE / SKIP LOCKED),
- *    retried on serialization failures and unique violations, time from the server's clock.
+ *    retried on serialization failures and unique violations, time from the server's clock;
+ *    a renewal or a release by its holder is one statement, shared by those queued meanwhile.
  *
  * Every method of `Tx` and `Reader` is async so both engines fit; SQLite's resolve at once.
  * A use case given to `write` may run more than once (a retried PostgreSQL transaction), so it
