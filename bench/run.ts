@@ -12,7 +12,7 @@
  * build (a checkout of an older commit with dist/ built), alternating, N times: before/after
  * figures from the same run on this shared machine.
  *
- * npm run bench -- --engine postgres [--quick]
+ * npm run bench -- --engine postgres [--quick] [--rounds N] [--seconds N]
  *
  * The engines compared instead: liveness and durable allocate+release on PostgreSQL (one
  * instance, and three sharing the database) as ratios to SQLite measured in the same run.
@@ -32,9 +32,18 @@ const ONLY = process.argv.includes('--only') ? process.argv[process.argv.indexOf
 if (ONLY !== undefined && !['throughput', 'scaling', 'reaper'].includes(ONLY)) throw new Error(`--only: expected throughput, scaling or reaper, got ${String(ONLY)}`);
 const ENGINE = process.argv.includes('--engine') ? process.argv[process.argv.indexOf('--engine') + 1] : undefined;
 if (ENGINE !== undefined && ENGINE !== 'postgres') throw new Error(`--engine: expected postgres, got ${String(ENGINE)}`);
-const CFG = QUICK
+/** `--rounds N` / `--seconds N` override the mode's (e.g. `--quick --rounds 3` for a median of a quick run). */
+function numberArg(name: string): number | undefined {
+  const i = process.argv.indexOf(name);
+  if (i < 0) return undefined;
+  const n = Number(process.argv[i + 1]);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`${name}: expected a positive integer, got ${String(process.argv[i + 1])}`);
+  return n;
+}
+const MODE = QUICK
   ? { rounds: 1, seconds: 2, latencySeconds: 3, bigPool: 100_000, reclaims: 10_000, allocSamples: 300 }
   : { rounds: 5, seconds: 5, latencySeconds: 10, bigPool: 1_000_000, reclaims: 100_000, allocSamples: 2_000 };
+const CFG = { ...MODE, rounds: numberArg('--rounds') ?? MODE.rounds, seconds: numberArg('--seconds') ?? MODE.seconds };
 const LIVE_CLIENTS = QUICK ? 2_000 : 10_000;
 const JSON_HEADERS = { 'content-type': 'application/json' };
 let MAIN = join(ROOT, 'dist/main.js');
@@ -61,8 +70,9 @@ function registry(d: string, pool: string, env: Record<string, string> = {}): Pr
 
 interface Lease { client_id: string; identifier: string; epoch: number }
 
-function livenessRequests(leases: readonly Lease[]): Request[] {
-  let i = 0;
+/** From `offset` on: each instance of a several-instance run renews its own part of the fleet, as VMs spread over a load balancer do. */
+function livenessRequests(leases: readonly Lease[], offset = 0): Request[] {
+  let i = offset;
   return [{
     method: 'POST', path: '/liveness', headers: JSON_HEADERS,
     setupRequest(req) {
@@ -311,9 +321,9 @@ function print(): string {
 }
 
 /** Load on several instances at once, `connections` spread over them; the summed throughput. */
-async function loadAll(bases: readonly string[], seconds: number, requests: () => Request[]): Promise<LoadResult> {
+async function loadAll(bases: readonly string[], seconds: number, requests: (instance: number, of: number) => Request[]): Promise<LoadResult> {
   const per = Math.max(4, Math.floor(32 / bases.length));
-  const results = await Promise.all(bases.map((url) => load({ url, seconds, connections: per, requests: requests() })));
+  const results = await Promise.all(bases.map((url, k) => load({ url, seconds, connections: per, requests: requests(k, bases.length) })));
   const sum = (f: (r: LoadResult) => number): number => results.reduce((a, r) => a + f(r), 0);
   return {
     rps: sum((r) => r.rps), p50: Math.max(...results.map((r) => r.p50)), p99: Math.max(...results.map((r) => r.p99)),
@@ -345,12 +355,13 @@ async function engines(): Promise<void> {
       pg: await allocateMany(pgInstances[0]?.base ?? '', 'live-', LIVE_CLIENTS),
     };
     const leasesOf = (key: string): Lease[] => leases[key === 'sqlite' ? 'sqlite' : 'pg'] ?? [];
-    for (const s of setups) await loadAll(s.bases, 1, () => livenessRequests(leasesOf(s.key))); // warm-up
+    const liveness = (key: string) => (k: number, of: number): Request[] => livenessRequests(leasesOf(key), Math.floor((k * leasesOf(key).length) / of));
+    for (const s of setups) await loadAll(s.bases, 1, liveness(s.key)); // warm-up
     const series: Record<string, number[]> = {};
     const push = (k: string, v: number): void => { (series[k] ??= []).push(v); };
     for (let r = 0; r < CFG.rounds; r++) {
       console.log(`  round ${r + 1}/${CFG.rounds}`);
-      for (const s of setups) push(`liveness_${s.key}`, check(await loadAll(s.bases, CFG.seconds, () => livenessRequests(leasesOf(s.key))), `liveness ${s.key}`).rps);
+      for (const s of setups) push(`liveness_${s.key}`, check(await loadAll(s.bases, CFG.seconds, liveness(s.key)), `liveness ${s.key}`).rps);
       for (const s of setups) push(`alloc_${s.key}`, check(await loadAll(s.bases, CFG.seconds, allocateReleaseRequests), `allocate+release ${s.key}`).rps);
     }
     raw['engines'] = series;

@@ -15,7 +15,7 @@ import { retirePlan, retireRefusal } from './domain/pool-sync.js';
 import type {
   HistoryEntry, HistoryEvent, IdentifierInfo, IdentifierRecord, Lease, PoolCounts, ReaperState, RecordTuple, Status, SyncResult,
 } from './domain/types.js';
-import type { Reader, Store, Tx } from './store/types.js';
+import type { FreeEntry, Reader, Store, Tx } from './store/types.js';
 
 export interface RegistryRules extends LeaseRules, GuardRules {
   /** No reclaim before the service has been up this long. */
@@ -208,12 +208,9 @@ export class Registry {
     this.noteFleetRequest();
     const out = await this.store.write(async (tx): Promise<{ lease: Lease; granted: boolean } | null> => {
       const now = tx.now;
-      const held = await tx.byClient(clientId);
-      if (held) {
-        await tx.renew(held.rowId, clientId, now);
-        return { lease: this.leaseAfterRenew(held, now), granted: false };
-      }
-      const next = await tx.nextAllocatable(now);
+      const claim = await tx.claimFor(clientId, now);
+      if (claim?.held) return { lease: this.leaseOfRenewed(await tx.renewHeld(claim.rec.name, clientId, claim.rec.epoch, now)), granted: false };
+      const next = claim?.rec;
       if (!next) {
         // Demand the guarded reaper must meet (a churning fleet never stalls the pool).
         await tx.recordRefusal(clientId, now);
@@ -221,7 +218,6 @@ export class Registry {
       }
       const epoch = next.epoch + 1;
       await tx.grant(next.rowId, clientId, epoch, now);
-      await tx.appendHistory(next.rowId, now, 'allocated', clientId, epoch);
       const lease: Lease = {
         identifier: next.name, clientId, epoch, allocatedAt: now, lastSeen: now, expiresAt: now + this.rules.ttlMs,
         fenceAfterMs: fenceAfterMs(this.rules),
@@ -241,14 +237,16 @@ export class Registry {
    */
   async renew(clientId: string, identifier: string, epoch?: number): Promise<Lease> {
     this.noteFleetRequest();
-    const lease = await this.store.write(async (tx) => {
+    // The common case in one store call (one statement on PostgreSQL, shared with the renewals
+    // queued beside it); when it changed nothing, the full use case says why, or renews a lease
+    // granted to this client in between.
+    const renewed = await this.store.renewHeld(identifier, clientId, epoch ?? null) ?? await this.store.write(async (tx) => {
       const rec = await this.mustFind(tx, identifier);
       assertOwner(rec, clientId, epoch);
-      await tx.renew(rec.rowId, clientId, tx.now);
-      return this.leaseAfterRenew(rec, tx.now);
+      return tx.renewHeld(identifier, clientId, epoch ?? null, tx.now);
     }, { durable: false });
     this.observe({ type: 'renewed', identifier, clientId });
-    return lease;
+    return this.leaseOfRenewed(renewed);
   }
 
   /**
@@ -258,13 +256,15 @@ export class Registry {
    */
   async release(clientId: string, identifier: string, epoch?: number): Promise<IdentifierInfo> {
     this.noteFleetRequest();
-    const info = await this.store.write(async (tx) => {
+    // As renew: the common case in one store call, the full use case when it changed nothing.
+    const freed = await this.store.releaseHeld(identifier, clientId, epoch ?? null) ?? await this.store.write(async (tx) => {
       const rec = await this.mustFind(tx, identifier);
       assertOwner(rec, clientId, epoch);
-      return this.freeRecord(tx, rec, tx.now, 'released');
+      return tx.releaseHeld(identifier, clientId, epoch ?? null, tx.now);
     }, { durable: true });
-    this.emitOwnership('released', identifier, clientId, info.epoch);
-    return info;
+    if (!freed) throw new Error('released a lease its owner does not hold');
+    this.emitOwnership('released', identifier, clientId, freed.epoch);
+    return infoOf(freed, freed.availableAt, this.rules); // freed now: available from now
   }
 
   /**
@@ -575,19 +575,15 @@ export class Registry {
     return rec;
   }
 
-  private leaseAfterRenew(rec: IdentifierRecord, now: number): Lease {
-    const h = rec.holder;
-    if (!h) throw new Error('renewed a record without holder');
-    const lastSeen = Math.max(h.lastSeen, now);
-    return {
-      identifier: rec.name, clientId: h.clientId, epoch: rec.epoch,
-      allocatedAt: h.allocatedAt, lastSeen, expiresAt: lastSeen + this.rules.ttlMs, fenceAfterMs: fenceAfterMs(this.rules),
-    };
+  /** The lease as a renewal left it; a row locked and checked before (allocate, the full liveness) cannot have slipped away. */
+  private leaseOfRenewed(rec: IdentifierRecord | null): Lease {
+    const lease = rec ? leaseOf(rec, this.rules) : null;
+    if (!lease) throw new Error('renewed a lease its owner does not hold');
+    return lease;
   }
 
-  private async freeRecord(tx: Tx, rec: IdentifierRecord, availableAt: number, event: HistoryEvent): Promise<IdentifierInfo> {
-    await tx.free(rec.rowId, availableAt);
-    await tx.appendHistory(rec.rowId, tx.now, event, rec.holder?.clientId ?? null, rec.epoch);
+  private async freeRecord(tx: Tx, rec: IdentifierRecord, availableAt: number, event: FreeEntry['event']): Promise<IdentifierInfo> {
+    await tx.free(rec.rowId, availableAt, { at: tx.now, event, clientId: rec.holder?.clientId ?? null, epoch: rec.epoch });
     return infoOf({ ...rec, holder: null, availableAt }, tx.now, this.rules);
   }
 

@@ -20,7 +20,8 @@ import { fenceAfterMs } from '../src/domain/lease.js';
 import { Registry } from '../src/registry.js';
 import type { RegistryRules } from '../src/registry.js';
 import { SqliteStore } from '../src/store/sqlite/store.js';
-import type { Store, Tx, WriteOptions } from '../src/store/types.js';
+import type { IdentifierRecord } from '../src/domain/types.js';
+import type { Store } from '../src/store/types.js';
 import { DEFAULT_RULES } from './helpers.js';
 
 const SEC = 1000;
@@ -57,25 +58,18 @@ function answerRenewalsBeforeCommit(inner: Store, s: fc.Scheduler): Store {
     engine: inner.engine,
     clock: inner.clock,
     read: (fn) => inner.read(fn),
+    write: (fn, opts) => inner.write(fn, opts),
+    releaseHeld: (name, clientId, epoch) => inner.releaseHeld(name, clientId, epoch),
     healthProblem: () => inner.healthProblem(),
     close: () => inner.close(),
-    write<T>(fn: (tx: Tx) => Promise<T>, opts: WriteOptions): Promise<T> {
-      // Every use case runs as it does, except that a renewal is only noted and written later.
-      const pending: Array<[number, string, number]> = [];
-      return inner.write((real: Tx) => {
-        const tx = new Proxy(real, {
-          get(target, prop, receiver) {
-            if (prop === 'renew') return async (rowId: number, clientId: string, now: number) => { pending.push([rowId, clientId, now]); };
-            return Reflect.get(target, prop, receiver);
-          },
-        });
-        return fn(tx);
-      }, opts).then((value) => {
-        if (pending.length === 0) return value;
-        void s.schedule(Promise.resolve(), 'late renewal flush').then(() => inner.write(async (tx) => {
-          for (const [rowId, clientId, now] of pending) await tx.renew(rowId, clientId, now);
-        }, { durable: false }));
-        return value;
+    renewHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null> {
+      return inner.read(async (r) => {
+        const rec = await r.byName(name);
+        if (!rec?.holder || rec.holder.clientId !== clientId || (epoch !== null && rec.epoch !== epoch)) return null;
+        return { ...rec, holder: { ...rec.holder, lastSeen: Math.max(rec.holder.lastSeen, r.now) } };
+      }).then((answered) => {
+        if (answered) void s.schedule(Promise.resolve(), 'late renewal flush').then(() => inner.renewHeld(name, clientId, epoch));
+        return answered;
       });
     },
   };

@@ -5,7 +5,8 @@
  *  - sqlite/: one connection, the writes of one tick in one BEGIN IMMEDIATE (group commit),
  *    a savepoint per use case, time from the host's clock anchored once per boot in the file;
  *  - postgres/: a pool, one transaction per use case, row locks (FOR UPDATE / SKIP LOCKED),
- *    retried on serialization failures and unique violations, time from the server's clock.
+ *    retried on serialization failures and unique violations, time from the server's clock;
+ *    a renewal or a release by its holder is one statement, shared by those queued meanwhile.
  *
  * Every method of `Tx` and `Reader` is async so both engines fit; SQLite's resolve at once.
  * A use case given to `write` may run more than once (a retried PostgreSQL transaction), so it
@@ -54,6 +55,14 @@ export interface RawCounts {
   readonly retired: number;
 }
 
+/** The history entry of a row being freed by a release or a force release (the reaper frees its own, see reclaimExpired). */
+export interface FreeEntry {
+  readonly at: number;
+  readonly event: 'released' | 'force_released';
+  readonly clientId: string | null;
+  readonly epoch: number;
+}
+
 /** One registry process, as the others see it through the store. */
 export interface InstanceBeat {
   readonly id: string;
@@ -96,13 +105,29 @@ export interface Reader {
  * transaction (PostgreSQL: FOR UPDATE; SQLite: the whole database is locked already).
  */
 export interface Tx extends Reader {
-  /** The allocatable identifier free the longest (never-used first, in pool order), locked; skips rows locked by others. */
-  nextAllocatable(now: number): Promise<IdentifierRecord | null>;
-  /** Refuses (throws) unless the row is free. */
+  /**
+   * The identifier `clientId` holds, else the allocatable one free the longest (never-used
+   * first, in pool order), locked; skips rows locked by others. Null when it holds none and
+   * none is allocatable.
+   */
+  claimFor(clientId: string, now: number): Promise<{ readonly rec: IdentifierRecord; readonly held: boolean } | null>;
+  /** Grants a free row to `clientId` under `epoch` and appends its `allocated` history entry; refuses (throws) unless the row is free. */
   grant(rowId: number, clientId: string, epoch: number, now: number): Promise<void>;
-  /** last_seen = max(last_seen, now) if `clientId` still holds the row. */
-  renew(rowId: number, clientId: string, now: number): Promise<void>;
-  free(rowId: number, availableAt: number): Promise<void>;
+  /**
+   * The renewal rule, the one place each engine writes it: last_seen = max(last_seen, now) if
+   * `clientId` holds `name` (under `epoch`, when given). The record as renewed, or null when
+   * the client does not hold it (then nothing changed).
+   */
+  renewHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null>;
+  /**
+   * The release rule, the one place each engine writes it: if `clientId` holds `name` (under
+   * `epoch`, when given), it is freed, allocatable at once (available_at = now), with its
+   * `released` history entry. The record as freed, or null when the client does not hold it
+   * (then nothing changed).
+   */
+  releaseHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null>;
+  /** Frees the row whoever holds it (allocatable from `availableAt`) and appends the history entry that says why: an ownership change never goes unrecorded. */
+  free(rowId: number, availableAt: number, entry: FreeEntry): Promise<void>;
   appendHistory(rowId: number, at: number, event: HistoryEvent, clientId: string | null, epoch: number): Promise<void>;
 
   // ---- the sweep
@@ -155,6 +180,18 @@ export interface Store {
    * Storage failures reject with RegistryError `unavailable` (never SQL or a stack).
    */
   write<T>(fn: (tx: Tx) => Promise<T>, opts: WriteOptions): Promise<T>;
+  /**
+   * A liveness as one write: Tx.renewHeld at the store's time, committed (not necessarily on
+   * disk) before it resolves; null when the client does not hold `name` (under `epoch`) and
+   * nothing changed. Engines may commit several renewals in one statement.
+   */
+  renewHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null>;
+  /**
+   * A release by its holder as one write: Tx.releaseHeld at the store's time, on disk before it
+   * resolves; null when the client does not hold `name` (under `epoch`) and nothing changed.
+   * Engines may commit several releases in one statement.
+   */
+  releaseHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null>;
   /** Runs `fn` with read access; never waits for another process's write lock. */
   read<T>(fn: (r: Reader) => Promise<T>): Promise<T>;
   /** Why the store cannot serve, or null; never throws. */

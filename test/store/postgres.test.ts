@@ -54,16 +54,15 @@ async function until(probe: () => Promise<boolean>, timeoutMs: number, what: str
  */
 function allocate(store: Store, clientId: string, pause?: { afterGrant?: () => Promise<void>; afterPick?: () => Promise<void> }): Promise<Grant> {
   return store.write(async (tx) => {
-    const held = await tx.byClient(clientId);
-    if (held?.holder) {
-      await tx.renew(held.rowId, clientId, tx.now);
-      return { identifier: held.name, epoch: held.epoch };
+    const claim = await tx.claimFor(clientId, tx.now);
+    if (claim?.held) {
+      await tx.renewHeld(claim.rec.name, clientId, claim.rec.epoch, tx.now);
+      return { identifier: claim.rec.name, epoch: claim.rec.epoch };
     }
-    const next = await tx.nextAllocatable(tx.now);
+    const next = claim?.rec;
     if (!next) throw new RegistryError('pool_exhausted', 'nothing free');
     await pause?.afterPick?.();
     await tx.grant(next.rowId, clientId, next.epoch + 1, tx.now);
-    await tx.appendHistory(next.rowId, tx.now, 'allocated', clientId, next.epoch + 1);
     await pause?.afterGrant?.();
     return { identifier: next.name, epoch: next.epoch + 1 };
   }, { durable: true });
@@ -242,8 +241,7 @@ describe('postgres store', function () {
         const rec = await tx.byName('x');
         if (rec?.holder?.clientId !== 'vm-1') throw new RegistryError('not_owner', 'vm-1 does not hold x');
         await pause?.();
-        await tx.free(rec.rowId, tx.now);
-        await tx.appendHistory(rec.rowId, tx.now, 'released', 'vm-1', rec.epoch);
+        await tx.free(rec.rowId, tx.now, { at: tx.now, event: 'released', clientId: 'vm-1', epoch: rec.epoch });
       }, { durable: true });
       const hold = gate();
       const first = release(a, async () => { hold.arrive(); await hold.opened; });
@@ -307,7 +305,7 @@ describe('postgres store', function () {
       const renewal = a.write(async (tx) => {
         const rec = await tx.byName('w-0');
         if (!rec) throw new Error('missing');
-        await tx.renew(rec.rowId, 'vm-0', T + 50_000);
+        await tx.renewHeld(rec.name, 'vm-0', null, T + 50_000);
         hold.arrive();
         await hold.opened;
       }, { durable: false });
@@ -363,7 +361,7 @@ describe('postgres store', function () {
         await tx.setMeta('touched', 'yes');
         const rec = await tx.byName('a');
         if (!rec) throw new Error('missing');
-        await tx.free(rec.rowId, 0);
+        await tx.free(rec.rowId, 0, { at: tx.now, event: 'force_released', clientId: 'vm-1', epoch: rec.epoch });
         await tx.grant(rec.rowId, 'vm-2', rec.epoch, tx.now); // the same epoch again: the database refuses
       }, { durable: true }).then(() => null, (e: unknown) => e);
       expect(err).to.be.instanceOf(RegistryError).with.property('code', 'internal');
@@ -459,6 +457,78 @@ describe('postgres store', function () {
       await first;
       expect(await both).to.deep.equal([{ identifier: 'w-0', epoch: 1 }, { identifier: 'w-0', epoch: 1 }, { identifier: 'w-1', epoch: 1 }]);
       expect(await sql(`SELECT count(*)::int AS n FROM history`)).to.deep.equal([{ n: 2 }]);
+    });
+  });
+
+  describe('renewals and releases by their holder, batched', () => {
+    const T = Date.parse('2026-01-08T10:00:00.000Z');
+
+    /** A store whose lanes start only when the test says: what is asked meanwhile queues up. */
+    async function heldBack(clock: FakeClock): Promise<{ store: PostgresStore; settle: <T>(p: Promise<T>) => Promise<T> }> {
+      const runs: Array<() => void> = [];
+      const store = await open({ clock, poolSize: 2, defer: (run) => { runs.push(run); } });
+      const settle = async <T>(p: Promise<T>): Promise<T> => {
+        let done = false;
+        void p.finally(() => { done = true; }).catch(() => undefined);
+        while (!done) {
+          for (const run of runs.splice(0)) run();
+          await new Promise((r) => setTimeout(r, 1));
+        }
+        return p;
+      };
+      return { store, settle };
+    }
+
+    it('renewals queued together go out in one statement, and each renews only a lease its client holds, under its epoch when sent', async () => {
+      const clock = new FakeClock(T);
+      const { store, settle } = await heldBack(clock);
+      await settle(seed(store, ['a', 'b', 'c', 'd']));
+      for (const vm of ['vm-1', 'vm-2', 'vm-3']) await settle(allocate(store, vm)); // a, b, c, each epoch 1
+      clock.advance(5000);
+      const before = { ...store.heldStats.renew };
+      const answers = await settle(Promise.all([
+        store.renewHeld('a', 'vm-1', 1),
+        store.renewHeld('b', 'vm-2', 2), // a stale epoch
+        store.renewHeld('c', 'vm-1', null), // not its lease
+        store.renewHeld('d', 'vm-4', null), // free
+        store.renewHeld('zz', 'vm-1', null), // no such identifier
+        store.renewHeld('c', 'vm-3', null), // its lease, no epoch sent
+      ]));
+      expect(store.heldStats.renew.statements - before.statements).to.equal(1);
+      expect(store.heldStats.renew.asks - before.asks).to.equal(6);
+      expect(answers.map((r) => (r ? `${r.name}#${r.epoch} ${r.holder?.clientId ?? '-'} ${(r.holder?.lastSeen ?? 0) - T}` : null)))
+        .to.deep.equal(['a#1 vm-1 5000', null, null, null, null, 'c#1 vm-3 5000']);
+      expect(await sql(`SELECT name, client_id, (last_seen - $1)::int AS since FROM identifiers ORDER BY name`, [T])).to.deep.equal([
+        { name: 'a', client_id: 'vm-1', since: 5000 },
+        { name: 'b', client_id: 'vm-2', since: 0 },
+        { name: 'c', client_id: 'vm-3', since: 5000 },
+        { name: 'd', client_id: null, since: null },
+      ]);
+    });
+
+    it('releases queued together go out in one statement, each with its history entry, and free only what their client holds', async () => {
+      const clock = new FakeClock(T);
+      const { store, settle } = await heldBack(clock);
+      await settle(seed(store, ['a', 'b', 'c']));
+      for (const vm of ['vm-1', 'vm-2', 'vm-3']) await settle(allocate(store, vm));
+      clock.advance(1000);
+      const before = { ...store.heldStats.release };
+      const answers = await settle(Promise.all([
+        store.releaseHeld('a', 'vm-1', 1),
+        store.releaseHeld('b', 'vm-2', 7), // a stale epoch
+        store.releaseHeld('c', 'vm-3', null),
+        store.releaseHeld('c', 'vm-1', null), // not its lease
+      ]));
+      expect(store.heldStats.release.statements - before.statements).to.equal(1);
+      expect(answers.map((r) => (r ? `${r.name}#${r.epoch} ${r.holder === null ? 'free' : 'held'} ${r.availableAt - T}` : null)))
+        .to.deep.equal(['a#1 free 1000', null, 'c#1 free 1000', null]);
+      expect(await sql(`SELECT name, client_id FROM identifiers ORDER BY name`)).to.deep.equal([
+        { name: 'a', client_id: null }, { name: 'b', client_id: 'vm-2' }, { name: 'c', client_id: null },
+      ]);
+      expect(await sql(`SELECT i.name, h.client_id, h.epoch::int AS epoch, (h.at - $1)::int AS at FROM history h JOIN identifiers i ON i.id = h.identifier_id
+                        WHERE h.event = 'released' ORDER BY i.name`, [T])).to.deep.equal([
+        { name: 'a', client_id: 'vm-1', epoch: 1, at: 1000 }, { name: 'c', client_id: 'vm-3', epoch: 1, at: 1000 },
+      ]);
     });
   });
 
@@ -558,7 +628,7 @@ describe('postgres store', function () {
         await store.write(async (tx) => {
           const rec = await tx.byName('w-0');
           if (!rec) throw new Error('missing');
-          await tx.free(rec.rowId, 0);
+          await tx.free(rec.rowId, 0, { at: tx.now, event: 'force_released', clientId: rec.holder?.clientId ?? null, epoch: rec.epoch });
         }, { durable: true });
         const grant = await allocate(store, 'vm-new');
         expect(grant.identifier).to.equal('w-0');

@@ -8,8 +8,8 @@
 import type { PoolClient } from 'pg';
 import { recordOf } from '../../domain/lease.js';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple, Status } from '../../domain/types.js';
-import type { InstanceBeat, ListQuery, PoolRow, RawCounts, Reader, Tx } from '../types.js';
-import { RECORD_COLUMNS, TUPLE_COLUMNS, asRow, int, recordTuples, scalar, toBeat, toHistoryEntry, toPoolRow, toRecord } from './rows.js';
+import type { FreeEntry, InstanceBeat, ListQuery, PoolRow, RawCounts, Reader, Tx } from '../types.js';
+import { RECORD_COLUMNS, TUPLE_COLUMNS, asRow, bool, int, recordTuples, scalar, toBeat, toHistoryEntry, toPoolRow, toRecord } from './rows.js';
 
 /** The advisory-lock namespace of this registry ("idrg"), and the locks in it. */
 export const LOCK_NAMESPACE = 0x69647267;
@@ -30,6 +30,111 @@ const STATUS_WHERE: Readonly<Record<Status | 'all', string>> = {
   cooling: 'client_id IS NULL AND NOT retired AND available_at > @now',
   retired: 'retired',
 };
+
+/** The server's clock in epoch milliseconds (clock_timestamp: not frozen at the transaction's start). */
+export const SERVER_MS = 'floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint';
+
+const RECORD_COLUMNS_OF_I = RECORD_COLUMNS.split(', ').map((c) => `i.${c}`).join(', ');
+
+/**
+ * What only the holder may do, over a list of asks so one statement serves a whole batch: the
+ * rows `name` where `client_id` still holds it, under the epoch it sent when it sent one. The
+ * WHERE is re-checked on the newest version of a row another transaction changed meanwhile (READ
+ * COMMITTED), so a lease reclaimed, released or granted again since is never touched. `idx`
+ * (from 1) says which ask a row answers; an ask without a row changed nothing.
+ */
+const HELD_ASKS = 'unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS r(name, client_id, epoch, idx)';
+const HELD_WHERE = 'i.name = r.name AND i.client_id = r.client_id AND (r.epoch IS NULL OR i.epoch = r.epoch)';
+
+/** A statement's time: $4 inside a use case's transaction; alone, see `alone`. */
+interface StatementClock { readonly with: string; readonly now: string; readonly from: string }
+const IN_TX: StatementClock = { with: 'WITH ', now: '$4::bigint', from: '' };
+
+/**
+ * A statement of its own, so its own transaction: one round trip. Its time is the server's clock,
+ * never below this instance's latest ($5), or $4 when the registry's time is injected (tests).
+ * `synchronous_commit` is set for this statement's transaction only: on for an ownership change,
+ * off for a liveness, which must be visible to every instance before its answer, not fsynced (SPEC.md).
+ */
+function alone(durable: boolean): StatementClock {
+  return {
+    with: `WITH t AS MATERIALIZED (
+      SELECT coalesce($4::bigint, greatest($5::bigint, ${SERVER_MS})) AS now,
+             set_config('synchronous_commit', '${durable ? 'on' : 'off'}', true) AS commit_mode
+    ), `,
+    now: 't.now',
+    from: ', t',
+  };
+}
+
+/** The renewal rule on PostgreSQL, written once: last_seen = max(last_seen, now) where the client holds the lease. */
+function renewHeldSql(clock: StatementClock): string {
+  return `${clock.with}renewed AS (
+      UPDATE identifiers i SET last_seen = greatest(i.last_seen, ${clock.now})
+      FROM ${HELD_ASKS}${clock.from}
+      WHERE ${HELD_WHERE}
+      RETURNING ${RECORD_COLUMNS_OF_I}, r.idx, ${clock.now} AS now
+    )
+    SELECT * FROM renewed`;
+}
+
+/** The release rule on PostgreSQL, written once: the holder frees it, allocatable at once, with its history entry. */
+function releaseHeldSql(clock: StatementClock): string {
+  return `${clock.with}released AS (
+      UPDATE identifiers i SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = ${clock.now}
+      FROM ${HELD_ASKS}${clock.from}
+      WHERE ${HELD_WHERE}
+      RETURNING ${RECORD_COLUMNS_OF_I}, r.idx, r.client_id AS released_by, ${clock.now} AS now
+    ), logged AS (
+      INSERT INTO history (identifier_id, at, event, client_id, epoch)
+      SELECT id, now, 'released', released_by, epoch FROM released ORDER BY idx
+    )
+    SELECT * FROM released`;
+}
+
+export type HeldKind = 'renew' | 'release';
+const HELD_SQL: Readonly<Record<HeldKind, { readonly inTx: string; readonly alone: string }>> = {
+  renew: { inTx: renewHeldSql(IN_TX), alone: renewHeldSql(alone(false)) },
+  release: { inTx: releaseHeldSql(IN_TX), alone: releaseHeldSql(alone(true)) },
+};
+
+/** One liveness or release by the holder: see Tx.renewHeld and Tx.releaseHeld. */
+export interface HeldAsk {
+  readonly name: string;
+  readonly clientId: string;
+  readonly epoch: number | null;
+}
+
+export interface HeldRow {
+  /** The index in the list asked of the ask this row answers. */
+  readonly index: number;
+  /** The record as the statement left it. */
+  readonly rec: IdentifierRecord;
+  /** The time the statement ran at. */
+  readonly now: number;
+}
+
+function heldRowOf(raw: unknown): HeldRow {
+  const r = asRow(raw);
+  return { index: int(r, 'idx') - 1, rec: toRecord(raw), now: int(r, 'now') };
+}
+
+function askArrays(asks: readonly HeldAsk[]): unknown[] {
+  return [asks.map((a) => a.name), asks.map((a) => a.clientId), asks.map((a) => a.epoch)];
+}
+
+/**
+ * Renews or releases a batch of leases in one statement outside any transaction; `now` is the
+ * injected registry time, or null for the server's clock not below `floor`.
+ */
+export async function heldAlone(client: PoolClient, kind: HeldKind, asks: readonly HeldAsk[], now: number | null, floor: number): Promise<HeldRow[]> {
+  return (await rows(client, `${kind}_held_alone`, HELD_SQL[kind].alone, [...askArrays(asks), now, floor])).map(heldRowOf);
+}
+
+async function heldInTx(client: PoolClient, kind: HeldKind, ask: HeldAsk, now: number): Promise<IdentifierRecord | null> {
+  const r = await first(client, `${kind}_held`, HELD_SQL[kind].inTx, [...askArrays([ask]), now]);
+  return r === undefined ? null : toRecord(r);
+}
 
 async function rows(client: PoolClient, name: string, text: string, values: unknown[] = []): Promise<unknown[]> {
   const res = await client.query({ name, text, values });
@@ -143,33 +248,52 @@ export class PgTx extends PgReader implements Tx {
     super(client, now, 'FOR UPDATE');
   }
 
-  async nextAllocatable(now: number): Promise<IdentifierRecord | null> {
-    // SKIP LOCKED: a row another transaction is granting is not waited for; the next one is taken.
-    const r = await first(this.client, 'next_allocatable',
-      `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE client_id IS NULL AND NOT retired AND available_at <= $1
-       ORDER BY available_at, pool_order, id LIMIT 1 FOR UPDATE SKIP LOCKED`, [now]);
-    return r === undefined ? null : toRecord(r);
+  async claimFor(clientId: string, now: number): Promise<{ rec: IdentifierRecord; held: boolean } | null> {
+    // One round trip: the client's own row, else (only then) the next allocatable one. SKIP
+    // LOCKED: a row another transaction is granting is not waited for; the next one is taken.
+    const r = await first(this.client, 'claim_for',
+      `WITH held AS (
+         SELECT ${RECORD_COLUMNS}, true AS held FROM identifiers WHERE client_id = $1 FOR UPDATE
+       ), next AS (
+         SELECT ${RECORD_COLUMNS}, false AS held FROM identifiers
+         WHERE client_id IS NULL AND NOT retired AND available_at <= $2 AND NOT EXISTS (SELECT FROM held)
+         ORDER BY available_at, pool_order, id LIMIT 1 FOR UPDATE SKIP LOCKED
+       )
+       SELECT * FROM held UNION ALL SELECT * FROM next`, [clientId, now]);
+    return r === undefined ? null : { rec: toRecord(r), held: bool(asRow(r), 'held') };
   }
 
   async grant(rowId: number, clientId: string, epoch: number, now: number): Promise<void> {
     this.wrote = true;
+    // The grant and its history entry in one statement: one round trip, never one without the other.
     const n = await changes(this.client, 'grant',
-      `UPDATE identifiers SET client_id = $2, epoch = $3, allocated_at = $4, last_seen = $4
-       WHERE id = $1 AND client_id IS NULL`, [rowId, clientId, epoch, now]);
+      `WITH granted AS (
+         UPDATE identifiers SET client_id = $2, epoch = $3, allocated_at = $4, last_seen = $4
+         WHERE id = $1 AND client_id IS NULL RETURNING id
+       )
+       INSERT INTO history (identifier_id, at, event, client_id, epoch) SELECT id, $4, 'allocated', $2, $3 FROM granted`,
+      [rowId, clientId, epoch, now]);
     if (n !== 1) throw new Error(`grant of row ${rowId} changed ${n} rows`);
   }
 
-  async renew(rowId: number, clientId: string, now: number): Promise<void> {
+  async renewHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null> {
     this.wrote = true;
-    await changes(this.client, 'renew',
-      'UPDATE identifiers SET last_seen = greatest(last_seen, $3) WHERE id = $1 AND client_id = $2', [rowId, clientId, now]);
+    return heldInTx(this.client, 'renew', { name, clientId, epoch }, now);
   }
 
-  async free(rowId: number, availableAt: number): Promise<void> {
+  async releaseHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null> {
+    this.wrote = true;
+    return heldInTx(this.client, 'release', { name, clientId, epoch }, now);
+  }
+
+  async free(rowId: number, availableAt: number, entry: FreeEntry): Promise<void> {
     this.wrote = true;
     await changes(this.client, 'free',
-      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = $2 WHERE id = $1`,
-      [rowId, availableAt]);
+      `WITH freed AS (
+         UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = $2 WHERE id = $1 RETURNING id
+       )
+       INSERT INTO history (identifier_id, at, event, client_id, epoch) SELECT id, $3::bigint, $4::text, $5::text, $6::bigint FROM freed`,
+      [rowId, availableAt, entry.at, entry.event, entry.clientId, entry.epoch]);
   }
 
   async appendHistory(rowId: number, at: number, event: HistoryEvent, clientId: string | null, epoch: number): Promise<void> {

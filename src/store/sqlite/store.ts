@@ -15,7 +15,7 @@ import type { Clock, ClockAnchor, TimeSource } from '../../clock.js';
 import { RegistryError, isRegistryError } from '../../domain/errors.js';
 import { recordOf } from '../../domain/lease.js';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple } from '../../domain/types.js';
-import type { InstanceBeat, ListJson, ListQuery, PoolRow, RawCounts, Reader, Store, Tx, ViewRules, WriteOptions } from '../types.js';
+import type { FreeEntry, InstanceBeat, ListJson, ListQuery, PoolRow, RawCounts, Reader, Store, Tx, ViewRules, WriteOptions } from '../types.js';
 import { startCheckpointer } from './checkpointer.js';
 import type { Checkpointer } from './checkpointer.js';
 import { toRegistryError } from './errors.js';
@@ -125,7 +125,8 @@ class Statements {
   readonly byClient: Statement;
   readonly nextAllocatable: Statement;
   readonly grant: Statement;
-  readonly renew: Statement;
+  readonly renewHeld: Statement;
+  readonly releaseHeld: Statement;
   readonly free: Statement;
   readonly historyInsert: Statement;
   readonly history: Statement;
@@ -181,7 +182,16 @@ class Statements {
       `UPDATE identifiers SET client_id = @clientId, epoch = @epoch, allocated_at = @now, last_seen = @now
        WHERE id = @rowId AND client_id IS NULL`,
     );
-    this.renew = p(`UPDATE identifiers SET last_seen = max(last_seen, @now) WHERE id = @rowId AND client_id = @clientId`);
+    this.renewHeld = p(
+      `UPDATE identifiers SET last_seen = max(last_seen, @now)
+       WHERE name = @name AND client_id = @clientId AND (@epoch IS NULL OR epoch = @epoch)
+       RETURNING ${RECORD_COLUMNS}`,
+    );
+    this.releaseHeld = p(
+      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = @now
+       WHERE name = @name AND client_id = @clientId AND (@epoch IS NULL OR epoch = @epoch)
+       RETURNING ${RECORD_COLUMNS}`,
+    );
     this.free = p(
       `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = @availableAt
        WHERE id = @rowId`,
@@ -340,22 +350,35 @@ class SqliteReader implements Reader {
 
 /** A use case's view of the write transaction. */
 class SqliteTx extends SqliteReader implements Tx {
-  async nextAllocatable(now: number): Promise<IdentifierRecord | null> {
-    const r: unknown = this.s.nextAllocatable.get(now);
-    return r === undefined ? null : toRecord(r);
+  async claimFor(clientId: string, now: number): Promise<{ rec: IdentifierRecord; held: boolean } | null> {
+    const held: unknown = this.s.byClient.get(clientId);
+    if (held !== undefined) return { rec: toRecord(held), held: true };
+    const next: unknown = this.s.nextAllocatable.get(now);
+    return next === undefined ? null : { rec: toRecord(next), held: false };
   }
 
   async grant(rowId: number, clientId: string, epoch: number, now: number): Promise<void> {
     const r = this.s.grant.run({ rowId, clientId, epoch, now });
     if (r.changes !== 1) throw new Error(`grant of row ${rowId} changed ${r.changes} rows`);
+    this.s.historyInsert.run({ rowId, at: now, event: 'allocated', clientId, epoch });
   }
 
-  async renew(rowId: number, clientId: string, now: number): Promise<void> {
-    this.s.renew.run({ rowId, clientId, now });
+  async renewHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null> {
+    const r: unknown = this.s.renewHeld.get({ name, clientId, epoch, now });
+    return r === undefined ? null : toRecord(r);
   }
 
-  async free(rowId: number, availableAt: number): Promise<void> {
+  async releaseHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null> {
+    const r: unknown = this.s.releaseHeld.get({ name, clientId, epoch, now });
+    if (r === undefined) return null;
+    const rec = toRecord(r);
+    this.s.historyInsert.run({ rowId: rec.rowId, at: now, event: 'released', clientId, epoch: rec.epoch });
+    return rec;
+  }
+
+  async free(rowId: number, availableAt: number, entry: FreeEntry): Promise<void> {
     this.s.free.run({ rowId, availableAt });
+    this.s.historyInsert.run({ rowId, ...entry });
   }
 
   async appendHistory(rowId: number, at: number, event: HistoryEvent, clientId: string | null, epoch: number): Promise<void> {
@@ -535,6 +558,15 @@ export class SqliteStore implements Store {
       this.writes.push({ fn, durable: opts.durable, since: performance.now(), resolve: (v) => resolve(v as T), reject });
       this.schedule();
     });
+  }
+
+  /** A write like the others: SQLite commits the writes of a tick together anyway. */
+  renewHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null> {
+    return this.write((tx) => tx.renewHeld(name, clientId, epoch, tx.now), { durable: false });
+  }
+
+  releaseHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null> {
+    return this.write((tx) => tx.releaseHeld(name, clientId, epoch, tx.now), { durable: true });
   }
 
   read<T>(fn: (r: Reader) => Promise<T>): Promise<T> {
