@@ -11,9 +11,10 @@ export const LOG_FLUSH_MS = 200;
 
 /**
  * Asynchronous, buffered stdout: each write is a trip through libuv's thread pool, which cost
- * a tenth of an allocate+release's CPU when every line (or every few) had its own. Lines are
- * written 8 KB at a time, or LOG_FLUSH_MS after they were logged when fewer come, and
- * everything left is written synchronously when the process exits.
+ * a tenth of an allocate+release's CPU when every line (or every few) had its own. Info and
+ * debug lines are written 8 KB at a time, or LOG_FLUSH_MS after they were logged when fewer
+ * come; a warning or an error is written at once (with whatever waited before it), `flushSync`
+ * writes everything now, and the process's exit writes what is left.
  */
 export function stdoutDestination(): pino.DestinationStream & { flushSync(): void } {
   const dest = pino.destination({ dest: 1, sync: false, minLength: 8 * 1024, periodicFlush: LOG_FLUSH_MS });
@@ -24,7 +25,14 @@ export function stdoutDestination(): pino.DestinationStream & { flushSync(): voi
       // stdout is gone (a closed pipe): nothing more can be said
     }
   });
-  return dest;
+  return {
+    write(line: string): void {
+      dest.write(line);
+      // Lines begin with their level (see createLogger's formatter).
+      if (!line.startsWith('{"level":"info"') && !line.startsWith('{"level":"debug"') && !line.startsWith('{"level":"trace"')) dest.flush();
+    },
+    flushSync: () => dest.flushSync(),
+  };
 }
 
 export function createLogger(level: LogLevel, destination?: pino.DestinationStream): Logger {

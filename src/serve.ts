@@ -266,6 +266,7 @@ export async function serve(signals: Signals): Promise<void> {
   }
   const db = config.databaseUrl === null ? config.dbPath : redact(config.databaseUrl);
   log.info({ host: config.host, port: config.port, https: tls !== null, db, engine: store.engine, pool: config.poolFile }, 'asg-id-registry listening');
+  logOut.flushSync(); // the start-up lines, with the pid to signal, are out before the first answer is read
 
   const beats = setInterval(() => {
     registry.beat().catch((e: unknown) => log.warn({ err: e instanceof Error ? e.message : String(e) }, 'instance beat failed'));
