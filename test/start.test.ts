@@ -60,6 +60,15 @@ function parentOf(pid: number): number {
   return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
 }
 
+/** The children of a process, from /proc (Linux). */
+function childrenOf(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
 async function refused(base: string): Promise<boolean> {
   try {
     await fetch(`${base}/health`);
@@ -78,7 +87,13 @@ describe('npm start', function () {
   afterEach(async () => {
     // Whatever a failed test left: the registry by its logged pid, then npm.
     if (running && running.npm.exitCode === null) {
-      try { process.kill(running.registryPid(), 'SIGKILL'); } catch { /* gone */ }
+      // By its logged pid, else as npm's child (a test that failed before the log said it).
+      const npmPid = running.npm.pid ?? 0;
+      let pids: number[] = [];
+      try { pids = [running.registryPid()]; } catch { pids = childrenOf(npmPid); }
+      for (const pid of pids) {
+        try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+      }
       running.npm.kill('SIGKILL');
       await running.exited;
     }
