@@ -67,6 +67,12 @@ function expandInto(parts: readonly Part[], emit: (name: string) => void): void 
   walk(0, '');
 }
 
+/** A line's entry: the line without its comment and surrounding blanks ('' when none). */
+function entryOf(line: string): string {
+  const hash = line.indexOf('#');
+  return (hash === -1 ? line : line.slice(0, hash)).trim();
+}
+
 /** Parses a whole pool file into its identifiers in file order. Throws PoolParseError. */
 export function parsePool(text: string): string[] {
   const out: string[] = [];
@@ -82,9 +88,7 @@ export function parsePool(text: string): string[] {
   const lines = text.split(/\r?\n/);
   for (let idx = 0; idx < lines.length; idx++) {
     const lineNo = idx + 1;
-    const raw = lines[idx] ?? '';
-    const hash = raw.indexOf('#');
-    const entry = (hash === -1 ? raw : raw.slice(0, hash)).trim();
+    const entry = entryOf(lines[idx] ?? '');
     if (entry === '') continue;
     // A plain identifier (most lines of a long file): no range to parse.
     if (!entry.includes('[') && !entry.includes(']')) {
@@ -105,9 +109,7 @@ export function parsePool(text: string): string[] {
 function firstLineOf(text: string, name: string): number {
   const lines = text.split(/\r?\n/);
   for (let idx = 0; idx < lines.length; idx++) {
-    const raw = lines[idx] ?? '';
-    const hash = raw.indexOf('#');
-    const entry = (hash === -1 ? raw : raw.slice(0, hash)).trim();
+    const entry = entryOf(lines[idx] ?? '');
     if (entry === '') continue;
     let found = false;
     expandInto(parseEntry(entry, idx + 1), (n) => { found ||= n === name; });
