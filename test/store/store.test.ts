@@ -231,15 +231,28 @@ describe('store: group commit', () => {
     expect(order.indexOf('io'), order.join(' ')).to.be.within(0, 2);
   });
 
-  it('a failed fsync answers 503 unavailable to the durable writes and makes the store unhealthy', async () => {
+  it('a failed fsync answers 503 unavailable, and refuses every write after it until a restart, even when fsync works again', async () => {
     const t = tempDir();
     try {
-      const store = new SqliteStore({ path: join(t.dir, 'f.db'), fsync: (_fd, done) => done(new Error('EIO')) });
+      let fail = true;
+      const store = new SqliteStore({ path: join(t.dir, 'f.db'), fsync: (_fd, done) => done(fail ? new Error('EIO') : null) });
       const err = await store.write(async () => 1, { durable: true }).then(() => null, (e: unknown) => e);
       expect(err).to.be.instanceOf(RegistryError);
       if (err instanceof RegistryError) expect(err.code).to.equal('unavailable');
       expect(await store.healthProblem()).to.match(/could not be synced/);
+      fail = false; // the disk answers again, but the pages it dropped are gone
+      for (const durable of [true, false]) {
+        const later = await store.write((tx) => tx.setMeta('after', 'v'), { durable }).then(() => null, (e: unknown) => e);
+        expect(later, `a ${durable ? 'durable' : 'renewal'} write after the failure`).to.be.instanceOf(RegistryError);
+        if (later instanceof RegistryError) expect(later.code).to.equal('unavailable');
+      }
+      expect(await metaOf(store, 'after')).to.equal(null); // nothing written
+      expect(await store.healthProblem()).to.match(/refused until the registry is restarted/);
       await store.close();
+      const reopened = new SqliteStore({ path: join(t.dir, 'f.db') });
+      await reopened.write((tx) => tx.setMeta('after', 'v'), { durable: true });
+      expect(await metaOf(reopened, 'after')).to.equal('v');
+      await reopened.close();
     } finally {
       t.cleanup();
     }

@@ -493,6 +493,13 @@ export class SqliteStore implements Store {
   private readonly file: { readonly path: string; readonly dev: number; readonly ino: number } | null;
   /** The last storage failure of a write, until a write succeeds again. */
   private storageFault: string | null = null;
+  /**
+   * Set for good when an fsync of the WAL fails: the kernel may have dropped the pages it could
+   * not write, so a later fsync that succeeds proves nothing about them, and a grant answered
+   * after it could vanish in a crash (PostgreSQL stops for the same reason). Every write is
+   * refused until the registry is restarted and SQLite recovers from what is on disk.
+   */
+  private syncFailure: string | null = null;
   private closed = false;
   private readonly defer: (run: () => void) => void;
 
@@ -639,6 +646,7 @@ export class SqliteStore implements Store {
     try {
       const moved = this.fileProblem();
       if (moved) throw new RegistryError('unavailable', moved);
+      if (this.syncFailure) throw new RegistryError('unavailable', this.syncFailure);
       this.s.beginImmediate.run();
     } catch (e) {
       if (isBusy(e)) return this.waitForLock(batch);
@@ -735,6 +743,7 @@ export class SqliteStore implements Store {
   private syncWal(then: (err: RegistryError | null) => void): void {
     const failed = (err: Error): void => {
       this.storageFault = `the database's log could not be synced to disk (${err.message})`;
+      this.syncFailure = `${this.storageFault}; writes are refused until the registry is restarted`;
       then(new RegistryError('unavailable', this.storageFault, { cause: err }));
     };
     let fd: number | null;
@@ -799,7 +808,7 @@ export class SqliteStore implements Store {
       if (!this.db.open) return 'the database is closed';
       this.s.ping.get();
       if (this.db.readonly) return 'the database is open read-only';
-      return this.fileProblem() ?? this.storageFault;
+      return this.fileProblem() ?? this.syncFailure ?? this.storageFault;
     } catch (e) {
       return toRegistryError(e).message;
     }
