@@ -17,12 +17,13 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
 import { FakeClock } from '../src/clock.js';
-import { fenceAfterMs } from '../src/domain/lease.js';
 import { Registry } from '../src/registry.js';
 import type { RegistryRules } from '../src/registry.js';
 import { openPostgresStore } from '../src/store/postgres/store.js';
 import type { PostgresStore } from '../src/store/postgres/store.js';
 import { DEFAULT_RULES } from './helpers.js';
+import { checkRaceInvariants } from './race-invariants.js';
+import type { Ack } from './race-invariants.js';
 import { freshDatabase } from './support/postgres.js';
 
 const SEC = 1000;
@@ -57,8 +58,6 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
   { weight: 4, arbitrary: fc.record({ t: fc.constant('advance' as const), ms: fc.constantFrom(1 * SEC, 4 * SEC, 9 * SEC, 11 * SEC, 11 * SEC) }) },
 );
 
-/** What a VM was told and when it sent the request that told it. */
-interface Ack { client: string; identifier: string; epoch: number; sentAt: number; lastSeen: number }
 
 const RULES: RegistryRules = {
   ...DEFAULT_RULES, ttlMs: 10 * SEC, cooldownMs: 10 * SEC, graceMs: 0, maxFraction: 1, minHold: 0, reapBatchSize: 2,
@@ -85,7 +84,6 @@ async function runRace(s: fc.Scheduler, steps: readonly (readonly Op[])[]): Prom
     const releasedAt = new Map<string, number>(); // identifier#epoch -> when its holder sent the release
     const held = new Map<string, { identifier: string; epoch: number }>(); // what each VM believes it holds
     const firstLease = new Map<string, { identifier: string; epoch: number }>(); // what its first incarnation was granted
-    const fence = fenceAfterMs(RULES);
     // Leases to renew from the first step on: the race starts with three VMs holding one each.
     for (const client of CLIENTS.slice(0, POOL.length)) {
       const sentAt = clock.now();
@@ -95,34 +93,7 @@ async function runRace(s: fc.Scheduler, steps: readonly (readonly Op[])[]): Prom
       firstLease.set(client, { identifier: l.identifier, epoch: l.epoch });
     }
 
-    const check = async (where: string): Promise<void> => {
-      const hist = new Map<string, Awaited<ReturnType<Registry['history']>>>();
-      for (const id of POOL) hist.set(id, await first.read(async (r) => r.history((await r.byName(id))?.rowId ?? -1)));
-      for (const a of acks) {
-        const reclaim = hist.get(a.identifier)?.find((h) => h.event === 'reclaimed' && h.epoch === a.epoch);
-        if (reclaim) {
-          expect(reclaim.at, `${where}: ${a.identifier}#${a.epoch} reclaimed at ${reclaim.at}, less than a TTL after the last_seen ${a.lastSeen} answered to ${a.client}`)
-            .to.be.at.least(a.lastSeen + RULES.ttlMs);
-        }
-      }
-      for (const [id, h] of hist) {
-        const grants = h.filter((e) => e.event === 'allocated');
-        for (let i = 1; i < grants.length; i++) {
-          const prev = grants[i - 1];
-          const next = grants[i];
-          if (!prev || !next) continue;
-          expect(next.epoch, `${where}: epochs of ${id} must grow`).to.be.above(prev.epoch);
-          const told = acks.filter((a) => a.identifier === id && a.epoch === prev.epoch).map((a) => a.sentAt);
-          let end = told.length ? Math.max(...told) + fence : -Infinity;
-          const rel = releasedAt.get(`${id}#${prev.epoch}`);
-          if (rel !== undefined) end = Math.min(end, rel);
-          expect(next.at, `${where}: ${id} granted to ${next.clientId} at ${next.at} while ${prev.clientId} may use it until ${end}`)
-            .to.be.at.least(end);
-        }
-      }
-      const leased = (await first.read((r) => r.list({ status: 'leased', now: r.now, after: null, limit: null }))).map((r) => r.holder?.clientId);
-      expect(new Set(leased).size, `${where}: a client holds two identifiers`).to.equal(leased.length);
-    };
+    const check = (where: string): Promise<void> => checkRaceInvariants(first, { pool: POOL, acks, releasedAt, rules: RULES }, where);
 
     const run = async (op: Op, i: number): Promise<void> => {
       await s.schedule(Promise.resolve(), `start ${i} ${JSON.stringify(op)}`);

@@ -16,13 +16,14 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
 import { FakeClock } from '../src/clock.js';
-import { fenceAfterMs } from '../src/domain/lease.js';
 import { Registry } from '../src/registry.js';
 import type { RegistryRules } from '../src/registry.js';
 import { SqliteStore } from '../src/store/sqlite/store.js';
 import type { IdentifierRecord } from '../src/domain/types.js';
 import type { Store } from '../src/store/types.js';
 import { DEFAULT_RULES } from './helpers.js';
+import { checkRaceInvariants } from './race-invariants.js';
+import type { Ack } from './race-invariants.js';
 
 const SEC = 1000;
 const POOL = ['a', 'b', 'c'];
@@ -46,8 +47,6 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
   { weight: 4, arbitrary: fc.record({ t: fc.constant('advance' as const), ms: fc.constantFrom(1 * SEC, 4 * SEC, 9 * SEC, 11 * SEC) }) },
 );
 
-/** What a VM was told and when it sent the request that told it. */
-interface Ack { client: string; identifier: string; epoch: number; sentAt: number; lastSeen: number }
 
 /**
  * The registry of issue 10, finding 1, restated as a store wrapper: a liveness is checked by a
@@ -88,36 +87,8 @@ async function runRace(s: fc.Scheduler, ops: readonly Op[], rules: RegistryRules
   const acks: Ack[] = [];
   const releasedAt = new Map<string, number>(); // identifier#epoch -> when its holder sent the release
   const held = new Map<string, { identifier: string; epoch: number }>(); // what each VM believes it holds
-  const fence = fenceAfterMs(rules);
 
-  const check = async (where: string): Promise<void> => {
-    const hist = new Map<string, Awaited<ReturnType<Registry['history']>>>();
-    for (const id of POOL) hist.set(id, await inner.read(async (r) => r.history((await r.byName(id))?.rowId ?? -1)));
-    for (const a of acks) {
-      const reclaim = hist.get(a.identifier)?.find((h) => h.event === 'reclaimed' && h.epoch === a.epoch);
-      if (reclaim) {
-        expect(reclaim.at, `${where}: ${a.identifier}#${a.epoch} reclaimed at ${reclaim.at}, less than a TTL after the last_seen ${a.lastSeen} answered to ${a.client}`)
-          .to.be.at.least(a.lastSeen + rules.ttlMs);
-      }
-    }
-    for (const [id, h] of hist) {
-      const grants = h.filter((e) => e.event === 'allocated');
-      for (let i = 1; i < grants.length; i++) {
-        const prev = grants[i - 1];
-        const next = grants[i];
-        if (!prev || !next) continue;
-        expect(next.epoch, `${where}: epochs of ${id} must grow`).to.be.above(prev.epoch);
-        const told = acks.filter((a) => a.identifier === id && a.epoch === prev.epoch).map((a) => a.sentAt);
-        let end = told.length ? Math.max(...told) + fence : -Infinity;
-        const rel = releasedAt.get(`${id}#${prev.epoch}`);
-        if (rel !== undefined) end = Math.min(end, rel);
-        expect(next.at, `${where}: ${id} granted to ${next.clientId} at ${next.at} while ${prev.clientId} may use it until ${end}`)
-          .to.be.at.least(end);
-      }
-    }
-    const leased = (await inner.read((r) => r.list({ status: 'leased', now: r.now, after: null, limit: null }))).map((r) => r.holder?.clientId);
-    expect(new Set(leased).size, `${where}: a client holds two identifiers`).to.equal(leased.length);
-  };
+  const check = (where: string): Promise<void> => checkRaceInvariants(inner, { pool: POOL, acks, releasedAt, rules: rules }, where);
 
   const run = async (op: Op, i: number): Promise<void> => {
     await s.schedule(Promise.resolve(), `start ${i} ${JSON.stringify(op)}`);

@@ -1,0 +1,58 @@
+/**
+ * The promise, checked after every step of a race (test/interleaving*.test.ts), from what the
+ * store holds and what each VM was told:
+ *  - no acknowledged allocate/liveness is reclaimed less than a TTL after the last_seen it
+ *    answered (SPEC: "no sweep ever reclaims a lease less than a TTL after a renewal it
+ *    acknowledged");
+ *  - no identifier is granted while its previous holder may still use it (a VM stops at
+ *    fence_after_ms after it sent its last acknowledged allocate/liveness, or when it releases),
+ *    and epochs only grow;
+ *  - one client holds at most one identifier.
+ */
+import { expect } from 'chai';
+import { fenceAfterMs } from '../src/domain/lease.js';
+import type { HistoryEntry } from '../src/domain/types.js';
+import type { RegistryRules } from '../src/registry.js';
+import type { Store } from '../src/store/types.js';
+
+/** What a VM was told and when it sent the request that told it. */
+export interface Ack { client: string; identifier: string; epoch: number; sentAt: number; lastSeen: number }
+
+export interface RaceRecord {
+  readonly pool: readonly string[];
+  readonly acks: readonly Ack[];
+  /** identifier#epoch -> when its holder sent the release (it stopped using it before sending). */
+  readonly releasedAt: ReadonlyMap<string, number>;
+  readonly rules: RegistryRules;
+}
+
+export async function checkRaceInvariants(store: Pick<Store, 'read'>, race: RaceRecord, where: string): Promise<void> {
+  const { pool, acks, releasedAt, rules } = race;
+  const fence = fenceAfterMs(rules);
+  const hist = new Map<string, HistoryEntry[]>();
+  for (const id of pool) hist.set(id, await store.read(async (r) => r.history((await r.byName(id))?.rowId ?? -1)));
+  for (const a of acks) {
+    const reclaim = hist.get(a.identifier)?.find((h) => h.event === 'reclaimed' && h.epoch === a.epoch);
+    if (reclaim) {
+      expect(reclaim.at, `${where}: ${a.identifier}#${a.epoch} reclaimed at ${reclaim.at}, less than a TTL after the last_seen ${a.lastSeen} answered to ${a.client}`)
+        .to.be.at.least(a.lastSeen + rules.ttlMs);
+    }
+  }
+  for (const [id, h] of hist) {
+    const grants = h.filter((e) => e.event === 'allocated');
+    for (let i = 1; i < grants.length; i++) {
+      const prev = grants[i - 1];
+      const next = grants[i];
+      if (!prev || !next) continue;
+      expect(next.epoch, `${where}: epochs of ${id} must grow`).to.be.above(prev.epoch);
+      const told = acks.filter((a) => a.identifier === id && a.epoch === prev.epoch).map((a) => a.sentAt);
+      let end = told.length ? Math.max(...told) + fence : -Infinity;
+      const rel = releasedAt.get(`${id}#${prev.epoch}`);
+      if (rel !== undefined) end = Math.min(end, rel);
+      expect(next.at, `${where}: ${id} granted to ${next.clientId} at ${next.at} while ${prev.clientId} may use it until ${end}`)
+        .to.be.at.least(end);
+    }
+  }
+  const leased = (await store.read((r) => r.list({ status: 'leased', now: r.now, after: null, limit: null }))).map((r) => r.holder?.clientId);
+  expect(new Set(leased).size, `${where}: a client holds two identifiers`).to.equal(leased.length);
+}
