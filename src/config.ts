@@ -164,7 +164,7 @@ export function loadConfig(env: Env): Config {
     reaperGuardedRate: read(env, 'REAPER_GUARDED_RATE') === undefined
       ? null
       : number(env, 'REAPER_GUARDED_RATE', 0, { min: 0, max: MAX_COUNT, integer: true }),
-    reaperBatchSize: number(env, 'REAPER_BATCH_SIZE', 1000, { min: 1, max: 100_000, integer: true }),
+    reaperBatchSize: number(env, 'REAPER_BATCH_SIZE', 750, { min: 1, max: 100_000, integer: true }),
     dbBusyTimeoutMs: number(env, 'DB_BUSY_TIMEOUT_MS', 2000, { min: 0, max: 60_000, integer: true }),
     agentTokens: Object.freeze(agentTokens),
     adminTokens: Object.freeze(adminTokens),

@@ -311,7 +311,7 @@ export class Registry {
   private async sweep(force: boolean): Promise<ReapResult> {
     const started = this.store.clock.now();
     this.noticeClockStep(started);
-    let first: { decision: SweepDecision; cutoff: number; expired: number; leased: number; reclaimed: IdentifierRecord[] } | null = null;
+    let first: { decision: SweepDecision; cutoff: number; expired: number; leased: number; reclaimed: IdentifierRecord[]; limit: number } | null = null;
     // Another instance sweeping holds the sweep lock; a forced sweep waits for it.
     // The batches need not each wait for the disk: the sweep's last write below is durable, and
     // a commit on disk brings every earlier one with it (SQLite's WAL and PostgreSQL's are
@@ -328,16 +328,17 @@ export class Registry {
     const { decision, cutoff } = first;
     let reclaimed = first.reclaimed.length;
     this.emitReclaimed(first.reclaimed);
-    let last = first.reclaimed.length;
+    // A batch that came back full may have left expired leases behind.
+    let more = first.reclaimed.length === first.limit;
     // Further batches, each its own transaction, so the event loop gets a turn between them.
-    while (last === this.rules.reapBatchSize && reclaimed < decision.allowance) {
+    while (more && reclaimed < decision.allowance) {
       const limit = Math.min(this.rules.reapBatchSize, decision.allowance - reclaimed);
       const batch = await this.store.write(
         (tx) => tx.reclaimExpired(cutoff, limit, tx.now, tx.now + this.rules.cooldownMs), { durable: false },
       );
       this.emitReclaimed(batch);
       reclaimed += batch.length;
-      last = batch.length;
+      more = batch.length === limit;
     }
     const finished = this.store.clock.now();
     const state: ReaperState = { lastRunAt: finished, lastReclaimed: reclaimed, held: decision.held, reason: decision.reason };
@@ -382,11 +383,13 @@ export class Registry {
       ttlMs: this.rules.ttlMs,
     }, this.rules);
     await tx.pruneRefusals(now - 2 * MINUTE);
-    const limit = Math.min(this.rules.reapBatchSize, decision.allowance);
+    // The first batch is a quarter of the others: it shares its turn of the event loop with the
+    // counting above and the commit of both, and a full batch on top measured 50-60 ms of stall.
+    const limit = Math.min(Math.ceil(this.rules.reapBatchSize / 4), decision.allowance);
     const reclaimed = expired > 0 && limit > 0
       ? await tx.reclaimExpired(cutoff, limit, now, now + this.rules.cooldownMs)
       : [];
-    return { decision, cutoff, expired, leased, reclaimed };
+    return { decision, cutoff, expired, leased, reclaimed, limit };
   }
 
   private noticeClockStep(now: number): void {

@@ -21,7 +21,7 @@ two live VMs at once. Configured by environment variables (defaults in brackets)
   REAPER_MAX_FRACTION         mass-expiry guard: hold when more of the leases expire [0.5]
   REAPER_MIN_HOLD             ... and more than this many [10]
   REAPER_GUARDED_RATE         reclaims a minute while the guard limits; 0 holds all [1 % of the pool, at least 1]
-  REAPER_BATCH_SIZE           leases reclaimed per transaction [1000]
+  REAPER_BATCH_SIZE           leases reclaimed per transaction [750]
   DB_BUSY_TIMEOUT_MS          wait for another process's write lock before 503 [2000]
   AGENT_TOKENS, ADMIN_TOKENS  comma-separated bearer tokens, 16+ characters [unset: open]
   ALLOW_OPEN                  true: serve a non-loopback HOST with no tokens (protected mode's way out) [false]

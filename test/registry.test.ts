@@ -190,6 +190,26 @@ for (const engine of ENGINES) describe(`[${engine}]`, () => {
       expect(events.filter((e) => e.type === 'ownership' && e.event === 'reclaimed')).to.have.length(6);
     });
 
+    it('takes a quarter batch in the transaction that decides, then full batches, each its own transaction', async () => {
+      const { registry, store, clock, events } = await makeRegistry({ pool: 'w-[00-29]', rules: { reapBatchSize: 8 } });
+      for (let i = 0; i < 20; i++) await registry.allocate(`vm-${i}`);
+      clock.advance(90 * SECOND);
+      // Each transaction's reclaims, as the store answered them.
+      const batches: number[] = [];
+      const write = store.write.bind(store);
+      store.write = (fn, opts) => write((tx) => fn(Object.assign(Object.create(tx) as typeof tx, {
+        reclaimExpired: async (...a: Parameters<typeof tx.reclaimExpired>) => {
+          const got = await tx.reclaimExpired(...a);
+          batches.push(got.length);
+          return got;
+        },
+      })), opts);
+      expect((await registry.reap()).reclaimed).to.equal(20);
+      expect(batches).to.deep.equal([2, 8, 8, 2]);
+      expect(await registry.list({ status: 'leased', after: null, limit: null })).to.have.property('items').that.is.empty;
+      expect(events.filter((e) => e.type === 'ownership' && e.event === 'reclaimed')).to.have.length(20);
+    });
+
     it('reports its last run on health', async () => {
       const { registry, clock } = await makeRegistry({ pool: 'only' });
       await registry.allocate('vm-a');
