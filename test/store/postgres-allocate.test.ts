@@ -51,6 +51,18 @@ describe('postgres: allocate in one statement', function () {
   this.timeout(120_000);
   let server: TestPostgres;
   const opened: PostgresStore[] = [];
+  /** Gates of the running test, opened after it whatever happened, so no transaction is left waiting. */
+  const gates: Array<() => void> = [];
+
+  /** A gate a transaction waits at, and a signal that it got there. */
+  function gate(): { reached: Promise<void>; arrive: () => void; opened: Promise<void>; open: () => void } {
+    let arrive = (): void => {};
+    let open = (): void => {};
+    const reached = new Promise<void>((r) => { arrive = r; });
+    const opened = new Promise<void>((r) => { open = r; });
+    gates.push(open);
+    return { reached, arrive, opened, open };
+  }
 
   async function open(url: string, extra: Partial<PostgresStoreOptions> = {}): Promise<PostgresStore> {
     const store = await openPostgresStore({ url, ...extra });
@@ -67,6 +79,7 @@ describe('postgres: allocate in one statement', function () {
   });
 
   afterEach(async () => {
+    for (const open of gates.splice(0)) open();
     await Promise.all(opened.splice(0).map((s) => s.close()));
   });
 
@@ -126,24 +139,21 @@ describe('postgres: allocate in one statement', function () {
     const a = await open(url, { lockTimeoutMs: 2000 });
     const b = await open(url, { lockTimeoutMs: 2000, statementTimeoutMs: 3000 });
     await new Registry({ store: a, rules: RULES }).syncPool(['x', 'y']);
-    let arrive = (): void => {};
-    let release = (): void => {};
-    const reached = new Promise<void>((r) => { arrive = r; });
-    const opened2 = new Promise<void>((r) => { release = r; });
+    const hold = gate();
     // a picks x under FOR UPDATE SKIP LOCKED and holds its row lock until the test opens the gate.
     const first = a.write(async (tx) => {
       const claim = await tx.claimFor('vm-a', tx.now);
-      arrive();
-      await opened2;
+      hold.arrive();
+      await hold.opened;
       if (!claim) throw new Error('nothing claimed');
       await tx.grant(claim.rec.rowId, 'vm-a', claim.rec.epoch + 1, tx.now);
       return claim.rec.name;
     }, { durable: true });
-    await reached;
+    await hold.reached;
     const started = performance.now();
     const second = await b.grantNext('vm-b');
     const waited = performance.now() - started;
-    release();
+    hold.open();
     expect(await first).to.equal('x');
     expect(second?.name, 'the next free row, not the locked one').to.equal('y');
     expect(waited, 'no wait for the lock').to.be.below(1000);
@@ -155,21 +165,18 @@ describe('postgres: allocate in one statement', function () {
     const b = await open(url, { applicationName: 'grant-b' });
     const registryB = new Registry({ store: b, rules: RULES });
     await registryB.syncPool(['x', 'y']);
-    let arrive = (): void => {};
-    let release = (): void => {};
-    const reached = new Promise<void>((r) => { arrive = r; });
-    const gate = new Promise<void>((r) => { release = r; });
+    const hold = gate();
     // a grants x to vm-1 and holds the transaction open; b's statement, not seeing that grant,
     // picks y for vm-1 and runs into the one-client index, where it waits for a.
     const first = a.write(async (tx) => {
       const claim = await tx.claimFor('vm-1', tx.now);
       if (!claim) throw new Error('nothing claimed');
       await tx.grant(claim.rec.rowId, 'vm-1', claim.rec.epoch + 1, tx.now);
-      arrive();
-      await gate;
+      hold.arrive();
+      await hold.opened;
       return claim.rec.name;
     }, { durable: true });
-    await reached;
+    await hold.reached;
     const second = registryB.allocate('vm-1');
     const deadline = performance.now() + 5000;
     for (;;) {
@@ -178,7 +185,7 @@ describe('postgres: allocate in one statement', function () {
       if (performance.now() > deadline) throw new Error('b never waited on the one-client index');
       await new Promise((r) => setTimeout(r, 20));
     }
-    release();
+    hold.open();
     expect(await first).to.equal('x');
     expect(await second, 'the same identifier and epoch as the grant that won').to.include({ identifier: 'x', epoch: 1, clientId: 'vm-1' });
     expect(b.grantStats.granted).to.equal(0);
