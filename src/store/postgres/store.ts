@@ -75,7 +75,7 @@ const MAX_GRANT_BATCH = 128;
 const MAX_GRANT_LANES = 1;
 
 interface QueuedWrite {
-  /** Arrival order across writes, renewals and releases: a free lane takes whichever waited longest. */
+  /** Arrival order across writes, renewals, releases and grants: a free lane takes whichever waited longest. */
   readonly seq: number;
   readonly fn: (tx: Tx) => Promise<unknown>;
   readonly durable: boolean;
@@ -345,8 +345,9 @@ export class PostgresStore implements Store {
     this.grantLanes++;
     try {
       // One row per client: the same client twice in a batch gets the one answer (same client,
-      // same identifier and epoch). In client order, so two batches granting to the same
-      // clients (one client through two instances) take the unique index's entries in one order.
+      // same identifier and epoch). In client order, so two batches granting to the same clients
+      // (a client through two instances) tend to meet at the unique index in one order; a
+      // deadlock between them, or a unique violation, runs the statement again.
       const byClient = new Map<string, QueuedGrant[]>();
       for (const g of batch) {
         const list = byClient.get(g.clientId);
@@ -363,10 +364,8 @@ export class PostgresStore implements Store {
       });
       this.grantStats.statements++;
       this.grantStats.asks += clients.length;
-      await this.statementTogether(waiters, async (client) => {
-        const done = await grantNextAlone(client, clients, this.injectedClock?.now() ?? null, this.lastTxNow);
-        return done;
-      }, (n) => { this.grantStats.granted += n; });
+      await this.statementTogether(waiters, (client) => grantNextAlone(client, clients, this.injectedClock?.now() ?? null, this.lastTxNow),
+        (n) => { this.grantStats.granted += n; });
     } finally {
       this.grantLanes--;
     }
