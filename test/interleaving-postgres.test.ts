@@ -1,10 +1,13 @@
 /**
- * Races on a real PostgreSQL, where renewals and releases are batched: two registry instances
+ * Races on a real PostgreSQL, where renewals, releases and allocations are batched (each batch
+ * one statement; an allocation the statement cannot decide runs the full use case): two registry instances
  * share one database. A history runs in steps, and within each step fast-check's scheduler
  * decides when each request starts, when each instance's free lane picks up what queued
  * meanwhile (renewals or releases in one statement, other writes in one group commit), when
  * each answer reaches its VM, and when the clock moves. Batched renewals race allocations,
- * releases, force releases and sweeps on both instances; after every request:
+ * releases, force releases and sweeps on both instances, and batched allocations race each other,
+ * renewals, releases, sweeps and the same client allocating through both instances at once (both
+ * answers that are leases name the same identifier and epoch); after every request:
  *  - an acknowledged liveness names the lease the VM asked for: its client, and its epoch when it
  *    sent one (a renewal never extends a lease the client no longer holds: reclaimed, released,
  *    or granted again, to another client or to a newer incarnation of the same one);
@@ -38,6 +41,8 @@ function isRefusal(e: unknown): e is { code: string } {
 
 type Op =
   | { t: 'allocate'; c: number; on: number }
+  /** The same client through both instances at once (a VM retrying through another instance). */
+  | { t: 'allocateBoth'; c: number }
   | { t: 'renew'; c: number; on: number; sendEpoch: boolean }
   | { t: 'renewOld'; c: number; on: number; sendEpoch: boolean }
   | { t: 'release'; c: number; on: number }
@@ -59,12 +64,25 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
 );
 
 
+/**
+ * A step where a client allocates through both instances at once, beside allocations and
+ * renewals of other clients: nothing in the step may take its lease away, so every lease it is
+ * answered must be the same identifier and epoch.
+ */
+const bothStepArb: fc.Arbitrary<Op[]> = fc.tuple(
+  c,
+  fc.array(fc.oneof(
+    fc.record({ t: fc.constant('allocate' as const), c, on }),
+    fc.record({ t: fc.constant('renew' as const), c, on, sendEpoch: fc.boolean() }),
+  ), { maxLength: 3 }),
+).map(([client, others]) => [{ t: 'allocateBoth' as const, c: client }, ...others.filter((o) => o.c !== client)]);
+
 const RULES: RegistryRules = {
   ...DEFAULT_RULES, ttlMs: 10 * SEC, cooldownMs: 10 * SEC, graceMs: 0, maxFraction: 1, minHold: 0, reapBatchSize: 2,
 };
 const RUNS = Number(process.env['RACE_RUNS_PG'] ?? 100);
 /** Renewal statements and the renewals they carried, over every run: batches must have formed. */
-const batching = { statements: 0, renewals: 0 };
+const batching = { statements: 0, renewals: 0, grantStatements: 0, grantAsks: 0, granted: 0, bothAgreed: 0 };
 
 async function runRace(s: fc.Scheduler, steps: readonly (readonly Op[])[]): Promise<void> {
   const clock = new FakeClock();
@@ -98,7 +116,7 @@ async function runRace(s: fc.Scheduler, steps: readonly (readonly Op[])[]): Prom
     const run = async (op: Op, i: number): Promise<void> => {
       await s.schedule(Promise.resolve(), `start ${i} ${JSON.stringify(op)}`);
       const client = 'c' in op ? (CLIENTS[op.c] ?? '') : '';
-      const registry = registryOn(op.t === 'advance' ? 0 : op.on);
+      const registry = registryOn('on' in op ? op.on : 0);
       const sentAt = clock.now();
       try {
         switch (op.t) {
@@ -109,6 +127,27 @@ async function runRace(s: fc.Scheduler, steps: readonly (readonly Op[])[]): Prom
             acks.push({ client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen });
             held.set(client, { identifier: l.identifier, epoch: l.epoch });
             if (!firstLease.has(client)) firstLease.set(client, { identifier: l.identifier, epoch: l.epoch });
+            return;
+          }
+          case 'allocateBoth': {
+            const answers = await Promise.all(registries.map((r) => r.allocate(client).catch((e: unknown) => {
+              if (isRefusal(e) && e.code === 'pool_exhausted') return null; // the other's grant not yet committed, its row skipped
+              throw e;
+            })));
+            await s.schedule(Promise.resolve(), `answer ${i}`);
+            const leases = answers.flatMap((l) => (l ? [l] : []));
+            for (const l of leases) {
+              expect(l.clientId, `op ${i}: allocate answered another client's lease`).to.equal(client);
+              acks.push({ client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen });
+            }
+            expect(new Set(leases.map((l) => `${l.identifier}#${l.epoch}`)).size, `op ${i}: ${client} through two instances got two different leases`)
+              .to.be.at.most(1);
+            if (leases.length === 2) batching.bothAgreed++;
+            const l = leases[0];
+            if (l) {
+              held.set(client, { identifier: l.identifier, epoch: l.epoch });
+              if (!firstLease.has(client)) firstLease.set(client, { identifier: l.identifier, epoch: l.epoch });
+            }
             return;
           }
           case 'renew':
@@ -169,19 +208,26 @@ async function runRace(s: fc.Scheduler, steps: readonly (readonly Op[])[]): Prom
     for (const st of stores) {
       batching.statements += st.heldStats.renew.statements;
       batching.renewals += st.heldStats.renew.asks;
+      batching.grantStatements += st.grantStats.statements;
+      batching.grantAsks += st.grantStats.asks;
+      batching.granted += st.grantStats.granted;
     }
     await Promise.all(stores.map((st) => st.close()));
   }
 }
 
-describe('races on PostgreSQL: batched renewals against sweeps, releases, force releases and allocations on two instances', function () {
+describe('races on PostgreSQL: batched renewals and allocations against sweeps, releases, force releases and each other on two instances', function () {
   this.timeout(600_000);
 
   it('no renewal extends a lease its client no longer holds, none acknowledged is reclaimed within a TTL, no identifier has two live holders', async () => {
     // Steps one after another, the requests of a step at once: a history (a lease forced away,
     // the cool-down passing, the identifier granted to another) with races at every step.
-    const steps = fc.array(fc.array(opArb, { minLength: 1, maxLength: 4 }), { minLength: 3, maxLength: 10 });
+    const step = fc.oneof({ weight: 4, arbitrary: fc.array(opArb, { minLength: 1, maxLength: 4 }) }, { weight: 1, arbitrary: bothStepArb });
+    const steps = fc.array(step, { minLength: 3, maxLength: 10 });
     await fc.assert(fc.asyncProperty(fc.scheduler(), steps, runRace), { numRuns: RUNS });
     expect(batching.renewals, 'renewals must have shared statements in some schedules').to.be.above(batching.statements);
+    expect(batching.grantAsks, 'allocations must have shared statements in some schedules').to.be.above(batching.grantStatements);
+    expect(batching.granted, 'the one-statement grant must have granted').to.be.above(0);
+    expect(batching.bothAgreed, 'a client must have been answered through both instances in some schedules').to.be.above(0);
   });
 });

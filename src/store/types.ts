@@ -6,7 +6,8 @@
  *    a savepoint per use case, time from the host's clock anchored once per boot in the file;
  *  - postgres/: a pool, one transaction per use case, row locks (FOR UPDATE / SKIP LOCKED),
  *    retried on serialization failures and unique violations, time from the server's clock;
- *    a renewal or a release by its holder is one statement, shared by those queued meanwhile.
+ *    a renewal, a release by its holder and allocate's common case (a grant to a client that
+ *    holds nothing) are each one statement, shared by those queued meanwhile.
  *
  * Every method of `Tx` and `Reader` is async so both engines fit; SQLite's resolve at once.
  * A use case given to `write` may run more than once (a retried PostgreSQL transaction), so it
@@ -192,6 +193,16 @@ export interface Store {
    * Engines may commit several releases in one statement.
    */
   releaseHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null>;
+  /**
+   * Optional: allocate's common case as one write, for an engine where that is faster than the
+   * use case's transaction (PostgreSQL: one statement, shared by the allocations queued beside
+   * it). If `clientId` holds no identifier, the allocatable one free the longest (as `claimFor`
+   * picks it, skipping rows others are changing) is granted to it under its next epoch with its
+   * `allocated` history entry, on disk before it resolves, and returned as granted. Null when it
+   * cannot decide (the client holds one, or none is allocatable now) and nothing changed: the
+   * caller then runs the full use case, which gives the answer the rules give.
+   */
+  grantNext?(clientId: string): Promise<IdentifierRecord | null>;
   /** Runs `fn` with read access; never waits for another process's write lock. */
   read<T>(fn: (r: Reader) => Promise<T>): Promise<T>;
   /** Why the store cannot serve, or null; never throws. */

@@ -20,8 +20,8 @@ import { dumpFrom, loadInto } from './dump.js';
 import { isConnectionLoss, isRetryable, toRegistryError, unavailableReason } from './errors.js';
 import { migrate } from './migrate.js';
 import { asRow, int, parseBigint } from './rows.js';
-import { PgReader, PgTx, SERVER_MS, heldAlone } from './tx.js';
-import type { HeldAsk, HeldKind } from './tx.js';
+import { PgReader, PgTx, SERVER_MS, grantNextAlone, heldAlone } from './tx.js';
+import type { HeldAsk, HeldKind, HeldRow } from './tx.js';
 
 export interface PostgresStoreOptions {
   /** postgres://user:password@host:port/database?… (libpq-style parameters as node-postgres reads them). */
@@ -66,9 +66,16 @@ const MAX_HELD_BATCH = 128;
  */
 const MAX_HELD_LANES = 1;
 const HELD_KINDS: readonly HeldKind[] = ['renew', 'release'];
+/** Allocations one statement takes at most (see grantNext). */
+const MAX_GRANT_BATCH = 128;
+/**
+ * Lanes the grant statements may take at once. One, as renewals: the allocations that arrive
+ * while one statement waits for its fsync go out together in the next.
+ */
+const MAX_GRANT_LANES = 1;
 
 interface QueuedWrite {
-  /** Arrival order across writes, renewals and releases: a free lane takes whichever waited longest. */
+  /** Arrival order across writes, renewals, releases and grants: a free lane takes whichever waited longest. */
   readonly seq: number;
   readonly fn: (tx: Tx) => Promise<unknown>;
   readonly durable: boolean;
@@ -79,6 +86,19 @@ interface QueuedWrite {
 interface QueuedAsk {
   readonly seq: number;
   readonly ask: HeldAsk;
+  readonly resolve: (v: IdentifierRecord | null) => void;
+  readonly reject: (e: unknown) => void;
+}
+
+interface QueuedGrant {
+  readonly seq: number;
+  readonly clientId: string;
+  readonly resolve: (v: IdentifierRecord | null) => void;
+  readonly reject: (e: unknown) => void;
+}
+
+/** Someone waiting for the answer of one row of a statement. */
+interface Waiter {
   readonly resolve: (v: IdentifierRecord | null) => void;
   readonly reject: (e: unknown) => void;
 }
@@ -156,6 +176,10 @@ export class PostgresStore implements Store {
   };
   /** Lanes running a statement of each kind. */
   private heldLanes: Record<HeldKind, number> = { renew: 0, release: 0 };
+  private grants: QueuedGrant[] = [];
+  private grantLanes = 0;
+  /** Grant statements sent, the allocations they carried, and those they granted (the rest ran the full use case). */
+  readonly grantStats = { statements: 0, asks: 0, granted: 0 };
   private pumpScheduled = false;
   private readonly maxLanes: number;
   private readonly defer: ((run: () => void) => void) | null;
@@ -246,6 +270,21 @@ export class PostgresStore implements Store {
     return this.ask('release', { name, clientId, epoch });
   }
 
+  /**
+   * Allocate's common case as one write (see tx.ts, GRANT_NEXT_SQL): the allocatable identifier
+   * free the longest granted to `clientId`, on disk before it resolves; null when the client
+   * already holds one or none was free and unlocked, and nothing changed (the caller then runs
+   * the full use case). Allocations queued while a grant statement runs go out together in the
+   * next, up to MAX_GRANT_BATCH: one round trip and one fsync for the lot.
+   */
+  grantNext(clientId: string): Promise<IdentifierRecord | null> {
+    return new Promise((resolve, reject) => {
+      if (this.closed) return reject(new RegistryError('unavailable', 'the store is closed'));
+      this.grants.push({ seq: this.seq++, clientId, resolve, reject });
+      this.pump();
+    });
+  }
+
   private ask(kind: HeldKind, ask: HeldAsk): Promise<IdentifierRecord | null> {
     return new Promise((resolve, reject) => {
       if (this.closed) return reject(new RegistryError('unavailable', 'the store is closed'));
@@ -255,7 +294,8 @@ export class PostgresStore implements Store {
   }
 
   private idle(): boolean {
-    return this.lanes === 0 && this.queue.length === 0 && this.held.renew.length === 0 && this.held.release.length === 0;
+    return this.lanes === 0 && this.queue.length === 0 && this.held.renew.length === 0 && this.held.release.length === 0 &&
+      this.grants.length === 0;
   }
 
   private pump(): void {
@@ -294,7 +334,41 @@ export class PostgresStore implements Store {
         oldest = { seq: head.seq, take: () => { const batch = this.held[kind].splice(0, MAX_HELD_BATCH); return () => this.runHeld(kind, batch); } };
       }
     }
+    const grant = this.grantLanes < MAX_GRANT_LANES ? this.grants[0] : undefined;
+    if (grant && (!oldest || grant.seq < oldest.seq)) {
+      oldest = { seq: grant.seq, take: () => { const batch = this.grants.splice(0, MAX_GRANT_BATCH); return () => this.runGrants(batch); } };
+    }
     return oldest ? oldest.take() : null;
+  }
+
+  private async runGrants(batch: readonly QueuedGrant[]): Promise<void> {
+    this.grantLanes++;
+    try {
+      // One row per client: the same client twice in a batch gets the one answer (same client,
+      // same identifier and epoch). In client order, so two batches granting to the same clients
+      // (a client through two instances) tend to meet at the unique index in one order; a
+      // deadlock between them, or a unique violation, runs the statement again.
+      const byClient = new Map<string, QueuedGrant[]>();
+      for (const g of batch) {
+        const list = byClient.get(g.clientId);
+        if (list) list.push(g);
+        else byClient.set(g.clientId, [g]);
+      }
+      const clients = [...byClient.keys()].sort();
+      const waiters: Waiter[] = clients.map((id) => {
+        const list = byClient.get(id) ?? [];
+        return {
+          resolve: (v) => { for (const g of list) g.resolve(v); },
+          reject: (e) => { for (const g of list) g.reject(e); },
+        };
+      });
+      this.grantStats.statements++;
+      this.grantStats.asks += clients.length;
+      await this.statementTogether(waiters, (client) => grantNextAlone(client, clients, this.injectedClock?.now() ?? null, this.lastTxNow),
+        (n) => { this.grantStats.granted += n; });
+    } finally {
+      this.grantLanes--;
+    }
   }
 
   /** One statement renews (or releases) the batch (see tx.ts); a lost race runs it again, anything else answers each ask. */
@@ -310,22 +384,35 @@ export class PostgresStore implements Store {
   private async heldTogether(kind: HeldKind, batch: readonly QueuedAsk[]): Promise<void> {
     // Every batch locks its rows in name order, so two batches never deadlock over them.
     const sorted = [...batch].sort((a, b) => (a.ask.name < b.ask.name ? -1 : a.ask.name > b.ask.name ? 1 : 0));
+    this.heldStats[kind].statements++;
+    this.heldStats[kind].asks += sorted.length;
+    await this.statementTogether(sorted, (client) =>
+      heldAlone(client, kind, sorted.map((r) => r.ask), this.injectedClock?.now() ?? null, this.lastTxNow));
+  }
+
+  /**
+   * Runs one statement of its own (autocommit) for a batch and answers each waiter with the row
+   * at its index, or null; a lost race runs it again, anything else rejects every waiter.
+   */
+  private async statementTogether(
+    waiters: readonly Waiter[],
+    send: (client: PoolClient) => Promise<HeldRow[]>,
+    onDone?: (rows: number) => void,
+  ): Promise<void> {
     for (let attempt = 1; ; attempt++) {
       let client: PoolClient;
       try {
         client = await this.connect();
       } catch (e) {
-        for (const item of sorted) item.reject(e);
+        for (const item of waiters) item.reject(e);
         return;
       }
       let broken: Error | undefined;
       let retry = false;
       try {
         const sentAt = this.monotonic();
-        this.heldStats[kind].statements++;
-        this.heldStats[kind].asks += sorted.length;
-        const done = await heldAlone(client, kind, sorted.map((r) => r.ask), this.injectedClock?.now() ?? null, this.lastTxNow);
-        const answers: Array<IdentifierRecord | null> = sorted.map(() => null);
+        const done = await send(client);
+        const answers: Array<IdentifierRecord | null> = waiters.map(() => null);
         for (const r of done) {
           answers[r.index] = r.rec;
           if (this.serverClock) {
@@ -333,7 +420,8 @@ export class PostgresStore implements Store {
             this.lastTxNow = Math.max(this.lastTxNow, r.now);
           }
         }
-        sorted.forEach((item, i) => item.resolve(answers[i] ?? null));
+        onDone?.(done.length);
+        waiters.forEach((item, i) => item.resolve(answers[i] ?? null));
         return;
       } catch (e) {
         // Cut off on the way, the statement may or may not have committed: `unavailable`, never a 200.
@@ -341,7 +429,7 @@ export class PostgresStore implements Store {
         retry = broken === undefined && isRetryable(e) && attempt < MAX_ATTEMPTS;
         if (!retry) {
           const err = toRegistryError(e);
-          for (const item of sorted) item.reject(err);
+          for (const item of waiters) item.reject(err);
           return;
         }
       } finally {

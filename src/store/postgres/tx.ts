@@ -52,14 +52,15 @@ const IN_TX: StatementClock = { with: 'WITH ', now: '$4::bigint', from: '' };
 
 /**
  * A statement of its own, so its own transaction: one round trip. Its time is the server's clock,
- * never below this instance's latest ($5), or $4 when the registry's time is injected (tests).
+ * never below this instance's latest ($5, or the parameter after `nowParam`), or $4 (`nowParam`)
+ * when the registry's time is injected (tests).
  * `synchronous_commit` is set for this statement's transaction only: on for an ownership change,
  * off for a liveness, which must be visible to every instance before its answer, not fsynced (SPEC.md).
  */
-function alone(durable: boolean): StatementClock {
+function alone(durable: boolean, nowParam = 4): StatementClock {
   return {
     with: `WITH t AS MATERIALIZED (
-      SELECT coalesce($4::bigint, greatest($5::bigint, ${SERVER_MS})) AS now,
+      SELECT coalesce($${nowParam}::bigint, greatest($${nowParam + 1}::bigint, ${SERVER_MS})) AS now,
              set_config('synchronous_commit', '${durable ? 'on' : 'off'}', true) AS commit_mode
     ), `,
     now: 't.now',
@@ -129,6 +130,60 @@ function askArrays(asks: readonly HeldAsk[]): unknown[] {
  */
 export async function heldAlone(client: PoolClient, kind: HeldKind, asks: readonly HeldAsk[], now: number | null, floor: number): Promise<HeldRow[]> {
   return (await rows(client, `${kind}_held_alone`, HELD_SQL[kind].alone, [...askArrays(asks), now, floor])).map(heldRowOf);
+}
+
+/**
+ * Allocate's common case on PostgreSQL, over a list of clients so one statement serves a whole
+ * batch, in autocommit with `synchronous_commit` on (see `alone`): each client that holds
+ * nothing is granted one of the allocatable identifiers free the longest, under its next epoch,
+ * with its `allocated` history entry. It restates, for speed, rules written in domain/ and
+ * registry.ts (Registry.allocate, Tx.claimFor, Tx.grant) — the test "allocate: the one-statement
+ * grant and the full use case give the same answers" in test/store/postgres.test.ts holds both to
+ * the same answers:
+ *  - allocatable: `client_id IS NULL AND NOT retired AND available_at <= now` (a cool-down
+ *    pending is not allocatable), the one free the longest first (available_at, pool_order, id);
+ *  - a client that holds an identifier keeps it (same client, same answer): such a client gets
+ *    no row here, and the full use case answers it; a grant committed by another instance after
+ *    this statement's snapshot is caught by the unique index on client_id (23505: the statement
+ *    rolls back and runs again, then sees the holder);
+ *  - a new grant takes the row's epoch + 1 (the trigger refuses anything else).
+ * The rows are taken FOR UPDATE SKIP LOCKED: a row another transaction is granting, freeing or
+ * reclaiming is skipped, never waited for, and the free check is re-checked on the newest
+ * version of a row changed since the snapshot (READ COMMITTED). A client without a row (it holds
+ * one, or nothing allocatable was left unlocked) changed nothing: the caller runs the full use
+ * case, which says pool_exhausted or renews the held lease.
+ * $1: the clients (distinct), `idx` (from 1) says which each returned row answers.
+ */
+const GRANT_NEXT_SQL = `${alone(true, 2).with}asks AS MATERIALIZED (
+      SELECT a.client_id, a.idx, row_number() OVER (ORDER BY a.idx) AS k
+      FROM unnest($1::text[]) WITH ORDINALITY AS a(client_id, idx)
+      WHERE NOT EXISTS (SELECT FROM identifiers h WHERE h.client_id = a.client_id)
+    ), picked AS MATERIALIZED (
+      SELECT f.id, row_number() OVER (ORDER BY f.available_at, f.pool_order, f.id) AS k FROM (
+        SELECT id, available_at, pool_order FROM identifiers
+        WHERE client_id IS NULL AND NOT retired AND available_at <= (SELECT now FROM t)
+        ORDER BY available_at, pool_order, id
+        LIMIT (SELECT count(*) FROM asks)
+        FOR UPDATE SKIP LOCKED
+      ) f
+    ), granted AS (
+      UPDATE identifiers i SET client_id = a.client_id, epoch = i.epoch + 1, allocated_at = t.now, last_seen = t.now
+      FROM picked p JOIN asks a ON a.k = p.k, t
+      WHERE i.id = p.id AND i.client_id IS NULL
+      RETURNING ${RECORD_COLUMNS_OF_I}, a.idx, t.now AS now
+    ), logged AS (
+      INSERT INTO history (identifier_id, at, event, client_id, epoch)
+      SELECT id, now, 'allocated', client_id, epoch FROM granted ORDER BY idx
+    )
+    SELECT * FROM granted`;
+
+/**
+ * Grants each of `clientIds` (distinct) that holds nothing the next allocatable identifier, in
+ * one statement outside any transaction (see GRANT_NEXT_SQL); `now` is the injected registry
+ * time, or null for the server's clock not below `floor`. Rows only for the clients granted.
+ */
+export async function grantNextAlone(client: PoolClient, clientIds: readonly string[], now: number | null, floor: number): Promise<HeldRow[]> {
+  return (await rows(client, 'grant_next_alone', GRANT_NEXT_SQL, [clientIds, now, floor])).map(heldRowOf);
 }
 
 async function heldInTx(client: PoolClient, kind: HeldKind, ask: HeldAsk, now: number): Promise<IdentifierRecord | null> {

@@ -1,0 +1,298 @@
+/**
+ * Allocate's common case on PostgreSQL as one statement (PostgresStore.grantNext, tx.ts
+ * GRANT_NEXT_SQL), shared by the allocations queued beside it, against a real server: what one
+ * statement grants, what it leaves to the full use case (a client that holds one, nothing
+ * allocatable), rows other instances are changing, and — since the statement restates rules
+ * the use case keeps in domain/ and registry.ts — the same answers as the full use case alone,
+ * in fixed scenarios and in random histories.
+ */
+import { expect } from 'chai';
+import fc from 'fast-check';
+import { FakeClock } from '../../src/clock.js';
+import { RegistryError } from '../../src/domain/errors.js';
+import { Registry } from '../../src/registry.js';
+import type { RegistryRules } from '../../src/registry.js';
+import { openPostgresStore } from '../../src/store/postgres/store.js';
+import type { PostgresStore, PostgresStoreOptions } from '../../src/store/postgres/store.js';
+import type { Reader, Store, Tx, WriteOptions } from '../../src/store/types.js';
+import { DEFAULT_RULES } from '../helpers.js';
+import { sharedPostgres } from '../support/postgres.js';
+import type { TestPostgres } from '../support/postgres.js';
+
+const T = Date.parse('2026-01-08T10:00:00.000Z');
+const SEC = 1000;
+const RULES: RegistryRules = { ...DEFAULT_RULES, ttlMs: 30 * SEC, cooldownMs: 20 * SEC };
+
+/** The same store without the one-statement grant: every allocate runs the full use case. */
+function fullUseCaseOnly(store: PostgresStore): Store {
+  return {
+    engine: store.engine,
+    clock: store.clock,
+    write<T>(fn: (tx: Tx) => Promise<T>, opts: WriteOptions): Promise<T> { return store.write(fn, opts); },
+    renewHeld: (n, c, e) => store.renewHeld(n, c, e),
+    releaseHeld: (n, c, e) => store.releaseHeld(n, c, e),
+    read<T>(fn: (r: Reader) => Promise<T>): Promise<T> { return store.read(fn); },
+    healthProblem: () => store.healthProblem(),
+    close: () => store.close(),
+  };
+}
+
+/** An answer as a VM would see it: the lease, or the error code. */
+async function answer(p: Promise<unknown>): Promise<unknown> {
+  try {
+    return await p;
+  } catch (e) {
+    if (e instanceof RegistryError) return { error: e.code };
+    throw e;
+  }
+}
+
+describe('postgres: allocate in one statement', function () {
+  this.timeout(120_000);
+  let server: TestPostgres;
+  const opened: PostgresStore[] = [];
+  /** Gates of the running test, opened after it whatever happened, so no transaction is left waiting. */
+  const gates: Array<() => void> = [];
+
+  /** A gate a transaction waits at, and a signal that it got there. */
+  function gate(): { reached: Promise<void>; arrive: () => void; opened: Promise<void>; open: () => void } {
+    let arrive = (): void => {};
+    let open = (): void => {};
+    const reached = new Promise<void>((r) => { arrive = r; });
+    const opened = new Promise<void>((r) => { open = r; });
+    gates.push(open);
+    return { reached, arrive, opened, open };
+  }
+
+  async function open(url: string, extra: Partial<PostgresStoreOptions> = {}): Promise<PostgresStore> {
+    const store = await openPostgresStore({ url, ...extra });
+    opened.push(store);
+    return store;
+  }
+
+  async function sql(url: string, text: string, values: unknown[] = []): Promise<Record<string, unknown>[]> {
+    return server.sql(text, values, new URL(url).pathname.slice(1));
+  }
+
+  before(async () => {
+    server = await sharedPostgres();
+  });
+
+  afterEach(async () => {
+    for (const open of gates.splice(0)) open();
+    await Promise.all(opened.splice(0).map((s) => s.close()));
+  });
+
+  /** The state a history leaves, as the API shows it: every identifier's view and history. */
+  async function stateOf(registry: Registry, names: readonly string[]): Promise<unknown[]> {
+    const out: unknown[] = [];
+    for (const name of names) out.push({ view: await registry.identifier(name), history: await registry.history(name) });
+    return out;
+  }
+
+  it('allocations queued together go out in one statement: distinct identifiers free the longest, next epochs, one history entry each; the rest are left to the full use case', async () => {
+    const url = await server.createDatabase();
+    const clock = new FakeClock(T);
+    const runs: Array<() => void> = [];
+    const store = await open(url, { clock, poolSize: 2, defer: (run) => { runs.push(run); } });
+    const settle = async <V>(p: Promise<V>): Promise<V> => {
+      let done = false;
+      void p.finally(() => { done = true; }).catch(() => undefined);
+      while (!done) {
+        for (const run of runs.splice(0)) run();
+        await new Promise((r) => setTimeout(r, 1));
+      }
+      return p;
+    };
+    const registry = new Registry({ store, rules: RULES });
+    await settle(registry.syncPool(['a', 'b', 'c', 'd', 'e']));
+    await settle(registry.allocate('vm-1')); // a#1
+    await settle(registry.allocate('vm-2')); // b#1
+    await settle(registry.allocate('vm-3')); // c#1
+    clock.advance(1000);
+    await settle(registry.release('vm-1', 'a', 1)); // a free since T+1000, epoch 1
+    await settle(registry.forceRelease('b')); // b cooling until T+21000
+    await settle(registry.syncPool(['a', 'b', 'c', 'd'])); // e retired
+    clock.advance(1000);
+    const before = { ...store.grantStats };
+    const answers = await settle(Promise.all(['vm-3', 'vm-7', 'vm-5', 'vm-4', 'vm-4', 'vm-6'].map((c) => store.grantNext(c))));
+    expect(store.grantStats.statements - before.statements, 'one statement for the lot').to.equal(1);
+    expect(store.grantStats.asks - before.asks, 'one row per distinct client').to.equal(5);
+    // In client order: vm-4 takes d (never used), vm-5 a (free since T+1000); vm-3 holds c; nothing
+    // is left for vm-6 and vm-7 (b cooling, e retired): those changed nothing.
+    expect(answers.map((r) => (r ? `${r.name}#${r.epoch} ${r.holder?.clientId ?? '-'} ${(r.holder?.allocatedAt ?? 0) - T}` : null)))
+      .to.deep.equal([null, null, 'a#2 vm-5 2000', 'd#1 vm-4 2000', 'd#1 vm-4 2000', null]);
+    expect(await sql(url, `SELECT i.name, h.client_id, h.epoch::int AS epoch, (h.at - $1)::int AS at FROM history h
+                           JOIN identifiers i ON i.id = h.identifier_id WHERE h.event = 'allocated' AND h.at = $1 + 2000 ORDER BY i.name`, [T]))
+      .to.deep.equal([{ name: 'a', client_id: 'vm-5', epoch: 2, at: 2000 }, { name: 'd', client_id: 'vm-4', epoch: 1, at: 2000 }]);
+    expect(await sql(url, 'SELECT name, client_id, epoch::int AS epoch FROM identifiers ORDER BY name')).to.deep.equal([
+      { name: 'a', client_id: 'vm-5', epoch: 2 }, { name: 'b', client_id: null, epoch: 1 }, { name: 'c', client_id: 'vm-3', epoch: 1 },
+      { name: 'd', client_id: 'vm-4', epoch: 1 }, { name: 'e', client_id: null, epoch: 0 },
+    ]);
+    // Through the registry, the clients left to the full use case get the rules' answers.
+    expect(await settle(registry.allocate('vm-3'))).to.include({ identifier: 'c', epoch: 1 });
+    expect(await settle(answer(registry.allocate('vm-6')))).to.deep.equal({ error: 'pool_exhausted' });
+  });
+
+  it('a row another instance is granting is skipped, not waited for', async () => {
+    const url = await server.createDatabase();
+    const a = await open(url, { lockTimeoutMs: 2000 });
+    const b = await open(url, { lockTimeoutMs: 2000, statementTimeoutMs: 3000 });
+    await new Registry({ store: a, rules: RULES }).syncPool(['x', 'y']);
+    const hold = gate();
+    // a picks x under FOR UPDATE SKIP LOCKED and holds its row lock until the test opens the gate.
+    const first = a.write(async (tx) => {
+      const claim = await tx.claimFor('vm-a', tx.now);
+      hold.arrive();
+      await hold.opened;
+      if (!claim) throw new Error('nothing claimed');
+      await tx.grant(claim.rec.rowId, 'vm-a', claim.rec.epoch + 1, tx.now);
+      return claim.rec.name;
+    }, { durable: true });
+    await hold.reached;
+    const started = performance.now();
+    const second = await b.grantNext('vm-b');
+    const waited = performance.now() - started;
+    hold.open();
+    expect(await first).to.equal('x');
+    expect(second?.name, 'the next free row, not the locked one').to.equal('y');
+    expect(waited, 'no wait for the lock').to.be.below(1000);
+  });
+
+  it('the same client through two instances: a grant committed meanwhile elsewhere wins, and the statement grants nothing', async () => {
+    const url = await server.createDatabase();
+    const a = await open(url, { applicationName: 'grant-a' });
+    const b = await open(url, { applicationName: 'grant-b' });
+    const registryB = new Registry({ store: b, rules: RULES });
+    await registryB.syncPool(['x', 'y']);
+    const hold = gate();
+    // a grants x to vm-1 and holds the transaction open; b's statement, not seeing that grant,
+    // picks y for vm-1 and runs into the one-client index, where it waits for a.
+    const first = a.write(async (tx) => {
+      const claim = await tx.claimFor('vm-1', tx.now);
+      if (!claim) throw new Error('nothing claimed');
+      await tx.grant(claim.rec.rowId, 'vm-1', claim.rec.epoch + 1, tx.now);
+      hold.arrive();
+      await hold.opened;
+      return claim.rec.name;
+    }, { durable: true });
+    await hold.reached;
+    const second = registryB.allocate('vm-1');
+    const deadline = performance.now() + 5000;
+    for (;;) {
+      const rows = await sql(url, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'grant-b' AND wait_event_type = 'Lock'`);
+      if (rows[0]?.['n'] === 1) break;
+      if (performance.now() > deadline) throw new Error('b never waited on the one-client index');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    hold.open();
+    expect(await first).to.equal('x');
+    expect(await second, 'the same identifier and epoch as the grant that won').to.include({ identifier: 'x', epoch: 1, clientId: 'vm-1' });
+    expect(b.grantStats.granted).to.equal(0);
+    expect(await sql(url, 'SELECT name, client_id FROM identifiers WHERE client_id IS NOT NULL')).to.deep.equal([{ name: 'x', client_id: 'vm-1' }]);
+    expect(await sql(url, `SELECT count(*)::int AS n FROM history WHERE event = 'allocated'`)).to.deep.equal([{ n: 1 }]);
+  });
+
+  it('the one-statement grant and the full use case give the same answers: held, pool exhausted, cool-down pending, retired, free the longest first', async () => {
+    const clock = new FakeClock(T);
+    const fastStore = await open(await server.createDatabase(), { clock });
+    const fullStore = await open(await server.createDatabase(), { clock });
+    const fast = new Registry({ store: fastStore, rules: RULES });
+    const full = new Registry({ store: fullUseCaseOnly(fullStore), rules: RULES });
+    const both = async (f: (r: Registry) => Promise<unknown>): Promise<unknown> => {
+      const a = await answer(f(fast));
+      const b = await answer(f(full));
+      expect(a, 'the one-statement grant answered otherwise than the full use case').to.deep.equal(b);
+      return a;
+    };
+    await both((r) => r.syncPool(['a', 'b', 'c']));
+    expect(await both((r) => r.allocate('vm-1'))).to.include({ identifier: 'a', epoch: 1 });
+    clock.advance(1000);
+    expect(await both((r) => r.allocate('vm-1')), 'a client that holds one gets it again, renewed').to.include({ identifier: 'a', epoch: 1, lastSeen: T + 1000 });
+    expect(await both((r) => r.allocate('vm-2'))).to.include({ identifier: 'b', epoch: 1 });
+    expect(await both((r) => r.allocate('vm-3'))).to.include({ identifier: 'c', epoch: 1 });
+    expect(await both((r) => r.allocate('vm-4')), 'pool exhausted').to.deep.equal({ error: 'pool_exhausted' });
+    await both((r) => r.forceRelease('b'));
+    clock.advance(RULES.cooldownMs - 1);
+    expect(await both((r) => r.allocate('vm-4')), 'a cool-down pending').to.deep.equal({ error: 'pool_exhausted' });
+    await both((r) => r.release('vm-1', 'a', 1));
+    clock.advance(1);
+    expect(await both((r) => r.allocate('vm-4')), 'the one free the longest first: b (cooled since now) after a (released before)')
+      .to.include({ identifier: 'a', epoch: 2 });
+    expect(await both((r) => r.allocate('vm-5'))).to.include({ identifier: 'b', epoch: 2 });
+    await both((r) => r.syncPool(['a', 'b'], null, { force: true })); // c retired, still held by vm-3
+    expect(await both((r) => r.allocate('vm-3')), 'a retired identifier stays with its holder').to.include({ identifier: 'c', epoch: 1 });
+    await both((r) => r.release('vm-3', 'c', 1));
+    expect(await both((r) => r.allocate('vm-6')), 'a retired identifier is not granted').to.deep.equal({ error: 'pool_exhausted' });
+    expect(await stateOf(fast, ['a', 'b', 'c'])).to.deep.equal(await stateOf(full, ['a', 'b', 'c']));
+    // Refusals are recorded alike (the guarded reaper's demand).
+    const refusals = async (s: PostgresStore): Promise<number> => s.write((tx) => tx.countRefusedClients(0), { durable: false });
+    expect(await refusals(fastStore)).to.equal(await refusals(fullStore)).and.to.equal(2);
+    expect(fastStore.grantStats.granted, 'the fast store granted through its statement').to.equal(5);
+    expect(fullStore.grantStats.statements, 'the other never used it').to.equal(0);
+  });
+
+  it('random histories: the one-statement grant and the full use case give the same answers and leave the same state', async () => {
+    const POOL = ['p', 'q', 'r', 's'];
+    const clients = fc.constantFrom('vm-0', 'vm-1', 'vm-2', 'vm-3', 'vm-4', 'vm-5');
+    type Cmd =
+      | { t: 'allocate'; c: string }
+      | { t: 'renew'; c: string }
+      | { t: 'release'; c: string }
+      | { t: 'force'; id: string }
+      | { t: 'retire'; keep: string[] }
+      | { t: 'reap' }
+      | { t: 'advance'; ms: number };
+    const cmd: fc.Arbitrary<Cmd> = fc.oneof(
+      { weight: 6, arbitrary: fc.record({ t: fc.constant('allocate' as const), c: clients }) },
+      { weight: 2, arbitrary: fc.record({ t: fc.constant('renew' as const), c: clients }) },
+      { weight: 3, arbitrary: fc.record({ t: fc.constant('release' as const), c: clients }) },
+      { weight: 2, arbitrary: fc.record({ t: fc.constant('force' as const), id: fc.constantFrom(...POOL) }) },
+      { weight: 1, arbitrary: fc.record({ t: fc.constant('retire' as const), keep: fc.subarray(POOL, { minLength: 2 }) }) },
+      { weight: 1, arbitrary: fc.record({ t: fc.constant('reap' as const) }) },
+      { weight: 3, arbitrary: fc.record({ t: fc.constant('advance' as const), ms: fc.constantFrom(1 * SEC, 10 * SEC, 19 * SEC, 25 * SEC) }) },
+    );
+    let granted = 0;
+    await fc.assert(fc.asyncProperty(fc.array(cmd, { minLength: 5, maxLength: 30 }), async (cmds) => {
+      const clock = new FakeClock(T);
+      const fastStore = await open(await server.createDatabase(), { clock });
+      const fullStore = await open(await server.createDatabase(), { clock });
+      const fast = new Registry({ store: fastStore, rules: RULES });
+      const full = new Registry({ store: fullUseCaseOnly(fullStore), rules: RULES });
+      const held = new Map<string, { identifier: string; epoch: number }>();
+      try {
+        for (const r of [fast, full]) await r.syncPool(POOL);
+        for (const [i, c] of cmds.entries()) {
+          if (c.t === 'advance') {
+            clock.advance(c.ms);
+            continue;
+          }
+          const h = 'c' in c ? held.get(c.c) : undefined;
+          const run = (r: Registry): Promise<unknown> => {
+            switch (c.t) {
+              case 'allocate': return r.allocate(c.c);
+              case 'renew': return h ? r.renew(c.c, h.identifier, h.epoch) : Promise.resolve(null);
+              case 'release': return h ? r.release(c.c, h.identifier, h.epoch) : Promise.resolve(null);
+              case 'force': return r.forceRelease(c.id);
+              case 'retire': return r.syncPool(c.keep, null, { force: true });
+              case 'reap': return r.reap({ force: true });
+            }
+          };
+          const a = await answer(run(fast));
+          const b = await answer(run(full));
+          expect(a, `command ${i} ${JSON.stringify(c)}`).to.deep.equal(b);
+          if (c.t === 'allocate' && a && typeof a === 'object' && 'identifier' in a && 'epoch' in a) {
+            held.set(c.c, { identifier: String(a.identifier), epoch: Number(a.epoch) });
+          }
+          if (c.t === 'release' && h) held.delete(c.c);
+        }
+        expect(await stateOf(fast, POOL)).to.deep.equal(await stateOf(full, POOL));
+        granted += fastStore.grantStats.granted;
+      } finally {
+        await Promise.all([fastStore.close(), fullStore.close()]);
+        opened.splice(0);
+      }
+    }), { numRuns: Number(process.env['GRANT_RUNS'] ?? 25) });
+    expect(granted, 'the fast path must have granted in these histories').to.be.above(0);
+  });
+});
