@@ -83,11 +83,12 @@ export function jsonBody() {
   return async function jsonBodyMiddleware(ctx: Context, next: Next): Promise<void> {
     // Only application/json: other +json types (merge-patch, …) mean something else, and
     // koa-bodyparser would leave their body unread.
-    if (hasBody(ctx) && !ctx.is('application/json')) {
-      throw new RegistryError('unsupported_media_type', 'the request body must be JSON (Content-Type: application/json)');
-    }
+    // A plain length means a plain application/json type: the type check is only for the rest.
     const length = plainLength(ctx.req);
     if (length === null) {
+      if (hasBody(ctx) && !ctx.is('application/json')) {
+        throw new RegistryError('unsupported_media_type', 'the request body must be JSON (Content-Type: application/json)');
+      }
       return parser(ctx, async () => {
         requireObject(ctx.request.body);
         await next();

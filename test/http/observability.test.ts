@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { Writable } from 'node:stream';
 import { Ajv } from 'ajv';
 import { Validator } from '@seriousme/openapi-schema-validator';
-import { createLogger } from '../../src/log.js';
+import { createLogger, isoTimeOncePerMs } from '../../src/log.js';
 import { ROUTES, createRouter } from '../../src/http/routes.js';
 import { healthSchema, historySchema, identifierListSchema, identifierViewSchema, leaseViewSchema } from '../../src/http/schemas.js';
 import { SECOND, makeRegistry } from '../helpers.js';
@@ -131,6 +131,21 @@ describe('logs', () => {
     expect(requests[2]).to.include({ status: 401, error_code: 'unauthorized' });
     expect(lines.find((l) => l['msg'] === 'ownership allocated')).to.include({ event: 'allocated', identifier: 'w-0', client_id: 'vm-a', epoch: 1 });
     expect(out.raw()).to.not.include('SECRET');
+  });
+
+  it('each line carries the ISO time of its own millisecond, formatted once a millisecond', () => {
+    let now = Date.UTC(2026, 10, 22, 10, 0, 0, 999);
+    const time = isoTimeOncePerMs(() => now);
+    expect(time()).to.equal(',"time":"2026-11-22T10:00:00.999Z"');
+    expect(time()).to.equal(',"time":"2026-11-22T10:00:00.999Z"');
+    now += 1;
+    expect(time()).to.equal(',"time":"2026-11-22T10:00:01.000Z"');
+    now -= 60_000; // the wall clock stepped back: the line says so
+    expect(time()).to.equal(',"time":"2026-11-22T09:59:01.000Z"');
+    // And a logger's lines are parseable JSON with that field.
+    const out = capture();
+    createLogger('info', out.stream).info('x');
+    expect(Date.parse(String(out.lines()[0]?.['time']))).to.be.closeTo(Date.now(), 5_000);
   });
 
   it('a routine 200 liveness is counted and timed in /metrics but logged only at debug; a refused one is logged at info', async () => {
