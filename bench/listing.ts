@@ -116,14 +116,16 @@ for (let round = 1; round <= ROUNDS; round++) {
   let finished = false;
   const probing = PROBE ? probe(() => finished) : Promise.resolve({ worst: 0, failed: 0 });
   const cpu0 = process.cpuUsage();
+  const elu0 = performance.eventLoopUtilization();
   const r = await fullListing();
   const cpu = process.cpuUsage(cpu0);
+  const elu = performance.eventLoopUtilization(elu0);
   finished = true;
   const live = await probing;
   const held = stopLag();
   console.log(
     `N=${N} round ${round}: ${r.ms.toFixed(0)} ms, ${Math.round(N / (r.ms / 1000)).toLocaleString('en')} rows/s, ` +
-      `CPU ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms, ` +
+      `CPU ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms (event loop busy ${elu.active.toFixed(0)} ms), ` +
       `${(r.bytes / 1e6).toFixed(1)} MB; event loop held up to ${held.wall.toFixed(1)} ms (CPU ${held.cpu.toFixed(1)} ms); slowest liveness ${live.worst.toFixed(1)} ms${live.failed ? ` (${live.failed} failed)` : ''}`,
   );
 }
@@ -131,5 +133,6 @@ for (let round = 1; round <= ROUNDS; round++) {
 server.closeAllConnections();
 server.close();
 await registry.close();
+console.log("listing worker:", JSON.stringify(store.listingWorkerStats()));
 await store.close();
 rmSync(dir, { recursive: true, force: true });

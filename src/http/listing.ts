@@ -33,17 +33,22 @@ const CLOSE = Buffer.from(']');
 const EMPTY = Buffer.from('[]');
 
 async function* chunks(registry: Registry, status: Status | null, first: ListedPage): AsyncGenerator<Buffer> {
-  let page = first;
   let open = OPEN;
-  for (;;) {
-    const body = identifierViewsJson(page);
-    if (body.length > 0) {
-      yield Buffer.concat([open, body]);
-      open = COMMA;
+  const body = identifierViewsJson(first);
+  if (body.length > 0) {
+    yield Buffer.concat([open, body]);
+    open = COMMA;
+  }
+  if (first.next !== null) {
+    for await (const page of registry.pagesAfter(status, first.next.cursor, { limit: LISTING_PAGE_SIZE })) {
+      const json = identifierViewsJson(page);
+      if (json.length > 0) {
+        yield open; // the page itself is not copied to put a comma before it
+        yield json;
+        open = COMMA;
+      }
+      await nextTurn();
     }
-    if (page.next === null) break;
-    await nextTurn();
-    page = await registry.listPage({ status, after: page.next.cursor, limit: LISTING_PAGE_SIZE });
   }
   yield open === OPEN ? EMPTY : CLOSE;
 }
