@@ -140,11 +140,11 @@ describe('the listing read on worker threads', function () {
       const first = await h.registry.listPage({ status: null, after: null, limit: 100 });
       if (!first.next) throw new Error('expected more pages');
       const parts = [identifierViewsJson(first).toString('utf8')];
-      let taken = 0;
-      for await (const page of h.registry.pagesAfter(null, first.next.cursor, { limit: 100 })) {
-        parts.push(identifierViewsJson(page).toString('utf8'));
-        if (++taken === 3) await store.stopListingWorkers(); // pages asked of them are refused
-      }
+      const pages = h.registry.pagesAfter(null, first.next.cursor, { limit: 100 });
+      const taking = pages.next(); // asks the workers for the second page (and, once it tells where it ends, the third)
+      expect(store.listingWorkerStats().pending, 'pages asked of the workers').to.be.greaterThan(0);
+      await store.stopListingWorkers(); // the pages asked of them are refused
+      for (let r = await taking; !r.done; r = await pages.next()) parts.push(identifierViewsJson(r.value).toString('utf8'));
       expect(`[${parts.join(',')}]`).to.equal(await reference(h.registry, null));
       expect(store.listingWorkerStats().running).to.equal(0);
       // The next listing starts them again.
