@@ -49,8 +49,8 @@ export interface ListJson {
 }
 
 /**
- * The listing's pages read off the event loop (SQLite on a file: a worker thread with its own
- * connection), each in a read transaction of its own, as `Reader.listJson` writes them.
+ * The listing's pages read off the event loop (SQLite on a file: worker threads, each with its
+ * own connection), each in a read transaction of its own, as `Reader.listJson` writes them.
  */
 export interface ListingReader {
   /** Whether it can take a page now (a worker still starting cannot: read the page in-process meanwhile). */
