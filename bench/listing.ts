@@ -3,11 +3,12 @@
  *
  * The full listing (`GET /identifiers`, what `idreg list` does) on a pool of N identifiers,
  * 90% leased, served in this process: rows a second, the longest the event loop was held
- * (the longest gap between 1 ms timer ticks), and the slowest liveness answered while the
- * listing ran, and the CPU this process used meanwhile (the registry's work, and the
- * probe's client; with --curl, not the listing's client): steadier than wall time on a
- * shared machine. --curl fetches the listing with curl in a process of its own. Not a
- * test: it prints numbers to compare before and after a change, on the same machine.
+ * (the longest gap between 1 ms timer ticks, and how much of it the event loop was busy), the
+ * slowest liveness answered while the listing ran, and the CPU this process used meanwhile
+ * (the registry's work, its listing worker threads included, and the probe's client; with
+ * --curl, not the listing's client), and how much of the listing the event loop was busy.
+ * --curl fetches the listing with curl in a process of its own. Not a test: it prints numbers
+ * to compare before and after a change, on the same machine.
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -88,25 +89,28 @@ async function probe(done: () => boolean): Promise<{ worst: number; failed: numb
 
 /**
  * The longest gap between ticks of a 1 ms timer, until stopped: how long the loop was held.
- * On a shared machine a gap can also be this process waiting for a core, so the CPU time
- * this process used during the longest-CPU gap is reported too: that part is our own work.
+ * On a shared machine a gap can also be this process waiting for a core, so how much of the
+ * longest gap the event loop was busy is reported too (its own work; the process's CPU would
+ * count the listing's worker threads as well).
  */
-function lagMonitor(): () => { wall: number; cpu: number } {
+function lagMonitor(): () => { wall: number; busy: number } {
   let last = performance.now();
-  let lastCpu = process.cpuUsage();
+  let lastElu = performance.eventLoopUtilization();
   let wall = 0;
-  let cpu = 0;
+  let busy = 0;
   const timer = setInterval(() => {
     const t = performance.now();
-    const used = process.cpuUsage(lastCpu);
-    wall = Math.max(wall, t - last);
-    cpu = Math.max(cpu, (used.user + used.system) / 1000);
+    const elu = performance.eventLoopUtilization();
+    if (t - last > wall) {
+      wall = t - last;
+      busy = performance.eventLoopUtilization(elu, lastElu).active;
+    }
     last = t;
-    lastCpu = process.cpuUsage();
+    lastElu = elu;
   }, 1);
   return () => {
     clearInterval(timer);
-    return { wall, cpu };
+    return { wall, busy };
   };
 }
 
@@ -116,20 +120,23 @@ for (let round = 1; round <= ROUNDS; round++) {
   let finished = false;
   const probing = PROBE ? probe(() => finished) : Promise.resolve({ worst: 0, failed: 0 });
   const cpu0 = process.cpuUsage();
+  const elu0 = performance.eventLoopUtilization();
   const r = await fullListing();
   const cpu = process.cpuUsage(cpu0);
+  const elu = performance.eventLoopUtilization(elu0);
   finished = true;
   const live = await probing;
   const held = stopLag();
   console.log(
     `N=${N} round ${round}: ${r.ms.toFixed(0)} ms, ${Math.round(N / (r.ms / 1000)).toLocaleString('en')} rows/s, ` +
-      `CPU ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms, ` +
-      `${(r.bytes / 1e6).toFixed(1)} MB; event loop held up to ${held.wall.toFixed(1)} ms (CPU ${held.cpu.toFixed(1)} ms); slowest liveness ${live.worst.toFixed(1)} ms${live.failed ? ` (${live.failed} failed)` : ''}`,
+      `CPU ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms (event loop busy ${elu.active.toFixed(0)} ms), ` +
+      `${(r.bytes / 1e6).toFixed(1)} MB; event loop held up to ${held.wall.toFixed(1)} ms (busy ${held.busy.toFixed(1)} ms of it); slowest liveness ${live.worst.toFixed(1)} ms${live.failed ? ` (${live.failed} failed)` : ''}`,
   );
 }
 
 server.closeAllConnections();
 server.close();
 await registry.close();
+console.log(`pages written by the listing workers: ${store.listingWorkerStats().pages}`);
 await store.close();
 rmSync(dir, { recursive: true, force: true });

@@ -15,7 +15,7 @@ import { retirePlan, retireRefusal } from './domain/pool-sync.js';
 import type {
   HistoryEntry, HistoryEvent, IdentifierInfo, IdentifierRecord, Lease, PoolCounts, ReaperState, RecordTuple, Status, SyncResult,
 } from './domain/types.js';
-import type { FreeEntry, Reader, Store, Tx } from './store/types.js';
+import type { FreeEntry, ListJson, Reader, Store, Tx } from './store/types.js';
 
 export interface RegistryRules extends LeaseRules, GuardRules {
   /** No reclaim before the service has been up this long. */
@@ -505,6 +505,80 @@ export class Registry {
    */
   async listPage(filter: ListFilter): Promise<ListedPage> {
     return this.readPage(filter, true);
+  }
+
+  /**
+   * The pages of the full listing after `after` (the first page's cursor), read ahead of the
+   * caller by up to `ahead` pages, `limit` rows each: by the store's listing reader when it has
+   * one (SQLite on a file: worker threads, so the next pages are read while this one is sent),
+   * else with listPage on this thread (also while the reader starts, for a page it cannot
+   * read, and for the rest of the listing once it failed: from the first page not yet taken). Each page is
+   * its own read snapshot, as listPage's are, and starts where the one before it ended in that
+   * page's snapshot. Stopping the iteration (a client gone) asks for no more pages; those being
+   * read are dropped when they arrive.
+   */
+  async *pagesAfter(status: Status | null, after: ListCursor, opts: { limit: number; ahead?: number }): AsyncGenerator<ListedPage> {
+    const ahead = opts.ahead ?? 2;
+    let reader = this.store.listingReader?.() ?? null;
+    const view = { ttlMs: this.rules.ttlMs, fenceAfterMs: fenceAfterMs(this.rules) };
+    type OnNext = (next: ListCursor | null) => void;
+    const here = async (cursor: ListCursor, onNext: OnNext): Promise<ListedPage> => {
+      const page = await this.listPage({ status, after: cursor, limit: opts.limit });
+      onNext(page.next?.cursor ?? null);
+      return page;
+    };
+    const read = async (cursor: ListCursor, onNext: OnNext): Promise<ListedPage> => {
+      const r = reader;
+      if (r === null || !r.ready) return here(cursor, onNext);
+      const now = this.store.clock.now();
+      const q = { status, now, after: cursor, limit: opts.limit };
+      const page = await r.page(q, view, (n) => onNext(n ? { poolOrder: n.poolOrder, rowId: n.rowId } : null));
+      if (page === null) return here(cursor, onNext);
+      const n = page.next;
+      return { json: page.members, rows: page.rows, now, rules: this.rules, next: n ? { name: n.name, cursor: { poolOrder: n.poolOrder, rowId: n.rowId } } : null };
+    };
+    // Pages asked for and not yet taken, in order; where the next one starts (undefined: not
+    // known yet, null: no more); `round` tells a discarded read's late news from the current.
+    let slots: { readonly cursor: ListCursor; readonly page: Promise<ListedPage> }[] = [];
+    let next: ListCursor | null | undefined = after;
+    let round = 0;
+    let stopped = false;
+    const ask = (): void => {
+      while (!stopped && next !== undefined && next !== null && slots.length < ahead) {
+        const cursor: ListCursor = next;
+        const mine = round;
+        next = undefined;
+        const page = read(cursor, (n) => {
+          if (mine !== round || stopped) return;
+          next = n;
+          ask();
+        });
+        page.catch(() => {}); // answered where it is taken
+        slots.push({ cursor, page });
+      }
+    };
+    try {
+      for (;;) {
+        ask();
+        const slot = slots.shift();
+        if (!slot) return;
+        let page: ListedPage;
+        try {
+          page = await slot.page;
+        } catch (e) {
+          if (reader === null) throw e; // read here, and failed: the store's error ends the listing
+          // The reader failed: this page and those read ahead are read again here, from this page's start.
+          reader = null;
+          round++;
+          slots = [];
+          next = slot.cursor;
+          continue;
+        }
+        yield page;
+      }
+    } finally {
+      stopped = true;
+    }
   }
 
   private async readPage(filter: ListFilter, written: boolean): Promise<ListedPage> {

@@ -1,16 +1,22 @@
 /**
  * The full listing (`GET /identifiers` without `limit`), streamed: a 1M pool serialized in
  * one go would hold the event loop for seconds, and every liveness with it. Instead the array
- * is written page by page, each page one `registry.listPage` call, written as JSON by the
- * store (SQLite) or by identifierViewsJson, with a turn of the event loop between pages, and only as
- * fast as the client reads (a slow reader costs a page of memory, not the pool).
+ * is written page by page: the first by `registry.listPage` here (so a bad `after` is still a
+ * 400), the rest by `registry.pagesAfter`, which on SQLite with a database file has them
+ * written by two worker threads, a page or two ahead of what is sent (elsewhere, and when the
+ * workers cannot be used, page by page on this thread, with a turn of the event loop between
+ * pages). Pages are sent only as fast as the client reads: a slow reader costs a few pages of
+ * memory, not the pool.
  *
  * Each page is its own read snapshot, so a listing is not one snapshot of the pool: an
  * identifier whose state changes while the listing runs shows the state its page saw, and
  * a pool sync that reorders the pool meanwhile can make the rest of the listing skip or
  * repeat identifiers. Pages follow the pool order by keyset (each page starts after the
- * pool order and row id of the last row sent), so without a reordering sync each identifier
- * appears once.
+ * pool order and row id of the last row of the page before, in that page's snapshot), so
+ * without a reordering sync each identifier appears once. One snapshot for the whole listing
+ * was not chosen: its read transaction would stay open for as long as the client takes to
+ * read (a client that stops reading, for ever), and no WAL checkpoint can move past an open
+ * snapshot, so the WAL would grow for all that time.
  */
 import { Readable } from 'node:stream';
 import type { Status } from '../domain/types.js';
@@ -33,17 +39,22 @@ const CLOSE = Buffer.from(']');
 const EMPTY = Buffer.from('[]');
 
 async function* chunks(registry: Registry, status: Status | null, first: ListedPage): AsyncGenerator<Buffer> {
-  let page = first;
   let open = OPEN;
-  for (;;) {
-    const body = identifierViewsJson(page);
-    if (body.length > 0) {
-      yield Buffer.concat([open, body]);
-      open = COMMA;
+  const body = identifierViewsJson(first);
+  if (body.length > 0) {
+    yield Buffer.concat([open, body]);
+    open = COMMA;
+  }
+  if (first.next !== null) {
+    for await (const page of registry.pagesAfter(status, first.next.cursor, { limit: LISTING_PAGE_SIZE })) {
+      const json = identifierViewsJson(page);
+      if (json.length > 0) {
+        yield open; // the page itself is not copied to put a comma before it
+        yield json;
+        open = COMMA;
+      }
+      await nextTurn();
     }
-    if (page.next === null) break;
-    await nextTurn();
-    page = await registry.listPage({ status, after: page.next.cursor, limit: LISTING_PAGE_SIZE });
   }
   yield open === OPEN ? EMPTY : CLOSE;
 }

@@ -49,6 +49,30 @@ export interface ListJson {
   readonly next: { readonly name: string; readonly poolOrder: number; readonly rowId: number } | null;
 }
 
+/**
+ * The listing's pages read off the event loop (SQLite on a file: worker threads, each with its
+ * own connection), each in a read transaction of its own, as `Reader.listJson` writes them.
+ */
+export interface ListingReader {
+  /** Whether it can take a page now (a worker still starting cannot: read the page in-process meanwhile). */
+  readonly ready: boolean;
+  /**
+   * The page `q` lists, from one read snapshot: written as JSON, or as its rows when SQL could
+   * not write them. `onNext` is told where the page ends (null: the last page) as soon as that
+   * is known, before the page itself: the next page can be asked for meanwhile. Null when the
+   * page cannot be read there (read it in-process); rejects when the reader failed.
+   */
+  page(q: ListQuery, view: ViewRules, onNext: (next: ListJson['next']) => void): Promise<OffLoopPage | null>;
+}
+
+/** A page the listing reader read. */
+export interface OffLoopPage {
+  /** The views as JSON members, or null when SQL could not write them: then `rows`. */
+  readonly members: Buffer | null;
+  readonly rows: readonly RecordTuple[];
+  readonly next: ListJson['next'];
+}
+
 export interface RawCounts {
   readonly total: number;
   readonly leased: number;
@@ -205,6 +229,11 @@ export interface Store {
   grantNext?(clientId: string): Promise<IdentifierRecord | null>;
   /** Runs `fn` with read access; never waits for another process's write lock. */
   read<T>(fn: (r: Reader) => Promise<T>): Promise<T>;
+  /**
+   * Where the full listing's pages after the first are read, off the event loop; null (or
+   * absent) when the store has no such reader: pages are read with `read`.
+   */
+  listingReader?(): ListingReader | null;
   /** Why the store cannot serve, or null; never throws. */
   healthProblem(): Promise<string | null>;
   close(): Promise<void>;

@@ -18,6 +18,8 @@ import type { ListCursor, RegistryRules } from '../../src/registry.js';
 import type { DumpIdentifier } from '../../src/store/dump.js';
 import { PostgresStore } from '../../src/store/postgres/store.js';
 import { loadSqlite } from '../../src/store/sqlite/dump.js';
+import type { SqliteStore } from '../../src/store/sqlite/store.js';
+import type { Store } from '../../src/store/types.js';
 import { ENGINES, openTestStore, useEngine } from '../engines.js';
 import type { EngineName } from '../engines.js';
 import { DEFAULT_RULES } from '../helpers.js';
@@ -89,6 +91,8 @@ function identifiers(engine: EngineName, now: number, ttlMs: number): fc.Arbitra
 }
 
 interface Case {
+  /** SQLite on a file: the pages after the first are read by the listing workers too. */
+  readonly onFile: boolean;
   readonly now: number;
   readonly rules: RegistryRules;
   readonly rows: DumpIdentifier[];
@@ -107,6 +111,7 @@ function cases(engine: EngineName): fc.Arbitrary<Case> {
   );
   return fc.tuple(nowArb, ttlArb, fc.integer({ min: 0, max: 30 * DAY })).chain(([now, ttlMs, cooldownMs]) =>
     fc.record({
+      onFile: fc.boolean(),
       now: fc.constant(now),
       rules: fc.constant({ ...DEFAULT_RULES, ttlMs, cooldownMs }),
       rows: identifiers(engine, now, ttlMs),
@@ -123,14 +128,14 @@ function referenceText(items: Parameters<typeof identifierView>[0][]): string {
   return JSON.stringify(items.map(identifierView));
 }
 
-async function registryOn(engine: EngineName, c: Case): Promise<{ registry: Registry; clock: FakeClock }> {
+async function registryOn(engine: EngineName, c: Case): Promise<{ registry: Registry; clock: FakeClock; store: Store; sqlite: SqliteStore | null }> {
   const clock = new FakeClock(c.now);
-  const t = await openTestStore(clock, { engine });
+  const t = await openTestStore(clock, { engine, shared: engine === 'sqlite' && c.onFile });
   const dump = { engine, exportedAt: c.now, identifiers: c.rows, history: [], meta: [] };
   if (t.sqlite) loadSqlite(t.sqlite.db, dump);
   else if (t.store instanceof PostgresStore) await t.store.load(dump);
   else throw new Error('unknown test store');
-  return { registry: new Registry({ store: t.store, rules: c.rules }), clock };
+  return { registry: new Registry({ store: t.store, rules: c.rules }), clock, store: t.store, sqlite: t.sqlite };
 }
 
 for (const engine of ENGINES) {
@@ -139,46 +144,65 @@ for (const engine of ENGINES) {
     useEngine(engine);
 
     it('for random states, times, rules, filters, cursors and page sizes (GET /identifiers paged and full included)', async () => {
-      const written = { store: 0, here: 0 };
+      const written = { store: 0, here: 0, offLoop: 0 };
       await fc.assert(fc.asyncProperty(cases(engine), async (c) => {
-        const { registry } = await registryOn(engine, c);
-        const names = c.rows.map((r) => r.name);
-        for (const q of c.queries) {
-          const afterName = q.after === null || names.length === 0 ? null : (names[q.after % names.length] ?? null);
-          const filter = { status: q.status, after: afterName, limit: q.limit };
-          const ref = await registry.list(filter);
-          const page = await registry.listPage(filter);
-          if (page.json !== null) written.store++;
-          else written.here++;
-          expect(`[${identifierViewsJson(page).toString('utf8')}]`, JSON.stringify(filter)).to.equal(referenceText(ref.items));
-          expect(page.next?.name ?? null).to.equal(ref.next);
-          // The next page from the cursor is the next page from the name.
-          if (page.next !== null) {
-            const byCursor = await registry.listPage({ ...filter, after: page.next.cursor });
-            const byName = await registry.list({ ...filter, after: page.next.name });
-            expect(`[${identifierViewsJson(byCursor).toString('utf8')}]`).to.equal(referenceText(byName.items));
+        const { registry, store, sqlite } = await registryOn(engine, c);
+        try {
+          const names = c.rows.map((r) => r.name);
+          const workers = sqlite !== null && c.onFile && (await sqlite.startListingWorkers());
+          if (sqlite !== null && c.onFile) expect(workers, 'listing workers on a file').to.equal(true);
+          for (const q of c.queries) {
+            const afterName = q.after === null || names.length === 0 ? null : (names[q.after % names.length] ?? null);
+            const filter = { status: q.status, after: afterName, limit: q.limit };
+            const ref = await registry.list(filter);
+            const page = await registry.listPage(filter);
+            if (page.json !== null) written.store++;
+            else written.here++;
+            expect(`[${identifierViewsJson(page).toString('utf8')}]`, JSON.stringify(filter)).to.equal(referenceText(ref.items));
+            expect(page.next?.name ?? null).to.equal(ref.next);
+            // The next page from the cursor is the next page from the name.
+            if (page.next !== null) {
+              const byCursor = await registry.listPage({ ...filter, after: page.next.cursor });
+              const byName = await registry.list({ ...filter, after: page.next.name });
+              expect(`[${identifierViewsJson(byCursor).toString('utf8')}]`).to.equal(referenceText(byName.items));
+            }
+            // The whole listing as the streamed listing reads it (the pages after the first read
+            // ahead, by the workers on a file), in small pages so that most of it is read ahead.
+            const before = sqlite?.listingWorkerStats().pages ?? 0;
+            const small = 1 + ((q.limit ?? 0) % 3);
+            const head = await registry.listPage({ ...filter, limit: small });
+            const parts = [identifierViewsJson(head).toString('utf8')];
+            if (head.next) {
+              for await (const p of registry.pagesAfter(filter.status, head.next.cursor, { limit: small })) parts.push(identifierViewsJson(p).toString('utf8'));
+            }
+            const whole = await registry.list({ ...filter, limit: null });
+            expect(`[${parts.filter((x) => x.length > 0).join(',')}]`, `${JSON.stringify(filter)} read ahead by ${small}`).to.equal(referenceText(whole.items));
+            written.offLoop += (sqlite?.listingWorkerStats().pages ?? 0) - before;
           }
+          // Over HTTP: the full listing (streamed) and a page, as the contract's clients read them.
+          const http = request(createApp({ registry, auth: { agentTokens: [], adminTokens: [] } }).callback());
+          const status = c.queries[0]?.status ?? null;
+          const all = await registry.list({ status, after: null, limit: null });
+          const full = await http.get(`/identifiers${status ? `?status=${status}` : ''}`).buffer(true).parse((res, done) => {
+            let body = '';
+            res.setEncoding('utf8');
+            res.on('data', (d: string) => { body += d; });
+            res.on('end', () => done(null, body));
+          });
+          expect(full.status).to.equal(200);
+          expect(full.headers['content-type']).to.equal('application/json; charset=utf-8');
+          expect(full.body).to.equal(referenceText(all.items));
+          const paged = await http.get(`/identifiers?limit=5${status ? `&status=${status}` : ''}`).expect(200);
+          expect(paged.headers['content-type']).to.equal('application/json; charset=utf-8');
+          expect(paged.text).to.equal(referenceText(all.items.slice(0, 5)));
+          expect(paged.headers['link'] !== undefined).to.equal(all.items.length > 5);
+        } finally {
+          await store.close(); // its listing workers with it, not at the end of the whole property
         }
-        // Over HTTP: the full listing (streamed) and a page, as the contract's clients read them.
-        const http = request(createApp({ registry, auth: { agentTokens: [], adminTokens: [] } }).callback());
-        const status = c.queries[0]?.status ?? null;
-        const all = await registry.list({ status, after: null, limit: null });
-        const full = await http.get(`/identifiers${status ? `?status=${status}` : ''}`).buffer(true).parse((res, done) => {
-          let body = '';
-          res.setEncoding('utf8');
-          res.on('data', (d: string) => { body += d; });
-          res.on('end', () => done(null, body));
-        });
-        expect(full.status).to.equal(200);
-        expect(full.headers['content-type']).to.equal('application/json; charset=utf-8');
-        expect(full.body).to.equal(referenceText(all.items));
-        const paged = await http.get(`/identifiers?limit=5${status ? `&status=${status}` : ''}`).expect(200);
-        expect(paged.headers['content-type']).to.equal('application/json; charset=utf-8');
-        expect(paged.text).to.equal(referenceText(all.items.slice(0, 5)));
-        expect(paged.headers['link'] !== undefined).to.equal(all.items.length > 5);
       }), { numRuns: engine === 'sqlite' ? 150 : 25 });
       // Both writers were exercised: SQLite's in SQL, and the fallback (PostgreSQL: always).
       if (engine === 'sqlite') expect(written.store, 'pages SQLite wrote').to.be.greaterThan(50);
+      if (engine === 'sqlite') expect(written.offLoop, 'pages the listing workers wrote').to.be.greaterThan(50);
       expect(written.here, 'pages written in JavaScript').to.be.greaterThan(0);
     });
   });
@@ -203,7 +227,7 @@ describe('identifierViewsText', () => {
   it('a page after a cursor starts after that row, whatever its name', async () => {
     // Rows with equal pool orders: the row id decides, as in the store's order.
     const c: Case = {
-      now: NOW_2026, rules: DEFAULT_RULES, queries: [],
+      onFile: false, now: NOW_2026, rules: DEFAULT_RULES, queries: [],
       rows: ['b', 'a', 'c', 'd'].map((name) => ({ name, poolOrder: 1, retired: false, epoch: 0, clientId: null, allocatedAt: null, lastSeen: null, availableAt: 0 })),
     };
     const { registry } = await registryOn('sqlite', c);

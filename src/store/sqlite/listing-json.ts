@@ -17,6 +17,7 @@
  */
 import type Database from 'better-sqlite3';
 import type { Statement } from 'better-sqlite3';
+import { RECORD_COLUMNS } from '../columns.js';
 import type { ListJson, ListQuery, ViewRules } from '../types.js';
 
 const DAY_MS = 86_400_000;
@@ -55,53 +56,116 @@ interface PageStatements {
   readonly edge: Statement;
 }
 
+/**
+ * The SQL of a page's statements, by `status:first` / `status:after` (also what the listing
+ * worker prepares): the body and the edge, and the page's rows for when SQL cannot write them.
+ */
+export type PageSql = Readonly<Record<string, { readonly body: string; readonly edge: string; readonly rows: string }>>;
+
 /** `where` of each status filter (with @now), as SqliteStore lists them. */
+export function pageSql(statusWhere: Readonly<Record<string, string>>): PageSql {
+  const out: Record<string, { body: string; edge: string; rows: string }> = {};
+  for (const [status, where] of Object.entries(statusWhere)) {
+    for (const after of [false, true]) {
+      const w = `${where}${after ? ' AND (pool_order, id) > (@afterOrder, @afterId)' : ''}`;
+      out[`${status}:${after ? 'after' : 'first'}`] = {
+        body: `SELECT CAST(group_concat(j, ',') AS BLOB), count(*), count(j) FROM (
+               SELECT ${ROW_JSON} AS j FROM identifiers WHERE ${w} ORDER BY pool_order, id LIMIT @limit)`,
+        edge: `SELECT id, name, pool_order FROM identifiers WHERE ${w} ORDER BY pool_order, id LIMIT 2 OFFSET @limit - 1`,
+        rows: `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE ${w} ORDER BY pool_order, id LIMIT @limit`,
+      };
+    }
+  }
+  return out;
+}
+
+/**
+ * A page to write: which statements, and their parameters. Plain data (integers as BigInt),
+ * so the listing worker (listing-worker.ts) can run it on a connection of its own.
+ */
+export interface PagePlan {
+  readonly key: string;
+  readonly body: Readonly<Record<string, unknown>>;
+  readonly edge: Readonly<Record<string, unknown>>;
+  /** The page's row limit, -1 for none: the edge statement runs only when the page is full. */
+  readonly limit: number;
+}
+
+/** What the plan's statements returned: the body's one row, and the edge's rows (null when not run). */
+export interface PageResult {
+  readonly row: unknown;
+  readonly edge: unknown[] | null;
+}
+
+/** Where the page the edge statement looked at ends when another page follows it, else null. */
+export function edgeNext(edge: unknown[] | null): ListJson['next'] {
+  const [last, following] = edge ?? [];
+  if (following === undefined || !Array.isArray(last)) return null;
+  const [rowId, name, poolOrder]: unknown[] = last;
+  if (typeof rowId !== 'number' || typeof name !== 'string' || typeof poolOrder !== 'number') throw new Error('listing: expected id, name, pool_order');
+  return { name, poolOrder, rowId };
+}
+
+/** Whether the edge statement is needed after the body returned `row`: a full page, every row written. */
+export function needsEdge(limit: number, row: unknown): boolean {
+  return limit >= 0 && Array.isArray(row) && row[1] === limit && row[2] === row[1];
+}
+
+/** Runs a plan's statements (inside the caller's read transaction). */
+export function runPlan(page: PageStatements, plan: PagePlan): PageResult {
+  const row: unknown = page.body.get(plan.body);
+  return { row, edge: needsEdge(plan.limit, row) ? page.edge.all(plan.edge) : null };
+}
+
 export class ListingJson {
   private readonly pages = new Map<string, PageStatements>();
 
   constructor(db: Database.Database, statusWhere: Readonly<Record<string, string>>) {
-    for (const [status, where] of Object.entries(statusWhere)) {
-      for (const after of [false, true]) {
-        const w = `${where}${after ? ' AND (pool_order, id) > (@afterOrder, @afterId)' : ''}`;
-        this.pages.set(`${status}:${after ? 'after' : 'first'}`, {
-          body: db.prepare(
-            `SELECT CAST(group_concat(j, ',') AS BLOB), count(*), count(j) FROM (
-               SELECT ${ROW_JSON} AS j FROM identifiers WHERE ${w} ORDER BY pool_order, id LIMIT @limit)`,
-          ).raw(),
-          edge: db.prepare(`SELECT id, name, pool_order FROM identifiers WHERE ${w} ORDER BY pool_order, id LIMIT 2 OFFSET @limit - 1`).raw(),
-        });
-      }
+    for (const [key, sql] of Object.entries(pageSql(statusWhere))) {
+      this.pages.set(key, { body: db.prepare(sql.body).raw(), edge: db.prepare(sql.edge).raw() });
     }
   }
 
   /** The rows `q` lists, written as identifier views; null when they cannot be written here (see above). */
   write(q: ListQuery, view: ViewRules): ListJson | null {
-    const { now } = q;
-    const { ttlMs, fenceAfterMs } = view;
-    if (!Number.isSafeInteger(now) || now < 0 || now > MAX_PLAIN_ISO_MS) return null;
-    if (!Number.isSafeInteger(ttlMs) || ttlMs < 0 || !Number.isSafeInteger(fenceAfterMs)) return null;
-    const page = this.pages.get(`${q.status ?? 'all'}:${q.after ? 'after' : 'first'}`);
+    const plan = planPage(q, view);
+    if (plan === null) return null;
+    const page = this.pages.get(plan.key);
     if (!page) throw new Error('no listing statement');
-    const today = Math.floor(now / DAY_MS);
-    const day = (d: number): string => new Date(d * DAY_MS).toISOString().slice(0, 10);
-    const keyset = q.after ? { afterOrder: q.after.poolOrder, afterId: q.after.rowId } : {};
-    const limit = q.limit ?? -1;
+    return finishPage(q, runPlan(page, plan));
+  }
+}
+
+/** The statements and parameters that write `q`; null when it cannot be written in SQL (see above). */
+export function planPage(q: ListQuery, view: ViewRules): PagePlan | null {
+  const { now } = q;
+  const { ttlMs, fenceAfterMs } = view;
+  if (!Number.isSafeInteger(now) || now < 0 || now > MAX_PLAIN_ISO_MS) return null;
+  if (!Number.isSafeInteger(ttlMs) || ttlMs < 0 || !Number.isSafeInteger(fenceAfterMs)) return null;
+  const today = Math.floor(now / DAY_MS);
+  const day = (d: number): string => new Date(d * DAY_MS).toISOString().slice(0, 10);
+  const keyset = q.after ? { afterOrder: q.after.poolOrder, afterId: q.after.rowId } : {};
+  const limit = q.limit ?? -1;
+  return {
+    key: `${q.status ?? 'all'}:${q.after ? 'after' : 'first'}`,
+    limit,
     // Integers bound as BigInt are SQLite INTEGERs: the arithmetic on times stays integer.
-    const row: unknown = page.body.get({
+    body: {
       ...keyset, limit, now: BigInt(now), ttl: BigInt(ttlMs), fence: BigInt(fenceAfterMs),
       day0: BigInt(today - 1), date0: day(today - 1), day1: BigInt(today), date1: day(today), day2: BigInt(today + 1), date2: day(today + 1),
-    });
-    if (!Array.isArray(row)) throw new Error('listing: expected one row');
-    const [members, listed, written]: unknown[] = row;
-    if (written !== listed) return null;
-    if (listed === 0) return { members: Buffer.alloc(0), next: null };
-    if (!Buffer.isBuffer(members) || typeof listed !== 'number') throw new Error('listing: expected a blob and a count');
-    if (q.limit === null || listed < q.limit) return { members, next: null };
-    const edge: unknown[] = page.edge.all({ ...keyset, limit, now });
-    const [last, following] = edge;
-    if (following === undefined || !Array.isArray(last)) return { members, next: null };
-    const [rowId, name, poolOrder]: unknown[] = last;
-    if (typeof rowId !== 'number' || typeof name !== 'string' || typeof poolOrder !== 'number') throw new Error('listing: expected id, name, pool_order');
-    return { members, next: { name, poolOrder, rowId } };
-  }
+    },
+    edge: { ...keyset, limit, now },
+  };
+}
+
+/** The page `q` asked for, from what its plan's statements returned; null when SQL could not write a row of it. */
+export function finishPage(q: ListQuery, result: PageResult): ListJson | null {
+  const { row, edge } = result;
+  if (!Array.isArray(row)) throw new Error('listing: expected one row');
+  const [members, listed, written]: unknown[] = row;
+  if (written !== listed) return null;
+  if (listed === 0) return { members: Buffer.alloc(0), next: null };
+  if (!Buffer.isBuffer(members) || typeof listed !== 'number') throw new Error('listing: expected a blob and a count');
+  if (q.limit === null || listed < q.limit) return { members, next: null };
+  return { members, next: edgeNext(edge) };
 }

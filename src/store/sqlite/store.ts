@@ -15,11 +15,13 @@ import type { Clock, ClockAnchor, TimeSource } from '../../clock.js';
 import { RegistryError, isRegistryError } from '../../domain/errors.js';
 import { recordOf } from '../../domain/lease.js';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple } from '../../domain/types.js';
-import type { FreeEntry, InstanceBeat, ListJson, ListQuery, PoolRow, RawCounts, Reader, Store, Tx, ViewRules, WriteOptions } from '../types.js';
+import type { FreeEntry, InstanceBeat, ListJson, ListQuery, ListingReader, OffLoopPage, PoolRow, RawCounts, Reader, Store, Tx, ViewRules, WriteOptions } from '../types.js';
 import { startCheckpointer } from './checkpointer.js';
 import type { Checkpointer } from './checkpointer.js';
 import { toRegistryError } from './errors.js';
-import { ListingJson } from './listing-json.js';
+import { ListingJson, edgeNext, finishPage, pageSql, planPage } from './listing-json.js';
+import { ListingWorkers } from './listing-worker.js';
+import type { ListingWorkerStats } from './listing-worker.js';
 import { RECORD_COLUMNS, asRow, intColumn, recordTuples, scalar, toHistoryEntry, toRecord } from './rows.js';
 import { MIGRATIONS } from './schema.js';
 
@@ -40,6 +42,8 @@ export interface SqliteStoreOptions {
    * commit). Interleaving tests hand it to fast-check's scheduler.
    */
   readonly defer?: (run: () => void) => void;
+  /** Whether the full listing's pages may be read on a worker thread (default true; never in memory). */
+  readonly listingWorker?: boolean;
 }
 
 interface Queued {
@@ -72,6 +76,13 @@ const INSTANCE_FORGOTTEN_MS = 24 * 3600_000;
 /** First wait before retrying a write that found the database locked; doubles up to the cap. */
 const LOCK_RETRY_FIRST_MS = 2;
 const LOCK_RETRY_MAX_MS = 50;
+/** The listing workers stop after this long without a page to write. */
+const LISTING_IDLE_MS = 60_000;
+/**
+ * Listing worker threads: two, so the next page is written while this one is (each page tells
+ * where it ends before it is written, see listing-worker.ts).
+ */
+const LISTING_WORKERS = 2;
 /** Identifiers a bulk insert sends per statement. */
 const INSERT_CHUNK = 10_000;
 
@@ -502,10 +513,15 @@ export class SqliteStore implements Store {
   private syncFailure: string | null = null;
   private closed = false;
   private readonly defer: (run: () => void) => void;
+  /** The full listing's reader threads (listing-worker.ts), made at the first listing. */
+  private listing: ListingWorkers | null = null;
+  /** False: the listing's pages are read in-process (the store was opened so). */
+  private readonly listingOffLoop: boolean;
 
   constructor(opts: SqliteStoreOptions) {
     this.db = openDatabase(opts);
     this.defer = opts.defer ?? setImmediate;
+    this.listingOffLoop = opts.listingWorker ?? true;
     this.fsync = opts.fsync ?? fsFsync;
     this.busyTimeoutMs = opts.busyTimeoutMs ?? 5000;
     const db = this.db;
@@ -829,6 +845,45 @@ export class SqliteStore implements Store {
     this.checkpointer = startCheckpointer(this.db.name, onError ? { onError } : {});
   }
 
+  /**
+   * The listing's worker threads (listing-worker.ts; started now if none run), or null: in
+   * memory, closed, the file replaced or removed, or workers that could not open the database.
+   */
+  listingReader(): ListingReader | null {
+    if (this.closed || !this.listingOffLoop || !this.file || this.fileProblem()) return null;
+    this.listing ??= new ListingWorkers(this.file.path, pageSql(STATUS_WHERE), LISTING_WORKERS, LISTING_IDLE_MS);
+    const workers = this.listing;
+    if (workers.failed) return null;
+    workers.start();
+    return {
+      get ready() { return workers.ready; },
+      page: async (q: ListQuery, view: ViewRules, onNext: (next: ListJson['next']) => void): Promise<OffLoopPage | null> => {
+        const plan = planPage(q, view);
+        if (plan === null) return null;
+        const r = await workers.run(plan, (edge) => onNext(edgeNext(edge)));
+        const json = finishPage(q, r);
+        if (json) return { members: json.members, rows: [], next: json.next };
+        return { members: null, rows: recordTuples(r.rows ?? []), next: edgeNext(r.edge) };
+      },
+    };
+  }
+
+  /** Starts the listing workers now rather than at the first listing; true once one is ready to read pages. */
+  async startListingWorkers(): Promise<boolean> {
+    if (this.listingReader() === null || !this.listing) return false;
+    return this.listing.whenReady();
+  }
+
+  /** For tests and the bench: the listing workers' state, and the pages they wrote so far. */
+  listingWorkerStats(): ListingWorkerStats {
+    return this.listing?.stats ?? { running: 0, pending: 0, pages: 0 };
+  }
+
+  /** Stops the listing workers, as if they failed: pages waiting are refused (tests: workers gone mid-listing). */
+  async stopListingWorkers(): Promise<void> {
+    await this.listing?.stop(new RegistryError('unavailable', 'the listing workers were stopped'));
+  }
+
   /** Commits what is queued, stops the checkpointer, then closes the database. */
   async close(): Promise<void> {
     // Writes waiting for another process's lock get their busy timeout, then are refused.
@@ -837,6 +892,7 @@ export class SqliteStore implements Store {
       else await this.pump();
     }
     this.closed = true;
+    await this.listing?.stop(new RegistryError('unavailable', 'the database is closed'));
     if (this.syncsInFlight > 0) await new Promise<void>((resolve) => { this.syncsDone = resolve; });
     if (this.checkpointer) {
       await this.checkpointer.stop();
