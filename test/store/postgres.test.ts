@@ -369,6 +369,21 @@ describe('postgres store', function () {
       expect(await sql(`SELECT count(*)::int AS n FROM meta WHERE key = 'touched'`)).to.deep.equal([{ n: 0 }]);
     });
 
+    it('a unique violation on every attempt (a grant to the same client winning each time) is unavailable, never internal', async () => {
+      const store = await open();
+      await seed(store, ['a', 'b']);
+      await allocate(store, 'vm-1'); // a
+      let attempts = 0;
+      const err = await store.write(async (tx) => {
+        attempts++;
+        const rec = await tx.byName('b');
+        if (rec) await tx.grant(rec.rowId, 'vm-1', rec.epoch + 1, tx.now); // vm-1 holds a: the one-client index refuses
+      }, { durable: true }).then(() => null, (e: unknown) => e);
+      expect(attempts, 'run again each time').to.be.above(1);
+      expect(err).to.be.instanceOf(RegistryError).with.property('code', 'unavailable');
+      expect(await sql(`SELECT name, client_id FROM identifiers ORDER BY name`)).to.deep.equal([{ name: 'a', client_id: 'vm-1' }, { name: 'b', client_id: null }]);
+    });
+
     it('a use case that swallows a failed statement cannot commit half of itself', async () => {
       const store = await open();
       await seed(store, ['a']);

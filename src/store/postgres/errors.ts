@@ -28,6 +28,8 @@ const UNAVAILABLE_CODES: ReadonlyArray<[prefix: string, message: string]> = [
   ['25P03', 'the database closed a transaction left idle'],
   ['40001', 'the database was too busy to serialize this change; try again'],
   ['40P01', 'the database was too busy to serialize this change; try again'],
+  // Retried until the attempts ran out: a concurrent change to the same client kept winning.
+  ['23505', 'a concurrent change to the same client kept winning; try again'],
   ['58', 'the database server had a system error'],
   ['XX000', 'the database server had an internal error'],
 ];
