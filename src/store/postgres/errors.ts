@@ -53,6 +53,22 @@ function codeOf(e: unknown): string | null {
   return typeof e.code === 'string' ? e.code : null;
 }
 
+/**
+ * SQLSTATEs after which the batched grant statement (tx.ts, GRANT_NEXT_SQL) leaves its whole
+ * batch undecided: it failed, so it changed nothing, and each client goes to the full use case.
+ */
+const GRANT_UNDECIDED = new Set([
+  '23505', // a grant to one of its clients committed meanwhile elsewhere
+  '40P01', // deadlock_detected
+  '55P03', // lock_not_available: the statement's own short lock_timeout (a grant to one of its clients still in flight elsewhere)
+]);
+
+/** Whether a failed grant statement leaves its batch to the full use case rather than an error. */
+export function isGrantUndecided(e: unknown): boolean {
+  const code = codeOf(e);
+  return code !== null && GRANT_UNDECIDED.has(code);
+}
+
 /** Whether a failed transaction can run again from the start. */
 export function isRetryable(e: unknown): boolean {
   const code = codeOf(e);
