@@ -12,6 +12,7 @@ import { RegistryError } from '../../src/domain/errors.js';
 import { DumpError, dumpLines, parseDump } from '../../src/store/dump.js';
 import type { Dump } from '../../src/store/dump.js';
 import { parsePool } from '../../src/pool/parse.js';
+import { Registry } from '../../src/registry.js';
 import { MIGRATIONS } from '../../src/store/postgres/schema.js';
 import { openPostgresStore } from '../../src/store/postgres/store.js';
 import type { PostgresStore, PostgresStoreOptions } from '../../src/store/postgres/store.js';
@@ -19,7 +20,7 @@ import { parseBigint } from '../../src/store/postgres/rows.js';
 import { dumpSqlite, loadSqlite } from '../../src/store/sqlite/dump.js';
 import { openDatabase } from '../../src/store/sqlite/store.js';
 import type { Store } from '../../src/store/types.js';
-import { SECOND, errorCode, makeSqliteRegistry, tempDir } from '../helpers.js';
+import { DEFAULT_RULES, SECOND, errorCode, makeSqliteRegistry, tempDir } from '../helpers.js';
 import { TestPostgres, sharedPostgres } from '../support/postgres.js';
 
 interface Grant { readonly identifier: string; readonly epoch: number }
@@ -740,5 +741,27 @@ describe('postgres store: the server goes away', function () {
     }
     const held = await server.sql(`SELECT name, epoch FROM identifiers WHERE client_id IS NOT NULL`, [], new URL(url).pathname.slice(1));
     expect(held.map((r) => r['name']).sort()).to.deep.equal(acknowledged.map((g) => g.identifier).sort());
+  });
+
+  it('a crash of the server loses no grant acknowledged by allocate through its one-statement path', async () => {
+    // Registry.allocate grants a client that holds nothing in one statement, batched
+    // (PostgresStore.grantNext): that statement's commit must be on disk before the answer.
+    const store = await openPostgresStore({ url });
+    const acknowledged: string[] = [];
+    try {
+      const registry = new Registry({ store, rules: DEFAULT_RULES });
+      await registry.syncPool(names(300));
+      for (let round = 0; round < 10; round++) {
+        const batch = await Promise.all(Array.from({ length: 20 }, (_, i) => registry.allocate(`vm-${round}-${i}`)));
+        acknowledged.push(...batch.map((l) => `${l.identifier}#${l.epoch} ${l.clientId}`));
+      }
+      expect(store.grantStats.granted, 'granted by the one statement').to.equal(200);
+      await server.crash();
+      await server.resume();
+    } finally {
+      await store.close();
+    }
+    const held = await server.sql(`SELECT name, epoch::int AS epoch, client_id FROM identifiers WHERE client_id IS NOT NULL`, [], new URL(url).pathname.slice(1));
+    expect(held.map((r) => `${String(r['name'])}#${String(r['epoch'])} ${String(r['client_id'])}`).sort()).to.deep.equal(acknowledged.sort());
   });
 });
