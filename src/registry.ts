@@ -209,10 +209,12 @@ export class Registry {
     // The common case in one store call where the engine has one (PostgreSQL: one statement,
     // shared with the allocations queued beside it): a grant to a client that holds nothing.
     // When it grants nothing, the full use case below answers (the held lease, pool_exhausted).
-    const granted = this.store.grantNext ? await this.store.grantNext(clientId) : null;
-    if (granted) {
-      const lease = this.leaseOfRenewed(granted);
-      this.emitOwnership('allocated', lease.identifier, clientId, lease.epoch);
+    // The same client asking twice in one batch is granted once: the other answer is its held
+    // lease, as below (no second event).
+    const fast = this.store.grantNext ? await this.store.grantNext(clientId) : null;
+    if (fast) {
+      const lease = this.leaseOfRenewed(fast.rec);
+      if (fast.granted) this.emitOwnership('allocated', lease.identifier, clientId, lease.epoch);
       return lease;
     }
     const out = await this.store.write(async (tx): Promise<{ lease: Lease; granted: boolean } | null> => {

@@ -14,6 +14,8 @@
  *  - no acknowledged allocate/liveness is reclaimed less than a TTL after the last_seen it answered;
  *  - no identifier is granted while its previous holder may still use it;
  *  - one client holds at most one identifier, and epochs only grow;
+ *  - every acknowledged allocate has its `allocated` history entry (same identifier, epoch and
+ *    client), and no identifier under one epoch was told to two different clients;
  * and at the end, no lease's last_seen is later than the last one its holder was answered.
  * The real I/O means a failing schedule does not replay exactly; the properties do not depend on it.
  */
@@ -106,7 +108,7 @@ async function runRace(s: fc.Scheduler, steps: readonly (readonly Op[])[]): Prom
     for (const client of CLIENTS.slice(0, POOL.length)) {
       const sentAt = clock.now();
       const l = await s.waitFor(registryOn(0).allocate(client));
-      acks.push({ client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen });
+      acks.push({ op: 'allocate', client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen });
       held.set(client, { identifier: l.identifier, epoch: l.epoch });
       firstLease.set(client, { identifier: l.identifier, epoch: l.epoch });
     }
@@ -124,7 +126,7 @@ async function runRace(s: fc.Scheduler, steps: readonly (readonly Op[])[]): Prom
             const l = await registry.allocate(client);
             await s.schedule(Promise.resolve(), `answer ${i}`);
             expect(l.clientId, `op ${i}: allocate answered another client's lease`).to.equal(client);
-            acks.push({ client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen });
+            acks.push({ op: 'allocate', client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen });
             held.set(client, { identifier: l.identifier, epoch: l.epoch });
             if (!firstLease.has(client)) firstLease.set(client, { identifier: l.identifier, epoch: l.epoch });
             return;
@@ -138,7 +140,7 @@ async function runRace(s: fc.Scheduler, steps: readonly (readonly Op[])[]): Prom
             const leases = answers.flatMap((l) => (l ? [l] : []));
             for (const l of leases) {
               expect(l.clientId, `op ${i}: allocate answered another client's lease`).to.equal(client);
-              acks.push({ client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen });
+              acks.push({ op: 'allocate', client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen });
             }
             expect(new Set(leases.map((l) => `${l.identifier}#${l.epoch}`)).size, `op ${i}: ${client} through two instances got two different leases`)
               .to.be.at.most(1);
@@ -161,7 +163,7 @@ async function runRace(s: fc.Scheduler, steps: readonly (readonly Op[])[]): Prom
               const asked = { client, identifier: h.identifier, epoch: epoch ?? l.epoch };
               expect({ client: l.clientId, identifier: l.identifier, epoch: l.epoch }, `op ${i}: a liveness of ${client} for ${h.identifier}#${String(epoch)} was answered with a lease it does not hold`)
                 .to.deep.equal(asked);
-              acks.push({ client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen });
+              acks.push({ op: 'renew', client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen });
             } catch (e) {
               if (op.t === 'renewOld' && isRefusal(e)) return; // the old incarnation stops; the current one is not told
               throw e;

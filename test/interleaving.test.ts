@@ -9,7 +9,9 @@
  *    acknowledged");
  *  - no identifier is granted while its previous holder may still use it (a VM stops at
  *    fence_after_ms after it sent its last acknowledged allocate/liveness, or when it releases);
- *  - one client holds at most one identifier, and epochs only grow.
+ *  - one client holds at most one identifier, and epochs only grow;
+ *  - every acknowledged allocate has its `allocated` history entry (same identifier, epoch and
+ *    client), and no identifier under one epoch was told to two different clients.
  * The same property is run against a registry that answers a liveness from a read and writes it
  * later (the batching of issue 10, finding 1): it must fail, so this test can catch that bug.
  */
@@ -100,7 +102,7 @@ async function runRace(s: fc.Scheduler, ops: readonly Op[], rules: RegistryRules
         case 'allocate': {
           const l = await registry.allocate(client);
           await s.schedule(Promise.resolve(), `answer ${i}`);
-          acks.push({ client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen });
+          acks.push({ op: 'allocate', client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen });
           held.set(client, { identifier: l.identifier, epoch: l.epoch });
           return;
         }
@@ -109,7 +111,7 @@ async function runRace(s: fc.Scheduler, ops: readonly Op[], rules: RegistryRules
           if (!h) return;
           const l = await registry.renew(client, h.identifier, h.epoch);
           await s.schedule(Promise.resolve(), `answer ${i}`);
-          acks.push({ client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen });
+          acks.push({ op: 'renew', client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen });
           return;
         }
         case 'release': {

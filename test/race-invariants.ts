@@ -7,7 +7,10 @@
  *  - no identifier is granted while its previous holder may still use it (a VM stops at
  *    fence_after_ms after it sent its last acknowledged allocate/liveness, or when it releases),
  *    and epochs only grow;
- *  - one client holds at most one identifier.
+ *  - one client holds at most one identifier;
+ *  - what the VMs were told is what history says: every acknowledged allocate has its
+ *    `allocated` entry (same identifier, epoch and client), and no identifier under one epoch
+ *    was told to two different clients.
  */
 import { expect } from 'chai';
 import { fenceAfterMs } from '../src/domain/lease.js';
@@ -15,8 +18,8 @@ import type { HistoryEntry } from '../src/domain/types.js';
 import type { RegistryRules } from '../src/registry.js';
 import type { Store } from '../src/store/types.js';
 
-/** What a VM was told and when it sent the request that told it. */
-export interface Ack { client: string; identifier: string; epoch: number; sentAt: number; lastSeen: number }
+/** What a VM was told (by an allocate or a liveness) and when it sent the request that told it. */
+export interface Ack { op: 'allocate' | 'renew'; client: string; identifier: string; epoch: number; sentAt: number; lastSeen: number }
 
 export interface RaceRecord {
   readonly pool: readonly string[];
@@ -29,6 +32,9 @@ export interface RaceRecord {
 export async function checkRaceInvariants(store: Pick<Store, 'read'>, race: RaceRecord, where: string): Promise<void> {
   const { pool, acks, releasedAt, rules } = race;
   const fence = fenceAfterMs(rules);
+  // The acks so far, before history is read: an allocate acknowledged while the check reads is
+  // committed, but may be missing from what it already read.
+  const ackedBefore = acks.slice();
   const hist = new Map<string, HistoryEntry[]>();
   for (const id of pool) hist.set(id, await store.read(async (r) => r.history((await r.byName(id))?.rowId ?? -1)));
   for (const a of acks) {
@@ -37,6 +43,20 @@ export async function checkRaceInvariants(store: Pick<Store, 'read'>, race: Race
       expect(reclaim.at, `${where}: ${a.identifier}#${a.epoch} reclaimed at ${reclaim.at}, less than a TTL after the last_seen ${a.lastSeen} answered to ${a.client}`)
         .to.be.at.least(a.lastSeen + rules.ttlMs);
     }
+  }
+  const toldTo = new Map<string, string>();
+  for (const a of acks) {
+    const lease = `${a.identifier}#${a.epoch}`;
+    const other = toldTo.get(lease);
+    expect(other === undefined || other === a.client, `${where}: ${lease} was told to ${other ?? '?'} and to ${a.client}`).to.equal(true);
+    toldTo.set(lease, a.client);
+  }
+  for (const a of ackedBefore) {
+    if (a.op !== 'allocate') continue;
+    const lease = `${a.identifier}#${a.epoch}`;
+    const entry = hist.get(a.identifier)?.find((h) => h.event === 'allocated' && h.epoch === a.epoch);
+    expect(entry, `${where}: ${lease} was granted to ${a.client} with no 'allocated' history entry`).not.to.equal(undefined);
+    expect(entry?.clientId, `${where}: ${lease} was granted to ${a.client}, history says to ${entry?.clientId ?? '?'}`).to.equal(a.client);
   }
   for (const [id, h] of hist) {
     const grants = h.filter((e) => e.event === 'allocated');

@@ -192,6 +192,13 @@ export interface WriteOptions {
   readonly durable: boolean;
 }
 
+/** What Store.grantNext answers: the client's record, and whether this answer is the grant. */
+export interface GrantAnswer {
+  readonly rec: IdentifierRecord;
+  /** True for the one answer that granted it; false for the same client asking again in between. */
+  readonly granted: boolean;
+}
+
 export interface Store {
   readonly engine: 'sqlite' | 'postgres';
   /**
@@ -222,11 +229,13 @@ export interface Store {
    * use case's transaction (PostgreSQL: one statement, shared by the allocations queued beside
    * it). If `clientId` holds no identifier, the allocatable one free the longest (as `claimFor`
    * picks it, skipping rows others are changing) is granted to it under its next epoch with its
-   * `allocated` history entry, on disk before it resolves, and returned as granted. Null when it
-   * cannot decide (the client holds one, or none is allocatable now) and nothing changed: the
-   * caller then runs the full use case, which gives the answer the rules give.
+   * `allocated` history entry, on disk before it resolves, and returned as granted. The same
+   * client asking again before that grant is answered gets the same record, not granted (as the
+   * full use case answers a held lease). Null when it cannot decide (the client holds one, none
+   * is allocatable now, or the statement lost a race) and nothing changed: the caller then runs
+   * the full use case, which gives the answer the rules give.
    */
-  grantNext?(clientId: string): Promise<IdentifierRecord | null>;
+  grantNext?(clientId: string): Promise<GrantAnswer | null>;
   /** Runs `fn` with read access; never waits for another process's write lock. */
   read<T>(fn: (r: Reader) => Promise<T>): Promise<T>;
   /**

@@ -8,12 +8,16 @@
  */
 import { expect } from 'chai';
 import fc from 'fast-check';
+import pg from 'pg';
+import type { CustomTypesConfig, PoolClient } from 'pg';
 import { FakeClock } from '../../src/clock.js';
 import { RegistryError } from '../../src/domain/errors.js';
 import { Registry } from '../../src/registry.js';
 import type { RegistryRules } from '../../src/registry.js';
 import { openPostgresStore } from '../../src/store/postgres/store.js';
 import type { PostgresStore, PostgresStoreOptions } from '../../src/store/postgres/store.js';
+import { parseBigint } from '../../src/store/postgres/rows.js';
+import { grantNextAlone } from '../../src/store/postgres/tx.js';
 import type { Reader, Store, Tx, WriteOptions } from '../../src/store/types.js';
 import { DEFAULT_RULES } from '../helpers.js';
 import { sharedPostgres } from '../support/postgres.js';
@@ -53,6 +57,8 @@ describe('postgres: allocate in one statement', function () {
   const opened: PostgresStore[] = [];
   /** Gates of the running test, opened after it whatever happened, so no transaction is left waiting. */
   const gates: Array<() => void> = [];
+  /** Timers that let batching stores' lanes pick up their batches, stopped after each test. */
+  const pumps: NodeJS.Timeout[] = [];
 
   /** A gate a transaction waits at, and a signal that it got there. */
   function gate(): { reached: Promise<void>; arrive: () => void; opened: Promise<void>; open: () => void } {
@@ -80,6 +86,7 @@ describe('postgres: allocate in one statement', function () {
 
   afterEach(async () => {
     for (const open of gates.splice(0)) open();
+    for (const pump of pumps.splice(0)) clearInterval(pump);
     await Promise.all(opened.splice(0).map((s) => s.close()));
   });
 
@@ -118,20 +125,20 @@ describe('postgres: allocate in one statement', function () {
     const answers = await settle(Promise.all(['vm-3', 'vm-7', 'vm-5', 'vm-4', 'vm-4', 'vm-6'].map((c) => store.grantNext(c))));
     expect(store.grantStats.statements - before.statements, 'one statement for the lot').to.equal(1);
     expect(store.grantStats.asks - before.asks, 'one row per distinct client').to.equal(5);
-    // In client order: vm-4 takes d (never used), vm-5 a (free since T+1000); vm-3 holds c; nothing
-    // is left for vm-6 and vm-7 (b cooling, e retired): those changed nothing.
-    expect(answers.map((r) => (r ? `${r.name}#${r.epoch} ${r.holder?.clientId ?? '-'} ${(r.holder?.allocatedAt ?? 0) - T}` : null)))
-      .to.deep.equal([null, null, 'a#2 vm-5 2000', 'd#1 vm-4 2000', 'd#1 vm-4 2000', null]);
+    // In arrival order: vm-3 holds c; vm-7 takes d (never used), vm-5 a (free since T+1000);
+    // nothing is left for vm-4 and vm-6 (b cooling, e retired): those changed nothing.
+    expect(answers.map((r) => (r ? `${r.rec.name}#${r.rec.epoch} ${r.rec.holder?.clientId ?? '-'} ${(r.rec.holder?.allocatedAt ?? 0) - T}${r.granted ? ' granted' : ''}` : null)))
+      .to.deep.equal([null, 'd#1 vm-7 2000 granted', 'a#2 vm-5 2000 granted', null, null, null]);
     expect(await sql(url, `SELECT i.name, h.client_id, h.epoch::int AS epoch, (h.at - $1)::int AS at FROM history h
                            JOIN identifiers i ON i.id = h.identifier_id WHERE h.event = 'allocated' AND h.at = $1 + 2000 ORDER BY i.name`, [T]))
-      .to.deep.equal([{ name: 'a', client_id: 'vm-5', epoch: 2, at: 2000 }, { name: 'd', client_id: 'vm-4', epoch: 1, at: 2000 }]);
+      .to.deep.equal([{ name: 'a', client_id: 'vm-5', epoch: 2, at: 2000 }, { name: 'd', client_id: 'vm-7', epoch: 1, at: 2000 }]);
     expect(await sql(url, 'SELECT name, client_id, epoch::int AS epoch FROM identifiers ORDER BY name')).to.deep.equal([
       { name: 'a', client_id: 'vm-5', epoch: 2 }, { name: 'b', client_id: null, epoch: 1 }, { name: 'c', client_id: 'vm-3', epoch: 1 },
-      { name: 'd', client_id: 'vm-4', epoch: 1 }, { name: 'e', client_id: null, epoch: 0 },
+      { name: 'd', client_id: 'vm-7', epoch: 1 }, { name: 'e', client_id: null, epoch: 0 },
     ]);
     // Through the registry, the clients left to the full use case get the rules' answers.
     expect(await settle(registry.allocate('vm-3'))).to.include({ identifier: 'c', epoch: 1 });
-    expect(await settle(answer(registry.allocate('vm-6')))).to.deep.equal({ error: 'pool_exhausted' });
+    expect(await settle(answer(registry.allocate('vm-4')))).to.deep.equal({ error: 'pool_exhausted' });
   });
 
   it('a row another instance is granting is skipped, not waited for', async () => {
@@ -155,7 +162,7 @@ describe('postgres: allocate in one statement', function () {
     const waited = performance.now() - started;
     hold.open();
     expect(await first).to.equal('x');
-    expect(second?.name, 'the next free row, not the locked one').to.equal('y');
+    expect(second?.rec.name, 'the next free row, not the locked one').to.equal('y');
     expect(waited, 'no wait for the lock').to.be.below(1000);
   });
 
@@ -191,6 +198,141 @@ describe('postgres: allocate in one statement', function () {
     expect(b.grantStats.granted).to.equal(0);
     expect(await sql(url, 'SELECT name, client_id FROM identifiers WHERE client_id IS NOT NULL')).to.deep.equal([{ name: 'x', client_id: 'vm-1' }]);
     expect(await sql(url, `SELECT count(*)::int AS n FROM history WHERE event = 'allocated'`)).to.deep.equal([{ n: 1 }]);
+  });
+
+  /** A store whose lanes pick up their batches when the test lets them (every millisecond), so asks made together share a statement. */
+  async function batching(url: string, extra: Partial<PostgresStoreOptions> = {}): Promise<PostgresStore> {
+    const runs: Array<() => void> = [];
+    const store = await open(url, { defer: (run) => { runs.push(run); }, ...extra });
+    pumps.push(setInterval(() => { for (const run of runs.splice(0)) run(); }, 1));
+    return store;
+  }
+
+  /** Waits until `n` connections of `app` wait for a lock (a statement blocked on another transaction). */
+  async function waitingOnLock(url: string, app: string, n = 1): Promise<void> {
+    const deadline = performance.now() + 10_000;
+    for (;;) {
+      const rows = await sql(url, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`, [app]);
+      if (rows[0]?.['n'] === n) return;
+      if (performance.now() > deadline) throw new Error(`${app} never waited on a lock`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+
+  it('a batch is granted in arrival order: the first to ask gets the identifier free the longest', async () => {
+    const url = await server.createDatabase();
+    const store = await batching(url, { clock: new FakeClock(T) });
+    const registry = new Registry({ store, rules: RULES });
+    await registry.syncPool(['a', 'b', 'c']);
+    const before = store.grantStats.statements;
+    const leases = await Promise.all(['vm-3', 'vm-1', 'vm-2'].map((c) => registry.allocate(c)));
+    expect(store.grantStats.statements - before, 'one statement for the lot').to.equal(1);
+    expect(leases.map((l) => `${l.clientId} ${l.identifier}#${l.epoch}`)).to.deep.equal(['vm-3 a#1', 'vm-1 b#1', 'vm-2 c#1']);
+  });
+
+  it('the same client twice in one batch: one grant, one ownership event, one history entry; the second answer is the same lease', async () => {
+    const url = await server.createDatabase();
+    const store = await batching(url, { clock: new FakeClock(T) });
+    const events: string[] = [];
+    const registry = new Registry({ store, rules: RULES, observe: (e) => { if (e.type === 'ownership') events.push(`${e.event} ${e.identifier}#${e.epoch} ${e.clientId ?? '-'}`); } });
+    await registry.syncPool(['a', 'b']);
+    const before = store.grantStats.statements;
+    const leases = await Promise.all([registry.allocate('vm-1'), registry.allocate('vm-1')]);
+    expect(store.grantStats.statements - before, 'one statement for both').to.equal(1);
+    expect(leases.map((l) => `${l.clientId} ${l.identifier}#${l.epoch}`)).to.deep.equal(['vm-1 a#1', 'vm-1 a#1']);
+    expect(events).to.deep.equal(['allocated a#1 vm-1']);
+    expect(await sql(url, `SELECT count(*)::int AS n FROM history WHERE event = 'allocated'`)).to.deep.equal([{ n: 1 }]);
+  });
+
+  it('clients of one batch granted meanwhile elsewhere, one after another: every client of the batch gets its lease, none an error', async () => {
+    // The statement runs into another instance's grant to the same client at the one-client
+    // index (23505 once that commits), again and again: the batch is left to the full use case,
+    // which answers each its held lease, and the innocent client its grant.
+    const url = await server.createDatabase();
+    const store = await batching(url, { clock: new FakeClock(T), applicationName: 'grant-b' });
+    const registry = new Registry({ store, rules: RULES });
+    const names = Array.from({ length: 20 }, (_, i) => `w-${String(i).padStart(2, '0')}`);
+    await registry.syncPool(names);
+    const clients = ['x1', 'x2', 'x3', 'x4', 'x5', 'x6'];
+    const others: pg.Client[] = [];
+    try {
+      for (const [i, c] of clients.entries()) {
+        const o = new pg.Client({ connectionString: url });
+        await o.connect();
+        others.push(o);
+        await o.query('BEGIN');
+        await o.query(`WITH g AS (UPDATE identifiers SET client_id = $1, epoch = epoch + 1, allocated_at = $2, last_seen = $2 WHERE name = $3 RETURNING id, epoch)
+                       INSERT INTO history (identifier_id, at, event, client_id, epoch) SELECT id, $2, 'allocated', $1, epoch FROM g`, [c, T, names[19 - i]]);
+      }
+      const answers = Promise.all([...clients, 'innocent'].map((c) => answer(registry.allocate(c))));
+      for (const o of others) {
+        await waitingOnLock(url, 'grant-b');
+        await o.query('COMMIT');
+      }
+      const out = (await answers) as Array<{ clientId?: string; identifier?: string; epoch?: number; error?: string }>;
+      expect(out.slice(0, 6).map((l) => `${l.clientId ?? l.error ?? '?'} ${l.identifier ?? '-'}#${l.epoch ?? '-'}`))
+        .to.deep.equal(clients.map((c, i) => `${c} ${names[19 - i] ?? ''}#1`));
+      const innocent = out[6];
+      expect(innocent).to.include({ clientId: 'innocent', epoch: 1 });
+      expect(names.slice(0, 14)).to.include(innocent?.identifier);
+      expect(await sql(url, `SELECT client_id FROM history WHERE event = 'allocated' ORDER BY client_id`))
+        .to.deep.equal(['innocent', ...clients].sort().map((c) => ({ client_id: c })));
+    } finally {
+      for (const o of others) await o.end().catch(() => undefined);
+    }
+  });
+
+  it('a client whose grant is in flight on another instance does not stall the batch: the others are granted, only it is told to retry', async () => {
+    // Another instance's grant to x stays open: the statement, pairing x with a free row, waits
+    // for it at the one-client index only briefly, then leaves the batch to the full use case,
+    // where x waits (lock_timeout) and is told `unavailable`, and the others are granted.
+    const url = await server.createDatabase();
+    const store = await batching(url, { clock: new FakeClock(T), lockTimeoutMs: 1000 });
+    const registry = new Registry({ store, rules: RULES });
+    await registry.syncPool(['a', 'b', 'c', 'd']);
+    const o = new pg.Client({ connectionString: url });
+    await o.connect();
+    try {
+      await o.query('BEGIN');
+      await o.query(`UPDATE identifiers SET client_id = 'x', epoch = epoch + 1, allocated_at = $1, last_seen = $1 WHERE name = 'd'`, [T]);
+      const out = await Promise.all(['x', 'innocent-1', 'innocent-2'].map((c) => answer(registry.allocate(c))));
+      expect(out[0]).to.deep.equal({ error: 'unavailable' });
+      expect(out.slice(1).map((l) => { const { clientId, identifier, epoch } = l as Record<string, unknown>; return { clientId, identifier, epoch }; }))
+        .to.deep.equal([{ clientId: 'innocent-1', identifier: 'a', epoch: 1 }, { clientId: 'innocent-2', identifier: 'b', epoch: 1 }]);
+      await o.query('ROLLBACK');
+      expect(await sql(url, 'SELECT name, client_id FROM identifiers WHERE client_id IS NOT NULL ORDER BY name'))
+        .to.deep.equal([{ name: 'a', client_id: 'innocent-1' }, { name: 'b', client_id: 'innocent-2' }]);
+    } finally {
+      await o.end().catch(() => undefined);
+    }
+  });
+
+  it('the grant statement waits at most 50 ms for a lock, and that limit ends with its statement', async () => {
+    const url = await server.createDatabase();
+    await new Registry({ store: await open(url), rules: RULES }).syncPool(['a', 'b']);
+    const o = new pg.Client({ connectionString: url });
+    // The store's connections parse bigint columns as numbers; so does this one.
+    const types: CustomTypesConfig = { getTypeParser: (oid, format) => (oid === 20 ? parseBigint : pg.types.getTypeParser(oid, format)) };
+    const q = new pg.Client({ connectionString: url, types });
+    await o.connect();
+    await q.connect();
+    try {
+      await q.query(`SET lock_timeout = '7s'`);
+      await o.query('BEGIN');
+      await o.query(`UPDATE identifiers SET client_id = 'x', epoch = epoch + 1, allocated_at = 1, last_seen = 1 WHERE name = 'b'`);
+      const started = performance.now();
+      const err = await grantNextAlone(q as unknown as PoolClient, ['x'], null, 0).then(() => null, (e: unknown) => (e as { code?: string }).code);
+      const waited = performance.now() - started;
+      expect(err, 'lock_timeout').to.equal('55P03');
+      expect(waited, 'not the session\'s 7 s').to.be.below(2000);
+      expect((await q.query('SHOW lock_timeout')).rows, 'the next statement on the connection has its own limit back').to.deep.equal([{ lock_timeout: '7s' }]);
+      await o.query('ROLLBACK');
+      expect((await grantNextAlone(q as unknown as PoolClient, ['x'], null, 0)).map((r) => r.rec.name)).to.deep.equal(['a']);
+      expect((await q.query('SHOW lock_timeout')).rows, 'after a statement that granted, too').to.deep.equal([{ lock_timeout: '7s' }]);
+    } finally {
+      await o.end().catch(() => undefined);
+      await q.end().catch(() => undefined);
+    }
   });
 
   it('the one-statement grant and the full use case give the same answers: held, pool exhausted, cool-down pending, retired, free the longest first', async () => {

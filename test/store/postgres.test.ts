@@ -12,6 +12,7 @@ import { RegistryError } from '../../src/domain/errors.js';
 import { DumpError, dumpLines, parseDump } from '../../src/store/dump.js';
 import type { Dump } from '../../src/store/dump.js';
 import { parsePool } from '../../src/pool/parse.js';
+import { Registry } from '../../src/registry.js';
 import { MIGRATIONS } from '../../src/store/postgres/schema.js';
 import { openPostgresStore } from '../../src/store/postgres/store.js';
 import type { PostgresStore, PostgresStoreOptions } from '../../src/store/postgres/store.js';
@@ -19,7 +20,7 @@ import { parseBigint } from '../../src/store/postgres/rows.js';
 import { dumpSqlite, loadSqlite } from '../../src/store/sqlite/dump.js';
 import { openDatabase } from '../../src/store/sqlite/store.js';
 import type { Store } from '../../src/store/types.js';
-import { SECOND, errorCode, makeSqliteRegistry, tempDir } from '../helpers.js';
+import { DEFAULT_RULES, SECOND, errorCode, makeSqliteRegistry, tempDir } from '../helpers.js';
 import { TestPostgres, sharedPostgres } from '../support/postgres.js';
 
 interface Grant { readonly identifier: string; readonly epoch: number }
@@ -367,6 +368,21 @@ describe('postgres store', function () {
       expect(err).to.be.instanceOf(RegistryError).with.property('code', 'internal');
       expect(String(err)).not.to.match(/UPDATE|identifiers|SELECT/);
       expect(await sql(`SELECT count(*)::int AS n FROM meta WHERE key = 'touched'`)).to.deep.equal([{ n: 0 }]);
+    });
+
+    it('a unique violation on every attempt (a grant to the same client winning each time) is unavailable, never internal', async () => {
+      const store = await open();
+      await seed(store, ['a', 'b']);
+      await allocate(store, 'vm-1'); // a
+      let attempts = 0;
+      const err = await store.write(async (tx) => {
+        attempts++;
+        const rec = await tx.byName('b');
+        if (rec) await tx.grant(rec.rowId, 'vm-1', rec.epoch + 1, tx.now); // vm-1 holds a: the one-client index refuses
+      }, { durable: true }).then(() => null, (e: unknown) => e);
+      expect(attempts, 'run again each time').to.be.above(1);
+      expect(err).to.be.instanceOf(RegistryError).with.property('code', 'unavailable');
+      expect(await sql(`SELECT name, client_id FROM identifiers ORDER BY name`)).to.deep.equal([{ name: 'a', client_id: 'vm-1' }, { name: 'b', client_id: null }]);
     });
 
     it('a use case that swallows a failed statement cannot commit half of itself', async () => {
@@ -725,5 +741,27 @@ describe('postgres store: the server goes away', function () {
     }
     const held = await server.sql(`SELECT name, epoch FROM identifiers WHERE client_id IS NOT NULL`, [], new URL(url).pathname.slice(1));
     expect(held.map((r) => r['name']).sort()).to.deep.equal(acknowledged.map((g) => g.identifier).sort());
+  });
+
+  it('a crash of the server loses no grant acknowledged by allocate through its one-statement path', async () => {
+    // Registry.allocate grants a client that holds nothing in one statement, batched
+    // (PostgresStore.grantNext): that statement's commit must be on disk before the answer.
+    const store = await openPostgresStore({ url });
+    const acknowledged: string[] = [];
+    try {
+      const registry = new Registry({ store, rules: DEFAULT_RULES });
+      await registry.syncPool(names(300));
+      for (let round = 0; round < 10; round++) {
+        const batch = await Promise.all(Array.from({ length: 20 }, (_, i) => registry.allocate(`vm-${round}-${i}`)));
+        acknowledged.push(...batch.map((l) => `${l.identifier}#${l.epoch} ${l.clientId}`));
+      }
+      expect(store.grantStats.granted, 'granted by the one statement').to.equal(200);
+      await server.crash();
+      await server.resume();
+    } finally {
+      await store.close();
+    }
+    const held = await server.sql(`SELECT name, epoch::int AS epoch, client_id FROM identifiers WHERE client_id IS NOT NULL`, [], new URL(url).pathname.slice(1));
+    expect(held.map((r) => `${String(r['name'])}#${String(r['epoch'])} ${String(r['client_id'])}`).sort()).to.deep.equal(acknowledged.sort());
   });
 });

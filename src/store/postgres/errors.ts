@@ -28,6 +28,8 @@ const UNAVAILABLE_CODES: ReadonlyArray<[prefix: string, message: string]> = [
   ['25P03', 'the database closed a transaction left idle'],
   ['40001', 'the database was too busy to serialize this change; try again'],
   ['40P01', 'the database was too busy to serialize this change; try again'],
+  // Retried until the attempts ran out: a concurrent change to the same client kept winning.
+  ['23505', 'a concurrent change to the same client kept winning; try again'],
   ['58', 'the database server had a system error'],
   ['XX000', 'the database server had an internal error'],
 ];
@@ -49,6 +51,22 @@ const DRIVER_MESSAGES: ReadonlyArray<[pattern: RegExp, message: string]> = [
 function codeOf(e: unknown): string | null {
   if (typeof e !== 'object' || e === null || !('code' in e)) return null;
   return typeof e.code === 'string' ? e.code : null;
+}
+
+/**
+ * SQLSTATEs after which the batched grant statement (tx.ts, GRANT_NEXT_SQL) leaves its whole
+ * batch undecided: it failed, so it changed nothing, and each client goes to the full use case.
+ */
+const GRANT_UNDECIDED = new Set([
+  '23505', // a grant to one of its clients committed meanwhile elsewhere
+  '40P01', // deadlock_detected
+  '55P03', // lock_not_available: the statement's own short lock_timeout (a grant to one of its clients still in flight elsewhere)
+]);
+
+/** Whether a failed grant statement leaves its batch to the full use case rather than an error. */
+export function isGrantUndecided(e: unknown): boolean {
+  const code = codeOf(e);
+  return code !== null && GRANT_UNDECIDED.has(code);
 }
 
 /** Whether a failed transaction can run again from the start. */

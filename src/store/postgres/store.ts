@@ -14,10 +14,10 @@ import { RegistryError, isRegistryError } from '../../domain/errors.js';
 import { DumpError } from '../dump.js';
 import type { Dump } from '../dump.js';
 import type { IdentifierRecord } from '../../domain/types.js';
-import type { Reader, Store, Tx, WriteOptions } from '../types.js';
+import type { GrantAnswer, Reader, Store, Tx, WriteOptions } from '../types.js';
 import { ServerClock } from './clock.js';
 import { dumpFrom, loadInto } from './dump.js';
-import { isConnectionLoss, isRetryable, toRegistryError, unavailableReason } from './errors.js';
+import { isConnectionLoss, isGrantUndecided, isRetryable, toRegistryError, unavailableReason } from './errors.js';
 import { migrate } from './migrate.js';
 import { asRow, int, parseBigint } from './rows.js';
 import { PgReader, PgTx, SERVER_MS, grantNextAlone, heldAlone } from './tx.js';
@@ -93,7 +93,7 @@ interface QueuedAsk {
 interface QueuedGrant {
   readonly seq: number;
   readonly clientId: string;
-  readonly resolve: (v: IdentifierRecord | null) => void;
+  readonly resolve: (v: GrantAnswer | null) => void;
   readonly reject: (e: unknown) => void;
 }
 
@@ -273,11 +273,12 @@ export class PostgresStore implements Store {
   /**
    * Allocate's common case as one write (see tx.ts, GRANT_NEXT_SQL): the allocatable identifier
    * free the longest granted to `clientId`, on disk before it resolves; null when the client
-   * already holds one or none was free and unlocked, and nothing changed (the caller then runs
-   * the full use case). Allocations queued while a grant statement runs go out together in the
-   * next, up to MAX_GRANT_BATCH: one round trip and one fsync for the lot.
+   * already holds one, none was free and unlocked, or the statement lost a race, and nothing
+   * changed (the caller then runs the full use case). Allocations queued while a grant
+   * statement runs go out together in the next, up to MAX_GRANT_BATCH: one round trip and one
+   * fsync for the lot.
    */
-  grantNext(clientId: string): Promise<IdentifierRecord | null> {
+  grantNext(clientId: string): Promise<GrantAnswer | null> {
     return new Promise((resolve, reject) => {
       if (this.closed) return reject(new RegistryError('unavailable', 'the store is closed'));
       this.grants.push({ seq: this.seq++, clientId, resolve, reject });
@@ -345,27 +346,31 @@ export class PostgresStore implements Store {
     this.grantLanes++;
     try {
       // One row per client: the same client twice in a batch gets the one answer (same client,
-      // same identifier and epoch). In client order, so two batches granting to the same clients
-      // (a client through two instances) tend to meet at the unique index in one order; a
-      // deadlock between them, or a unique violation, runs the statement again.
+      // same identifier and epoch), the grant for its first ask only (the others are answered
+      // as the full use case answers a held lease). In arrival order (a Map keeps its keys in
+      // insertion order): the statement pairs the k-th client with the k-th identifier free
+      // the longest. No order is needed against deadlocks: the statement waits for a lock only
+      // at the unique index on client_id, for a grant to one of its clients in flight elsewhere,
+      // and only briefly (its own lock_timeout); that, a deadlock, or a unique violation leaves
+      // the whole batch to the full use case (GRANT_NEXT_SQL changed nothing).
       const byClient = new Map<string, QueuedGrant[]>();
       for (const g of batch) {
         const list = byClient.get(g.clientId);
         if (list) list.push(g);
         else byClient.set(g.clientId, [g]);
       }
-      const clients = [...byClient.keys()].sort();
+      const clients = [...byClient.keys()];
       const waiters: Waiter[] = clients.map((id) => {
         const list = byClient.get(id) ?? [];
         return {
-          resolve: (v) => { for (const g of list) g.resolve(v); },
+          resolve: (rec) => { list.forEach((g, i) => g.resolve(rec ? { rec, granted: i === 0 } : null)); },
           reject: (e) => { for (const g of list) g.reject(e); },
         };
       });
       this.grantStats.statements++;
       this.grantStats.asks += clients.length;
       await this.statementTogether(waiters, (client) => grantNextAlone(client, clients, this.injectedClock?.now() ?? null, this.lastTxNow),
-        (n) => { this.grantStats.granted += n; });
+        (n) => { this.grantStats.granted += n; }, isGrantUndecided);
     } finally {
       this.grantLanes--;
     }
@@ -392,12 +397,15 @@ export class PostgresStore implements Store {
 
   /**
    * Runs one statement of its own (autocommit) for a batch and answers each waiter with the row
-   * at its index, or null; a lost race runs it again, anything else rejects every waiter.
+   * at its index, or null; an error that leaves it `undecided` answers every waiter null (the
+   * statement failed, so changed nothing: each goes to the full use case), a lost race runs it
+   * again, anything else rejects every waiter.
    */
   private async statementTogether(
     waiters: readonly Waiter[],
     send: (client: PoolClient) => Promise<HeldRow[]>,
     onDone?: (rows: number) => void,
+    undecided?: (e: unknown) => boolean,
   ): Promise<void> {
     for (let attempt = 1; ; attempt++) {
       let client: PoolClient;
@@ -426,6 +434,10 @@ export class PostgresStore implements Store {
       } catch (e) {
         // Cut off on the way, the statement may or may not have committed: `unavailable`, never a 200.
         if (isConnectionLoss(e)) broken = e instanceof Error ? e : new Error(String(e));
+        if (broken === undefined && undecided?.(e)) {
+          for (const item of waiters) item.resolve(null);
+          return;
+        }
         retry = broken === undefined && isRetryable(e) && attempt < MAX_ATTEMPTS;
         if (!retry) {
           const err = toRegistryError(e);

@@ -55,13 +55,18 @@ const IN_TX: StatementClock = { with: 'WITH ', now: '$4::bigint', from: '' };
  * never below this instance's latest ($5, or the parameter after `nowParam`), or $4 (`nowParam`)
  * when the registry's time is injected (tests).
  * `synchronous_commit` is set for this statement's transaction only: on for an ownership change,
- * off for a liveness, which must be visible to every instance before its answer, not fsynced (SPEC.md).
+ * off for a liveness, which must be visible to every instance before its answer, not fsynced (SPEC.md);
+ * so is `lockTimeout` when given (`set_config(..., true)` is SET LOCAL: in autocommit the
+ * statement is its own transaction, and the pooled connection's next use has its own setting
+ * back — test/store/postgres-allocate.test.ts holds it to that).
  */
-function alone(durable: boolean, nowParam = 4): StatementClock {
+function alone(durable: boolean, nowParam = 4, lockTimeout?: string): StatementClock {
+  const lockLimit = lockTimeout === undefined ? '' : `,
+             set_config('lock_timeout', '${lockTimeout}', true) AS lock_limit`;
   return {
     with: `WITH t AS MATERIALIZED (
       SELECT coalesce($${nowParam}::bigint, greatest($${nowParam + 1}::bigint, ${SERVER_MS})) AS now,
-             set_config('synchronous_commit', '${durable ? 'on' : 'off'}', true) AS commit_mode
+             set_config('synchronous_commit', '${durable ? 'on' : 'off'}', true) AS commit_mode${lockLimit}
     ), `,
     now: 't.now',
     from: ', t',
@@ -133,28 +138,42 @@ export async function heldAlone(client: PoolClient, kind: HeldKind, asks: readon
 }
 
 /**
+ * How long the grant statement waits for a lock: only a grant to one of its clients in flight on
+ * another instance makes it wait (its rows are taken SKIP LOCKED). Short, so a batch that meets
+ * such a race fails (55P03) and gives up its rows within a fraction of a second, instead of
+ * holding them, and its other clients, for the connection's lock_timeout.
+ */
+const GRANT_LOCK_TIMEOUT = '50ms';
+
+/**
  * Allocate's common case on PostgreSQL, over a list of clients so one statement serves a whole
  * batch, in autocommit with `synchronous_commit` on (see `alone`): each client that holds
  * nothing is granted one of the allocatable identifiers free the longest, under its next epoch,
  * with its `allocated` history entry. It restates, for speed, rules written in domain/ and
- * registry.ts (Registry.allocate, Tx.claimFor, Tx.grant) — the test "allocate: the one-statement
- * grant and the full use case give the same answers" in test/store/postgres.test.ts holds both to
+ * registry.ts (Registry.allocate, Tx.claimFor, Tx.grant) — the test "the one-statement grant and
+ * the full use case give the same answers" in test/store/postgres-allocate.test.ts holds both to
  * the same answers:
  *  - allocatable: `client_id IS NULL AND NOT retired AND available_at <= now` (a cool-down
  *    pending is not allocatable), the one free the longest first (available_at, pool_order, id);
  *  - a client that holds an identifier keeps it (same client, same answer): such a client gets
- *    no row here, and the full use case answers it; a grant committed by another instance after
- *    this statement's snapshot is caught by the unique index on client_id (23505: the statement
- *    rolls back and runs again, then sees the holder);
+ *    no row here, and the full use case answers it; a grant by another instance not in this
+ *    statement's snapshot is caught by the unique index on client_id: committed, the statement
+ *    fails (23505); still in flight, the statement waits for it at most GRANT_LOCK_TIMEOUT (its
+ *    own lock_timeout, then 55P03), so one client's race never holds the batch's rows locked
+ *    for long. Either way (or a deadlock, 40P01) the statement changed nothing, and the caller
+ *    leaves every client of the batch to the full use case, which waits, retries and sees the
+ *    holder;
  *  - a new grant takes the row's epoch + 1 (the trigger refuses anything else).
  * The rows are taken FOR UPDATE SKIP LOCKED: a row another transaction is granting, freeing or
  * reclaiming is skipped, never waited for, and the free check is re-checked on the newest
  * version of a row changed since the snapshot (READ COMMITTED). A client without a row (it holds
  * one, or nothing allocatable was left unlocked) changed nothing: the caller runs the full use
  * case, which says pool_exhausted or renews the held lease.
+ * The k-th client of $1 that holds nothing is paired with the k-th row picked (the join on k),
+ * so the clients are served in the order of the list.
  * $1: the clients (distinct), `idx` (from 1) says which each returned row answers.
  */
-const GRANT_NEXT_SQL = `${alone(true, 2).with}asks AS MATERIALIZED (
+const GRANT_NEXT_SQL = `${alone(true, 2, GRANT_LOCK_TIMEOUT).with}asks AS MATERIALIZED (
       SELECT a.client_id, a.idx, row_number() OVER (ORDER BY a.idx) AS k
       FROM unnest($1::text[]) WITH ORDINALITY AS a(client_id, idx)
       WHERE NOT EXISTS (SELECT FROM identifiers h WHERE h.client_id = a.client_id)
