@@ -18,7 +18,11 @@ import { identifierViewsJson } from '../../src/http/views.js';
 import { Registry } from '../../src/registry.js';
 import type { ListedPage } from '../../src/registry.js';
 import type { Status } from '../../src/domain/types.js';
-import { SqliteStore } from '../../src/store/sqlite/store.js';
+import { STATUS_WHERE, SqliteStore } from '../../src/store/sqlite/store.js';
+import { FAILED_RETRY_MS, ListingWorkers } from '../../src/store/sqlite/listing-worker.js';
+import { pageSql } from '../../src/store/sqlite/listing-json.js';
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { DEFAULT_RULES, SECOND, makeRegistry, tempDir } from '../helpers.js';
 import type { Harness } from '../helpers.js';
 
@@ -345,6 +349,102 @@ describe('the listing read on worker threads', function () {
       expect(() => JSON.parse(body), 'never a complete-looking array').to.throw();
     } finally {
       stop(server);
+    }
+  });
+});
+
+describe('listing workers: bounds, restarts and shutdown', function () {
+  this.timeout(60_000);
+
+  it('a reader that takes one page and stops: at most the next two are read ahead', async () => {
+    const h = await makeRegistry({ shared: true, pool: 'p-[00000-59999]\n' });
+    const store = sqliteOf(h);
+    try {
+      expect(await store.startListingWorkers()).to.equal(true);
+      const first = await h.registry.listPage({ status: null, after: null, limit: 2000 });
+      const before = store.listingWorkerStats().pages;
+      if (!first.next) throw new Error('expected more than one page');
+      const pages = h.registry.pagesAfter(null, first.next.cursor, { limit: 2000 });
+      await pages.next();
+      await until('the read-ahead to settle', () => store.listingWorkerStats().pending === 0);
+      // The page taken and the two read ahead: 27 pages of the pool are left unread.
+      expect(store.listingWorkerStats().pages - before).to.be.within(1, 3);
+      await pages.return(undefined);
+    } finally {
+      await h.store.close();
+    }
+  });
+
+  it('workers stopped for idleness are started again by the next page asked of them', async () => {
+    const { dir, cleanup } = tempDir();
+    const store = new SqliteStore({ path: `${dir}/r.db`, clock: new FakeClock() });
+    const workers = new ListingWorkers(store.db.name, pageSql(STATUS_WHERE), 1, 1500);
+    try {
+      workers.start();
+      await until('a worker ready', () => workers.ready);
+      await until('the idle stop', () => workers.stats.running === 0);
+      // A page asked now is refused (the listing reads it in-process), and the workers start again.
+      const plan = { key: 'all', body: [], edge: [], limit: 10 } as unknown as Parameters<ListingWorkers['run']>[0];
+      let refused = false;
+      await workers.run(plan, () => undefined).catch(() => { refused = true; });
+      expect(refused).to.equal(true);
+      expect(workers.stats.running).to.equal(1);
+      await until('a worker ready again', () => workers.ready);
+    } finally {
+      await workers.stop(new Error('done'));
+      await store.close();
+      cleanup();
+    }
+  });
+
+  it('workers that could not open the database are tried again after FAILED_RETRY_MS, not never', async () => {
+    const { dir, cleanup } = tempDir();
+    let now = 0;
+    const workers = new ListingWorkers(`${dir}/missing/r.db`, pageSql(STATUS_WHERE), 2, 60_000, () => now);
+    try {
+      workers.start();
+      await until('the start to fail', () => workers.stats.running === 0);
+      expect(workers.failed).to.be.instanceOf(Error);
+      workers.start(); // off for now: nothing is started
+      expect(workers.stats.running).to.equal(0);
+      now += FAILED_RETRY_MS - 1;
+      expect(workers.failed).to.be.instanceOf(Error);
+      now += 1;
+      expect(workers.failed).to.equal(null);
+      workers.start();
+      expect(workers.stats.running).to.equal(2);
+      await until('the second start to fail too', () => workers.stats.running === 0);
+      expect(workers.failed).to.be.instanceOf(Error);
+    } finally {
+      await workers.stop(new Error('done'));
+      cleanup();
+    }
+  });
+
+  it('a process with nothing else to do closes its store after a listing: the workers exit, the database is closed', () => {
+    const { dir, cleanup } = tempDir();
+    try {
+      const src = (p: string): string => JSON.stringify(new URL(`../../src/${p}`, import.meta.url).href);
+      const script = `${dir}/close.mts`;
+      writeFileSync(script, [
+        `import { FakeClock } from ${src('clock.ts')};`,
+        `import { Registry } from ${src('registry.ts')};`,
+        `import { SqliteStore } from ${src('store/sqlite/store.ts')};`,
+        `const store = new SqliteStore({ path: ${JSON.stringify(`${dir}/r.db`)}, clock: new FakeClock() });`,
+        `const registry = new Registry({ store, rules: ${JSON.stringify(DEFAULT_RULES)} });`,
+        `await registry.syncPool(Array.from({ length: 5000 }, (_, i) => 'p-' + String(i).padStart(4, '0')));`,
+        `if (!(await store.startListingWorkers())) throw new Error('no workers');`,
+        `const first = await registry.listPage({ status: null, after: null, limit: 1000 });`,
+        `let n = 1;`,
+        `for await (const _ of registry.pagesAfter(null, first.next.cursor, { limit: 1000 })) n++;`,
+        `await store.close();`,
+        `console.log('closed', n, store.db.open, store.listingWorkerStats().running);`,
+      ].join('\n'));
+      const r = spawnSync(process.execPath, ['--import', 'tsx', script], { encoding: 'utf8', timeout: 30_000 });
+      expect(r.stdout.trim(), r.stderr).to.equal('closed 5 false 0');
+      expect(r.status).to.equal(0);
+    } finally {
+      cleanup();
     }
   });
 });

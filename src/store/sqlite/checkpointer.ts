@@ -57,6 +57,8 @@ export function startCheckpointer(path: string, opts: { intervalMs?: number; onE
         };
         worker.once('message', done);
         worker.once('exit', () => resolve());
+        // Held until it answers: unreferenced, a process with nothing else to do could end first.
+        worker.ref();
         worker.postMessage('stop');
         setTimeout(done, 2000).unref();
       });

@@ -108,6 +108,8 @@ class ListingThread {
     worker.unref(); // the registry's server keeps the process alive, not the listing's threads
     worker.on('message', (m: unknown) => this.onMessage(m));
     worker.on('error', (e) => this.end(e));
+    // A page that cannot be read back would otherwise never settle, and its listing would hang.
+    worker.on('messageerror', (e) => this.end(e));
     worker.on('exit', (code) => this.end(new Error(`a listing worker exited (${code})`)));
   }
 
@@ -141,6 +143,9 @@ class ListingThread {
         clearTimeout(timer);
         resolve();
       });
+      // Held until it has exited: unreferenced, a process with nothing else to do would end
+      // before the store's close got past this wait, leaving the database open.
+      worker.ref();
       worker.postMessage({ stop: true });
     });
     return this.stopping;
@@ -199,17 +204,33 @@ class ListingThread {
  * asked, or when the store closes. A thread that fails is forgotten (its pages are refused, and
  * the listing reads them in-process); if none ever opened the database, `failed` is set.
  */
+/** How long threads that could not open the database stay off before they are tried again. */
+export const FAILED_RETRY_MS = 30_000;
+
 export class ListingWorkers {
   private threads: ListingThread[] = [];
   private idle: NodeJS.Timeout | null = null;
   private pagesBefore = 0;
-  /** Set when threads failed before opening the database: they would again. */
-  failed: Error | null = null;
+  /** Threads that failed before opening the database: they would again, for a while. */
+  private failure: { readonly error: Error; readonly at: number } | null = null;
 
-  constructor(private readonly path: string, private readonly sql: PageSql, private readonly size: number, private readonly idleMs: number) {}
+  constructor(
+    private readonly path: string, private readonly sql: PageSql, private readonly size: number, private readonly idleMs: number,
+    private readonly now: () => number = () => performance.now(),
+  ) {}
 
   get ready(): boolean {
     return this.threads.some((t) => t.ready);
+  }
+
+  /**
+   * Why the threads could not open the database, for FAILED_RETRY_MS after it: then they are
+   * tried again (a passing cause, a busy file or too many open files, does not turn them off for
+   * the life of the process).
+   */
+  get failed(): Error | null {
+    if (this.failure !== null && this.now() - this.failure.at >= FAILED_RETRY_MS) this.failure = null;
+    return this.failure?.error ?? null;
   }
 
   /** Resolves true once a thread is ready, false when none is running (they failed or stopped). */
@@ -238,6 +259,9 @@ export class ListingWorkers {
   }
 
   run(plan: PagePlan, onEdge: (edge: unknown[] | null) => void): Promise<WorkerPage> {
+    // Stopped for idleness under a listing whose client paused: started again (this page is read
+    // in-process meanwhile).
+    if (!this.threads.some((t) => t.running)) this.start();
     this.keep();
     let best: ListingThread | null = null;
     for (const t of this.threads) if (t.ready && (best === null || t.pending < best.pending)) best = t;
@@ -259,7 +283,7 @@ export class ListingWorkers {
     if (!this.threads.includes(t)) return;
     this.threads = this.threads.filter((x) => x !== t);
     this.pagesBefore += t.pages;
-    if (!t.everReady) this.failed = failure;
+    if (!t.everReady) this.failure = { error: failure, at: this.now() };
   }
 
   private keep(): void {

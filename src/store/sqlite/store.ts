@@ -62,7 +62,7 @@ interface QueuedRead {
 
 type Outcome = { ok: true; value: unknown } | { ok: false; error: RegistryError };
 
-const STATUS_WHERE: Readonly<Record<string, string>> = {
+export const STATUS_WHERE: Readonly<Record<string, string>> = {
   all: '1 = 1',
   leased: 'client_id IS NOT NULL',
   free: 'client_id IS NULL AND retired = 0 AND available_at <= @now',
