@@ -3,8 +3,7 @@
  * commit crosses the threshold, copying pages and fsyncing the database file on the event
  * loop: a stall of many milliseconds for one unlucky request. Here the main connection turns
  * the automatic checkpoint off and a second connection, on its own thread, checkpoints every
- * `intervalMs` (PASSIVE: it never blocks the writer). A log grown past its limit starts over
- * (RESTART), and is shrunk (TRUNCATE) once the writers are quiet.
+ * `intervalMs` (PASSIVE: it never blocks the writer), truncating the WAL when it grew large.
  */
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
@@ -15,16 +14,10 @@ const Database = require(workerData.driver);
 const db = new Database(workerData.path, { timeout: 1000 });
 const walLimit = workerData.walLimitPages;
 let timer = null;
-let lastLog = -1;
 function tick() {
   try {
     const r = db.pragma('wal_checkpoint(PASSIVE)')[0];
-    // Past the limit and all copied: the log starts over. Both modes hold the write lock while
-    // they run. Under writes, RESTART: the next writer begins the file again from its start
-    // (1-10 ms measured). When no frame came since the last tick, TRUNCATE: the file is shrunk
-    // too, which took 22-40 ms at 40-70 MB, long enough to stall every write queued meanwhile.
-    if (r && r.log > walLimit && r.checkpointed === r.log) db.pragma(r.log === lastLog ? 'wal_checkpoint(TRUNCATE)' : 'wal_checkpoint(RESTART)');
-    lastLog = r ? r.log : -1;
+    if (r && r.log > walLimit && r.checkpointed === r.log) db.pragma('wal_checkpoint(TRUNCATE)');
   } catch (e) {
     parentPort.postMessage({ error: String(e && e.message || e) });
   }
