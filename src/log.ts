@@ -1,6 +1,7 @@
 /** Structured JSON logs (pino). Tokens never reach a log: requests are logged field by field. */
 import { pino } from 'pino';
 import type { Logger } from 'pino';
+import { systemTimeSource } from './clock.js';
 import type { LogLevel } from './config.js';
 import type { RegistryEvent } from './registry.js';
 
@@ -39,7 +40,7 @@ export function stdoutDestination(): pino.DestinationStream & { flushSync(): voi
  * pino's isoTime, formatted once a millisecond: the lines of one batch of answers share their
  * millisecond, and formatting a Date was a percent of an allocate+release's CPU.
  */
-export function isoTimeOncePerMs(now: () => number = Date.now): () => string {
+export function isoTimeOncePerMs(now: () => number = systemTimeSource.wall): () => string {
   let lastMs = Number.NaN;
   let last = '';
   return () => {

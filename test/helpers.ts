@@ -121,6 +121,26 @@ export function makeRegistryOn(path: string, clock: Clock, rules: Partial<Regist
   return new Registry({ store: new SqliteStore({ path, clock }), rules: { ...DEFAULT_RULES, ...rules } });
 }
 
+/**
+ * Lanes that start only when the test says: a store given `defer` queues what is asked
+ * meanwhile; `settle` runs the deferred lanes until `p` is answered.
+ */
+export function heldLanes(): { defer: (run: () => void) => void; settle: <T>(p: Promise<T>) => Promise<T> } {
+  const runs: Array<() => void> = [];
+  return {
+    defer: (run) => { runs.push(run); },
+    async settle<T>(p: Promise<T>): Promise<T> {
+      let done = false;
+      void p.finally(() => { done = true; }).catch(() => undefined);
+      while (!done) {
+        for (const run of runs.splice(0)) run();
+        await new Promise((r) => setTimeout(r, 1));
+      }
+      return p;
+    },
+  };
+}
+
 export function tempDir(): { dir: string; cleanup: () => void } {
   const dir = mkdtempSync(join(tmpdir(), 'idreg-test-'));
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };

@@ -19,7 +19,7 @@ import type { PostgresStore, PostgresStoreOptions } from '../../src/store/postgr
 import { parseBigint } from '../../src/store/postgres/rows.js';
 import { grantNextAlone } from '../../src/store/postgres/tx.js';
 import type { Reader, Store, Tx, WriteOptions } from '../../src/store/types.js';
-import { DEFAULT_RULES } from '../helpers.js';
+import { DEFAULT_RULES, heldLanes } from '../helpers.js';
 import { sharedPostgres } from '../support/postgres.js';
 import type { TestPostgres } from '../support/postgres.js';
 
@@ -100,17 +100,8 @@ describe('postgres: allocate in one statement', function () {
   it('allocations queued together go out in one statement: distinct identifiers free the longest, next epochs, one history entry each; the rest are left to the full use case', async () => {
     const url = await server.createDatabase();
     const clock = new FakeClock(T);
-    const runs: Array<() => void> = [];
-    const store = await open(url, { clock, poolSize: 2, defer: (run) => { runs.push(run); } });
-    const settle = async <V>(p: Promise<V>): Promise<V> => {
-      let done = false;
-      void p.finally(() => { done = true; }).catch(() => undefined);
-      while (!done) {
-        for (const run of runs.splice(0)) run();
-        await new Promise((r) => setTimeout(r, 1));
-      }
-      return p;
-    };
+    const { defer, settle } = heldLanes();
+    const store = await open(url, { clock, poolSize: 2, defer });
     const registry = new Registry({ store, rules: RULES });
     await settle(registry.syncPool(['a', 'b', 'c', 'd', 'e']));
     await settle(registry.allocate('vm-1')); // a#1

@@ -20,7 +20,7 @@ import { parseBigint } from '../../src/store/postgres/rows.js';
 import { dumpSqlite, loadSqlite } from '../../src/store/sqlite/dump.js';
 import { openDatabase } from '../../src/store/sqlite/store.js';
 import type { Store } from '../../src/store/types.js';
-import { DEFAULT_RULES, SECOND, errorCode, makeSqliteRegistry, tempDir } from '../helpers.js';
+import { DEFAULT_RULES, SECOND, errorCode, heldLanes, makeSqliteRegistry, tempDir } from '../helpers.js';
 import { TestPostgres, sharedPostgres } from '../support/postgres.js';
 
 interface Grant { readonly identifier: string; readonly epoch: number }
@@ -481,17 +481,8 @@ describe('postgres store', function () {
 
     /** A store whose lanes start only when the test says: what is asked meanwhile queues up. */
     async function heldBack(clock: FakeClock): Promise<{ store: PostgresStore; settle: <T>(p: Promise<T>) => Promise<T> }> {
-      const runs: Array<() => void> = [];
-      const store = await open({ clock, poolSize: 2, defer: (run) => { runs.push(run); } });
-      const settle = async <T>(p: Promise<T>): Promise<T> => {
-        let done = false;
-        void p.finally(() => { done = true; }).catch(() => undefined);
-        while (!done) {
-          for (const run of runs.splice(0)) run();
-          await new Promise((r) => setTimeout(r, 1));
-        }
-        return p;
-      };
+      const { defer, settle } = heldLanes();
+      const store = await open({ clock, poolSize: 2, defer });
       return { store, settle };
     }
 
