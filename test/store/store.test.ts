@@ -63,6 +63,43 @@ describe('store: the database refuses what the rules forbid', () => {
       t.cleanup();
     }
   });
+
+  it('migration 4: a database of the index of every event by time keeps its history, and reclaims are counted through an index of just them', async () => {
+    const t = tempDir();
+    try {
+      const path = join(t.dir, 'm4.db');
+      // A database as the registry before migration 4 left it, with history of every kind.
+      const old = new Database(path);
+      old.pragma('journal_mode = WAL');
+      for (const m of MIGRATIONS.slice(0, 3)) old.exec(m);
+      old.pragma('user_version = 3');
+      old.prepare(`INSERT INTO identifiers (name, pool_order) VALUES ('x', 0)`).run();
+      const add = old.prepare(`INSERT INTO history (identifier_id, at, event, client_id, epoch) VALUES (1, ?, ?, 'vm', 1)`);
+      for (const [at, event] of [[100, 'allocated'], [200, 'reclaimed'], [300, 'allocated'], [400, 'reclaimed'], [500, 'released'], [600, 'force_released']] as const) add.run(at, event);
+      old.close();
+
+      const store = new SqliteStore({ path, clock: new FakeClock(1000) });
+      try {
+        const indexes = (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'history' ORDER BY name`).all() as { name: string }[]).map((r) => r.name);
+        expect(indexes).to.deep.equal(['history_by_identifier', 'history_reclaimed_at']);
+        expect(store.db.pragma('user_version', { simple: true })).to.equal(4);
+        const count = (event: 'reclaimed' | 'allocated' | 'released', since: number): Promise<number> => store.write((tx: Tx) => tx.countEvents(event, since), { durable: false });
+        expect(await count('reclaimed', 0)).to.equal(2);
+        expect(await count('reclaimed', 201)).to.equal(1);
+        expect(await count('reclaimed', 401)).to.equal(0);
+        expect(await count('allocated', 0)).to.equal(2);
+        expect(await count('released', 500)).to.equal(1);
+        expect((await store.read((r) => r.history(1))).map((h) => h.event)).to.deep.equal(['allocated', 'reclaimed', 'allocated', 'reclaimed', 'released', 'force_released']);
+        // The guard's count reads the partial index, not the table.
+        const plan = (store.db.prepare(`EXPLAIN QUERY PLAN SELECT count(*) AS n FROM history WHERE event = 'reclaimed' AND at >= ?`).all(0) as { detail: string }[]).map((r) => r.detail).join('; ');
+        expect(plan).to.match(/history_reclaimed_at/);
+      } finally {
+        await store.close();
+      }
+    } finally {
+      t.cleanup();
+    }
+  });
 });
 
 describe('store: pool counts kept by triggers', () => {

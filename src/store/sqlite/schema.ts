@@ -113,5 +113,11 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX identifiers_unheld_by_order ON identifiers (pool_order, id) WHERE client_id IS NULL AND retired = 0;
   CREATE INDEX identifiers_retired_by_order ON identifiers (pool_order, id) WHERE retired = 1;
   `,
+  `
+  -- The guard counts only reclaims: an index of just those. The index of every event by time
+  -- was written by every grant and release (each writes a history row) and read by nothing
+  -- else; without it a durable allocate+release took 12 % less CPU (README, "Performance").
+  DROP INDEX history_by_event_at;
+  CREATE INDEX history_reclaimed_at ON history (at) WHERE event = 'reclaimed';
+  `,
 ];
-

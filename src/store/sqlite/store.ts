@@ -14,6 +14,7 @@ import { anchorClock, anchoredClock, resumeAnchor, systemTimeSource } from '../.
 import type { Clock, ClockAnchor, TimeSource } from '../../clock.js';
 import { RegistryError, isRegistryError } from '../../domain/errors.js';
 import { recordOf } from '../../domain/lease.js';
+import { HISTORY_EVENTS } from '../../domain/types.js';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple } from '../../domain/types.js';
 import type { FreeEntry, InstanceBeat, ListJson, ListQuery, ListingReader, OffLoopPage, PoolRow, RawCounts, Reader, Store, Tx, ViewRules, WriteOptions } from '../types.js';
 import { startCheckpointer } from './checkpointer.js';
@@ -144,7 +145,7 @@ class Statements {
   readonly expired: Statement;
   readonly countExpired: Statement;
   readonly countLeased: Statement;
-  readonly countEvents: Statement;
+  readonly countEvents: ReadonlyMap<HistoryEvent, Statement>;
   readonly counts: Statement;
   readonly lists: ReadonlyMap<string, Statement>;
   readonly listingJson: ListingJson;
@@ -217,7 +218,9 @@ class Statements {
     );
     this.countExpired = p(`SELECT count(*) AS n FROM identifiers WHERE client_id IS NOT NULL AND last_seen <= ?`);
     this.countLeased = p(`SELECT count(*) AS n FROM identifiers WHERE client_id IS NOT NULL`);
-    this.countEvents = p(`SELECT count(*) AS n FROM history WHERE event = ? AND at >= ?`);
+    // The event is written into the SQL, not bound: only then can SQLite use the partial index
+    // of reclaims (a bound value could be any event).
+    this.countEvents = new Map(HISTORY_EVENTS.map((e) => [e, p(`SELECT count(*) AS n FROM history WHERE event = '${e}' AND at >= ?`)]));
     this.counts = p(
       `SELECT total, leased, retired,
               (SELECT count(*) FROM identifiers WHERE client_id IS NULL AND retired = 0 AND available_at > @now) AS cooling
@@ -409,7 +412,9 @@ class SqliteTx extends SqliteReader implements Tx {
   }
 
   async countEvents(event: HistoryEvent, since: number): Promise<number> {
-    return scalar(this.s.countEvents.get(event, since)) ?? 0;
+    const count = this.s.countEvents.get(event);
+    if (!count) throw new RegistryError('invalid_request', `no history event ${event}`);
+    return scalar(count.get(since)) ?? 0;
   }
 
   async reclaimExpired(cutoff: number, limit: number, now: number, availableAt: number): Promise<IdentifierRecord[]> {
