@@ -1,8 +1,8 @@
 /**
  * The WAL checkpointer (src/store/sqlite/checkpointer.ts), on a real database file with its
- * worker thread: under steady writes the log starts over without a writer ever waiting for the
- * checkpointer, so it stays bounded; it is shrunk to nothing once writes are quiet; and a log
- * that cannot start over is truncated at its limit all the same.
+ * worker thread: under steady writes the log starts over, so it stays bounded, also when the
+ * passes never catch up; it is shrunk to nothing once writes are quiet; and a checkpoint that
+ * takes the write lock never holds it while it waits for a reader.
  */
 import { expect } from 'chai';
 import Database from 'better-sqlite3';
@@ -32,7 +32,7 @@ function open(path: string): Database.Database {
 describe('WAL checkpointer', function () {
   this.timeout(30_000);
 
-  it('shrinks a log past its limit to nothing once no write came for a tick, keeping every row', async () => {
+  it('shrinks the log to nothing once no write came for a tick, keeping every row', async () => {
     const { dir, cleanup } = tempDir();
     const db = open(`${dir}/r.db`);
     const wal = `${dir}/r.db-wal`;
@@ -52,83 +52,125 @@ describe('WAL checkpointer', function () {
 
   /**
    * ~1.5 s of writes of ~10 pages each, about a millisecond apart, on a connection that never
-   * waits for a lock (busy timeout 0, as the store's is): each write the checkpointer's lock
-   * refused is counted, and the largest the log file got.
+   * waits for a lock (busy timeout 0, as the store's is; a refused write is tried again a
+   * millisecond later, as the store retries): the largest the log file got, and the longest a
+   * write was kept waiting by the checkpointer's lock.
    */
-  async function steadyWrites(db: Database.Database, wal: string): Promise<{ writes: number; busy: number; largest: number }> {
+  async function steadyWrites(db: Database.Database, wal: string, ms = 1500): Promise<{ writes: number; largest: number; longestWait: number }> {
     db.pragma('busy_timeout = 0');
     const insert = db.prepare('INSERT INTO t (v) VALUES (?)');
     const write = db.transaction(() => { for (let i = 0; i < 10; i++) insert.run(Buffer.alloc(3000)); });
     let writes = 0;
-    let busy = 0;
     let largest = 0;
-    const end = Date.now() + 1500;
-    while (Date.now() < end) {
+    let longestWait = 0;
+    let refusedSince: number | null = null;
+    const end = performance.now() + ms;
+    while (performance.now() < end) {
       try {
         write.immediate();
         writes++;
+        if (refusedSince !== null) longestWait = Math.max(longestWait, performance.now() - refusedSince);
+        refusedSince = null;
       } catch (e) {
         if (!(e instanceof Database.SqliteError && e.code.startsWith('SQLITE_BUSY'))) throw e;
-        busy++;
+        refusedSince ??= performance.now();
       }
       largest = Math.max(largest, statSync(wal).size);
       await new Promise((r) => setTimeout(r, 1));
     }
-    return { writes, busy, largest };
+    return { writes, largest, longestWait };
   }
 
-  it('under a steady stream of writes the log starts over while no write ever waits for the checkpointer; nothing is lost', async () => {
+  for (const passes of [8, 1]) {
+    it(`under a steady stream of writes the log starts over and stays bounded, nothing is lost (${passes === 1 ? 'one pass a tick: every start-over is a RESTART' : 'passes until caught up'})`, async () => {
+      const { dir, cleanup } = tempDir();
+      const db = open(`${dir}/r.db`);
+      const wal = `${dir}/r.db-wal`;
+      const cp = startCheckpointer(db.name, { intervalMs: 10, walLimitPages: 50, passes });
+      try {
+        const { writes, largest } = await steadyWrites(db, wal);
+        expect(writes).to.be.above(100);
+        // Without starting over the log would hold every page written (writes * 10 pages).
+        expect(largest, `largest log ${largest / PAGE} pages for ${writes * 10} written`).to.be.below((writes * 10 * PAGE) / 4);
+        expect(db.prepare('SELECT count(*) AS n FROM t').get()).to.deep.equal({ n: writes * 10 });
+        const stats = await cp.stats();
+        expect(stats.passes).to.be.above(10);
+        if (passes === 1) expect(stats.restarts, 'RESTARTs that made the log start over').to.be.above(0);
+      } finally {
+        await cp.stop();
+        db.close();
+        cleanup();
+      }
+    });
+  }
+
+  it('a checkpoint that takes the write lock gives up at once when a reader is on the log, instead of holding the lock while it waits', async () => {
     const { dir, cleanup } = tempDir();
     const db = open(`${dir}/r.db`);
     const wal = `${dir}/r.db-wal`;
+    db.prepare('INSERT INTO t (v) VALUES (?)').run(Buffer.alloc(3000));
+    // A reader on the log for the whole test: the log can neither start over nor be emptied,
+    // so every tick past the limit tries a RESTART, and each must find the reader and give up.
+    const reader = new Database(db.name);
+    reader.exec('BEGIN');
+    reader.prepare('SELECT count(*) FROM t').get();
     const cp = startCheckpointer(db.name, { intervalMs: 10, walLimitPages: 50 });
     try {
-      const { writes, busy, largest } = await steadyWrites(db, wal);
-      expect(writes).to.be.above(100);
-      // A TRUNCATE or RESTART under load takes the write lock: writes would be refused here.
-      expect(busy, 'writes refused because the checkpointer held the lock').to.equal(0);
-      // Without starting over the log would hold every page written (writes * 10 pages).
-      expect(largest, `largest log ${largest / PAGE} pages for ${writes * 10} written`).to.be.below((writes * 10 * PAGE) / 4);
-      expect(db.prepare('SELECT count(*) AS n FROM t').get()).to.deep.equal({ n: writes * 10 });
+      const { writes, longestWait } = await steadyWrites(db, wal, 1000);
+      expect(writes).to.be.above(50);
       const stats = await cp.stats();
-      expect(stats.forced, 'forced truncates').to.equal(0);
-      expect(stats.passes).to.be.above(10);
+      expect(stats.gaveUp, 'RESTARTs that found the reader').to.be.above(0);
+      expect(stats.restarts).to.equal(0);
+      // With a busy timeout the RESTART would keep the write lock for as long as it (1 s).
+      expect(longestWait, 'longest a write waited for the checkpointer (ms)').to.be.below(250);
+      reader.exec('COMMIT');
+      expect(db.prepare('SELECT count(*) AS n FROM t').get()).to.deep.equal({ n: 1 + writes * 10 });
     } finally {
+      if (reader.inTransaction) reader.exec('COMMIT');
+      reader.close();
       await cp.stop();
       db.close();
       cleanup();
     }
   });
 
-  it('a log that cannot start over (a reader is always on it when a write begins) is truncated at its limit; nothing is lost', async () => {
+  it('a quiet log with a reader on it is left for a later tick: the TRUNCATE gives up at once, and a write goes through meanwhile', async () => {
     const { dir, cleanup } = tempDir();
     const db = open(`${dir}/r.db`);
-    const wal = `${dir}/r.db-wal`;
+    db.pragma('busy_timeout = 0');
     const insert = db.prepare('INSERT INTO t (v) VALUES (?)');
-    // Another connection starts a read right after each write, before the checkpointer has
-    // copied that write, and keeps it until after the next write has begun: every page can be
-    // checkpointed, but no write ever finds the log free to start over.
+    db.transaction(() => { for (let i = 0; i < 50; i++) insert.run(Buffer.alloc(3000)); })();
     const reader = new Database(db.name);
-    const read = reader.prepare('SELECT count(*) AS n FROM t');
-    const cp = startCheckpointer(db.name, { intervalMs: 10, walLimitPages: 50 });
-    let writes = 0;
-    let emptied = false;
+    reader.exec('BEGIN');
+    reader.prepare('SELECT count(*) FROM t').get();
+    const started = performance.now();
+    const cp = startCheckpointer(db.name, { intervalMs: 10, walLimitPages: 1000 });
     try {
-      const deadline = Date.now() + 10_000;
-      while ((await cp.stats()).forced === 0) {
-        if (Date.now() > deadline) throw new Error(`no forced truncate; log ${statSync(wal).size / PAGE} pages`);
-        db.transaction(() => { for (let k = 0; k < 10; k++) insert.run(Buffer.alloc(3000)); })();
-        writes++;
-        if (reader.inTransaction) reader.exec('COMMIT');
-        reader.exec('BEGIN');
-        read.get();
-        await new Promise((r) => setTimeout(r, 2));
-        if (statSync(wal).size === 0) emptied = true;
+      while ((await cp.stats()).gaveUp === 0) {
+        if (performance.now() - started > 5000) throw new Error('no TRUNCATE was tried');
+        await new Promise((r) => setTimeout(r, 5));
       }
-      expect(writes * 10, 'pages written before the limit was reached').to.be.above(50);
-      if (reader.inTransaction) reader.exec('COMMIT');
-      await until('the log to be emptied', () => emptied || statSync(wal).size === 0);
-      expect(db.prepare('SELECT count(*) AS n FROM t').get()).to.deep.equal({ n: writes * 10 });
+      // The second tick is quiet and tries: with a busy timeout it would give up only after it (1 s).
+      expect(performance.now() - started, 'ms until a TRUNCATE gave up').to.be.below(500);
+      // A write now: with a busy timeout the TRUNCATE would hold the lock for a second each tick.
+      let waited = 0;
+      const t0 = performance.now();
+      for (;;) {
+        try {
+          insert.run(Buffer.alloc(10));
+          break;
+        } catch (e) {
+          if (!(e instanceof Database.SqliteError && e.code.startsWith('SQLITE_BUSY'))) throw e;
+          waited = performance.now() - t0;
+          if (waited > 2000) throw new Error('the write waited 2 s');
+          await new Promise((r) => setTimeout(r, 1));
+        }
+      }
+      expect(waited, 'ms the write waited').to.be.below(250);
+      expect((await cp.stats()).truncates).to.equal(0);
+      reader.exec('COMMIT');
+      await until('the quiet log to be emptied once the reader is gone', () => statSync(`${dir}/r.db-wal`).size === 0);
+      expect(db.prepare('SELECT count(*) AS n FROM t').get()).to.deep.equal({ n: 51 });
     } finally {
       if (reader.inTransaction) reader.exec('COMMIT');
       reader.close();

@@ -5,20 +5,25 @@
  * the automatic checkpoint off and a second connection, on its own thread, checkpoints every
  * `intervalMs`.
  *
- * Every checkpoint is PASSIVE: it copies the log into the database without taking the write
- * lock, so writes never wait for it. A tick makes passes until one finds nothing new to copy:
+ * Most checkpoints are PASSIVE: they copy the log into the database without taking the write
+ * lock, so writes never wait for them. A tick makes passes until one finds nothing new to copy:
  * the first copies what the last tick left, each next one only the frames committed while the
  * one before ran, so they shorten quickly. A log checkpointed to its end is started over by
  * SQLite itself at the next write (it writes from the start of the file again, which is why
  * the file does not grow under steady writes), provided no reader still reads from the log.
  *
- * A TRUNCATE (which holds the write lock while it waits for readers, syncs the database file
- * and shrinks the log file) runs only when nothing is being written: a log checkpointed to its
- * end and unchanged since the tick before is emptied, returning the disk. And as a last resort:
- * a log past `walLimitPages` that has not started over for three ticks in a row (a writer so
- * busy that no pass ever catches up) is truncated while writes wait. Measured on this machine
- * (README, "Performance"): the TRUNCATE every ~2 s that the checkpointer used to run under load
- * held the write lock 22–40 ms, and writers then retried after 2, 4, 8, 16 ms.
+ * Two checkpoints take the write lock, both with no busy wait (a reader or writer in the way
+ * makes them give up at once instead of holding the lock while they wait, as they would with a
+ * busy timeout):
+ * - a TRUNCATE when nothing was written for a tick (`data_version` unchanged): it empties the
+ *   log file, giving the disk back;
+ * - a RESTART when the passes did not catch up with a busy writer and the log, past
+ *   `walLimitPages`, has not started over since the tick before (the WAL header's checkpoint
+ *   sequence unchanged): it copies the last frames under the lock, so the next write starts the
+ *   log over. Writes wait for that copy only (the frames since the last pass).
+ * Measured on this machine (README, "Performance"): the TRUNCATE the checkpointer used to run
+ * under load held the write lock 22–40 ms about every 2 s, and writers then retried after 2,
+ * 4, 8, 16 ms; a RESTART with a 1 s busy timeout gave a 177 ms p99.
  */
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
@@ -30,11 +35,10 @@ const fs = require('node:fs');
 const db = new Database(workerData.path, { timeout: 1000 });
 const walLimit = workerData.walLimitPages;
 const maxPasses = workerData.passes;
-const stats = { passes: 0, truncates: 0, forced: 0 };
+const stats = { passes: 0, truncates: 0, restarts: 0, gaveUp: 0 };
 let timer = null;
 let lastVersion = -1;
 let lastStart = null;
-let stuck = 0;
 let walFd = null;
 /** The log file header's checkpoint sequence and salt: new each time the log starts over. */
 function logStart() {
@@ -50,35 +54,39 @@ function pass() {
   stats.passes++;
   return db.pragma('wal_checkpoint(PASSIVE)')[0];
 }
-function truncate() {
-  db.pragma('wal_checkpoint(TRUNCATE)');
+/** A checkpoint that takes the write lock, without waiting: true when it did all it is for. */
+function locking(mode) {
+  db.pragma('busy_timeout = 0');
+  try {
+    const r = db.pragma('wal_checkpoint(' + mode + ')')[0];
+    if (r.busy) stats.gaveUp++;
+    return !r.busy;
+  } finally {
+    db.pragma('busy_timeout = 1000');
+  }
 }
 function tick() {
   try {
     let r = pass();
-    for (let i = 1; i < maxPasses; i++) {
+    for (let i = 1; i < maxPasses && !r.busy; i++) {
       const next = pass();
+      if (next.busy) break; // another connection is checkpointing
       // Caught up: nothing was committed while the pass before ran (or the log started over).
       const caughtUp = (next.log === r.log && next.checkpointed === next.log) || next.log < r.log;
       r = next;
       if (caughtUp) break;
     }
-    const done = r.checkpointed === r.log;
     // Changes whenever another connection committed since this one last looked.
     const version = db.pragma('data_version', { simple: true });
     const quiet = version === lastVersion;
     lastVersion = version;
     const start = logStart();
-    stuck = r.log > walLimit && start === lastStart ? stuck + 1 : 0;
+    const startedOver = start !== lastStart;
     lastStart = start;
-    if (done && r.log > 0 && quiet) {
-      truncate(); // nothing written for a tick: give the disk back
-      stats.truncates++;
-      stuck = 0;
-    } else if (done && stuck >= 3) {
-      truncate(); // the log has not started over for three ticks: writes wait for this one
-      stats.forced++;
-      stuck = 0;
+    if (!r.busy && r.log > 0 && r.checkpointed === r.log && quiet) {
+      if (locking('TRUNCATE')) stats.truncates++; // nothing written for a tick: give the disk back
+    } else if (!r.busy && !startedOver && r.log > walLimit) {
+      if (locking('RESTART')) stats.restarts++; // the passes cannot catch up with the writer
     }
   } catch (e) {
     parentPort.postMessage({ error: String(e && e.message || e) });
@@ -99,11 +107,16 @@ parentPort.on('message', (m) => {
 tick();
 `;
 
-/** What the checkpointer did so far: PASSIVE passes, TRUNCATEs when quiet, forced TRUNCATEs. */
+/** What the checkpointer did so far. */
 export interface CheckpointStats {
+  /** PASSIVE checkpoints. */
   readonly passes: number;
+  /** Logs emptied when no write came for a tick. */
   readonly truncates: number;
-  readonly forced: number;
+  /** Logs made to start over under a writer the passes could not catch up with. */
+  readonly restarts: number;
+  /** TRUNCATEs or RESTARTs that found a reader or writer in the way and gave up at once. */
+  readonly gaveUp: number;
 }
 
 export interface Checkpointer {
@@ -119,32 +132,42 @@ export function startCheckpointer(
   const driver = createRequire(import.meta.url).resolve('better-sqlite3');
   const worker = new Worker(WORKER, {
     eval: true,
-    workerData: { path, driver, intervalMs: opts.intervalMs ?? 250, walLimitPages: opts.walLimitPages ?? 10_000, passes: opts.passes ?? 8 },
+    workerData: { path, driver, intervalMs: opts.intervalMs ?? 250, walLimitPages: opts.walLimitPages ?? 4_000, passes: opts.passes ?? 8 },
   });
   worker.unref();
-  const asked: ((s: CheckpointStats) => void)[] = [];
+  const asked: { resolve: (s: CheckpointStats) => void; reject: (e: Error) => void }[] = [];
+  let exited = false;
+  const stopped: (() => void)[] = [];
   worker.on('message', (m: unknown) => {
     if (typeof m !== 'object' || m === null) return;
     if ('error' in m) opts.onError?.(String(m.error));
-    if ('stats' in m) asked.shift()?.(m.stats as CheckpointStats);
+    if ('stats' in m) asked.shift()?.resolve(m.stats as CheckpointStats);
+    if ('stopped' in m) for (const done of stopped.splice(0)) done();
   });
   worker.on('error', (e) => opts.onError?.(e.message));
+  worker.once('exit', () => {
+    exited = true;
+    for (const a of asked.splice(0)) a.reject(new Error('the checkpointer has stopped'));
+    for (const done of stopped.splice(0)) done();
+  });
   return {
     stats(): Promise<CheckpointStats> {
-      return new Promise((resolve) => {
-        asked.push(resolve);
+      return new Promise((resolve, reject) => {
+        if (exited) return reject(new Error('the checkpointer has stopped'));
+        asked.push({ resolve, reject });
         worker.postMessage('stats');
       });
     },
     stop(): Promise<void> {
       return new Promise((resolve) => {
+        if (exited) return resolve();
+        let once = false;
         const done = (): void => {
+          if (once) return;
+          once = true;
           void worker.terminate().then(() => resolve());
         };
-        worker.on('message', (m: unknown) => {
-          if (typeof m === 'object' && m !== null && 'stopped' in m) done();
-        });
-        worker.once('exit', () => resolve());
+        stopped.push(done);
         // Held until it answers: unreferenced, a process with nothing else to do could end first.
         worker.ref();
         worker.postMessage('stop');
