@@ -18,9 +18,10 @@
  * - a TRUNCATE when nothing was written for a tick (`data_version` unchanged): it empties the
  *   log file, giving the disk back;
  * - a RESTART when the passes did not catch up with a busy writer and the log, past
- *   `walLimitPages`, has not started over since the tick before (the WAL header's checkpoint
+ *   `walLimitPages`, has not started over for three ticks (the WAL header's checkpoint
  *   sequence unchanged): it copies the last frames under the lock, so the next write starts the
- *   log over. Writes wait for that copy only (the frames since the last pass).
+ *   log over. Writes wait for that copy only (the frames since the last pass). Rare on purpose:
+ *   tried at every tick past 4,000 pages, it slowed a 100,000-reclaim sweep by a fifth.
  * Measured on this machine (README, "Performance"): the TRUNCATE the checkpointer used to run
  * under load held the write lock 22–40 ms about every 2 s, and writers then retried after 2,
  * 4, 8, 16 ms; a RESTART with a 1 s busy timeout gave a 177 ms p99.
@@ -40,6 +41,11 @@ let timer = null;
 let lastVersion = -1;
 let lastStart = null;
 let walFd = null;
+let lastError = null;
+/** Ticks in a row with the log past its limit and not started over, before a RESTART. */
+const STUCK_TICKS = 3;
+let stuck = 0;
+let lastErrorAt = 0;
 /** The log file header's checkpoint sequence and salt: new each time the log starts over. */
 function logStart() {
   try {
@@ -81,15 +87,25 @@ function tick() {
     const quiet = version === lastVersion;
     lastVersion = version;
     const start = logStart();
-    const startedOver = start !== lastStart;
+    stuck = !r.busy && r.log > walLimit && start === lastStart ? stuck + 1 : 0;
     lastStart = start;
     if (!r.busy && r.log > 0 && r.checkpointed === r.log && quiet) {
       if (locking('TRUNCATE')) stats.truncates++; // nothing written for a tick: give the disk back
-    } else if (!r.busy && !startedOver && r.log > walLimit) {
-      if (locking('RESTART')) stats.restarts++; // the passes cannot catch up with the writer
+    } else if (stuck >= STUCK_TICKS) {
+      // The passes have not caught up with the writer for a while: make the log start over.
+      if (locking('RESTART')) {
+        stats.restarts++;
+        stuck = 0;
+      }
     }
   } catch (e) {
-    parentPort.postMessage({ error: String(e && e.message || e) });
+    // Told once, and again only when it changes or a minute later: ticks are 4 a second.
+    const message = String(e && e.message || e);
+    if (message !== lastError || Date.now() - lastErrorAt >= 60000) {
+      lastError = message;
+      lastErrorAt = Date.now();
+      parentPort.postMessage({ error: message });
+    }
   }
   timer = setTimeout(tick, workerData.intervalMs);
 }
@@ -132,7 +148,7 @@ export function startCheckpointer(
   const driver = createRequire(import.meta.url).resolve('better-sqlite3');
   const worker = new Worker(WORKER, {
     eval: true,
-    workerData: { path, driver, intervalMs: opts.intervalMs ?? 250, walLimitPages: opts.walLimitPages ?? 4_000, passes: opts.passes ?? 8 },
+    workerData: { path, driver, intervalMs: opts.intervalMs ?? 250, walLimitPages: opts.walLimitPages ?? 10_000, passes: opts.passes ?? 8 },
   });
   worker.unref();
   const asked: { resolve: (s: CheckpointStats) => void; reject: (e: Error) => void }[] = [];

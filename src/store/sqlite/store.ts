@@ -218,8 +218,8 @@ class Statements {
     );
     this.countExpired = p(`SELECT count(*) AS n FROM identifiers WHERE client_id IS NOT NULL AND last_seen <= ?`);
     this.countLeased = p(`SELECT count(*) AS n FROM identifiers WHERE client_id IS NOT NULL`);
-    // The event is written into the SQL, not bound: only then can SQLite use the partial index
-    // of reclaims (a bound value could be any event).
+    // The event is written into the SQL, not bound: the statement is planned once on the
+    // partial index of reclaims (with a bound event SQLite plans it again at every new value).
     this.countEvents = new Map(HISTORY_EVENTS.map((e) => [e, p(`SELECT count(*) AS n FROM history WHERE event = '${e}' AND at >= ?`)]));
     this.counts = p(
       `SELECT total, leased, retired,
