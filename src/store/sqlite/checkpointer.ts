@@ -60,8 +60,16 @@ function pass() {
   stats.passes++;
   return db.pragma('wal_checkpoint(PASSIVE)')[0];
 }
-/** A checkpoint that takes the write lock, without waiting: true when it did all it is for. */
+let dbFd = null;
+/**
+ * A checkpoint that takes the write lock, without waiting: true when it did all it is for.
+ * The database file is synced first, outside any lock: a pass that does not reach the end of
+ * the log leaves the pages it copied unsynced, and the checkpoint would otherwise sync all of
+ * them while it holds the lock (a 116 ms p99 in a full run).
+ */
 function locking(mode) {
+  if (dbFd === null) dbFd = fs.openSync(workerData.path, 'r');
+  fs.fdatasyncSync(dbFd);
   db.pragma('busy_timeout = 0');
   try {
     const r = db.pragma('wal_checkpoint(' + mode + ')')[0];
@@ -117,6 +125,7 @@ parentPort.on('message', (m) => {
     try { db.pragma('wal_checkpoint(PASSIVE)'); } catch {}
     db.close();
     if (walFd !== null) fs.closeSync(walFd);
+    if (dbFd !== null) fs.closeSync(dbFd);
     parentPort.postMessage({ stopped: true });
   }
 });
