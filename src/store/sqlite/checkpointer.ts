@@ -37,14 +37,15 @@ const db = new Database(workerData.path, { timeout: 1000 });
 const walLimit = workerData.walLimitPages;
 const maxPasses = workerData.passes;
 const stats = { passes: 0, truncates: 0, restarts: 0, gaveUp: 0 };
+/** Ticks in a row with the log past its limit and not started over, before a RESTART. */
+const STUCK_TICKS = 3;
 let timer = null;
 let lastVersion = -1;
 let lastStart = null;
-let walFd = null;
-let lastError = null;
-/** Ticks in a row with the log past its limit and not started over, before a RESTART. */
-const STUCK_TICKS = 3;
 let stuck = 0;
+let walFd = null;
+let dbFd = null;
+let lastError = null;
 let lastErrorAt = 0;
 /** The log file header's checkpoint sequence and salt: new each time the log starts over. */
 function logStart() {
@@ -60,7 +61,6 @@ function pass() {
   stats.passes++;
   return db.pragma('wal_checkpoint(PASSIVE)')[0];
 }
-let dbFd = null;
 /**
  * A checkpoint that takes the write lock, without waiting: true when it did all it is for.
  * The database file is synced first, outside any lock: a pass that does not reach the end of
