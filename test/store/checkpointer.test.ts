@@ -21,6 +21,19 @@ async function until(what: string, ready: () => boolean, ms = 10_000): Promise<v
   }
 }
 
+/** Another connection with a read transaction open on the log, as a long reader keeps one. */
+function readerOnLog(db: Database.Database): Database.Database {
+  const reader = new Database(db.name);
+  reader.exec('BEGIN');
+  reader.prepare('SELECT count(*) FROM t').get();
+  return reader;
+}
+
+function closeReader(reader: Database.Database): void {
+  if (reader.inTransaction) reader.exec('COMMIT');
+  reader.close();
+}
+
 function open(path: string): Database.Database {
   const db = new Database(path, { timeout: 5000 });
   db.pragma('journal_mode = WAL');
@@ -111,9 +124,7 @@ describe('WAL checkpointer', function () {
     db.prepare('INSERT INTO t (v) VALUES (?)').run(Buffer.alloc(3000));
     // A reader on the log for the whole test: the log can neither start over nor be emptied,
     // so every tick past the limit tries a RESTART, and each must find the reader and give up.
-    const reader = new Database(db.name);
-    reader.exec('BEGIN');
-    reader.prepare('SELECT count(*) FROM t').get();
+    const reader = readerOnLog(db);
     const cp = startCheckpointer(db.name, { intervalMs: 10, walLimitPages: 50 });
     try {
       const { writes, longestWait } = await steadyWrites(db, wal, 1000);
@@ -126,8 +137,7 @@ describe('WAL checkpointer', function () {
       reader.exec('COMMIT');
       expect(db.prepare('SELECT count(*) AS n FROM t').get()).to.deep.equal({ n: 1 + writes * 10 });
     } finally {
-      if (reader.inTransaction) reader.exec('COMMIT');
-      reader.close();
+      closeReader(reader);
       await cp.stop();
       db.close();
       cleanup();
@@ -140,9 +150,7 @@ describe('WAL checkpointer', function () {
     db.pragma('busy_timeout = 0');
     const insert = db.prepare('INSERT INTO t (v) VALUES (?)');
     db.transaction(() => { for (let i = 0; i < 50; i++) insert.run(Buffer.alloc(3000)); })();
-    const reader = new Database(db.name);
-    reader.exec('BEGIN');
-    reader.prepare('SELECT count(*) FROM t').get();
+    const reader = readerOnLog(db);
     const started = performance.now();
     const cp = startCheckpointer(db.name, { intervalMs: 10, walLimitPages: 1000 });
     try {
@@ -172,8 +180,7 @@ describe('WAL checkpointer', function () {
       await until('the quiet log to be emptied once the reader is gone', () => statSync(`${dir}/r.db-wal`).size === 0);
       expect(db.prepare('SELECT count(*) AS n FROM t').get()).to.deep.equal({ n: 51 });
     } finally {
-      if (reader.inTransaction) reader.exec('COMMIT');
-      reader.close();
+      closeReader(reader);
       await cp.stop();
       db.close();
       cleanup();

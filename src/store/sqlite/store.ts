@@ -145,7 +145,7 @@ class Statements {
   readonly expired: Statement;
   readonly countExpired: Statement;
   readonly countLeased: Statement;
-  readonly countEvents: ReadonlyMap<HistoryEvent, Statement>;
+  readonly countEvents: Readonly<Record<HistoryEvent, Statement>>;
   readonly counts: Statement;
   readonly lists: ReadonlyMap<string, Statement>;
   readonly listingJson: ListingJson;
@@ -220,7 +220,7 @@ class Statements {
     this.countLeased = p(`SELECT count(*) AS n FROM identifiers WHERE client_id IS NOT NULL`);
     // The event is written into the SQL, not bound: the statement is planned once on the
     // partial index of reclaims (with a bound event SQLite plans it again at every new value).
-    this.countEvents = new Map(HISTORY_EVENTS.map((e) => [e, p(`SELECT count(*) AS n FROM history WHERE event = '${e}' AND at >= ?`)]));
+    this.countEvents = Object.fromEntries(HISTORY_EVENTS.map((e) => [e, p(`SELECT count(*) AS n FROM history WHERE event = '${e}' AND at >= ?`)])) as Record<HistoryEvent, Statement>;
     this.counts = p(
       `SELECT total, leased, retired,
               (SELECT count(*) FROM identifiers WHERE client_id IS NULL AND retired = 0 AND available_at > @now) AS cooling
@@ -412,9 +412,7 @@ class SqliteTx extends SqliteReader implements Tx {
   }
 
   async countEvents(event: HistoryEvent, since: number): Promise<number> {
-    const count = this.s.countEvents.get(event);
-    if (!count) throw new RegistryError('invalid_request', `no history event ${event}`);
-    return scalar(count.get(since)) ?? 0;
+    return scalar(this.s.countEvents[event].get(since)) ?? 0;
   }
 
   async reclaimExpired(cutoff: number, limit: number, now: number, availableAt: number): Promise<IdentifierRecord[]> {
