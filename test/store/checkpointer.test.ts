@@ -6,7 +6,7 @@
  */
 import { expect } from 'chai';
 import Database from 'better-sqlite3';
-import { statSync } from 'node:fs';
+import { statSync, writeFileSync } from 'node:fs';
 import { startCheckpointer } from '../../src/store/sqlite/checkpointer.js';
 import { tempDir } from '../helpers.js';
 
@@ -183,6 +183,28 @@ describe('WAL checkpointer', function () {
       closeReader(reader);
       await cp.stop();
       db.close();
+      cleanup();
+    }
+  });
+
+  it('a checkpoint that keeps failing is reported once, not at every tick', async () => {
+    const { dir, cleanup } = tempDir();
+    const path = `${dir}/not-a.db`;
+    writeFileSync(path, 'this is not a SQLite database, and every checkpoint of it fails'.repeat(100));
+    const errors: string[] = [];
+    const cp = startCheckpointer(path, { intervalMs: 5, onError: (m) => errors.push(m) });
+    try {
+      await until('the first failure', () => errors.length > 0);
+      const ticks = (await cp.stats()).passes;
+      const deadline = Date.now() + 10_000;
+      while ((await cp.stats()).passes < ticks + 20) {
+        if (Date.now() > deadline) throw new Error('the checkpointer stopped ticking');
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      expect(errors, 'failures reported').to.have.length(1);
+      expect(errors[0]).to.match(/not a database/);
+    } finally {
+      await cp.stop();
       cleanup();
     }
   });

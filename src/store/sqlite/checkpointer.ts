@@ -46,7 +46,7 @@ let stuck = 0;
 let walFd = null;
 let dbFd = null;
 let lastError = null;
-let lastErrorAt = 0;
+let lastErrorAt = -Infinity;
 /** The log file header's checkpoint sequence and salt: new each time the log starts over. */
 function logStart() {
   try {
@@ -109,9 +109,9 @@ function tick() {
   } catch (e) {
     // Told once, and again only when it changes or a minute later: ticks are 4 a second.
     const message = String(e && e.message || e);
-    if (message !== lastError || Date.now() - lastErrorAt >= 60000) {
+    if (message !== lastError || performance.now() - lastErrorAt >= 60000) {
       lastError = message;
-      lastErrorAt = Date.now();
+      lastErrorAt = performance.now();
       parentPort.postMessage({ error: message });
     }
   }
