@@ -1,24 +1,34 @@
 /**
  * The README is read by people who have nothing else: what it shows must be true. Its
  * walk-through is run, in the order written, against a real registry and every answer is
- * compared with the `#>` lines under its command; its install steps, configuration table and
- * quick start are checked against what the repository ships. The code blocks are parsed from
- * README.md itself, so README and test cannot drift apart.
+ * compared with the `#>` lines under its command; its configuration table and quick start, and
+ * the install steps in docs/operations.md, are checked against what the repository ships. The
+ * code blocks are parsed from the documents themselves, so documents and test cannot drift apart.
  */
 import { expect } from 'chai';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, symlinkSync } from 'node:fs';
-import { join } from 'node:path';
+import { mkdirSync, readFileSync, readdirSync, symlinkSync } from 'node:fs';
+import { join, relative } from 'node:path';
 import { loadConfig } from '../src/config.js';
 import { tempDir } from './helpers.js';
 import { ROOT, buildOnce, startProcess } from './process-helpers.js';
 import type { RunningRegistry } from './process-helpers.js';
 
 const README = readFileSync(join(ROOT, 'README.md'), 'utf8');
+/** Where the operator's install steps live since the README was split by reader. */
+const OPERATIONS = readFileSync(join(ROOT, 'docs/operations.md'), 'utf8');
 
-/** The text under a heading, up to the next heading of the same or a higher level. */
-function section(title: string): string {
-  const lines = README.split('\n');
+/** Every Markdown file under docs/, as [path relative to the root, text]. */
+function docs(): Array<[string, string]> {
+  return readdirSync(join(ROOT, 'docs'), { recursive: true, encoding: 'utf8' })
+    .filter((f) => f.endsWith('.md'))
+    .sort()
+    .map((f) => [relative(ROOT, join(ROOT, 'docs', f)), readFileSync(join(ROOT, 'docs', f), 'utf8')]);
+}
+
+/** The text under a heading of a document (the README unless told), up to the next heading of the same or a higher level. */
+function section(title: string, doc = README): string {
+  const lines = doc.split('\n');
   let inFence = false;
   let start = -1;
   let level = 0;
@@ -34,7 +44,7 @@ function section(title: string): string {
       level = depth;
     }
   }
-  if (start < 0) throw new Error(`README has no section "${title}"`);
+  if (start < 0) throw new Error(`no section "${title}" in ${doc === README ? 'README.md' : 'the document'}`);
   return lines.slice(start).join('\n');
 }
 
@@ -217,8 +227,11 @@ async function runStep(step: Step, vars: Record<string, string>): Promise<void> 
 describe('README.md', function () {
   this.timeout(60_000);
 
-  it('stands on its own: it cites no file a user of the repository does not have', () => {
+  it('stands on its own, with docs/: they cite no file a user of the repository does not have', () => {
     expect(README).to.not.match(/SPEC\.md|ARCHITECTURE\.md|\.\.\/shared/);
+    const all = docs();
+    expect(all.map(([f]) => f)).to.include('docs/operations.md');
+    for (const [file, text] of all) expect(text, file).to.not.match(/SPEC\.md|ARCHITECTURE\.md|\.\.\/shared/);
   });
 
   describe('the walk-through, run in the order written against a real registry', () => {
@@ -269,11 +282,12 @@ describe('README.md', function () {
     const listed = new Set([...text.matchAll(/^\| `([A-Z_]+)`(?: \/ `([A-Z_]+)`)? \|/gm)].flatMap((m) => [m[1], m[2]]).filter((x) => x !== undefined));
     expect([...read].sort()).to.deep.equal([...listed].sort());
     expect(text).to.match(/exit status 78/);
-    expect(README, 'no other exit status for a bad setting').to.not.match(/exit (code|status) 1\)?[^\n]*(bad|setting|variable)|(bad|setting|variable)[^\n]*exit (code|status) 1\b/i);
+    const otherStatus = /exit (code|status) 1\)?[^\n]*(bad|setting|variable)|(bad|setting|variable)[^\n]*exit (code|status) 1\b/i;
+    for (const [file, text] of [['README.md', README], ...docs()]) expect(text, `${file}: no other exit status for a bad setting`).to.not.match(otherStatus);
   });
 
-  describe('the install steps', () => {
-    const steps = codeBlocks(section('Install the registry as a service')).find((b) => b.lang === 'sh')?.body ?? '';
+  describe('the install steps (docs/operations.md)', () => {
+    const steps = codeBlocks(section('Install the registry as a service', OPERATIONS)).find((b) => b.lang === 'sh')?.body ?? '';
     const unit = readFileSync(join(ROOT, 'systemd/asg-id-registry.service'), 'utf8');
 
     it('copy what the unit points at: its Documentation= file and the program it runs, with node at an absolute path', () => {
@@ -283,9 +297,10 @@ describe('README.md', function () {
       const doc = /^Documentation=file:\/\/\/opt\/asg-id-registry\/(\S+)$/m.exec(unit);
       expect(doc, 'Documentation= names a file under /opt/asg-id-registry').to.not.equal(null);
       expect(copied).to.include(doc?.[1]);
+      expect(copied, 'the README links into docs/, so docs/ is copied beside it').to.include('docs');
       const exec = /^ExecStart=(\S+) \/opt\/asg-id-registry\/(\S+)$/m.exec(unit);
       expect(exec?.[1], 'ExecStart runs node by its absolute path, not through /usr/bin/env and a PATH').to.equal('/usr/bin/node');
-      expect(section('Install the registry as a service')).to.include('`/usr/bin/node`');
+      expect(section('Install the registry as a service', OPERATIONS)).to.include('`/usr/bin/node`');
       expect(exec?.[2]).to.equal('dist/main.js'); // built by the npm ci step from the copied src/
       for (const needed of ['package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json', 'src', 'seed']) expect(copied).to.include(needed);
     });
