@@ -93,6 +93,8 @@ export interface SignOptions {
   readonly embedCertificate?: boolean;
   /** Leave the document out (a detached signature). */
   readonly detached?: boolean;
+  /** The content-type attribute's value (default: data, which is what is signed). */
+  readonly signedContentType?: string;
 }
 
 export interface RegionSigner {
@@ -217,7 +219,7 @@ async function signWith(cert: pkijs.Certificate, pkcs8: ArrayBuffer, document: s
     signer.signedAttrs = new pkijs.SignedAndUnsignedAttributes({
       type: 0,
       attributes: [
-        attribute(OID.contentType, new asn1js.ObjectIdentifier({ value: OID.data })),
+        attribute(OID.contentType, new asn1js.ObjectIdentifier({ value: options.signedContentType ?? OID.data })),
         attribute(OID.signingTime, new asn1js.UTCTime({ valueDate: new Date('2026-01-08T10:00:01Z') })),
         attribute(OID.algorithmProtection, await algorithmProtection(key, digest)),
         attribute(OID.messageDigest, new asn1js.OctetString({ valueHex: await subtle.digest(digest, content) })),
