@@ -190,12 +190,12 @@ interface IdentityDocument {
 const validateDocument = new Ajv({ allErrors: false, strict: true }).compile<IdentityDocument>(documentSchema);
 
 const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
-const PKCS7_ARMOUR = /^-----BEGIN PKCS7-----([\s\S]*)-----END PKCS7-----$/;
+const PKCS7_ARMOUR = /^-----BEGIN (PKCS7|CMS)-----([\s\S]*)-----END \1-----$/;
 
-/** The base64 text, with or without the PEM armour AWS's instructions wrap it in, as bytes. */
+/** The base64 text, with or without the PEM armour AWS's instructions (PKCS7) or `openssl cms` (CMS) wrap it in, as bytes. */
 function decodeText(text: string): Uint8Array | IidRefusal {
   const trimmed = text.trim();
-  const body = (PKCS7_ARMOUR.exec(trimmed)?.[1] ?? trimmed).replace(/\s+/g, '');
+  const body = (PKCS7_ARMOUR.exec(trimmed)?.[2] ?? trimmed).replace(/\s+/g, '');
   if (!BASE64.test(body) || body.length % 4 !== 0) {
     return unauthorized('unreadable', 'is not base64 (expected the text IMDS serves at /latest/dynamic/instance-identity/rsa2048)');
   }

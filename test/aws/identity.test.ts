@@ -107,9 +107,10 @@ describe('aws/identity: instance identity documents', function () {
       openssl(dir, ['cms', '-sign', '-binary', '-nodetach', '-stream', '-md', 'sha256', '-nocerts', '-nosmimecap',
         '-signer', 'east.pem', '-inkey', 'east.key', '-in', 'doc.json', '-outform', 'PEM', '-out', 'doc.p7']);
       const pemText = readFileSync(join(dir, 'doc.p7'), 'utf8');
-      // As armoured PEM (AWS's instructions wrap the text so) and as the bare base64 IMDS serves.
-      expect(accepted(await attestIdentity(pemText.replace('-----BEGIN CMS-----', '-----BEGIN PKCS7-----').replace('-----END CMS-----', '-----END PKCS7-----'), trust, POLICY)).account_id)
-        .to.equal('111122223333');
+      // As armoured PEM (openssl's CMS armour; AWS's instructions wrap the text in PKCS7's) and as the bare base64 IMDS serves.
+      expect(accepted(await attestIdentity(pemText, trust, POLICY)).account_id).to.equal('111122223333');
+      const pkcs7 = pemText.replace('-----BEGIN CMS-----', '-----BEGIN PKCS7-----').replace('-----END CMS-----', '-----END PKCS7-----');
+      expect(accepted(await attestIdentity(pkcs7, trust, POLICY)).account_id).to.equal('111122223333');
       const bare = pemText.replace(/-----[^-]+-----/g, '');
       expect(accepted(await attestIdentity(bare, trust, POLICY)).account_id).to.equal('111122223333');
     });
@@ -287,6 +288,15 @@ describe('aws/identity: instance identity documents', function () {
       const ecPem = `-----BEGIN CERTIFICATE-----\n${Buffer.from(cert.toSchema().toBER(false)).toString('base64')}\n-----END CERTIFICATE-----\n`;
       expect(() => loadIidCertificates(ecPem)).to.throw(IidCertificateError, /EC key/);
     });
+  });
+
+  it('verifications running at once do not interfere (the parsed certificates are shared)', async () => {
+    const good = await east.sign(identityDocument());
+    const bad = tamper(good, '111122223333', '999988887777');
+    const alien = await foreign.sign(identityDocument());
+    const inputs = Array.from({ length: 30 }, (_, i) => [good, bad, alien][i % 3] ?? good);
+    const results = await Promise.all(inputs.map((t) => attestIdentity(t, trust, POLICY)));
+    expect(results.map((r) => (r.ok ? 'ok' : r.reason))).to.deep.equal(inputs.map((_, i) => ['ok', 'bad_signature', 'unknown_signer'][i % 3]));
   });
 
   it('plainAddress: unwraps IPv4-mapped IPv6 only', () => {
