@@ -73,6 +73,11 @@ export function logRegistryEvent(log: Logger, e: RegistryEvent): void {
     case 'renewed':
       log.debug({ identifier: e.identifier, client_id: e.clientId }, 'liveness');
       return;
+    case 'holder_conflict':
+      // The reason, never a key: the request's key is not in the event.
+      log.warn({ identifier: e.identifier, client_id: e.clientId, reason: e.reason },
+        'holder conflict: a second claimant presents a client id that holds a lease under another key; refused');
+      return;
     case 'sweep': {
       const fields = { reclaimed: e.reclaimed, expired: e.expired, leased: e.leased, held: e.held, reason: e.reason, forced: e.forced, duration_ms: e.durationMs };
       if (e.held) log.warn(fields, 'reaper held by the mass-expiry guard');

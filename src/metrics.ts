@@ -23,6 +23,8 @@ export class Metrics {
   private readonly httpErrors: client.Counter<'status' | 'code'>;
   private readonly httpDuration: client.Histogram<'method' | 'route' | 'status'>;
   private readonly reaperRuns: client.Counter<'result'>;
+  private readonly holderConflicts: client.Counter<'reason'>;
+  private readonly attestationRefusals: client.Counter<'reason'>;
 
   constructor(opts: MetricsOptions = {}) {
     const registers = [this.register];
@@ -44,6 +46,20 @@ export class Metrics {
     this.reaperRuns = new client.Counter({
       name: `${P}reaper_runs_total`, help: 'Reaper sweeps by result (reclaimed, idle, held, grace)', labelNames: ['result'], registers,
     });
+    this.holderConflicts = new client.Counter({
+      name: `${P}holder_conflicts_total`,
+      help: 'Allocates refused (409 holder_conflict) because their client id holds a lease under another key (other_key), under a key while they sent none (no_key), or without one while they sent one (key_on_keyless): two claimants of one client id',
+      labelNames: ['reason'], registers,
+    });
+    this.attestationRefusals = new client.Counter({
+      name: `${P}attestation_refusals_total`,
+      help: 'Allocates refused because their identity document did not verify (401) or did not match the claim (403), by reason',
+      labelNames: ['reason'], registers,
+    });
+    for (const reason of ['other_key', 'no_key', 'key_on_keyless']) this.holderConflicts.inc({ reason }, 0);
+    for (const reason of ['missing', 'unreadable', 'unknown_signer', 'bad_signature', 'account', 'region', 'instance_id', 'source_address']) {
+      this.attestationRefusals.inc({ reason }, 0);
+    }
     for (const kind of ['owner', 'forced']) this.releases.inc({ kind }, 0);
     for (const result of ['reclaimed', 'idle', 'held', 'grace']) this.reaperRuns.inc({ result }, 0);
     if (opts.processMetrics) client.collectDefaultMetrics({ register: this.register, prefix: P });
@@ -134,12 +150,20 @@ export class Metrics {
       case 'renewed':
         this.renewals.inc();
         return;
+      case 'holder_conflict':
+        this.holderConflicts.inc({ reason: e.reason });
+        return;
       case 'sweep':
         this.reaperRuns.inc({ result: e.held ? 'held' : e.reason !== null ? 'grace' : e.reclaimed > 0 ? 'reclaimed' : 'idle' });
         return;
       case 'pool_synced':
         return;
     }
+  }
+
+  /** An attested claim refused: `reason` is one of aws/identity.ts's fixed words. */
+  onAttestationRefused(reason: string): void {
+    this.attestationRefusals.inc({ reason });
   }
 
   /** Label children by "method route status": resolving labels on every request is not free. */

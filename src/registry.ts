@@ -9,13 +9,14 @@ import { randomUUID } from 'node:crypto';
 import { StepDetector } from './clock.js';
 import type { TimeSource } from './clock.js';
 import { RegistryError } from './domain/errors.js';
-import { assertOwner, decideSweep, fenceAfterMs, infoOf, leaseOf, recordOf } from './domain/lease.js';
-import type { GuardRules, LeaseRules, SweepDecision } from './domain/lease.js';
+import { hashHolderKey } from './domain/holder-key.js';
+import { allocateConflict, assertOwner, decideSweep, fenceAfterMs, infoOf, leaseOf, recordOf } from './domain/lease.js';
+import type { ConflictReason, GuardRules, LeaseRules, SweepDecision } from './domain/lease.js';
 import { retirePlan, retireRefusal } from './domain/pool-sync.js';
 import type {
-  HistoryEntry, HistoryEvent, IdentifierInfo, IdentifierRecord, Lease, PoolCounts, ReaperState, RecordTuple, Status, SyncResult,
+  HistoryEntry, HistoryEvent, IdentifierInfo, IdentifierRecord, InstanceInfo, Lease, PoolCounts, ReaperState, RecordTuple, Status, SyncResult,
 } from './domain/types.js';
-import type { FreeEntry, ListJson, Reader, Store, Tx } from './store/types.js';
+import type { FreeEntry, GrantClaim, HeldProof, ListJson, Reader, Store, Tx } from './store/types.js';
 
 export interface RegistryRules extends LeaseRules, GuardRules {
   /** No reclaim before the service has been up this long. */
@@ -28,11 +29,40 @@ export interface RegistryRules extends LeaseRules, GuardRules {
 export type RegistryEvent =
   | { readonly type: 'ownership'; readonly event: HistoryEvent; readonly identifier: string; readonly clientId: string | null; readonly epoch: number }
   | { readonly type: 'renewed'; readonly identifier: string; readonly clientId: string }
+  /** An allocate refused because its client id holds a lease under another key (or the other side of none). */
+  | { readonly type: 'holder_conflict'; readonly identifier: string; readonly clientId: string; readonly reason: ConflictReason }
   | { readonly type: 'sweep'; readonly reclaimed: number; readonly expired: number; readonly leased: number; readonly held: boolean; readonly reason: string | null; readonly forced: boolean; readonly durationMs: number }
   | { readonly type: 'clock_step'; readonly stepMs: number }
   | { readonly type: 'pool_synced'; readonly result: SyncResult };
 
 export type RegistryObserver = (e: RegistryEvent) => void;
+
+/** What an allocate carries beyond its client id. */
+export interface AllocateClaim {
+  /** The holder key the VM chose (docs/api.md, "Holder keys"); only its hash is kept. Null or absent: none. */
+  readonly key?: string | null;
+  /** What a verified identity document proved about the instance; null or absent: not attested. */
+  readonly instance?: InstanceInfo | null;
+}
+
+/** What a liveness or release carries beyond its client id, identifier and epoch. */
+export interface HolderProof {
+  /** The key the lease was granted with; null or absent: none. */
+  readonly key?: string | null;
+  /** The holder's watermark (a whole number below 2^53); null or absent: none. */
+  readonly watermark?: number | null;
+}
+
+function heldProof(p: HolderProof): HeldProof {
+  const key = p.key ?? null;
+  return { keyHash: key === null ? null : hashHolderKey(key), watermark: p.watermark ?? null };
+}
+
+const CONFLICT_WHY: Readonly<Record<ConflictReason, string>> = {
+  other_key: 'under another key',
+  no_key: 'under a key, and this request sends none',
+  key_on_keyless: 'without a key, and this request sends one',
+};
 
 export interface ListFilter {
   readonly status: Status | null;
@@ -200,61 +230,88 @@ export class Registry {
   }
 
   /**
-   * Grants `clientId` an identifier: the one it already holds (renewed, same epoch), or the
-   * allocatable one free the longest, under a new epoch.
-   * Errors: pool_exhausted when nothing is allocatable.
+   * Grants `clientId` an identifier: the one it already holds (renewed, same epoch) when asked
+   * with the key it was granted with (none for none), else the one it was granted last if
+   * allocatable now (sticky), else the allocatable one free the longest, under a new epoch,
+   * bound to the claim's key and instance facts.
+   * Errors: holder_conflict when the client id holds a lease under another key (or none against
+   * a key, or a key against none), with the seconds until that lease could end; pool_exhausted
+   * when nothing is allocatable.
    */
-  async allocate(clientId: string): Promise<Lease> {
+  async allocate(clientId: string, claim: AllocateClaim = {}): Promise<Lease> {
     this.noteFleetRequest();
+    const key = claim.key ?? null;
+    const grantClaim: GrantClaim = { keyHash: key === null ? null : hashHolderKey(key), instance: claim.instance ?? null };
     // The common case in one store call where the engine has one (PostgreSQL: one statement,
     // shared with the allocations queued beside it): a grant to a client that holds nothing.
     // When it grants nothing, the full use case below answers (the held lease, pool_exhausted).
     // The same client asking twice in one batch is granted once: the other answer is its held
     // lease, as below (no second event).
-    const fast = this.store.grantNext ? await this.store.grantNext(clientId) : null;
+    const fast = this.store.grantNext ? await this.store.grantNext(clientId, grantClaim) : null;
     if (fast) {
       const lease = this.leaseOfRenewed(fast.rec);
       if (fast.granted) this.emitOwnership('allocated', lease.identifier, clientId, lease.epoch);
       return lease;
     }
-    const out = await this.store.write(async (tx): Promise<{ lease: Lease; granted: boolean } | null> => {
+    type Answer = { lease: Lease; granted: boolean } | { conflict: ConflictReason; rec: IdentifierRecord; now: number };
+    const out = await this.store.write(async (tx): Promise<Answer | null> => {
       const now = tx.now;
-      const claim = await tx.claimFor(clientId, now);
-      if (claim?.held) return { lease: this.leaseOfRenewed(await tx.renewHeld(claim.rec.name, clientId, claim.rec.epoch, now)), granted: false };
-      const next = claim?.rec;
+      const found = await tx.claimFor(clientId, now);
+      const holder = found?.held ? found.rec.holder : null;
+      if (found && holder) {
+        // Same client, same answer only for the same key: another key is another claimant.
+        const conflict = allocateConflict(holder, key);
+        if (conflict !== null) return { conflict, rec: found.rec, now };
+        const renewed = await tx.renewHeld(found.rec.name, clientId, found.rec.epoch, now, { keyHash: holder.keyHash ?? null, watermark: null });
+        return { lease: this.leaseOfRenewed(renewed), granted: false };
+      }
+      const next = found?.rec;
       if (!next) {
         // Demand the guarded reaper must meet (a churning fleet never stalls the pool).
         await tx.recordRefusal(clientId, now);
         return null;
       }
       const epoch = next.epoch + 1;
-      await tx.grant(next.rowId, clientId, epoch, now);
+      await tx.grant(next.rowId, clientId, epoch, now, grantClaim);
       const lease: Lease = {
         identifier: next.name, clientId, epoch, allocatedAt: now, lastSeen: now, expiresAt: now + this.rules.ttlMs,
-        fenceAfterMs: fenceAfterMs(this.rules),
+        fenceAfterMs: fenceAfterMs(this.rules), watermark: next.watermark ?? null, instance: grantClaim.instance,
       };
       return { lease, granted: true };
     }, { durable: true });
     if (!out) throw new RegistryError('pool_exhausted', 'no identifier is free: every one is leased, cooling down or retired');
+    if ('conflict' in out) throw this.conflict(clientId, out.conflict, out.rec, out.now);
     if (out.granted) this.emitOwnership('allocated', out.lease.identifier, clientId, out.lease.epoch);
     return out.lease;
   }
 
+  /** The refusal of an allocate by a second claimant of a client id, told when it may ask again. */
+  private conflict(clientId: string, reason: ConflictReason, rec: IdentifierRecord, now: number): RegistryError {
+    const lastSeen = rec.holder?.lastSeen ?? now;
+    const retryAfterSeconds = Math.max(1, Math.ceil((lastSeen + this.rules.ttlMs - now) / 1000));
+    this.observe({ type: 'holder_conflict', identifier: rec.name, clientId, reason });
+    return new RegistryError('holder_conflict',
+      `client ${clientId} holds ${rec.name} ${CONFLICT_WHY[reason]}: two claimants present one client id, and only the one ` +
+        `granted it holds it (it may end in ${retryAfterSeconds}s if its holder stays silent)`, { retryAfterSeconds });
+  }
+
   /**
-   * Liveness: renews the owner's lease. Answered only once the new last_seen is committed,
-   * where every process that can reclaim sees it. A lease past its expiry that the reaper has
-   * not yet reclaimed is still the owner's.
-   * Errors: identifier_not_found, not_owner, stale_epoch.
+   * Liveness: renews the owner's lease (and raises the identifier's watermark to the one sent).
+   * Answered only once the new last_seen is committed, where every process that can reclaim
+   * sees it. A lease past its expiry that the reaper has not yet reclaimed is still the owner's.
+   * Errors: identifier_not_found, not_owner (another client, or the wrong key or none), stale_epoch.
    */
-  async renew(clientId: string, identifier: string, epoch?: number): Promise<Lease> {
+  async renew(clientId: string, identifier: string, epoch?: number, proof: HolderProof = {}): Promise<Lease> {
     this.noteFleetRequest();
+    const held = heldProof(proof);
+    const key = proof.key ?? null;
     // The common case in one store call (one statement on PostgreSQL, shared with the renewals
     // queued beside it); when it changed nothing, the full use case says why, or renews a lease
     // granted to this client in between.
-    const renewed = await this.store.renewHeld(identifier, clientId, epoch ?? null) ?? await this.store.write(async (tx) => {
+    const renewed = await this.store.renewHeld(identifier, clientId, epoch ?? null, held) ?? await this.store.write(async (tx) => {
       const rec = await this.mustFind(tx, identifier);
-      assertOwner(rec, clientId, epoch);
-      return tx.renewHeld(identifier, clientId, epoch ?? null, tx.now);
+      assertOwner(rec, clientId, epoch, key);
+      return tx.renewHeld(identifier, clientId, epoch ?? null, tx.now, held);
     }, { durable: false });
     this.observe({ type: 'renewed', identifier, clientId });
     return this.leaseOfRenewed(renewed);
@@ -265,13 +322,15 @@ export class Registry {
    * stopped using it, so there is nothing to wait for.
    * Errors: identifier_not_found, not_owner, stale_epoch.
    */
-  async release(clientId: string, identifier: string, epoch?: number): Promise<IdentifierInfo> {
+  async release(clientId: string, identifier: string, epoch?: number, proof: HolderProof = {}): Promise<IdentifierInfo> {
     this.noteFleetRequest();
+    const held = heldProof(proof);
+    const key = proof.key ?? null;
     // As renew: the common case in one store call, the full use case when it changed nothing.
-    const freed = await this.store.releaseHeld(identifier, clientId, epoch ?? null) ?? await this.store.write(async (tx) => {
+    const freed = await this.store.releaseHeld(identifier, clientId, epoch ?? null, held) ?? await this.store.write(async (tx) => {
       const rec = await this.mustFind(tx, identifier);
-      assertOwner(rec, clientId, epoch);
-      return tx.releaseHeld(identifier, clientId, epoch ?? null, tx.now);
+      assertOwner(rec, clientId, epoch, key);
+      return tx.releaseHeld(identifier, clientId, epoch ?? null, tx.now, held);
     }, { durable: true });
     if (!freed) throw new Error('released a lease its owner does not hold');
     this.emitOwnership('released', identifier, clientId, freed.epoch);

@@ -10,6 +10,7 @@ export type ErrorCode =
   | 'method_not_allowed'
   | 'not_owner'
   | 'stale_epoch'
+  | 'holder_conflict'
   | 'payload_too_large'
   | 'unsupported_media_type'
   | 'pool_exhausted'
@@ -20,9 +21,12 @@ export type ErrorCode =
 export class RegistryError extends Error {
   override readonly name = 'RegistryError';
   readonly code: ErrorCode;
-  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+  /** Seconds the client should wait before asking again (a Retry-After header), when the error says. */
+  readonly retryAfterSeconds: number | null;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; retryAfterSeconds?: number }) {
     super(message, options);
     this.code = code;
+    this.retryAfterSeconds = options?.retryAfterSeconds ?? null;
   }
 }
 

@@ -1,6 +1,8 @@
 /** Pure lease rules: who owns what, when a lease expires, what a sweep may do. */
 import { RegistryError } from './errors.js';
-import type { IdentifierInfo, IdentifierRecord, Lease, RecordTuple, Status } from './types.js';
+import { holderKeyMatches } from './holder-key.js';
+import { parseInstanceJson } from './instance.js';
+import type { Holder, IdentifierInfo, IdentifierRecord, Lease, RecordTuple, Status } from './types.js';
 
 /** Registry-wide timing rules, in milliseconds. */
 export interface LeaseRules {
@@ -26,12 +28,15 @@ export function expiresAt(lastSeen: number, rules: LeaseRules): number {
 
 /** The record a tuple holds. */
 export function recordOf(t: RecordTuple): IdentifierRecord {
-  const [rowId, name, poolOrder, retired, epoch, clientId, allocatedAt, lastSeen, availableAt] = t;
+  const [rowId, name, poolOrder, retired, epoch, clientId, allocatedAt, lastSeen, availableAt, watermark, instance] = t;
   return {
     rowId, name, poolOrder, epoch,
     retired: retired === 1,
-    holder: clientId !== null && allocatedAt !== null && lastSeen !== null ? { clientId, allocatedAt, lastSeen } : null,
+    holder: clientId !== null && allocatedAt !== null && lastSeen !== null
+      ? { clientId, allocatedAt, lastSeen, instance: instance === null ? null : parseInstanceJson(instance) }
+      : null,
     availableAt,
+    watermark,
   };
 }
 
@@ -58,6 +63,8 @@ export function leaseOf(rec: IdentifierRecord, rules: LeaseRules): Lease | null 
     lastSeen: h.lastSeen,
     expiresAt: expiresAt(h.lastSeen, rules),
     fenceAfterMs: fenceAfterMs(rules),
+    watermark: rec.watermark ?? null,
+    instance: h.instance ?? null,
   };
 }
 
@@ -70,6 +77,7 @@ export function infoOf(rec: IdentifierRecord, now: number, rules: LeaseRules): I
     lease: leaseOf(rec, rules),
     retired: rec.retired,
     availableAt: status === 'cooling' ? rec.availableAt : null,
+    watermark: rec.watermark ?? null,
   };
 }
 
@@ -79,14 +87,40 @@ export function expiryCutoff(now: number, ttlMs: number): number {
 }
 
 /**
+ * Whether `key` (the one presented, null for none) is the key the lease was granted with: a
+ * lease granted with a key belongs to that key, one granted without belongs to nobody's key.
+ * Compared in constant time (domain/holder-key.ts).
+ */
+export function keyFits(holder: Holder, key: string | null): boolean {
+  const stored = holder.keyHash ?? null;
+  if (stored === null) return key === null;
+  return key !== null && holderKeyMatches(key, stored);
+}
+
+/** Why an allocate by the holder's own client id is not its holder asking again; null when it is. */
+export type ConflictReason = 'other_key' | 'no_key' | 'key_on_keyless';
+
+export function allocateConflict(holder: Holder, key: string | null): ConflictReason | null {
+  if (keyFits(holder, key)) return null;
+  if ((holder.keyHash ?? null) === null) return 'key_on_keyless';
+  return key === null ? 'no_key' : 'other_key';
+}
+
+/**
  * The owner check for liveness and release. A client that does not hold the identifier is
- * `not_owner` whatever epoch it sends; the holder with the wrong epoch is `stale_epoch`
+ * `not_owner` whatever epoch it sends, and so is its client id with a key other than the one
+ * the lease was granted with (or without it); the holder with the wrong epoch is `stale_epoch`
  * (an older incarnation of the same client, fenced off).
  */
-export function assertOwner(rec: IdentifierRecord, clientId: string, epoch: number | undefined): void {
+export function assertOwner(rec: IdentifierRecord, clientId: string, epoch: number | undefined, key: string | null = null): void {
   const holder = rec.holder;
   if (!holder || holder.clientId !== clientId) {
     throw new RegistryError('not_owner', `client ${clientId} does not hold ${rec.name}`);
+  }
+  if (!keyFits(holder, key)) {
+    const why = (holder.keyHash ?? null) === null ? 'it was granted without a key, and this request sends one'
+      : key === null ? 'it was granted with a key, and this request sends none' : 'this request sends another key than the one it was granted with';
+    throw new RegistryError('not_owner', `client ${clientId} does not hold ${rec.name}: ${why}`);
   }
   if (epoch !== undefined && epoch !== rec.epoch) {
     throw new RegistryError('stale_epoch', `epoch ${epoch} of ${rec.name} is stale: the current epoch is ${rec.epoch}`);

@@ -8,11 +8,24 @@ export const HISTORY_EVENTS: readonly HistoryEvent[] = [
   'allocated', 'released', 'reclaimed', 'force_released', 'retired', 'restored',
 ];
 
+/** What an attested claim proved about the instance that holds a lease (see aws/identity.ts). */
+export interface InstanceInfo {
+  readonly accountId: string;
+  readonly region: string;
+  readonly availabilityZone: string;
+  readonly instanceType: string;
+  readonly imageId: string;
+}
+
 /** Who holds an identifier, and since when. */
 export interface Holder {
   readonly clientId: string;
   readonly allocatedAt: number;
   readonly lastSeen: number;
+  /** The hash of the key the lease was granted with (domain/holder-key.ts); null or absent: granted without one. */
+  readonly keyHash?: string | null;
+  /** What the claim's identity document proved; null or absent: not attested. */
+  readonly instance?: InstanceInfo | null;
 }
 
 /** One identifier as stored. */
@@ -26,6 +39,8 @@ export interface IdentifierRecord {
   readonly holder: Holder | null;
   /** For an identifier nobody holds: when it is (or was) allocatable again. 0 if never used. */
   readonly availableAt: number;
+  /** The highest watermark any holder sent for it (kept across holders); null or absent: none. */
+  readonly watermark?: number | null;
 }
 
 /**
@@ -44,6 +59,9 @@ export type RecordTuple = readonly [
   lastSeen: number | null,
   /** As IdentifierRecord.availableAt. */
   availableAt: number,
+  watermark: number | null,
+  /** The holder's instance facts as canonical JSON (store/columns.ts, instanceJson), or null. */
+  instance: string | null,
 ];
 
 /** A held identifier, as its owner sees it. */
@@ -56,6 +74,10 @@ export interface Lease {
   readonly expiresAt: number;
   /** How long after sending its last successful allocate/liveness the owner may go on using it. */
   readonly fenceAfterMs: number;
+  /** The identifier's watermark: the highest any holder sent; null when none did. */
+  readonly watermark: number | null;
+  /** What an attested claim proved about the holder; null when not attested. */
+  readonly instance: InstanceInfo | null;
 }
 
 /** Any identifier, held or not, as an operator sees it. */
@@ -68,6 +90,8 @@ export interface IdentifierInfo {
   readonly retired: boolean;
   /** When a cooling identifier becomes allocatable; null unless cooling. */
   readonly availableAt: number | null;
+  /** The identifier's watermark, held or not (it stays on a free identifier); null when none was sent. */
+  readonly watermark: number | null;
 }
 
 export interface HistoryEntry {

@@ -10,6 +10,7 @@ import { createAuth } from './auth.js';
 import type { AuthOptions } from './auth.js';
 import { errorHandler } from './errors.js';
 import { createRouter } from './routes.js';
+import type { ClaimPolicy } from './routes.js';
 import { telemetry } from './telemetry.js';
 
 export interface AppDeps {
@@ -19,6 +20,8 @@ export interface AppDeps {
   readonly metrics?: Metrics;
   /** Default: silent. */
   readonly log?: Logger;
+  /** Default: keys optional, claims not attested. */
+  readonly claims?: ClaimPolicy;
 }
 
 /** Unmatched paths become 404 not_found, and a known path with the wrong method 405 with Allow. */
@@ -38,7 +41,7 @@ export function createApp(deps: AppDeps): Koa {
   const app = new Koa();
   app.proxy = false;
   app.silent = true;
-  const router = createRouter({ registry, metrics }, createAuth(deps.auth));
+  const router = createRouter({ registry, metrics, ...(deps.claims ? { claims: deps.claims } : {}) }, createAuth(deps.auth));
   app.use(telemetry(metrics, log));
   app.use(errorHandler((err, ctx) => {
     log.error({ req_id: ctx.state['requestId'], err: err.cause ?? err, method: ctx.method, path: ctx.path }, 'request failed');

@@ -14,6 +14,7 @@ export const STATUS_OF: Readonly<Record<ErrorCode, number>> = {
   method_not_allowed: 405,
   not_owner: 409,
   stale_epoch: 409,
+  holder_conflict: 409,
   payload_too_large: 413,
   unsupported_media_type: 415,
   pool_exhausted: 503,
@@ -57,7 +58,8 @@ export function errorHandler(report: ErrorReporter) {
       ctx.status = STATUS_OF[err.code];
       ctx.body = errorBody(err.code, err.message);
       ctx.state['errorCode'] = err.code;
-      if (err.code === 'unavailable') ctx.set('Retry-After', String(RETRY_AFTER_SECONDS));
+      if (err.retryAfterSeconds !== null) ctx.set('Retry-After', String(err.retryAfterSeconds));
+      else if (err.code === 'unavailable') ctx.set('Retry-After', String(RETRY_AFTER_SECONDS));
       if (err.code === 'unauthorized') ctx.set('WWW-Authenticate', 'Bearer');
       // pool_exhausted is an answer, not a failure: only a fault of ours or of storage is reported.
       if (err.code === 'internal' || err.code === 'unavailable') report(err, ctx);

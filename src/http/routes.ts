@@ -5,7 +5,9 @@
 import Router from '@koa/router';
 import type Koa from 'koa';
 import type { Context } from 'koa';
-import { isRegistryError } from '../domain/errors.js';
+import type { Attestation } from '../aws/attestation.js';
+import { RegistryError, isRegistryError } from '../domain/errors.js';
+import type { InstanceInfo } from '../domain/types.js';
 import type { ErrorCode } from '../domain/errors.js';
 import type { Metrics } from '../metrics.js';
 import type { Registry } from '../registry.js';
@@ -20,9 +22,20 @@ import {
 } from './schemas.js';
 import { healthView, historyView, identifierView, identifierViewsJson, leaseView, unhealthyView } from './views.js';
 
+/** Who may claim: whether a holder key is required, and whether claims must be attested. */
+export interface ClaimPolicy {
+  /** `required`: an allocate without a key is 400 naming `key` (HOLDER_KEYS). */
+  readonly holderKeys: 'optional' | 'required';
+  /** Set: allocate must carry an identity document that verifies (AWS_IID_CERT_FILE); a key is then required too. */
+  readonly attestation: Attestation | null;
+}
+
+export const OPEN_CLAIMS: ClaimPolicy = Object.freeze({ holderKeys: 'optional', attestation: null });
+
 export interface RouteDeps {
   readonly registry: Registry;
   readonly metrics: Metrics;
+  readonly claims?: ClaimPolicy;
 }
 
 export type Access = Role | 'open';
@@ -57,43 +70,64 @@ function about(ctx: Context, clientId: string): void {
   ctx.state['clientId'] = clientId;
 }
 
+/**
+ * What an allocate claims beyond its client id, checked as the policy asks: the key when it is
+ * required, the identity document when claims are attested (refusals counted by reason, and the
+ * reason named in the request's log line). Nothing is granted on a document that did not verify.
+ */
+async function checkClaim(ctx: Context, deps: RouteDeps, clientId: string, key: string | null, identity: unknown): Promise<InstanceInfo | null> {
+  const policy = deps.claims ?? OPEN_CLAIMS;
+  if (key === null && (policy.holderKeys === 'required' || policy.attestation !== null)) {
+    const why = policy.attestation !== null ? 'attested claims are bound to their key' : 'HOLDER_KEYS=required';
+    throw new RegistryError('invalid_request', `key: is required (${why}): send a secret of 16-256 characters the VM keeps for liveness and release`);
+  }
+  if (policy.attestation === null) return null;
+  const r = await policy.attestation.check(identity, clientId, ctx.socket.remoteAddress ?? null);
+  if (r.ok) return r.instance;
+  ctx.state['reason'] = r.reason;
+  deps.metrics.onAttestationRefused(r.reason);
+  throw new RegistryError(r.code, r.message);
+}
+
 const BODY_ERRORS: readonly ErrorCode[] = ['invalid_json', 'invalid_request', 'payload_too_large', 'unsupported_media_type'];
 
 export const ROUTES: readonly RouteSpec[] = [
   {
     method: 'post', path: '/allocate', name: 'allocate', access: 'agent',
-    summary: 'Claim an identifier for a client (the same one again if it already holds one)',
+    summary: 'Claim an identifier for a client (the same one again if it already holds one with this key; the one it held last if allocatable)',
     body: allocateBodySchema,
     response: { description: 'the lease', schema: leaseViewSchema },
-    errors: [...BODY_ERRORS, 'unauthorized', 'pool_exhausted', 'unavailable'],
-    async handle(ctx, { registry }) {
+    errors: [...BODY_ERRORS, 'unauthorized', 'forbidden', 'holder_conflict', 'pool_exhausted', 'unavailable'],
+    async handle(ctx, deps) {
       const b = parse.allocateBody(ctx.request.body);
       about(ctx, b.client_id);
-      ctx.body = leaseView(await registry.allocate(b.client_id));
+      const key = b.key ?? null;
+      const instance = await checkClaim(ctx, deps, b.client_id, key, b.identity);
+      ctx.body = leaseView(await deps.registry.allocate(b.client_id, { key, instance }));
     },
   },
   {
     method: 'post', path: '/liveness', name: 'liveness', access: 'agent',
-    summary: 'Renew the lease the client holds',
+    summary: 'Renew the lease the client holds (with the key it was granted with), raising the watermark to the one sent',
     body: leaseBodySchema,
     response: { description: 'the renewed lease', schema: leaseViewSchema },
     errors: [...BODY_ERRORS, 'unauthorized', 'identifier_not_found', 'not_owner', 'stale_epoch', 'unavailable'],
     async handle(ctx, { registry }) {
       const b = parse.leaseBody(ctx.request.body);
       about(ctx, b.client_id);
-      ctx.body = leaseView(await registry.renew(b.client_id, b.identifier, b.epoch));
+      ctx.body = leaseView(await registry.renew(b.client_id, b.identifier, b.epoch, { key: b.key ?? null, watermark: b.watermark ?? null }));
     },
   },
   {
     method: 'post', path: '/release', name: 'release', access: 'agent',
-    summary: 'Give the identifier back; it is free at once',
+    summary: 'Give the identifier back (with the key it was granted with); it is free at once, and keeps the watermark',
     body: leaseBodySchema,
     response: { description: 'the identifier, now free', schema: identifierViewSchema },
     errors: [...BODY_ERRORS, 'unauthorized', 'identifier_not_found', 'not_owner', 'stale_epoch', 'unavailable'],
     async handle(ctx, { registry }) {
       const b = parse.leaseBody(ctx.request.body);
       about(ctx, b.client_id);
-      ctx.body = identifierView(await registry.release(b.client_id, b.identifier, b.epoch));
+      ctx.body = identifierView(await registry.release(b.client_id, b.identifier, b.epoch, { key: b.key ?? null, watermark: b.watermark ?? null }));
     },
   },
   {

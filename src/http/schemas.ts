@@ -5,7 +5,9 @@
  */
 import { Ajv } from 'ajv';
 import type { ErrorObject, ValidateFunction } from 'ajv';
+import { IDENTITY_MAX_CHARS } from '../aws/identity.js';
 import { RegistryError } from '../domain/errors.js';
+import { HOLDER_KEY_DESCRIPTION, HOLDER_KEY_PATTERN } from '../domain/holder-key.js';
 import { CLIENT_ID_PATTERN, IDENTIFIER_PATTERN } from '../domain/identifiers.js';
 import { STATUSES } from '../domain/types.js';
 import type { Status } from '../domain/types.js';
@@ -31,18 +33,42 @@ export const epochSchema = {
   description: 'the fencing token the client was granted; a mismatch is 409 stale_epoch',
 } as const;
 
+export const keySchema = {
+  type: 'string',
+  pattern: HOLDER_KEY_PATTERN,
+  description: `${HOLDER_KEY_DESCRIPTION}: a secret the VM chose (the shipped scripts draw one per boot); a lease granted with it ` +
+    'belongs to it: liveness and release must carry it, and an allocate by the same client_id with another key (or none) is 409 holder_conflict',
+} as const;
+
+export const identitySchema = {
+  type: 'string',
+  description: `the text IMDS serves at /latest/dynamic/instance-identity/rsa2048 (base64 PKCS#7, at most ${IDENTITY_MAX_CHARS} characters): ` +
+    'required when the registry verifies attested claims (AWS_IID_CERT_FILE), ignored otherwise',
+} as const;
+
+/** The largest whole number a JSON number carries exactly: watermarks stay below 2^53. */
+const MAX_WATERMARK = Number.MAX_SAFE_INTEGER;
+
+export const watermarkSchema = {
+  type: 'integer',
+  minimum: 0,
+  maximum: MAX_WATERMARK,
+  description: 'a whole number 0 <= n < 2^53 (e.g. the last millisecond timestamp the holder put in an id): the registry keeps the ' +
+    'highest per identifier, never lowering it, and tells every later holder',
+} as const;
+
 export const allocateBodySchema = {
   type: 'object',
   required: ['client_id'],
   additionalProperties: false,
-  properties: { client_id: clientIdSchema },
+  properties: { client_id: clientIdSchema, key: keySchema, identity: identitySchema },
 } as const;
 
 export const leaseBodySchema = {
   type: 'object',
   required: ['client_id', 'identifier'],
   additionalProperties: false,
-  properties: { client_id: clientIdSchema, identifier: identifierSchema, epoch: epochSchema },
+  properties: { client_id: clientIdSchema, identifier: identifierSchema, epoch: epochSchema, key: keySchema, watermark: watermarkSchema },
 } as const;
 
 export const listQuerySchema = {
@@ -61,8 +87,8 @@ export const reapQuerySchema = {
   properties: { force: { type: 'string', enum: ['true', 'false'], description: 'true: sweep past the startup grace and the mass-expiry guard' } },
 } as const;
 
-export interface AllocateBody { client_id: string }
-export interface LeaseBody { client_id: string; identifier: string; epoch?: number }
+export interface AllocateBody { client_id: string; key?: string; identity?: string }
+export interface LeaseBody { client_id: string; identifier: string; epoch?: number; key?: string; watermark?: number }
 export interface ListQuery { status?: Status; limit?: number; after?: string }
 export interface ReapQuery { force?: 'true' | 'false' }
 
@@ -126,9 +152,28 @@ const isoTime = {
 } as const;
 const isoOrNull = { ...isoTime, type: ['string', 'null'] } as const;
 
+const watermarkViewSchema = {
+  type: ['integer', 'null'], minimum: 0, maximum: MAX_WATERMARK,
+  description: 'the highest watermark any holder of the identifier sent (it stays on a free identifier); null when none was',
+} as const;
+
+export const instanceSchema = {
+  type: ['object', 'null'],
+  required: ['account_id', 'region', 'availability_zone', 'instance_type', 'image_id'],
+  additionalProperties: false,
+  description: 'what an attested claim proved about the holder (its instance identity document); null when not attested or not held',
+  properties: {
+    account_id: { type: 'string' },
+    region: { type: 'string' },
+    availability_zone: { type: 'string' },
+    instance_type: { type: 'string' },
+    image_id: { type: 'string' },
+  },
+} as const;
+
 export const leaseViewSchema = {
   type: 'object',
-  required: ['identifier', 'client_id', 'epoch', 'allocated_at', 'last_seen', 'expires_at', 'fence_after_ms'],
+  required: ['identifier', 'client_id', 'epoch', 'allocated_at', 'last_seen', 'expires_at', 'fence_after_ms', 'watermark', 'instance'],
   additionalProperties: false,
   properties: {
     identifier: identifierSchema,
@@ -142,12 +187,14 @@ export const leaseViewSchema = {
       description: 'the owner stops using the identifier this long after it sent its last successful allocate/liveness: ' +
         'nobody else can be granted it sooner (the cool-down less 1 % for clock-rate drift)',
     },
+    watermark: watermarkViewSchema,
+    instance: instanceSchema,
   },
 } as const;
 
 export const identifierViewSchema = {
   type: 'object',
-  required: ['identifier', 'status', 'client_id', 'epoch', 'allocated_at', 'last_seen', 'expires_at', 'fence_after_ms', 'available_at'],
+  required: ['identifier', 'status', 'client_id', 'epoch', 'allocated_at', 'last_seen', 'expires_at', 'fence_after_ms', 'available_at', 'watermark', 'instance'],
   additionalProperties: false,
   properties: {
     identifier: identifierSchema,
@@ -159,6 +206,8 @@ export const identifierViewSchema = {
     expires_at: isoOrNull,
     fence_after_ms: { type: ['integer', 'null'], minimum: 0 },
     available_at: { ...isoOrNull, description: 'when a cooling identifier becomes allocatable; null otherwise' },
+    watermark: watermarkViewSchema,
+    instance: instanceSchema,
     retired: { type: 'boolean', description: 'present (true) on a retired identifier that is still held' },
   },
 } as const;

@@ -36,6 +36,7 @@ export function telemetry(metrics: Metrics, log: Logger) {
       const route = routeOf(ctx);
       const code: unknown = ctx.state['errorCode'];
       const errorCode = typeof code === 'string' ? code : null;
+      const reason: unknown = ctx.state['reason'];
       metrics.onRequest(ctx.method, route, ctx.status, seconds, errorCode);
       // A VM's routine 200 liveness is the bulk of all traffic and says nothing an operator
       // reads line by line: it is counted and timed in /metrics, and logged only at debug.
@@ -54,6 +55,7 @@ export function telemetry(metrics: Metrics, log: Logger) {
           duration_ms: Math.round(seconds * 1e6) / 1e3,
           ...(typeof clientId === 'string' ? { client_id: clientId } : {}),
           ...(errorCode !== null ? { error_code: errorCode } : {}),
+          ...(typeof reason === 'string' ? { reason } : {}),
           ...(cutShort ? { cut_short: true } : {}),
         };
         log[level](line, 'request');

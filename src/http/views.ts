@@ -1,4 +1,5 @@
 /** JSON representations of SPEC.md: snake_case, ISO 8601 UTC times with milliseconds. */
+import { instanceView } from '../domain/instance.js';
 import { expiresAt, fenceAfterMs, statusFrom } from '../domain/lease.js';
 import type { LeaseRules } from '../domain/lease.js';
 import type { HistoryEntry, IdentifierInfo, Lease, PoolCounts, ReaperState, RecordTuple } from '../domain/types.js';
@@ -39,6 +40,8 @@ export interface LeaseView {
   last_seen: string;
   expires_at: string;
   fence_after_ms: number;
+  watermark: number | null;
+  instance: ReturnType<typeof instanceView> | null;
 }
 
 export function leaseView(l: Lease): LeaseView {
@@ -50,6 +53,8 @@ export function leaseView(l: Lease): LeaseView {
     last_seen: iso(l.lastSeen),
     expires_at: iso(l.expiresAt),
     fence_after_ms: l.fenceAfterMs,
+    watermark: l.watermark,
+    instance: l.instance ? instanceView(l.instance) : null,
   };
 }
 
@@ -65,6 +70,8 @@ export function identifierView(i: IdentifierInfo) {
     expires_at: l ? iso(l.expiresAt) : null,
     fence_after_ms: l ? l.fenceAfterMs : null,
     available_at: isoOrNull(i.availableAt),
+    watermark: i.watermark,
+    instance: l?.instance ? instanceView(l.instance) : null,
     ...(l && i.retired ? { retired: true } : {}),
   };
 }
@@ -87,17 +94,19 @@ function jsonString(s: string): string {
 export function identifierViewsText(rows: readonly RecordTuple[], now: number, rules: LeaseRules): string {
   const fence = fenceAfterMs(rules);
   let out = '';
-  for (const [, name, , retired, epoch, clientId, allocatedAt, lastSeen, availableAt] of rows) {
+  for (const [, name, , retired, epoch, clientId, allocatedAt, lastSeen, availableAt, watermark, instance] of rows) {
     if (out !== '') out += ',';
+    // The stored instance text is the view's JSON already (domain/instance.ts).
     if (clientId !== null && allocatedAt !== null && lastSeen !== null) {
       out += `{"identifier":${jsonString(name)},"status":"leased","client_id":${jsonString(clientId)},"epoch":${epoch},` +
         `"allocated_at":"${iso(allocatedAt)}","last_seen":"${iso(lastSeen)}","expires_at":"${iso(expiresAt(lastSeen, rules))}",` +
-        `"fence_after_ms":${fence},"available_at":null${retired === 1 ? ',"retired":true}' : '}'}`;
+        `"fence_after_ms":${fence},"available_at":null,"watermark":${watermark ?? 'null'},"instance":${instance ?? 'null'}` +
+        `${retired === 1 ? ',"retired":true}' : '}'}`;
     } else {
       const status = statusFrom(false, retired === 1, availableAt, now);
       out += `{"identifier":${jsonString(name)},"status":"${status}","client_id":null,"epoch":${epoch},` +
         `"allocated_at":null,"last_seen":null,"expires_at":null,"fence_after_ms":null,` +
-        `"available_at":${status === 'cooling' ? `"${iso(availableAt)}"` : 'null'}}`;
+        `"available_at":${status === 'cooling' ? `"${iso(availableAt)}"` : 'null'},"watermark":${watermark ?? 'null'},"instance":null}`;
     }
   }
   return out;

@@ -3,11 +3,19 @@
  * checked, never cast. An engine says only how its driver hands over integers and booleans
  * (SQLite: numbers or bigints and 0/1; PostgreSQL: numbers, BIGINT parsed exactly, booleans).
  */
+import { instanceJson, parseInstanceJson } from '../domain/instance.js';
 import { HISTORY_EVENTS } from '../domain/types.js';
-import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple } from '../domain/types.js';
+import type { HistoryEntry, HistoryEvent, IdentifierRecord, InstanceInfo, RecordTuple } from '../domain/types.js';
 
-/** The columns of a record, in the order of RecordTuple (a listing reads them as arrays). */
-export const RECORD_COLUMNS = 'id, name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at';
+/** The columns of a RecordTuple, in its order (a listing reads them as arrays). */
+export const ROW_COLUMNS = 'id, name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at, watermark, instance';
+/** The columns of a record: a tuple's, and the holder's key hash (never listed, never shown). */
+export const RECORD_COLUMNS = `${ROW_COLUMNS}, key_hash`;
+
+/** How an instance's facts are stored: their canonical JSON text (domain/instance.ts), or NULL. */
+export function instanceColumn(i: InstanceInfo | null | undefined): string | null {
+  return i ? instanceJson(i) : null;
+}
 
 type Row = Readonly<Record<string, unknown>>;
 
@@ -64,14 +72,18 @@ export function recordFrom(c: Columns): IdentifierRecord {
   const clientId = c.textOrNull('client_id');
   const allocatedAt = c.intOrNull('allocated_at');
   const lastSeen = c.intOrNull('last_seen');
+  const instance = c.textOrNull('instance');
   return {
     rowId: c.int('id'),
     name: c.text('name'),
     poolOrder: c.int('pool_order'),
     epoch: c.int('epoch'),
     retired: c.bool('retired'),
-    holder: clientId !== null && allocatedAt !== null && lastSeen !== null ? { clientId, allocatedAt, lastSeen } : null,
+    holder: clientId !== null && allocatedAt !== null && lastSeen !== null
+      ? { clientId, allocatedAt, lastSeen, keyHash: c.textOrNull('key_hash'), instance: instance === null ? null : parseInstanceJson(instance) }
+      : null,
     availableAt: c.int('available_at'),
+    watermark: c.intOrNull('watermark'),
   };
 }
 
@@ -93,16 +105,16 @@ const isInt = (v: unknown): v is number => typeof v === 'number' && Number.isSaf
  * not copied: a listing reads a million of them.
  */
 export function isRecordTuple(r: unknown): r is RecordTuple {
-  if (!Array.isArray(r) || r.length !== 9) return false;
+  if (!Array.isArray(r) || r.length !== 11) return false;
   const c: unknown[] = r; // indexed, not destructured: this runs once a row
   const retired = c[3];
   const clientId = c[5];
   return isInt(c[0]) && typeof c[1] === 'string' && isInt(c[2]) && (retired === 0 || retired === 1) && isInt(c[4]) &&
     (clientId === null ? c[6] === null && c[7] === null : typeof clientId === 'string' && isInt(c[6]) && isInt(c[7])) &&
-    isInt(c[8]);
+    isInt(c[8]) && (c[9] === null || isInt(c[9])) && (c[10] === null || typeof c[10] === 'string');
 }
 
 export function recordTuples(rows: unknown[]): RecordTuple[] {
-  if (!rows.every(isRecordTuple)) throw new Error(`expected rows of ${RECORD_COLUMNS}`);
+  if (!rows.every(isRecordTuple)) throw new Error(`expected rows of ${ROW_COLUMNS}`);
   return rows;
 }

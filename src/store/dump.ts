@@ -8,7 +8,9 @@
  *   {"format":"asg-id-registry-dump","version":1,"engine":"sqlite","exported_at":…,"identifiers":n,"history":n,"meta":n}
  * then one line per record, identifiers (in pool order) first, then history (oldest first),
  * then meta:
- *   {"identifier":{"name","pool_order","retired","epoch","client_id","allocated_at","last_seen","available_at"}}
+ *   {"identifier":{"name","pool_order","retired","epoch","client_id","allocated_at","last_seen","available_at",
+ *                  "key_hash","instance","watermark","last_client_id","last_granted_at"}}
+ * (the last five optional, null when absent: a file from before holder keys loads as it did).
  *   {"history":{"identifier","at","event","client_id","epoch"}}
  *   {"meta":{"key","value"}}
  * Lines, so a large registry streams instead of living in one string. The counts in the
@@ -17,8 +19,10 @@
  * Loading is only into a store with no identifiers and no history: a second import is refused,
  * so no epoch can go back.
  */
+import { isHolderKeyHash } from '../domain/holder-key.js';
+import { instanceView, parseInstanceJson } from '../domain/instance.js';
 import { HISTORY_EVENTS } from '../domain/types.js';
-import type { HistoryEvent } from '../domain/types.js';
+import type { HistoryEvent, InstanceInfo } from '../domain/types.js';
 
 export const DUMP_FORMAT = 'asg-id-registry-dump';
 export const DUMP_VERSION = 1;
@@ -32,6 +36,14 @@ export interface DumpIdentifier {
   readonly allocatedAt: number | null;
   readonly lastSeen: number | null;
   readonly availableAt: number;
+  /** The hash of the holder's key (never the key); null or absent: none. */
+  readonly keyHash?: string | null;
+  readonly instance?: InstanceInfo | null;
+  /** The identifier's watermark, kept across holders; null or absent: none. */
+  readonly watermark?: number | null;
+  /** The client granted it last, and when (sticky identity). */
+  readonly lastClientId?: string | null;
+  readonly lastGrantedAt?: number | null;
 }
 
 export interface DumpHistory {
@@ -111,6 +123,32 @@ function flag(f: Fields, k: string, what: string): boolean {
   throw new DumpError(`${what}: ${k} must be true or false`);
 }
 
+function optional<T>(f: Fields, k: string, read: (f: Fields, k: string, what: string) => T, what: string): T | null {
+  return f[k] === undefined || f[k] === null ? null : read(f, k, what);
+}
+
+/** An instance's facts as a file has them (an object) or a row (its JSON text); canonical either way. */
+function instanceOf(f: Fields, k: string, what: string): InstanceInfo {
+  const v = f[k];
+  try {
+    return parseInstanceJson(typeof v === 'string' ? v : JSON.stringify(v));
+  } catch (e) {
+    throw new DumpError(`${what}: ${k}: ${e instanceof Error ? e.message : String(e)}`);
+  }
+}
+
+function keyHashOf(f: Fields, k: string, what: string): string {
+  const v = str(f, k, what);
+  if (!isHolderKeyHash(v)) throw new DumpError(`${what}: ${k} must be "sha256:" and 64 hexadecimal digits (the hash, never a key)`);
+  return v;
+}
+
+function watermarkOf(f: Fields, k: string, what: string): number {
+  const v = integer(f, k, what);
+  if (v > Number.MAX_SAFE_INTEGER) throw new DumpError(`${what}: ${k} must be below 2^53`);
+  return v;
+}
+
 /** An identifier from a file record or a database row (snake_case columns either way). */
 export function toDumpIdentifier(raw: unknown, what = 'identifier'): DumpIdentifier {
   const f = fields(raw, what);
@@ -123,9 +161,17 @@ export function toDumpIdentifier(raw: unknown, what = 'identifier'): DumpIdentif
     allocatedAt: integerOrNull(f, 'allocated_at', what),
     lastSeen: integerOrNull(f, 'last_seen', what),
     availableAt: integer(f, 'available_at', what),
+    keyHash: optional(f, 'key_hash', keyHashOf, what),
+    instance: optional(f, 'instance', instanceOf, what),
+    watermark: optional(f, 'watermark', watermarkOf, what),
+    lastClientId: optional(f, 'last_client_id', str, what),
+    lastGrantedAt: optional(f, 'last_granted_at', integer, what),
   };
   const held = [d.clientId, d.allocatedAt, d.lastSeen].filter((v) => v !== null).length;
   if (held !== 0 && held !== 3) throw new DumpError(`${what} ${d.name}: client_id, allocated_at and last_seen must be all set or all null`);
+  if (d.clientId === null && (d.keyHash != null || d.instance != null)) {
+    throw new DumpError(`${what} ${d.name}: key_hash and instance belong to a holder: null when client_id is`);
+  }
   if (d.clientId !== null && d.epoch === 0) throw new DumpError(`${what} ${d.name}: a held identifier must have an epoch ≥ 1`);
   return d;
 }
@@ -153,6 +199,8 @@ function identifierLine(d: DumpIdentifier): string {
     identifier: {
       name: d.name, pool_order: d.poolOrder, retired: d.retired, epoch: d.epoch, client_id: d.clientId,
       allocated_at: d.allocatedAt, last_seen: d.lastSeen, available_at: d.availableAt,
+      key_hash: d.keyHash ?? null, instance: d.instance ? instanceView(d.instance) : null, watermark: d.watermark ?? null,
+      last_client_id: d.lastClientId ?? null, last_granted_at: d.lastGrantedAt ?? null,
     },
   });
 }
@@ -231,6 +279,10 @@ export function checkConsistent(d: Dump): void {
     if (!names.has(h.identifier)) throw new DumpError(`history names identifier ${h.identifier}, which the dump does not have`);
   }
 }
+
+/** The columns an export reads and an import writes, in both engines. */
+export const DUMP_IDENTIFIER_COLUMNS =
+  'name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at, key_hash, instance, watermark, last_client_id, last_granted_at';
 
 /** The refusal for a target store that already holds state. */
 export function notEmptyError(identifiers: number, history: number): DumpError {

@@ -14,7 +14,27 @@
  * must have no effect outside the transaction.
  */
 import type { Clock } from '../clock.js';
-import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple, Status } from '../domain/types.js';
+import type { HistoryEntry, HistoryEvent, IdentifierRecord, InstanceInfo, RecordTuple, Status } from '../domain/types.js';
+
+/** What a grant records about its holder beyond its client id. */
+export interface GrantClaim {
+  /** The hash of the key the lease is granted with (domain/holder-key.ts, never the key), or null for none. */
+  readonly keyHash: string | null;
+  /** What an attested claim proved about the instance, or null. */
+  readonly instance: InstanceInfo | null;
+}
+
+/** What a liveness or a release by its holder carries beyond its client id and epoch. */
+export interface HeldProof {
+  /** The hash of the key presented, or null for none: it must be the one the lease was granted with. */
+  readonly keyHash: string | null;
+  /** The holder's watermark: kept as the identifier's when higher than its own (never lowered); null for none. */
+  readonly watermark: number | null;
+}
+
+/** No key, no watermark: what a caller that passes no proof presents. */
+export const NO_PROOF: HeldProof = Object.freeze({ keyHash: null, watermark: null });
+export const NO_CLAIM: GrantClaim = Object.freeze({ keyHash: null, instance: null });
 
 /** An identifier as the pool sync needs to see it. */
 export interface PoolRow {
@@ -131,26 +151,32 @@ export interface Reader {
  */
 export interface Tx extends Reader {
   /**
-   * The identifier `clientId` holds, else the allocatable one free the longest (never-used
-   * first, in pool order), locked; skips rows locked by others. Null when it holds none and
-   * none is allocatable.
+   * The identifier `clientId` holds, else the one it was granted last if nobody was granted it
+   * since and it is allocatable now (sticky identity), else the allocatable one free the longest
+   * (never-used first, in pool order), locked; skips rows locked by others. Null when it holds
+   * none and none is allocatable.
    */
   claimFor(clientId: string, now: number): Promise<{ readonly rec: IdentifierRecord; readonly held: boolean } | null>;
-  /** Grants a free row to `clientId` under `epoch` and appends its `allocated` history entry; refuses (throws) unless the row is free. */
-  grant(rowId: number, clientId: string, epoch: number, now: number): Promise<void>;
   /**
-   * The renewal rule, the one place each engine writes it: last_seen = max(last_seen, now) if
-   * `clientId` holds `name` (under `epoch`, when given). The record as renewed, or null when
-   * the client does not hold it (then nothing changed).
+   * Grants a free row to `clientId` under `epoch` (with the claim's key hash and instance facts,
+   * none when absent; the row remembers `clientId` as its last holder) and appends its
+   * `allocated` history entry; refuses (throws) unless the row is free.
    */
-  renewHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null>;
+  grant(rowId: number, clientId: string, epoch: number, now: number, claim?: GrantClaim): Promise<void>;
+  /**
+   * The renewal rule, the one place each engine writes it: last_seen = max(last_seen, now) and
+   * the watermark raised to the proof's if `clientId` holds `name` (under `epoch`, when given)
+   * with the proof's key (none when absent). The record as renewed, or null when the client
+   * does not hold it so (then nothing changed).
+   */
+  renewHeld(name: string, clientId: string, epoch: number | null, now: number, proof?: HeldProof): Promise<IdentifierRecord | null>;
   /**
    * The release rule, the one place each engine writes it: if `clientId` holds `name` (under
-   * `epoch`, when given), it is freed, allocatable at once (available_at = now), with its
-   * `released` history entry. The record as freed, or null when the client does not hold it
-   * (then nothing changed).
+   * `epoch`, when given) with the proof's key, it is freed, allocatable at once (available_at =
+   * now), its watermark raised to the proof's, with its `released` history entry. The record as
+   * freed, or null when the client does not hold it so (then nothing changed).
    */
-  releaseHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null>;
+  releaseHeld(name: string, clientId: string, epoch: number | null, now: number, proof?: HeldProof): Promise<IdentifierRecord | null>;
   /** Frees the row whoever holds it (allocatable from `availableAt`) and appends the history entry that says why: an ownership change never goes unrecorded. */
   free(rowId: number, availableAt: number, entry: FreeEntry): Promise<void>;
   appendHistory(rowId: number, at: number, event: HistoryEvent, clientId: string | null, epoch: number): Promise<void>;
@@ -217,13 +243,13 @@ export interface Store {
    * disk) before it resolves; null when the client does not hold `name` (under `epoch`) and
    * nothing changed. Engines may commit several renewals in one statement.
    */
-  renewHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null>;
+  renewHeld(name: string, clientId: string, epoch: number | null, proof?: HeldProof): Promise<IdentifierRecord | null>;
   /**
    * A release by its holder as one write: Tx.releaseHeld at the store's time, on disk before it
    * resolves; null when the client does not hold `name` (under `epoch`) and nothing changed.
    * Engines may commit several releases in one statement.
    */
-  releaseHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null>;
+  releaseHeld(name: string, clientId: string, epoch: number | null, proof?: HeldProof): Promise<IdentifierRecord | null>;
   /**
    * Optional: allocate's common case as one write, for an engine where that is faster than the
    * use case's transaction (PostgreSQL: one statement, shared by the allocations queued beside
@@ -233,9 +259,12 @@ export interface Store {
    * client asking again before that grant is answered gets the same record, not granted (as the
    * full use case answers a held lease). Null when it cannot decide (the client holds one, none
    * is allocatable now, or the statement lost a race) and nothing changed: the caller then runs
-   * the full use case, which gives the answer the rules give.
+   * the full use case, which gives the answer the rules give. Also null when the client has a
+   * sticky identifier allocatable now (the full use case grants it), and for an ask whose key
+   * differs from that of the same client's ask before it in the batch (the full use case
+   * answers it: holder_conflict). The grant records `claim` (none when absent).
    */
-  grantNext?(clientId: string): Promise<GrantAnswer | null>;
+  grantNext?(clientId: string, claim?: GrantClaim): Promise<GrantAnswer | null>;
   /** Runs `fn` with read access; never waits for another process's write lock. */
   read<T>(fn: (r: Reader) => Promise<T>): Promise<T>;
   /**

@@ -54,6 +54,8 @@ for (const engine of ENGINES) describe(`[${engine}]`, () => {
         last_seen: new Date(clock.now()).toISOString(),
         expires_at: new Date(clock.now() + 90 * SECOND).toISOString(),
         fence_after_ms: 89_100, // the default cool-down (= TTL 90 s) less 1 %
+        watermark: null,
+        instance: null,
       });
       expect(res.body.allocated_at).to.match(ISO);
     });
@@ -128,7 +130,7 @@ for (const engine of ENGINES) describe(`[${engine}]`, () => {
       expect(res.status).to.equal(200);
       expect(res.body).to.deep.equal({
         identifier: 'only', status: 'free', client_id: null, epoch: 1, allocated_at: null, last_seen: null, expires_at: null,
-        fence_after_ms: null, available_at: null,
+        fence_after_ms: null, available_at: null, watermark: null, instance: null,
       });
       expect((await h.row('only'))?.['client_id']).to.equal(null);
       expectError(await h.http.post('/release').send({ client_id: 'vm-a', identifier: 'only' }), 409, 'not_owner');

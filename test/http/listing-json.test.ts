@@ -8,7 +8,9 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
 import { FakeClock } from '../../src/clock.js';
+import { instanceJson } from '../../src/domain/instance.js';
 import { infoOf, recordOf } from '../../src/domain/lease.js';
+import type { InstanceInfo } from '../../src/domain/types.js';
 import type { RecordTuple, Status } from '../../src/domain/types.js';
 import { STATUSES } from '../../src/domain/types.js';
 import { createApp } from '../../src/http/app.js';
@@ -54,6 +56,20 @@ function time(now: number): fc.Arbitrary<number> {
   );
 }
 
+/** Watermarks: none, small, and up to the largest a JSON number holds exactly. */
+const watermarkArb = fc.option(fc.oneof(fc.nat({ max: 1000 }), fc.constantFrom(0, Number.MAX_SAFE_INTEGER), fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER })), { nil: null });
+
+/** Instance facts, with text a signed document could carry (any string). */
+function instanceArb(engine: EngineName): fc.Arbitrary<InstanceInfo | null> {
+  return fc.option(fc.record({
+    accountId: fc.constantFrom('111122223333', '444455556666'),
+    region: fc.oneof(fc.constantFrom('us-east-1', 'eu-west-1'), text(engine)),
+    availabilityZone: fc.oneof(fc.constantFrom('us-east-1a', 'eu-west-1c'), text(engine)),
+    instanceType: fc.constantFrom('t3.micro', 'c7g.large'),
+    imageId: fc.oneof(fc.constant('ami-0abcdef1234567890'), text(engine)),
+  }), { nil: null });
+}
+
 type State = 'never_used' | 'free' | 'cooling' | 'leased' | 'expired' | 'retired' | 'retired_held';
 
 function identifiers(engine: EngineName, now: number, ttlMs: number): fc.Arbitrary<DumpIdentifier[]> {
@@ -66,6 +82,8 @@ function identifiers(engine: EngineName, now: number, ttlMs: number): fc.Arbitra
     allocatedAt: time(now),
     lastSeen: time(now),
     availableAt: time(now),
+    watermark: watermarkArb,
+    instance: instanceArb(engine),
   });
   return fc.uniqueArray(one, { maxLength: 30, selector: (i) => i.name }).map((rows) => {
     const clients = new Set<string>();
@@ -85,6 +103,8 @@ function identifiers(engine: EngineName, now: number, ttlMs: number): fc.Arbitra
         allocatedAt: holder === null ? null : r.allocatedAt,
         lastSeen: holder === null ? null : lastSeen,
         availableAt: r.state === 'never_used' ? 0 : r.state === 'cooling' ? Math.max(r.availableAt, now + 1) : r.state === 'free' ? Math.min(r.availableAt, now) : r.availableAt,
+        watermark: r.watermark,
+        instance: holder === null ? null : r.instance,
       };
     });
   });
@@ -223,9 +243,15 @@ describe('identifierViewsText', () => {
       retired: fc.constantFrom<0 | 1>(0, 1),
       epoch: fc.nat(),
       name: text('sqlite'),
-      held: fc.option(fc.record({ clientId: text('sqlite'), allocatedAt: time(NOW_2026), lastSeen: fc.integer({ min: -DATE_LIMIT, max: DATE_LIMIT - 31 * DAY }) })),
+      held: fc.option(fc.record({
+        clientId: text('sqlite'), allocatedAt: time(NOW_2026), lastSeen: fc.integer({ min: -DATE_LIMIT, max: DATE_LIMIT - 31 * DAY }), instance: instanceArb('sqlite'),
+      })),
       availableAt: time(NOW_2026),
-    }).map((r): RecordTuple => [1, r.name, 0, r.retired, r.epoch, r.held?.clientId ?? null, r.held?.allocatedAt ?? null, r.held?.lastSeen ?? null, r.availableAt]);
+      watermark: watermarkArb,
+    }).map((r): RecordTuple => [
+      1, r.name, 0, r.retired, r.epoch, r.held?.clientId ?? null, r.held?.allocatedAt ?? null, r.held?.lastSeen ?? null, r.availableAt,
+      r.watermark, r.held?.instance ? instanceJson(r.held.instance) : null,
+    ]);
     fc.assert(fc.property(fc.array(tuple, { maxLength: 20 }), time(NOW_2026), fc.integer({ min: 1, max: 30 * DAY }), fc.integer({ min: 0, max: 30 * DAY }),
       (rows, now, ttlMs, cooldownMs) => {
         const rules = { ttlMs, cooldownMs };

@@ -4,7 +4,8 @@
  * it; the import runs in one transaction into an empty database and is refused otherwise.
  */
 import type { PoolClient } from 'pg';
-import { isPortableMeta, notEmptyError, toDumpHistory, toDumpIdentifier, toDumpMeta } from '../dump.js';
+import { instanceColumn } from '../columns.js';
+import { DUMP_IDENTIFIER_COLUMNS, isPortableMeta, notEmptyError, toDumpHistory, toDumpIdentifier, toDumpMeta } from '../dump.js';
 import type { Dump } from '../dump.js';
 import { asRow, int } from './rows.js';
 import { LOCK_IMPORT, LOCK_NAMESPACE } from './tx.js';
@@ -22,8 +23,7 @@ export async function dumpFrom(client: PoolClient, exportedAt: number): Promise<
   await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
   try {
     const identifiers = (await all(client,
-      `SELECT name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at
-       FROM identifiers ORDER BY pool_order, id`)).map((r) => toDumpIdentifier(r));
+      `SELECT ${DUMP_IDENTIFIER_COLUMNS} FROM identifiers ORDER BY pool_order, id`)).map((r) => toDumpIdentifier(r));
     const history = (await all(client,
       `SELECT i.name AS identifier, h.at, h.event, h.client_id, h.epoch
        FROM history h JOIN identifiers i ON i.id = h.identifier_id ORDER BY h.id`)).map((r) => toDumpHistory(r));
@@ -55,14 +55,17 @@ export async function loadInto(client: PoolClient, d: Dump): Promise<void> {
     if (held > 0 || logged > 0) throw notEmptyError(held, logged);
     for (const part of chunks(d.identifiers)) {
       await client.query(
-        `INSERT INTO identifiers (name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at)
-         SELECT name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at
-         FROM unnest($1::text[], $2::bigint[], $3::boolean[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[])
-              WITH ORDINALITY AS t(name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at, ord)
+        `INSERT INTO identifiers (${DUMP_IDENTIFIER_COLUMNS})
+         SELECT ${DUMP_IDENTIFIER_COLUMNS}
+         FROM unnest($1::text[], $2::bigint[], $3::boolean[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[],
+                     $9::text[], $10::text[], $11::bigint[], $12::text[], $13::bigint[])
+              WITH ORDINALITY AS t(${DUMP_IDENTIFIER_COLUMNS}, ord)
          ORDER BY ord`,
         [
           part.map((i) => i.name), part.map((i) => i.poolOrder), part.map((i) => i.retired), part.map((i) => i.epoch),
           part.map((i) => i.clientId), part.map((i) => i.allocatedAt), part.map((i) => i.lastSeen), part.map((i) => i.availableAt),
+          part.map((i) => i.keyHash ?? null), part.map((i) => instanceColumn(i.instance)), part.map((i) => i.watermark ?? null),
+          part.map((i) => i.lastClientId ?? null), part.map((i) => i.lastGrantedAt ?? null),
         ],
       );
     }

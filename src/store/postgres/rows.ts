@@ -3,7 +3,7 @@
  * never cast. BIGINT columns arrive as numbers through `parseBigint` (see pool.ts), which
  * refuses any value past Number.MAX_SAFE_INTEGER instead of rounding it.
  */
-import { RECORD_COLUMNS, columns, historyEntryFrom, recordFrom, recordTuples } from '../columns.js';
+import { RECORD_COLUMNS, ROW_COLUMNS, columns, historyEntryFrom, recordFrom, recordTuples } from '../columns.js';
 import type { ColumnTypes } from '../columns.js';
 import type { HistoryEntry, IdentifierRecord } from '../../domain/types.js';
 import type { InstanceBeat, PoolRow } from '../types.js';
@@ -88,7 +88,7 @@ export function scalar(raw: unknown, k = 'n'): number | null {
   return intOrNull(asRow(raw), k);
 }
 
-/** RECORD_COLUMNS for a RecordTuple: `retired` as 0/1, as SQLite stores it. */
-export const TUPLE_COLUMNS = RECORD_COLUMNS.replace('retired', 'retired::int AS retired');
+/** ROW_COLUMNS for a RecordTuple: `retired` as 0/1, as SQLite stores it. */
+export const TUPLE_COLUMNS = ROW_COLUMNS.replace('retired', 'retired::int AS retired');
 
 export { RECORD_COLUMNS, recordTuples };

@@ -88,4 +88,33 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX refusals_by_at ON refusals (at);
   `,
+  `
+  -- Who holds a lease, and what the next holder must know (as the SQLite schema's migration of
+  -- the same name): the key's hash and the attested instance facts go with the lease; the
+  -- watermark stays with the identifier and never goes down; the last holder makes the
+  -- identifier sticky to it, through the index.
+  ALTER TABLE identifiers
+    ADD COLUMN key_hash TEXT CHECK (key_hash IS NULL OR client_id IS NOT NULL),
+    ADD COLUMN instance TEXT CHECK (instance IS NULL OR client_id IS NOT NULL),
+    ADD COLUMN watermark BIGINT CHECK (watermark IS NULL OR watermark BETWEEN 0 AND 9007199254740991),
+    ADD COLUMN last_client_id TEXT,
+    ADD COLUMN last_granted_at BIGINT;
+  UPDATE identifiers SET last_client_id = client_id, last_granted_at = allocated_at WHERE client_id IS NOT NULL;
+  UPDATE identifiers i SET last_client_id = h.client_id, last_granted_at = h.at
+  FROM (
+    SELECT DISTINCT ON (identifier_id) identifier_id, client_id, at FROM history WHERE event = 'allocated' ORDER BY identifier_id, id DESC
+  ) h
+  WHERE i.id = h.identifier_id AND i.client_id IS NULL;
+  CREATE INDEX identifiers_by_last_client ON identifiers (last_client_id, last_granted_at) WHERE last_client_id IS NOT NULL;
+
+  CREATE FUNCTION identifiers_watermark_rule() RETURNS trigger LANGUAGE plpgsql AS $$
+  BEGIN
+    RAISE EXCEPTION 'watermark may not decrease' USING ERRCODE = 'check_violation';
+  END
+  $$;
+  -- The WHEN is checked without calling the function: a renewal pays for no PL/pgSQL call.
+  CREATE TRIGGER identifiers_watermark_rule BEFORE UPDATE OF watermark ON identifiers
+    FOR EACH ROW WHEN (OLD.watermark IS NOT NULL AND (NEW.watermark IS NULL OR NEW.watermark < OLD.watermark))
+    EXECUTE FUNCTION identifiers_watermark_rule();
+  `,
 ];

@@ -14,7 +14,8 @@ import { RegistryError, isRegistryError } from '../../domain/errors.js';
 import { DumpError } from '../dump.js';
 import type { Dump } from '../dump.js';
 import type { IdentifierRecord } from '../../domain/types.js';
-import type { GrantAnswer, Reader, Store, Tx, WriteOptions } from '../types.js';
+import { NO_CLAIM, NO_PROOF } from '../types.js';
+import type { GrantAnswer, GrantClaim, HeldProof, Reader, Store, Tx, WriteOptions } from '../types.js';
 import { ServerClock } from './clock.js';
 import { dumpFrom, loadInto } from './dump.js';
 import { isConnectionLoss, isGrantUndecided, isRetryable, toRegistryError, unavailableReason } from './errors.js';
@@ -93,6 +94,7 @@ interface QueuedAsk {
 interface QueuedGrant {
   readonly seq: number;
   readonly clientId: string;
+  readonly claim: GrantClaim;
   readonly resolve: (v: GrantAnswer | null) => void;
   readonly reject: (e: unknown) => void;
 }
@@ -261,13 +263,13 @@ export class PostgresStore implements Store {
    * renewals that queue while it runs go out together, up to MAX_HELD_BATCH in one statement:
    * one round trip for the lot instead of four for each.
    */
-  renewHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null> {
-    return this.ask('renew', { name, clientId, epoch });
+  renewHeld(name: string, clientId: string, epoch: number | null, proof: HeldProof = NO_PROOF): Promise<IdentifierRecord | null> {
+    return this.ask('renew', { name, clientId, epoch, proof });
   }
 
   /** A release by its holder, batched as renewals are (committed with `synchronous_commit` on). */
-  releaseHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null> {
-    return this.ask('release', { name, clientId, epoch });
+  releaseHeld(name: string, clientId: string, epoch: number | null, proof: HeldProof = NO_PROOF): Promise<IdentifierRecord | null> {
+    return this.ask('release', { name, clientId, epoch, proof });
   }
 
   /**
@@ -278,10 +280,10 @@ export class PostgresStore implements Store {
    * statement runs go out together in the next, up to MAX_GRANT_BATCH: one round trip and one
    * fsync for the lot.
    */
-  grantNext(clientId: string): Promise<GrantAnswer | null> {
+  grantNext(clientId: string, claim: GrantClaim = NO_CLAIM): Promise<GrantAnswer | null> {
     return new Promise((resolve, reject) => {
       if (this.closed) return reject(new RegistryError('unavailable', 'the store is closed'));
-      this.grants.push({ seq: this.seq++, clientId, resolve, reject });
+      this.grants.push({ seq: this.seq++, clientId, claim, resolve, reject });
       this.pump();
     });
   }
@@ -353,13 +355,18 @@ export class PostgresStore implements Store {
       // at the unique index on client_id, for a grant to one of its clients in flight elsewhere,
       // and only briefly (its own lock_timeout); that, a deadlock, or a unique violation leaves
       // the whole batch to the full use case (GRANT_NEXT_SQL changed nothing).
+      // Only asks with the key of the client's first ask share its answer: another key (or none
+      // against a key) is another claimant presenting the same client id, never told the same
+      // identifier; it goes to the full use case, which answers holder_conflict.
       const byClient = new Map<string, QueuedGrant[]>();
       for (const g of batch) {
         const list = byClient.get(g.clientId);
-        if (list) list.push(g);
-        else byClient.set(g.clientId, [g]);
+        if (!list) byClient.set(g.clientId, [g]);
+        else if (list[0]?.claim.keyHash === g.claim.keyHash) list.push(g);
+        else g.resolve(null);
       }
       const clients = [...byClient.keys()];
+      const claims = clients.map((id) => byClient.get(id)?.[0]?.claim ?? NO_CLAIM);
       const waiters: Waiter[] = clients.map((id) => {
         const list = byClient.get(id) ?? [];
         return {
@@ -369,7 +376,7 @@ export class PostgresStore implements Store {
       });
       this.grantStats.statements++;
       this.grantStats.asks += clients.length;
-      await this.statementTogether(waiters, (client) => grantNextAlone(client, clients, this.injectedClock?.now() ?? null, this.lastTxNow),
+      await this.statementTogether(waiters, (client) => grantNextAlone(client, clients, this.injectedClock?.now() ?? null, this.lastTxNow, claims),
         (n) => { this.grantStats.granted += n; }, isGrantUndecided);
     } finally {
       this.grantLanes--;

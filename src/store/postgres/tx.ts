@@ -8,7 +8,9 @@
 import type { PoolClient } from 'pg';
 import { recordOf } from '../../domain/lease.js';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple, Status } from '../../domain/types.js';
-import type { FreeEntry, InstanceBeat, ListQuery, PoolRow, RawCounts, Reader, Tx } from '../types.js';
+import { instanceColumn } from '../columns.js';
+import { NO_CLAIM, NO_PROOF } from '../types.js';
+import type { FreeEntry, GrantClaim, HeldProof, InstanceBeat, ListQuery, PoolRow, RawCounts, Reader, Tx } from '../types.js';
 import { RECORD_COLUMNS, TUPLE_COLUMNS, asRow, bool, int, recordTuples, scalar, toBeat, toHistoryEntry, toPoolRow, toRecord } from './rows.js';
 
 /** The advisory-lock namespace of this registry ("idrg"), and the locks in it. */
@@ -38,17 +40,24 @@ const RECORD_COLUMNS_OF_I = RECORD_COLUMNS.split(', ').map((c) => `i.${c}`).join
 
 /**
  * What only the holder may do, over a list of asks so one statement serves a whole batch: the
- * rows `name` where `client_id` still holds it, under the epoch it sent when it sent one. The
- * WHERE is re-checked on the newest version of a row another transaction changed meanwhile (READ
- * COMMITTED), so a lease reclaimed, released or granted again since is never touched. `idx`
- * (from 1) says which ask a row answers; an ask without a row changed nothing.
+ * rows `name` where `client_id` still holds it, under the epoch it sent when it sent one, with
+ * the key it was granted with (as its hash; none for none). The WHERE is re-checked on the
+ * newest version of a row another transaction changed meanwhile (READ COMMITTED), so a lease
+ * reclaimed, released or granted again since is never touched. `idx` (from 1) says which ask a
+ * row answers; an ask without a row changed nothing. The key hashes and watermarks are the
+ * parameters `more` and `more + 1`.
  */
-const HELD_ASKS = 'unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS r(name, client_id, epoch, idx)';
-const HELD_WHERE = 'i.name = r.name AND i.client_id = r.client_id AND (r.epoch IS NULL OR i.epoch = r.epoch)';
+function heldAsks(more: number): string {
+  return `unnest($1::text[], $2::text[], $3::bigint[], $${more}::text[], $${more + 1}::bigint[])
+        WITH ORDINALITY AS r(name, client_id, epoch, key_hash, watermark, idx)`;
+}
+const HELD_WHERE = 'i.name = r.name AND i.client_id = r.client_id AND (r.epoch IS NULL OR i.epoch = r.epoch) AND i.key_hash IS NOT DISTINCT FROM r.key_hash';
+/** A watermark only ever raises the identifier's (greatest ignores NULL). */
+const RAISE_WATERMARK = 'watermark = greatest(i.watermark, r.watermark)';
 
-/** A statement's time: $4 inside a use case's transaction; alone, see `alone`. */
-interface StatementClock { readonly with: string; readonly now: string; readonly from: string }
-const IN_TX: StatementClock = { with: 'WITH ', now: '$4::bigint', from: '' };
+/** A statement's time: $4 inside a use case's transaction; alone, see `alone`. `more`: the first parameter after those. */
+interface StatementClock { readonly with: string; readonly now: string; readonly from: string; readonly more: number }
+const IN_TX: StatementClock = { with: 'WITH ', now: '$4::bigint', from: '', more: 5 };
 
 /**
  * A statement of its own, so its own transaction: one round trip. Its time is the server's clock,
@@ -70,14 +79,15 @@ function alone(durable: boolean, nowParam = 4, lockTimeout?: string): StatementC
     ), `,
     now: 't.now',
     from: ', t',
+    more: nowParam + 2,
   };
 }
 
 /** The renewal rule on PostgreSQL, written once: last_seen = max(last_seen, now) where the client holds the lease. */
 function renewHeldSql(clock: StatementClock): string {
   return `${clock.with}renewed AS (
-      UPDATE identifiers i SET last_seen = greatest(i.last_seen, ${clock.now})
-      FROM ${HELD_ASKS}${clock.from}
+      UPDATE identifiers i SET last_seen = greatest(i.last_seen, ${clock.now}), ${RAISE_WATERMARK}
+      FROM ${heldAsks(clock.more)}${clock.from}
       WHERE ${HELD_WHERE}
       RETURNING ${RECORD_COLUMNS_OF_I}, r.idx, ${clock.now} AS now
     )
@@ -87,8 +97,9 @@ function renewHeldSql(clock: StatementClock): string {
 /** The release rule on PostgreSQL, written once: the holder frees it, allocatable at once, with its history entry. */
 function releaseHeldSql(clock: StatementClock): string {
   return `${clock.with}released AS (
-      UPDATE identifiers i SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = ${clock.now}
-      FROM ${HELD_ASKS}${clock.from}
+      UPDATE identifiers i SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = ${clock.now},
+        key_hash = NULL, instance = NULL, ${RAISE_WATERMARK}
+      FROM ${heldAsks(clock.more)}${clock.from}
       WHERE ${HELD_WHERE}
       RETURNING ${RECORD_COLUMNS_OF_I}, r.idx, r.client_id AS released_by, ${clock.now} AS now
     ), logged AS (
@@ -109,6 +120,7 @@ export interface HeldAsk {
   readonly name: string;
   readonly clientId: string;
   readonly epoch: number | null;
+  readonly proof: HeldProof;
 }
 
 export interface HeldRow {
@@ -129,12 +141,16 @@ function askArrays(asks: readonly HeldAsk[]): unknown[] {
   return [asks.map((a) => a.name), asks.map((a) => a.clientId), asks.map((a) => a.epoch)];
 }
 
+function proofArrays(asks: readonly HeldAsk[]): unknown[] {
+  return [asks.map((a) => a.proof.keyHash), asks.map((a) => a.proof.watermark)];
+}
+
 /**
  * Renews or releases a batch of leases in one statement outside any transaction; `now` is the
  * injected registry time, or null for the server's clock not below `floor`.
  */
 export async function heldAlone(client: PoolClient, kind: HeldKind, asks: readonly HeldAsk[], now: number | null, floor: number): Promise<HeldRow[]> {
-  return (await rows(client, `${kind}_held_alone`, HELD_SQL[kind].alone, [...askArrays(asks), now, floor])).map(heldRowOf);
+  return (await rows(client, `${kind}_held_alone`, HELD_SQL[kind].alone, [...askArrays(asks), now, floor, ...proofArrays(asks)])).map(heldRowOf);
 }
 
 /**
@@ -174,9 +190,17 @@ const GRANT_LOCK_TIMEOUT = '50ms';
  * $1: the clients (distinct), `idx` (from 1) says which each returned row answers.
  */
 const GRANT_NEXT_SQL = `${alone(true, 2, GRANT_LOCK_TIMEOUT).with}asks AS MATERIALIZED (
-      SELECT a.client_id, a.idx, row_number() OVER (ORDER BY a.idx) AS k
-      FROM unnest($1::text[]) WITH ORDINALITY AS a(client_id, idx)
+      SELECT a.client_id, a.key_hash, a.instance, a.idx, row_number() OVER (ORDER BY a.idx) AS k
+      FROM unnest($1::text[], $4::text[], $5::text[]) WITH ORDINALITY AS a(client_id, key_hash, instance, idx)
       WHERE NOT EXISTS (SELECT FROM identifiers h WHERE h.client_id = a.client_id)
+        -- A client whose sticky identifier is allocatable is left to the full use case, which grants it that one.
+        AND NOT EXISTS (
+          SELECT FROM (
+            SELECT s.client_id, s.retired, s.available_at FROM identifiers s
+            WHERE s.last_client_id = a.client_id ORDER BY s.last_granted_at DESC, s.id DESC LIMIT 1
+          ) s
+          WHERE s.client_id IS NULL AND NOT s.retired AND s.available_at <= (SELECT now FROM t)
+        )
     ), picked AS MATERIALIZED (
       SELECT f.id, row_number() OVER (ORDER BY f.available_at, f.pool_order, f.id) AS k FROM (
         SELECT id, available_at, pool_order FROM identifiers
@@ -186,7 +210,8 @@ const GRANT_NEXT_SQL = `${alone(true, 2, GRANT_LOCK_TIMEOUT).with}asks AS MATERI
         FOR UPDATE SKIP LOCKED
       ) f
     ), granted AS (
-      UPDATE identifiers i SET client_id = a.client_id, epoch = i.epoch + 1, allocated_at = t.now, last_seen = t.now
+      UPDATE identifiers i SET client_id = a.client_id, epoch = i.epoch + 1, allocated_at = t.now, last_seen = t.now,
+        key_hash = a.key_hash, instance = a.instance, last_client_id = a.client_id, last_granted_at = t.now
       FROM picked p JOIN asks a ON a.k = p.k, t
       WHERE i.id = p.id AND i.client_id IS NULL
       RETURNING ${RECORD_COLUMNS_OF_I}, a.idx, t.now AS now
@@ -201,12 +226,16 @@ const GRANT_NEXT_SQL = `${alone(true, 2, GRANT_LOCK_TIMEOUT).with}asks AS MATERI
  * one statement outside any transaction (see GRANT_NEXT_SQL); `now` is the injected registry
  * time, or null for the server's clock not below `floor`. Rows only for the clients granted.
  */
-export async function grantNextAlone(client: PoolClient, clientIds: readonly string[], now: number | null, floor: number): Promise<HeldRow[]> {
-  return (await rows(client, 'grant_next_alone', GRANT_NEXT_SQL, [clientIds, now, floor])).map(heldRowOf);
+export async function grantNextAlone(
+  client: PoolClient, clientIds: readonly string[], now: number | null, floor: number, claims: readonly GrantClaim[] = [],
+): Promise<HeldRow[]> {
+  const claim = (i: number): GrantClaim => claims[i] ?? NO_CLAIM;
+  const values = [clientIds, now, floor, clientIds.map((_, i) => claim(i).keyHash), clientIds.map((_, i) => instanceColumn(claim(i).instance))];
+  return (await rows(client, 'grant_next_alone', GRANT_NEXT_SQL, values)).map(heldRowOf);
 }
 
 async function heldInTx(client: PoolClient, kind: HeldKind, ask: HeldAsk, now: number): Promise<IdentifierRecord | null> {
-  const r = await first(client, `${kind}_held`, HELD_SQL[kind].inTx, [...askArrays([ask]), now]);
+  const r = await first(client, `${kind}_held`, HELD_SQL[kind].inTx, [...askArrays([ask]), now, ...proofArrays([ask])]);
   return r === undefined ? null : toRecord(r);
 }
 
@@ -328,43 +357,52 @@ export class PgTx extends PgReader implements Tx {
     const r = await first(this.client, 'claim_for',
       `WITH held AS (
          SELECT ${RECORD_COLUMNS}, true AS held FROM identifiers WHERE client_id = $1 FOR UPDATE
+       ), last AS (
+         SELECT id FROM identifiers WHERE last_client_id = $1 AND NOT EXISTS (SELECT FROM held)
+         ORDER BY last_granted_at DESC, id DESC LIMIT 1
+       ), sticky AS (
+         SELECT ${RECORD_COLUMNS}, false AS held FROM identifiers
+         WHERE id = (SELECT id FROM last) AND client_id IS NULL AND NOT retired AND available_at <= $2
+         FOR UPDATE SKIP LOCKED
        ), next AS (
          SELECT ${RECORD_COLUMNS}, false AS held FROM identifiers
-         WHERE client_id IS NULL AND NOT retired AND available_at <= $2 AND NOT EXISTS (SELECT FROM held)
+         WHERE client_id IS NULL AND NOT retired AND available_at <= $2 AND NOT EXISTS (SELECT FROM held) AND NOT EXISTS (SELECT FROM sticky)
          ORDER BY available_at, pool_order, id LIMIT 1 FOR UPDATE SKIP LOCKED
        )
-       SELECT * FROM held UNION ALL SELECT * FROM next`, [clientId, now]);
+       SELECT * FROM held UNION ALL SELECT * FROM sticky UNION ALL SELECT * FROM next`, [clientId, now]);
     return r === undefined ? null : { rec: toRecord(r), held: bool(asRow(r), 'held') };
   }
 
-  async grant(rowId: number, clientId: string, epoch: number, now: number): Promise<void> {
+  async grant(rowId: number, clientId: string, epoch: number, now: number, claim: GrantClaim = NO_CLAIM): Promise<void> {
     this.wrote = true;
     // The grant and its history entry in one statement: one round trip, never one without the other.
     const n = await changes(this.client, 'grant',
       `WITH granted AS (
-         UPDATE identifiers SET client_id = $2, epoch = $3, allocated_at = $4, last_seen = $4
+         UPDATE identifiers SET client_id = $2, epoch = $3, allocated_at = $4, last_seen = $4,
+           key_hash = $5, instance = $6, last_client_id = $2, last_granted_at = $4
          WHERE id = $1 AND client_id IS NULL RETURNING id
        )
        INSERT INTO history (identifier_id, at, event, client_id, epoch) SELECT id, $4, 'allocated', $2, $3 FROM granted`,
-      [rowId, clientId, epoch, now]);
+      [rowId, clientId, epoch, now, claim.keyHash, instanceColumn(claim.instance)]);
     if (n !== 1) throw new Error(`grant of row ${rowId} changed ${n} rows`);
   }
 
-  async renewHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null> {
+  async renewHeld(name: string, clientId: string, epoch: number | null, now: number, proof: HeldProof = NO_PROOF): Promise<IdentifierRecord | null> {
     this.wrote = true;
-    return heldInTx(this.client, 'renew', { name, clientId, epoch }, now);
+    return heldInTx(this.client, 'renew', { name, clientId, epoch, proof }, now);
   }
 
-  async releaseHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null> {
+  async releaseHeld(name: string, clientId: string, epoch: number | null, now: number, proof: HeldProof = NO_PROOF): Promise<IdentifierRecord | null> {
     this.wrote = true;
-    return heldInTx(this.client, 'release', { name, clientId, epoch }, now);
+    return heldInTx(this.client, 'release', { name, clientId, epoch, proof }, now);
   }
 
   async free(rowId: number, availableAt: number, entry: FreeEntry): Promise<void> {
     this.wrote = true;
     await changes(this.client, 'free',
       `WITH freed AS (
-         UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = $2 WHERE id = $1 RETURNING id
+         UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = $2, key_hash = NULL, instance = NULL
+         WHERE id = $1 RETURNING id
        )
        INSERT INTO history (identifier_id, at, event, client_id, epoch) SELECT id, $3::bigint, $4::text, $5::text, $6::bigint FROM freed`,
       [rowId, availableAt, entry.at, entry.event, entry.clientId, entry.epoch]);
@@ -410,7 +448,7 @@ export class PgTx extends PgReader implements Tx {
          INSERT INTO history (identifier_id, at, event, client_id, epoch)
          SELECT id, $3, 'reclaimed', client_id, epoch FROM picked ORDER BY last_seen, id
        ), freed AS (
-         UPDATE identifiers i SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = $4
+         UPDATE identifiers i SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = $4, key_hash = NULL, instance = NULL
          FROM picked WHERE i.id = picked.id
        )
        SELECT * FROM picked ORDER BY last_seen, id`, [cutoff, limit, now, availableAt]);

@@ -4,7 +4,8 @@
  * import is one write transaction into a database with no identifiers and no history.
  */
 import type Database from 'better-sqlite3';
-import { isPortableMeta, notEmptyError, toDumpHistory, toDumpIdentifier, toDumpMeta } from '../dump.js';
+import { instanceColumn } from '../columns.js';
+import { DUMP_IDENTIFIER_COLUMNS, isPortableMeta, notEmptyError, toDumpHistory, toDumpIdentifier, toDumpMeta } from '../dump.js';
 import type { Dump } from '../dump.js';
 import { openDatabase } from './store.js';
 
@@ -20,8 +21,7 @@ export function dumpSqlite(db: Database.Database, exportedAt: number): Dump {
     engine: 'sqlite',
     exportedAt,
     identifiers: db.prepare(
-      `SELECT name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at
-       FROM identifiers ORDER BY pool_order, id`,
+      `SELECT ${DUMP_IDENTIFIER_COLUMNS} FROM identifiers ORDER BY pool_order, id`,
     ).all().map((r) => toDumpIdentifier(r)),
     history: db.prepare(
       `SELECT i.name AS identifier, h.at, h.event, h.client_id, h.epoch
@@ -55,8 +55,9 @@ export function importSqliteFile(path: string, d: Dump): void {
 /** Loads `d` in one transaction; refused (DumpError) when the database already holds state. */
 export function loadSqlite(db: Database.Database, d: Dump): void {
   const insertIdentifier = db.prepare(
-    `INSERT INTO identifiers (name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at)
-     VALUES (@name, @poolOrder, @retired, @epoch, @clientId, @allocatedAt, @lastSeen, @availableAt)`,
+    `INSERT INTO identifiers (${DUMP_IDENTIFIER_COLUMNS})
+     VALUES (@name, @poolOrder, @retired, @epoch, @clientId, @allocatedAt, @lastSeen, @availableAt,
+             @keyHash, @instance, @watermark, @lastClientId, @lastGrantedAt)`,
   );
   const insertHistory = db.prepare(
     `INSERT INTO history (identifier_id, at, event, client_id, epoch)
@@ -67,7 +68,12 @@ export function loadSqlite(db: Database.Database, d: Dump): void {
     const held = count(db, 'identifiers');
     const logged = count(db, 'history');
     if (held > 0 || logged > 0) throw notEmptyError(held, logged);
-    for (const i of d.identifiers) insertIdentifier.run({ ...i, retired: i.retired ? 1 : 0 });
+    for (const i of d.identifiers) {
+      insertIdentifier.run({
+        ...i, retired: i.retired ? 1 : 0, keyHash: i.keyHash ?? null, instance: instanceColumn(i.instance), watermark: i.watermark ?? null,
+        lastClientId: i.lastClientId ?? null, lastGrantedAt: i.lastGrantedAt ?? null,
+      });
+    }
     for (const h of d.history) {
       if (insertHistory.run(h).changes !== 1) throw new Error(`history of unknown identifier ${h.identifier}`);
     }

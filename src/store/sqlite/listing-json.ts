@@ -17,7 +17,7 @@
  */
 import type Database from 'better-sqlite3';
 import type { Statement } from 'better-sqlite3';
-import { RECORD_COLUMNS } from '../columns.js';
+import { ROW_COLUMNS } from '../columns.js';
 import type { ListJson, ListQuery, ViewRules } from '../types.js';
 
 const DAY_MS = 86_400_000;
@@ -36,17 +36,20 @@ const ISO = '"%sT%02d:%02d:%02d.%03dZ"';
 /** A time is written here only within the plain ISO range; otherwise the row is NULL and the page falls back. */
 const inRange = (ms: string): string => `${ms} BETWEEN 0 AND ${MAX_PLAIN_ISO_MS}`;
 
+/** The watermark as a JSON number (an INTEGER prints as one), or null. */
+const WATERMARK = `coalesce(watermark, 'null')`;
+
 /** One row's identifier view as JSON text, or NULL when a time of it is out of range. Same keys, same order as identifierView. */
 const ROW_JSON = `CASE
   WHEN client_id IS NOT NULL THEN CASE WHEN ${inRange('allocated_at')} AND ${inRange('last_seen')} AND ${inRange('last_seen + @ttl')} THEN
-    printf('{"identifier":%s,"status":"leased","client_id":%s,"epoch":%d,"allocated_at":${ISO},"last_seen":${ISO},"expires_at":${ISO},"fence_after_ms":%d,"available_at":null%s}',
+    printf('{"identifier":%s,"status":"leased","client_id":%s,"epoch":%d,"allocated_at":${ISO},"last_seen":${ISO},"expires_at":${ISO},"fence_after_ms":%d,"available_at":null,"watermark":%s,"instance":%s%s}',
       json_quote(name), json_quote(client_id), epoch, ${isoArgs('allocated_at')}, ${isoArgs('last_seen')}, ${isoArgs('(last_seen + @ttl)')},
-      @fence, CASE WHEN retired = 1 THEN ',"retired":true' ELSE '' END) END
+      @fence, ${WATERMARK}, coalesce(instance, 'null'), CASE WHEN retired = 1 THEN ',"retired":true' ELSE '' END) END
   WHEN retired = 0 AND available_at > @now THEN CASE WHEN ${inRange('available_at')} THEN
-    printf('{"identifier":%s,"status":"cooling","client_id":null,"epoch":%d,"allocated_at":null,"last_seen":null,"expires_at":null,"fence_after_ms":null,"available_at":${ISO}}',
-      json_quote(name), epoch, ${isoArgs('available_at')}) END
-  ELSE printf('{"identifier":%s,"status":"%s","client_id":null,"epoch":%d,"allocated_at":null,"last_seen":null,"expires_at":null,"fence_after_ms":null,"available_at":null}',
-    json_quote(name), CASE WHEN retired = 1 THEN 'retired' ELSE 'free' END, epoch)
+    printf('{"identifier":%s,"status":"cooling","client_id":null,"epoch":%d,"allocated_at":null,"last_seen":null,"expires_at":null,"fence_after_ms":null,"available_at":${ISO},"watermark":%s,"instance":null}',
+      json_quote(name), epoch, ${isoArgs('available_at')}, ${WATERMARK}) END
+  ELSE printf('{"identifier":%s,"status":"%s","client_id":null,"epoch":%d,"allocated_at":null,"last_seen":null,"expires_at":null,"fence_after_ms":null,"available_at":null,"watermark":%s,"instance":null}',
+    json_quote(name), CASE WHEN retired = 1 THEN 'retired' ELSE 'free' END, epoch, ${WATERMARK})
 END`;
 
 interface PageStatements {
@@ -72,7 +75,7 @@ export function pageSql(statusWhere: Readonly<Record<string, string>>): PageSql 
         body: `SELECT CAST(group_concat(j, ',') AS BLOB), count(*), count(j) FROM (
                SELECT ${ROW_JSON} AS j FROM identifiers WHERE ${w} ORDER BY pool_order, id LIMIT @limit)`,
         edge: `SELECT id, name, pool_order FROM identifiers WHERE ${w} ORDER BY pool_order, id LIMIT 2 OFFSET @limit - 1`,
-        rows: `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE ${w} ORDER BY pool_order, id LIMIT @limit`,
+        rows: `SELECT ${ROW_COLUMNS} FROM identifiers WHERE ${w} ORDER BY pool_order, id LIMIT @limit`,
       };
     }
   }

@@ -1,5 +1,5 @@
 /** SQLite's column types for the shared row mapping (../columns.ts): integers may come as bigints, booleans as 0/1. */
-import { RECORD_COLUMNS, asRow, columns, historyEntryFrom, recordFrom, recordTuples } from '../columns.js';
+import { RECORD_COLUMNS, ROW_COLUMNS, asRow, columns, historyEntryFrom, recordFrom, recordTuples } from '../columns.js';
 import type { ColumnTypes } from '../columns.js';
 import type { HistoryEntry, IdentifierRecord } from '../../domain/types.js';
 
@@ -27,4 +27,4 @@ export function scalar(raw: unknown, k = 'n'): number | null {
   return columns(raw, SQLITE).intOrNull(k);
 }
 
-export { RECORD_COLUMNS, asRow, recordTuples };
+export { RECORD_COLUMNS, ROW_COLUMNS, asRow, recordTuples };

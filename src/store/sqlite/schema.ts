@@ -120,4 +120,28 @@ export const MIGRATIONS: readonly string[] = [
   DROP INDEX IF EXISTS history_by_event_at;
   CREATE INDEX history_reclaimed_at ON history (at) WHERE event = 'reclaimed';
   `,
+  `
+  -- Who holds a lease, and what the next holder must know (docs/api.md, "Holder keys",
+  -- "Sticky identity", "Watermark"; docs/_pending/holder.md).
+  -- The hash of the key a lease was granted with (never the key), and what an attested claim
+  -- proved about the instance (canonical JSON): the holder's, gone with the lease.
+  ALTER TABLE identifiers ADD COLUMN key_hash TEXT CHECK (key_hash IS NULL OR client_id IS NOT NULL);
+  ALTER TABLE identifiers ADD COLUMN instance TEXT CHECK (instance IS NULL OR client_id IS NOT NULL);
+  -- The highest watermark any holder sent: the identifier's, kept across holders, never lowered.
+  ALTER TABLE identifiers ADD COLUMN watermark INTEGER CHECK (watermark IS NULL OR watermark BETWEEN 0 AND 9007199254740991);
+  -- The client last granted the identifier, and when: a client that holds nothing gets it back
+  -- (sticky identity) through the index, one lookup.
+  ALTER TABLE identifiers ADD COLUMN last_client_id TEXT;
+  ALTER TABLE identifiers ADD COLUMN last_granted_at INTEGER;
+  UPDATE identifiers SET last_client_id = client_id, last_granted_at = allocated_at WHERE client_id IS NOT NULL;
+  UPDATE identifiers SET
+    last_client_id = (SELECT h.client_id FROM history h WHERE h.identifier_id = identifiers.id AND h.event = 'allocated' ORDER BY h.id DESC LIMIT 1),
+    last_granted_at = (SELECT h.at FROM history h WHERE h.identifier_id = identifiers.id AND h.event = 'allocated' ORDER BY h.id DESC LIMIT 1)
+  WHERE client_id IS NULL AND epoch > 0;
+  CREATE INDEX identifiers_by_last_client ON identifiers (last_client_id, last_granted_at) WHERE last_client_id IS NOT NULL;
+
+  CREATE TRIGGER identifiers_watermark_never_decreases BEFORE UPDATE OF watermark ON identifiers
+  WHEN OLD.watermark IS NOT NULL AND (NEW.watermark IS NULL OR NEW.watermark < OLD.watermark)
+  BEGIN SELECT RAISE(ABORT, 'watermark may not decrease'); END;
+  `,
 ];

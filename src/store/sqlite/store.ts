@@ -16,14 +16,16 @@ import { RegistryError, isRegistryError } from '../../domain/errors.js';
 import { recordOf } from '../../domain/lease.js';
 import { HISTORY_EVENTS } from '../../domain/types.js';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple } from '../../domain/types.js';
-import type { FreeEntry, InstanceBeat, ListJson, ListQuery, ListingReader, OffLoopPage, PoolRow, RawCounts, Reader, Store, Tx, ViewRules, WriteOptions } from '../types.js';
+import { NO_CLAIM, NO_PROOF } from '../types.js';
+import type { FreeEntry, GrantClaim, HeldProof, InstanceBeat, ListJson, ListQuery, ListingReader, OffLoopPage, PoolRow, RawCounts, Reader, Store, Tx, ViewRules, WriteOptions } from '../types.js';
 import { startCheckpointer } from './checkpointer.js';
 import type { Checkpointer } from './checkpointer.js';
 import { toRegistryError } from './errors.js';
 import { ListingJson, edgeNext, finishPage, pageSql, planPage } from './listing-json.js';
 import { ListingWorkers } from './listing-worker.js';
 import type { ListingWorkerStats } from './listing-worker.js';
-import { RECORD_COLUMNS, asRow, intColumn, recordTuples, scalar, toHistoryEntry, toRecord } from './rows.js';
+import { instanceColumn } from '../columns.js';
+import { RECORD_COLUMNS, ROW_COLUMNS, asRow, intColumn, recordTuples, scalar, toHistoryEntry, toRecord } from './rows.js';
 import { MIGRATIONS } from './schema.js';
 
 export interface SqliteStoreOptions {
@@ -136,6 +138,7 @@ class Statements {
   readonly byName: Statement;
   readonly byClient: Statement;
   readonly nextAllocatable: Statement;
+  readonly sticky: Statement;
   readonly grant: Statement;
   readonly renewHeld: Statement;
   readonly releaseHeld: Statement;
@@ -190,22 +193,34 @@ class Statements {
       `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE client_id IS NULL AND retired = 0 AND available_at <= ?
        ORDER BY available_at, pool_order LIMIT 1`,
     );
+    // Sticky identity: the row the client was granted last, if nobody was granted it since, and only if allocatable now.
+    this.sticky = p(
+      `SELECT ${RECORD_COLUMNS} FROM (
+         SELECT * FROM identifiers WHERE last_client_id = @clientId ORDER BY last_granted_at DESC, id DESC LIMIT 1
+       ) WHERE client_id IS NULL AND retired = 0 AND available_at <= @now`,
+    );
     this.grant = p(
-      `UPDATE identifiers SET client_id = @clientId, epoch = @epoch, allocated_at = @now, last_seen = @now
+      `UPDATE identifiers SET client_id = @clientId, epoch = @epoch, allocated_at = @now, last_seen = @now,
+         key_hash = @keyHash, instance = @instance, last_client_id = @clientId, last_granted_at = @now
        WHERE id = @rowId AND client_id IS NULL`,
     );
+    // The holder's key is matched as its hash; a watermark only ever raises the identifier's.
+    const raiseWatermark = 'watermark = max(coalesce(watermark, @watermark), coalesce(@watermark, watermark))';
+    const held = 'name = @name AND client_id = @clientId AND (@epoch IS NULL OR epoch = @epoch) AND key_hash IS @keyHash';
     this.renewHeld = p(
-      `UPDATE identifiers SET last_seen = max(last_seen, @now)
-       WHERE name = @name AND client_id = @clientId AND (@epoch IS NULL OR epoch = @epoch)
+      `UPDATE identifiers SET last_seen = max(last_seen, @now), ${raiseWatermark}
+       WHERE ${held}
        RETURNING ${RECORD_COLUMNS}`,
     );
     this.releaseHeld = p(
-      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = @now
-       WHERE name = @name AND client_id = @clientId AND (@epoch IS NULL OR epoch = @epoch)
+      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = @now,
+         key_hash = NULL, instance = NULL, ${raiseWatermark}
+       WHERE ${held}
        RETURNING ${RECORD_COLUMNS}`,
     );
     this.free = p(
-      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = @availableAt
+      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = @availableAt,
+         key_hash = NULL, instance = NULL
        WHERE id = @rowId`,
     );
     this.historyInsert = p(
@@ -228,7 +243,7 @@ class Statements {
     );
     const lists = new Map<string, Statement>();
     for (const [status, where] of Object.entries(STATUS_WHERE)) {
-      const base = `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE ${where}`;
+      const base = `SELECT ${ROW_COLUMNS} FROM identifiers WHERE ${where}`;
       lists.set(`${status}:first`, p(`${base} ORDER BY pool_order, id LIMIT @limit`).raw());
       lists.set(`${status}:after`, p(`${base} AND (pool_order, id) > (@afterOrder, @afterId) ORDER BY pool_order, id LIMIT @limit`).raw());
     }
@@ -264,7 +279,8 @@ class Statements {
        SELECT id, @now, 'reclaimed', client_id, epoch FROM identifiers WHERE id IN (SELECT value FROM json_each(@ids))`,
     );
     this.reclaimFree = p(
-      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = @availableAt
+      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = @availableAt,
+         key_hash = NULL, instance = NULL
        WHERE id IN (SELECT value FROM json_each(@ids))`,
     );
     this.shiftCooldowns = p(`UPDATE identifiers SET available_at = available_at + @shift WHERE client_id IS NULL AND available_at > @floor`);
@@ -367,23 +383,25 @@ class SqliteTx extends SqliteReader implements Tx {
   async claimFor(clientId: string, now: number): Promise<{ rec: IdentifierRecord; held: boolean } | null> {
     const held: unknown = this.s.byClient.get(clientId);
     if (held !== undefined) return { rec: toRecord(held), held: true };
+    const sticky: unknown = this.s.sticky.get({ clientId, now });
+    if (sticky !== undefined) return { rec: toRecord(sticky), held: false };
     const next: unknown = this.s.nextAllocatable.get(now);
     return next === undefined ? null : { rec: toRecord(next), held: false };
   }
 
-  async grant(rowId: number, clientId: string, epoch: number, now: number): Promise<void> {
-    const r = this.s.grant.run({ rowId, clientId, epoch, now });
+  async grant(rowId: number, clientId: string, epoch: number, now: number, claim: GrantClaim = NO_CLAIM): Promise<void> {
+    const r = this.s.grant.run({ rowId, clientId, epoch, now, keyHash: claim.keyHash, instance: instanceColumn(claim.instance) });
     if (r.changes !== 1) throw new Error(`grant of row ${rowId} changed ${r.changes} rows`);
     this.s.historyInsert.run({ rowId, at: now, event: 'allocated', clientId, epoch });
   }
 
-  async renewHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null> {
-    const r: unknown = this.s.renewHeld.get({ name, clientId, epoch, now });
+  async renewHeld(name: string, clientId: string, epoch: number | null, now: number, proof: HeldProof = NO_PROOF): Promise<IdentifierRecord | null> {
+    const r: unknown = this.s.renewHeld.get({ name, clientId, epoch, now, keyHash: proof.keyHash, watermark: proof.watermark });
     return r === undefined ? null : toRecord(r);
   }
 
-  async releaseHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null> {
-    const r: unknown = this.s.releaseHeld.get({ name, clientId, epoch, now });
+  async releaseHeld(name: string, clientId: string, epoch: number | null, now: number, proof: HeldProof = NO_PROOF): Promise<IdentifierRecord | null> {
+    const r: unknown = this.s.releaseHeld.get({ name, clientId, epoch, now, keyHash: proof.keyHash, watermark: proof.watermark });
     if (r === undefined) return null;
     const rec = toRecord(r);
     this.s.historyInsert.run({ rowId: rec.rowId, at: now, event: 'released', clientId, epoch: rec.epoch });
@@ -587,12 +605,12 @@ export class SqliteStore implements Store {
   }
 
   /** A write like the others: SQLite commits the writes of a tick together anyway. */
-  renewHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null> {
-    return this.write((tx) => tx.renewHeld(name, clientId, epoch, tx.now), { durable: false });
+  renewHeld(name: string, clientId: string, epoch: number | null, proof: HeldProof = NO_PROOF): Promise<IdentifierRecord | null> {
+    return this.write((tx) => tx.renewHeld(name, clientId, epoch, tx.now, proof), { durable: false });
   }
 
-  releaseHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null> {
-    return this.write((tx) => tx.releaseHeld(name, clientId, epoch, tx.now), { durable: true });
+  releaseHeld(name: string, clientId: string, epoch: number | null, proof: HeldProof = NO_PROOF): Promise<IdentifierRecord | null> {
+    return this.write((tx) => tx.releaseHeld(name, clientId, epoch, tx.now, proof), { durable: true });
   }
 
   read<T>(fn: (r: Reader) => Promise<T>): Promise<T> {
