@@ -31,6 +31,15 @@ export interface Config {
   /** The explicit way out of protected mode: serve a non-loopback address with no tokens. */
   readonly allowOpen: boolean;
   readonly logLevel: LogLevel;
+  /** `required`: an allocate must carry a holder key (HOLDER_KEYS). */
+  readonly holderKeys: 'optional' | 'required';
+  /** Attested claims (AWS_IID_CERT_FILE and AWS_ACCOUNT_IDS set), else null. */
+  readonly attestation: {
+    readonly certFile: string;
+    readonly accountIds: readonly string[];
+    readonly regions: readonly string[] | null;
+    readonly matchSourceIp: boolean;
+  } | null;
 }
 
 export class ConfigError extends Error {
@@ -99,6 +108,39 @@ function tlsFiles(env: Env): Config['tls'] {
   if (keyFile === undefined) throw new ConfigError('TLS_KEY_FILE', 'is unset while TLS_CERT_FILE is set (HTTPS needs both, or neither)');
   if (certFile === undefined) throw new ConfigError('TLS_CERT_FILE', 'is unset while TLS_KEY_FILE is set (HTTPS needs both, or neither)');
   return Object.freeze({ certFile, keyFile });
+}
+
+/** Comma-separated values each matching `re`; null when unset. */
+function list(env: Env, name: string, re: RegExp, what: string): string[] | null {
+  const raw = read(env, name);
+  if (raw === undefined) return null;
+  const items = raw.split(',').map((t) => t.trim());
+  const bad = items.find((t) => !re.test(t));
+  if (bad !== undefined) throw new ConfigError(name, `"${bad}" is not ${what} (comma-separated)`);
+  return items;
+}
+
+function holderKeys(env: Env): Config['holderKeys'] {
+  const raw = read(env, 'HOLDER_KEYS') ?? 'optional';
+  if (raw === 'optional' || raw === 'required') return raw;
+  throw new ConfigError('HOLDER_KEYS', `"${raw}" is not optional or required`);
+}
+
+/** Attested claims: AWS_IID_CERT_FILE turns them on, and then AWS_ACCOUNT_IDS must say whose instances may claim. */
+function attestation(env: Env): Config['attestation'] {
+  const certFile = read(env, 'AWS_IID_CERT_FILE');
+  const accountIds = list(env, 'AWS_ACCOUNT_IDS', /^\d{12}$/, 'a 12-digit AWS account id');
+  const regions = list(env, 'AWS_REGIONS', /^[a-z]{2}(-[a-z]+)+-\d+$/, 'an AWS region (e.g. eu-west-1)');
+  const matchSourceIp = bool(env, 'AWS_IID_MATCH_SOURCE_IP');
+  if (certFile === undefined) {
+    const stray = accountIds !== null ? 'AWS_ACCOUNT_IDS' : regions !== null ? 'AWS_REGIONS' : matchSourceIp ? 'AWS_IID_MATCH_SOURCE_IP' : null;
+    if (stray !== null) throw new ConfigError('AWS_IID_CERT_FILE', `is unset while ${stray} is set (attested claims need AWS's certificates; set both, or neither)`);
+    return null;
+  }
+  if (accountIds === null) {
+    throw new ConfigError('AWS_ACCOUNT_IDS', 'is required with AWS_IID_CERT_FILE: the AWS accounts whose instances may claim (comma-separated 12-digit ids)');
+  }
+  return Object.freeze({ certFile, accountIds: Object.freeze(accountIds), regions: regions === null ? null : Object.freeze(regions), matchSourceIp });
 }
 
 /** 127.0.0.0/8, ::1 and localhost. Anything else (0.0.0.0, ::, a name) may be reachable from the network. */
@@ -171,6 +213,8 @@ export function loadConfig(env: Env): Config {
     tls,
     allowOpen,
     logLevel: level,
+    holderKeys: holderKeys(env),
+    attestation: attestation(env),
   });
 }
 

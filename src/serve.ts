@@ -9,6 +9,8 @@ import type { Server } from 'node:http';
 import { createServer as createNetServer } from 'node:net';
 import type { Server as NetServer } from 'node:net';
 import { Server as TlsServer } from 'node:tls';
+import { Attestation } from './aws/attestation.js';
+import { IidCertificateError } from './aws/identity.js';
 import { systemTimeSource } from './clock.js';
 import { ConfigError, loadConfig, processEnv } from './config.js';
 import type { Config } from './config.js';
@@ -64,13 +66,25 @@ function dieOnDatabase(e: unknown, config: Config): never {
   die(explainDbOpenError(e, inspectDbPath(config.dbPath)), EX_CONFIG);
 }
 
-function configure(): { config: Config; tls: TlsMaterial | null } {
+function configure(): { config: Config; tls: TlsMaterial | null; attestation: Attestation | null } {
   try {
     const config = loadConfig(processEnv());
-    return { config, tls: config.tls ? readTls(config.tls) : null };
+    return { config, tls: config.tls ? readTls(config.tls) : null, attestation: config.attestation ? new Attestation(config.attestation) : null };
   } catch (e) {
     if (e instanceof ConfigError) die(`configuration error: ${e.message}`, EX_CONFIG);
+    if (e instanceof IidCertificateError) die(`configuration error: AWS_IID_CERT_FILE: ${e.message}`, EX_CONFIG);
     throw e;
+  }
+}
+
+/** New claims are verified against the file's certificates as they are now; a bad file is logged and the old ones kept. */
+function reloadIidCertificates(attestation: Attestation | null, log: Logger): void {
+  if (!attestation) return;
+  try {
+    attestation.reload();
+    log.info({ cert_file: attestation.settings.certFile, certificates: attestation.certificates }, 'AWS instance identity certificates reloaded');
+  } catch (e) {
+    log.error({ err: messageOf(e) }, 'AWS instance identity certificates reload failed; the previous certificates stay in use');
   }
 }
 
@@ -180,7 +194,7 @@ function reloadTls(server: Server, config: Config, log: Logger): void {
 
 export async function serve(signals: Signals): Promise<void> {
   answerCommandLine();
-  const { config, tls } = configure();
+  const { config, tls, attestation } = configure();
   const logOut = stdoutDestination();
   const log = createLogger(config.logLevel, logOut);
   let pool: PoolFile;
@@ -249,6 +263,7 @@ export async function serve(signals: Signals): Promise<void> {
     auth: { agentTokens: config.agentTokens, adminTokens: config.adminTokens },
     metrics,
     log,
+    claims: { holderKeys: config.holderKeys, attestation },
   });
   const server = createHttpServer(app.callback(), DEFAULT_LIMITS, tls);
   await listenOn(server, config);
@@ -258,6 +273,12 @@ export async function serve(signals: Signals): Promise<void> {
     log.warn('no tokens are set: every route is open');
   } else if (config.agentTokens.length === 0) {
     log.warn('AGENT_TOKENS is unset: allocate, liveness and release are open');
+  }
+  if (attestation) {
+    log.info({ cert_file: attestation.settings.certFile, certificates: attestation.certificates, accounts: attestation.settings.accountIds,
+      regions: attestation.settings.regions, match_source_ip: attestation.settings.matchSourceIp }, 'attested claims: allocate requires a verified identity document and a key');
+  } else if (config.holderKeys === 'optional') {
+    log.info('HOLDER_KEYS=optional: a VM that sends no key shares its lease with anyone presenting its client id; the shipped scripts send one (set HOLDER_KEYS=required)');
   }
   if (!tls) log.warn('TLS_CERT_FILE/TLS_KEY_FILE unset: serving plain HTTP (tokens cross the network in the clear unless a proxy or the network protects them)');
   if (config.reuseCooldownSeconds === 0) {
@@ -281,8 +302,9 @@ export async function serve(signals: Signals): Promise<void> {
   // Reloads run one after another, in the order the signals came.
   let reloads = Promise.resolve();
   signals.onReload(() => {
-    log.info('SIGHUP: re-reading the pool file' + (tls ? ' and the TLS certificate' : ''));
+    log.info('SIGHUP: re-reading the pool file' + (tls ? ' and the TLS certificate' : '') + (attestation ? ' and the AWS certificates' : ''));
     reloadTls(server, config, log);
+    reloadIidCertificates(attestation, log);
     reloads = reloads.then(() => reloadPool(registry, config, log));
   });
 

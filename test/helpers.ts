@@ -60,6 +60,8 @@ export interface HarnessOptions {
   readonly clock?: FakeClock;
   readonly auth?: AppDeps['auth'];
   readonly log?: Logger;
+  /** Whether keys are required and claims attested (default: neither). */
+  readonly claims?: AppDeps['claims'];
   /** This engine, whatever the enclosing suite runs on. */
   readonly engine?: EngineName;
 }
@@ -97,6 +99,7 @@ export async function makeRegistry(opts: HarnessOptions = {}): Promise<Harness> 
     registry, metrics,
     auth: opts.auth ?? { agentTokens: [], adminTokens: [] },
     ...(opts.log ? { log: opts.log } : {}),
+    ...(opts.claims ? { claims: opts.claims } : {}),
   });
   return {
     registry, store: t.store, sqlite: t.sqlite, clock, events, app, metrics,
