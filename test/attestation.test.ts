@@ -7,6 +7,7 @@
  * certificate file stops start-up (exit 78 naming AWS_IID_CERT_FILE), and SIGHUP re-reads it.
  */
 import { expect } from 'chai';
+import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -16,11 +17,22 @@ import { createLogger } from '../src/log.js';
 import { ENGINES, useEngine } from './engines.js';
 import { makeRegistry, tempDir } from './helpers.js';
 import type { Harness } from './helpers.js';
-import { eventually, json, startProcess } from './process-helpers.js';
+import { ROOT, eventually, json, startProcess } from './process-helpers.js';
 import { DOCUMENT_DEFAULTS, identityDocument, makeRegionSigner, tamper } from './support/aws-iid.js';
 import type { RegionSigner } from './support/aws-iid.js';
 
 const KEY = 'attested-key-0123456789abcdef';
+
+/** `idreg ARGS` as an operator runs it: its output (stdout and stderr), whatever its status. */
+function idreg(args: string[], env: Record<string, string>): Promise<string> {
+  const child = spawn(process.execPath, ['--import', join(ROOT, 'node_modules/tsx/dist/loader.mjs'), join(ROOT, 'src/cli/idreg.ts'), ...args], {
+    cwd: ROOT, env: { PATH: process.env['PATH'] ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  child.stderr.on('data', (d: Buffer) => { out += d.toString(); });
+  return new Promise((resolve) => child.on('exit', () => resolve(out)));
+}
 const INSTANCE = DOCUMENT_DEFAULTS.instanceId;
 const ACCOUNT = DOCUMENT_DEFAULTS.accountId;
 
@@ -164,6 +176,11 @@ describe('attested claims (documents signed by a test CA)', () => {
         const granted = await json(reg.base, 'POST', '/allocate', eu);
         expect(granted.status, JSON.stringify(granted.body)).to.equal(200);
         expect(JSON.stringify(granted.body)).to.include('"availability_zone":"eu-west-1a"');
+        // The operator sees the zone: idreg list has a column for it, idreg show the facts.
+        const listed = await idreg(['list'], { IDREG_URL: reg.base });
+        expect(listed.split('\n')[0]).to.match(/\sAZ$/);
+        expect(listed).to.match(/^a\s+i-0eeeeeeeeeeeeeee0\s+1\s+.*leased\s+eu-west-1a$/m);
+        expect(await idreg(['show', 'a'], { IDREG_URL: reg.base })).to.match(/^instance: 111122223333 eu-west-1 eu-west-1a t3\.micro ami-0abcdef1234567890$/m);
         writeFileSync(file, 'truncated -----BEGIN CERTIFICATE-----\nMIIB\n');
         reg.child.kill('SIGHUP');
         await eventually(async () => /certificates reload failed; the previous certificates stay in use/.test(reg.output()), 10_000, 'the failed reload');

@@ -105,16 +105,21 @@ function identifierRows(list: Json, now: number): string[][] {
   return items.map((x: Json) => [
     text(field(x, 'identifier')), text(field(x, 'client_id')), text(field(x, 'epoch')),
     ago(typeof field(x, 'last_seen') === 'string' ? String(field(x, 'last_seen')) : null, now), text(field(x, 'status')),
+    text(field(field(x, 'instance'), 'availability_zone')),
   ]);
 }
 
 function describe(view: Json, now: number): string {
-  const keys = ['identifier', 'status', 'client_id', 'epoch', 'allocated_at', 'last_seen', 'expires_at'];
+  const keys = ['identifier', 'status', 'client_id', 'epoch', 'allocated_at', 'last_seen', 'expires_at', 'watermark'];
   const lines = keys.filter((k) => field(view, k) !== undefined).map((k) => {
     const v = field(view, k);
     const extra = k === 'last_seen' && typeof v === 'string' ? ` (${ago(v, now)})` : '';
     return `${k}: ${text(v)}${extra}`;
   });
+  const instance = field(view, 'instance');
+  if (instance) {
+    lines.push(`instance: ${['account_id', 'region', 'availability_zone', 'instance_type', 'image_id'].map((k) => text(field(instance, k))).join(' ')}`);
+  }
   return lines.join('\n');
 }
 
@@ -132,7 +137,7 @@ async function list(cfg: CliConfig, args: string[]): Promise<string> {
     q.set('limit', values.limit);
   }
   const r = ok(await call(cfg, 'GET', `/identifiers${q.size ? `?${q}` : ''}`), cfg);
-  return table(['IDENTIFIER', 'OWNER', 'EPOCH', 'LAST SEEN', 'STATUS'], identifierRows(r.body, r.date));
+  return table(['IDENTIFIER', 'OWNER', 'EPOCH', 'LAST SEEN', 'STATUS', 'AZ'], identifierRows(r.body, r.date));
 }
 
 async function show(cfg: CliConfig, name: string): Promise<string> {

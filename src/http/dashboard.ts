@@ -95,6 +95,7 @@ export const DASHBOARD_HTML = `<!doctype html>
     var lines = [x.identifier + '  ' + x.status + (x.retired ? ' (retired)' : '')];
     if (x.client_id) {
       lines.push('owner ' + x.client_id + '  epoch ' + x.epoch);
+      if (x.instance) lines.push('zone ' + x.instance.availability_zone + '  ' + x.instance.instance_type + '  account ' + x.instance.account_id);
       lines.push('last seen ' + human((now - Date.parse(x.last_seen)) / 1000) + ' ago');
       lines.push(expired ? 'expired ' + human((now - Date.parse(x.expires_at)) / 1000) + ' ago, not reclaimed yet (the owner can still renew)'
         : 'expires in ' + until(x.expires_at, now) + ' without liveness');
@@ -103,6 +104,7 @@ export const DASHBOARD_HTML = `<!doctype html>
       lines.push('epoch ' + x.epoch);
       if (x.status === 'cooling' && x.available_at) lines.push('free in ' + until(x.available_at, now) + ' (at ' + x.available_at.slice(11, 19) + ' UTC)');
     }
+    if (x.watermark !== null && x.watermark !== undefined) lines.push('watermark ' + x.watermark + ' (the next holder stays above it)');
     return lines.join('\\n');
   }
 
@@ -120,6 +122,7 @@ export const DASHBOARD_HTML = `<!doctype html>
       c.dataset.identifier = x.identifier;
       c.dataset.status = x.status;
       c.dataset.owner = x.client_id || '';
+      c.dataset.zone = x.instance ? x.instance.availability_zone : '';
       c.dataset.expired = String(expired);
       c.dataset.retired = String(x.retired === true);
       c.dataset.tip = tipOf(x, now, expired);
