@@ -34,11 +34,12 @@ variables only (defaults in brackets):
   LOG_LEVEL                   fatal error warn info debug trace silent [info]
 
 signals: SIGHUP re-reads the pool file; SIGTERM or SIGINT finish in-flight requests and stop.
-exit status: 0 stopped by a signal, or --help / --version answered;
-  78 a bad setting, pool file, database path, a database URL unreachable for 30 s, or an
-     argument on the command line other than --help / --version (restarting will not mend
-     any of these; the unit does not restart on 78);
-  1 anything else.`;
+exit status:
+  0   stopped by a signal, or --help / --version answered
+  78  a bad setting, pool file or database path, a database URL unreachable for 30 s,
+      or any argument but --help / --version (a restart would not mend any of these,
+      so the systemd unit does not restart on 78)
+  1   anything else`;
 
 /** Exit status for a command line the registry does not take: a configuration problem (EX_CONFIG). */
 export const USAGE_EXIT_STATUS = 78;
