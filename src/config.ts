@@ -179,6 +179,33 @@ export function processEnv(): Env {
   return process.env;
 }
 
+/**
+ * The registry's address for `idreg` (IDREG_URL or --url, named by `name`): http:// or
+ * https:// with a host. Anything else is a mistake in how idreg was called, not a registry
+ * that cannot be reached. Echoed in the reason only when it carries no credentials.
+ */
+export function checkRegistryUrl(raw: string, name: string): string {
+  const shown = /@/.test(raw) ? 'the URL' : `"${raw}"`;
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(raw)) {
+    throw new ConfigError(name, `${shown} has no scheme: write it as http://${/@/.test(raw) ? 'host:port' : raw} (or https://…)`);
+  }
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(name, `${shown} is not a URL (expected http://host:port or https://host:port)`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new ConfigError(name, `must start with http:// or https:// (not ${url.protocol}//)`);
+  }
+  if (url.hostname === '') throw new ConfigError(name, `${shown} names no host`);
+  if (url.username !== '' || url.password !== '') {
+    throw new ConfigError(name, 'must not carry a user or password (the token goes in IDREG_TOKEN or --token)');
+  }
+  if (url.search !== '' || url.hash !== '') throw new ConfigError(name, `${shown} must not carry a query or fragment`);
+  return raw;
+}
+
 /** What the `idreg` operator command needs; flags override these. */
 export interface CliConfig {
   readonly url: string;

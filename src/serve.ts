@@ -28,7 +28,7 @@ import { SqliteStore } from './store/sqlite/store.js';
 import type { Store } from './store/types.js';
 import { readTls } from './tls.js';
 import type { TlsMaterial } from './tls.js';
-import { REGISTRY_USAGE, registryCommand } from './usage.js';
+import { REGISTRY_USAGE, USAGE_EXIT_STATUS, registryCommand } from './usage.js';
 import { packageVersion } from './version.js';
 
 /** Exit status for every configuration problem (sysexits EX_CONFIG): systemd will not restart-loop on it. */
@@ -52,7 +52,8 @@ function answerCommandLine(): void {
   if (cmd.kind === 'run') return;
   if (cmd.kind === 'help') process.stdout.write(`${REGISTRY_USAGE}\n`);
   if (cmd.kind === 'version') process.stdout.write(`asg-id-registry ${packageVersion()}\n`);
-  if (cmd.kind === 'usage_error') die(`${cmd.message}\n${REGISTRY_USAGE}`, 2);
+  // One line, like every other configuration problem: the help is one --help away.
+  if (cmd.kind === 'usage_error') die(cmd.message, USAGE_EXIT_STATUS);
   process.exit(0);
 }
 

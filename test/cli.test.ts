@@ -63,7 +63,7 @@ describe('idreg, the operator command', function () {
     expect(r.stdout.trim().split('\n').slice(1).map((l) => l.split(/\s+/)[0])).to.deep.equal(['w-0', 'w-1']);
     const bad = await idreg(['list', '--status', 'busy'], env);
     expect(bad.code).to.equal(2); // a usage error, found before asking the registry
-    expect(bad.stderr).to.match(/^idreg: list: --status must be one of leased, free, cooling, retired \(not "busy"\)\nusage: idreg/);
+    expect(bad.stderr).to.equal('idreg: list: --status must be one of leased, free, cooling, retired (not "busy")\nsee idreg --help\n');
     const limit = await idreg(['list', '--limit', '0'], env);
     expect(limit.code).to.equal(2);
     expect(limit.stderr).to.match(/^idreg: list: --limit must be a whole number from 1 to 10000/);
@@ -77,7 +77,7 @@ describe('idreg, the operator command', function () {
     expect(byClient.stdout).to.match(/^identifier: w-0$/m).and.match(/^epoch: 1$/m);
     const none = await idreg(['show', 'nobody'], env);
     expect(none.code).to.equal(1);
-    expect(none.stderr).to.match(/no identifier or client named nobody/);
+    expect(none.stderr).to.equal('idreg: no identifier or client named nobody\n');
   });
 
   it('release (force) and history', async () => {
@@ -100,13 +100,13 @@ describe('idreg, the operator command', function () {
   it('auth: no token or a wrong one is refused (exit 1) saying to set IDREG_TOKEN; an agent token is forbidden', async () => {
     const none = await idreg(['list'], { IDREG_URL: reg.base });
     expect(none.code).to.equal(1);
-    expect(none.stderr).to.match(/^error: unauthorized: .*\(HTTP 401\)\nthe registry needs a token: set IDREG_TOKEN \(or --token\) to one of its ADMIN_TOKENS\n$/);
+    expect(none.stderr).to.match(/^idreg: unauthorized: .*\(HTTP 401\)\nthe registry needs a token: set IDREG_TOKEN \(or --token\) to one of its ADMIN_TOKENS\n$/);
     const wrong = await idreg(['list'], { IDREG_URL: reg.base, IDREG_TOKEN: 'not-the-token-0123456789' });
     expect(wrong.code).to.equal(1);
     expect(wrong.stderr).to.match(/\nthe registry refused the token: set IDREG_TOKEN \(or --token\) to one of its ADMIN_TOKENS\n$/);
     const agent = await idreg(['--token', AGENT, 'list'], { IDREG_URL: reg.base });
     expect(agent.code).to.equal(1);
-    expect(agent.stderr).to.match(/error: forbidden/).and.match(/set IDREG_TOKEN \(or --token\) to one of the registry's ADMIN_TOKENS/);
+    expect(agent.stderr).to.match(/^idreg: forbidden/).and.match(/set IDREG_TOKEN \(or --token\) to one of the registry's ADMIN_TOKENS/);
   });
 
   it('--help and --version answer (exit 0) without asking the registry', async () => {
@@ -121,28 +121,89 @@ describe('idreg, the operator command', function () {
     }
   });
 
-  it('a missing argument says what is missing (exit 2)', async () => {
+  it('the help documents every exit status', async () => {
+    const h = await idreg(['--help'], {});
+    const statuses = h.stdout.slice(h.stdout.indexOf('exit status:')).split('\n').flatMap((l) => /^ {2}(\d) {2}\S/.exec(l)?.[1] ?? []);
+    expect(statuses).to.deep.equal(['0', '1', '2', '3']);
+  });
+
+  it('every usage error is one line saying what is wrong, then "see idreg --help" (exit 2), never the whole usage', async function () {
+    this.timeout(180_000); // eighteen processes, each compiling idreg on the fly
     const cases: Array<[string[], RegExp]> = [
-      [['show'], /^idreg: show: missing IDENTIFIER or CLIENT_ID\nusage: idreg/],
-      [['history'], /^idreg: history: missing IDENTIFIER\n/],
+      [['show'], /^idreg: show: missing IDENTIFIER or CLIENT_ID$/],
+      [['history'], /^idreg: history: missing IDENTIFIER$/],
       [['release'], /^idreg: release: missing IDENTIFIER/],
       [['backup'], /^idreg: backup: missing FILE/],
-      [['pool'], /^idreg: pool: missing sync/],
-      [[], /^idreg: missing COMMAND/],
-      [['--url'], /^idreg: --url needs a value/],
+      [['backup', 'a.db', 'b.db'], /^idreg: backup: one FILE only$/],
+      [['export'], /^idreg: export: missing FILE/],
+      [['import'], /^idreg: import: missing FILE/],
+      [['pool'], /^idreg: pool: missing sync$/],
+      [['pool', 'tidy'], /^idreg: pool: unknown subcommand tidy/],
+      [[], /^idreg: missing COMMAND$/],
+      [['frobnicate'], /^idreg: unknown command frobnicate$/],
+      [['--url'], /^idreg: --url needs a value$/],
+      [['list', '--colour'], /^idreg: list: unknown option --colour$/],
+      [['list', '--status'], /^idreg: list: --status needs a value$/],
+      [['list', 'extra'], /^idreg: list: unexpected argument extra$/],
+      [['list', '--limit', '0'], /^idreg: list: --limit must be a whole number from 1 to 10000/],
+      [['reap', '--force=yes'], /^idreg: reap: option --force does not take an argument$/],
+      [['pool', 'sync', '--dbpath', 'x'], /^idreg: pool sync: unknown option --dbpath$/],
     ];
-    for (const [args, message] of cases) {
-      const r = await idreg(args, env);
+    const ran = await Promise.all(cases.map(([args]) => idreg(args, env)));
+    for (const [i, [args, message]] of cases.entries()) {
+      const r = ran[i] ?? { code: null, stdout: '', stderr: '' };
       expect(r.code, args.join(' ')).to.equal(2);
-      expect(r.stderr, args.join(' ')).to.match(message);
+      expect(r.stdout, args.join(' ')).to.equal('');
+      const lines = r.stderr.split('\n');
+      expect(lines, args.join(' ')).to.have.length(3); // the line, the hint, and the final newline
+      expect(lines[0], args.join(' ')).to.match(message);
+      expect(lines.slice(1), args.join(' ')).to.deep.equal(['see idreg --help', '']);
     }
+  });
+
+  it('IDREG_URL or --url without http:// or https:// (or otherwise malformed) is a usage error naming it, not an unreachable registry', async () => {
+    const bare = reg.base.replace(/^http:\/\//, ''); // 127.0.0.1:PORT: the registry is there, the URL is what is wrong
+    const noScheme = await idreg(['list'], { ...env, IDREG_URL: bare });
+    expect(noScheme.code).to.equal(2);
+    expect(noScheme.stderr).to.equal(`idreg: IDREG_URL: "${bare}" has no scheme: write it as http://${bare} (or https://…)\nsee idreg --help\n`);
+    const flag = await idreg(['--url', bare, 'show', 'w-0'], env);
+    expect(flag.code).to.equal(2);
+    expect(flag.stderr).to.match(/^idreg: --url: ".*" has no scheme/);
+    const cases: Array<[string, RegExp]> = [
+      ['ftp://127.0.0.1:8080', /^idreg: IDREG_URL: must start with http:\/\/ or https:\/\/ \(not ftp:\/\/\)\n/],
+      ['http://', /^idreg: IDREG_URL: "http:\/\/" is not a URL/],
+      [`http://admin:secret@${bare}`, /^idreg: IDREG_URL: must not carry a user or password/],
+      [`${reg.base}/?x=1`, /^idreg: IDREG_URL: ".*" must not carry a query or fragment/],
+    ];
+    for (const [url, message] of cases) {
+      const r = await idreg(['list'], { ...env, IDREG_URL: url });
+      expect(r.code, url).to.equal(2);
+      expect(r.stderr, url).to.match(message).and.not.include('secret');
+    }
+    // A path is kept (a registry behind a proxy prefix): only the scheme, host and extras are checked.
+    const slash = await idreg(['list'], { ...env, IDREG_URL: `${reg.base}/` });
+    expect(slash.code, slash.stderr).to.equal(0);
+    // Commands that never talk HTTP do not care.
+    expect((await idreg(['pool', 'sync', '--db', join(t.dir, 'nope.db')], { ...env, IDREG_URL: bare })).code).to.equal(3);
+  });
+
+  it('every failure says "idreg: " first, whatever its kind', async () => {
+    const runs = [
+      await idreg(['list'], { IDREG_URL: 'http://127.0.0.1:1', IDREG_TOKEN: ADMIN }), // unreachable, 3
+      await idreg(['list'], { IDREG_URL: reg.base }), // refused, 1
+      await idreg(['show', 'nobody'], env), // not found, 1
+      await idreg(['backup', join(t.dir, 'x.db'), '--db', join(t.dir, 'nope.db')], env), // no database, 3
+      await idreg(['frobnicate'], env), // usage, 2
+    ];
+    expect(runs.map((r) => r.code)).to.deep.equal([3, 1, 1, 3, 2]);
+    for (const r of runs) expect(r.stderr).to.match(/^idreg: \S/);
   });
 
   it('pool sync on a database path that cannot be used says why in one line (exit 3)', async () => {
     writeFileSync(join(t.dir, 'plain'), '');
     const r = await idreg(['pool', 'sync', '--db', join(t.dir, 'plain', 'registry.db')], env);
     expect(r.code).to.equal(3);
-    expect(r.stderr).to.equal(`error: DB_PATH or --db ${join(t.dir, 'plain', 'registry.db')}: ${join(t.dir, 'plain')} is a file, not a folder, so the database cannot be created in it; point DB_PATH elsewhere or move that file\n`);
+    expect(r.stderr).to.equal(`idreg: DB_PATH or --db ${join(t.dir, 'plain', 'registry.db')}: ${join(t.dir, 'plain')} is a file, not a folder, so the database cannot be created in it; point DB_PATH elsewhere or move that file\n`);
   });
 
   it('unreachable registry: exit 3; usage errors: exit 2', async () => {
@@ -209,6 +270,39 @@ describe('idreg on database files', function () {
     expect(backup.code).to.equal(3);
     expect(backup.stderr).to.match(/nope\.db does not exist/);
     expect(readdirSync(t.dir)).to.deep.equal(['pool.txt']);
+  });
+
+  it('backup and export refuse to replace an existing FILE unless --force (exit 2, nothing written)', async () => {
+    const db = join(t.dir, 'registry.db');
+    const pool = join(t.dir, 'pool.txt');
+    writeFileSync(pool, 'w-[0-3]\n');
+    expect((await idreg(['pool', 'sync', '--create', '--db', db, '--pool', pool])).code).to.equal(0);
+    const before = snapshotDb(db);
+    for (const cmd of ['backup', 'export']) {
+      const dest = join(t.dir, `${cmd}.out`);
+      writeFileSync(dest, 'precious\n');
+      const refused = await idreg([cmd, dest, '--db', db]);
+      expect(refused.code, cmd).to.equal(2);
+      expect(refused.stderr, cmd).to.equal(`idreg: ${cmd}: ${dest} already exists; nothing written (--force replaces it)\nsee idreg --help\n`);
+      expect(readFileSync(dest, 'utf8'), cmd).to.equal('precious\n');
+      const forced = await idreg([cmd, dest, '--db', db, '--force']);
+      expect(forced.code, forced.stderr).to.equal(0);
+      expect(readFileSync(dest).subarray(0, 16).toString(), cmd).to.equal(cmd === 'backup' ? 'SQLite format 3\0' : '{"format":"asg-i');
+      // Not even with --force onto the database it reads, nor onto a folder.
+      const self = await idreg([cmd, db, '--db', db, '--force']);
+      expect(self.code, cmd).to.equal(2);
+      expect(self.stderr, cmd).to.match(/is the database itself/);
+      const folder = await idreg([cmd, t.dir, '--db', db, '--force']);
+      expect(folder.code, cmd).to.equal(2);
+      expect(folder.stderr, cmd).to.match(/is a folder/);
+    }
+    // A new name is written as before; no partial file is left anywhere.
+    expect((await idreg(['export', join(t.dir, 'fresh.dump'), '--db', db])).code).to.equal(0);
+    expect((await idreg(['backup', join(t.dir, 'fresh.db'), '--db', db])).code).to.equal(0);
+    // (registry.db-wal and -shm may stay beside the database: a read-only reader cannot remove them.)
+    expect(readdirSync(t.dir).filter((f) => !f.startsWith('registry.db-')).sort())
+      .to.deep.equal(['backup.out', 'export.out', 'fresh.db', 'fresh.dump', 'pool.txt', 'registry.db']);
+    expect(snapshotDb(db)).to.equal(before);
   });
 
   it('pool sync --create makes a new database', async () => {

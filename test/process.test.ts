@@ -25,7 +25,7 @@ describe('the registry process', function () {
     expect(lines[0]).to.match(/LEASE_TTL_SECONDS/);
   });
 
-  it('--help and --version answer and exit without opening or serving anything; a stray argument exits 2', async () => {
+  it('--help and --version answer and exit without opening or serving anything', async () => {
     const version: unknown = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'));
     const v = await startProcess({ dir: t.dir, pool: 'a\n', args: ['--version'], wait: false });
     expect((await v.exited).code).to.equal(0);
@@ -38,9 +38,7 @@ describe('the registry process', function () {
     loadConfig(new Proxy({}, { get: (_, k) => { if (typeof k === 'string') read.add(k); return undefined; } }));
     expect(read.size).to.be.greaterThan(10);
     for (const name of read) expect(h.output(), name).to.include(name);
-    const bad = await startProcess({ dir: t.dir, pool: 'a\n', args: ['--port=9'], wait: false });
-    expect((await bad.exited).code).to.equal(2);
-    expect(bad.output()).to.match(/^asg-id-registry: unknown argument --port=9/);
+    // Any other argument: test/start.test.ts.
     expect(existsSync(join(t.dir, 'registry.db')), 'no database was created').to.equal(false);
   });
 

@@ -57,10 +57,14 @@ export interface Dump {
 }
 
 /**
- * Meta values that belong to one engine's file, not to the registry's state: SQLite's clock
- * anchor is per machine boot and means nothing in another store.
+ * Meta values that belong to the store or the registry that wrote them, not to the state that
+ * moves: SQLite's clock anchor is per machine boot and means nothing in another store; the
+ * reaper's report of its last sweep (`reaper_state`: when, how many, held and why) is that
+ * registry's, and carried over it would show on the new one's /health (an old last sweep, a
+ * guard it is not under) until its own first sweep. Neither is exported, and neither is
+ * loaded from a file that still has them (exports made before this rule).
  */
-const ENGINE_PRIVATE_META = new Set(['clock_anchor']);
+const ENGINE_PRIVATE_META = new Set(['clock_anchor', 'reaper_state']);
 
 export function isPortableMeta(m: DumpMeta): boolean {
   return !ENGINE_PRIVATE_META.has(m.key);
