@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { StepDetector } from './clock.js';
 import type { TimeSource } from './clock.js';
 import { RegistryError } from './domain/errors.js';
-import { assertOwner, decideSweep, fenceAfterMs, infoOf, leaseOf, recordOf } from './domain/lease.js';
+import { assertOwner, decideSweep, fenceAfterMs, infoOf, leaseOf, recordOf, timingProblem } from './domain/lease.js';
 import type { GuardRules, LeaseRules, SweepDecision } from './domain/lease.js';
 import { retirePlan, retireRefusal } from './domain/pool-sync.js';
 import type {
@@ -151,6 +151,9 @@ export class Registry {
   private poolProblem: string | null = null;
 
   constructor(deps: RegistryDeps) {
+    const { ttlMs, cooldownMs, graceMs } = deps.rules;
+    const problem = timingProblem({ ttlMs, cooldownMs, graceMs });
+    if (problem !== null) throw new Error(`registry rules: ${problem}`);
     this.store = deps.store;
     this.rules = deps.rules;
     this.observe = deps.observe ?? (() => {});

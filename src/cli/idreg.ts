@@ -297,7 +297,7 @@ async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
     const registry = new Registry({
       store,
       rules: {
-        ttlMs: c.leaseTtlSeconds * 1000, cooldownMs: 0, graceMs: 0, maxFraction: 1, minHold: 0, reapBatchSize: 1, guardedRatePerMinute: 0,
+        ttlMs: c.leaseTtlMs, cooldownMs: 0, graceMs: 0, maxFraction: 1, minHold: 0, reapBatchSize: 1, guardedRatePerMinute: 0,
       },
     });
     const r = await registry.syncPool(names, fingerprint, { force }).catch((e: unknown) => {

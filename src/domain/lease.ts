@@ -8,6 +8,19 @@ export interface LeaseRules {
   readonly cooldownMs: number;
 }
 
+/**
+ * Why timing rules cannot be used, or null. The store keeps times as integer milliseconds, so a
+ * deadline computed from a fractional duration (2000.5 ms) could not be written: every sweep and
+ * force release would fail. Configuration reads durations as whole milliseconds; this is the
+ * second line of that defence, for every other way rules are built.
+ */
+export function timingProblem(durations: Readonly<Record<string, number>>): string | null {
+  for (const [name, ms] of Object.entries(durations)) {
+    if (!Number.isSafeInteger(ms) || ms < 0) return `${name} must be a whole number of milliseconds ≥ 0, not ${ms}`;
+  }
+  return null;
+}
+
 /** The status of an identifier that is held or not, retired or not, allocatable from `availableAt`. */
 export function statusFrom(held: boolean, retired: boolean, availableAt: number, now: number): Status {
   if (held) return 'leased';
