@@ -330,7 +330,7 @@ export interface Translation {
  * time at the import: each time keeps its distance to the export, so a lease or a cool-down
  * running at the export keeps the length it had left (the move itself counts as no time), one
  * that had ended stays ended, and the history keeps its order and spacing (its times then read
- * on the target's clock). Epochs, watermarks and durations are not times and stay as they are;
+ * on the target's clock). Epochs and durations (fence_cooldown_ms) are not times and stay as they are;
  * `available_at` 0 (never used) stays 0. The import is recorded in meta (IMPORT_META).
  */
 export function translateDump(d: Dump, targetNow: number): Translation {
