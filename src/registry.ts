@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { StepDetector } from './clock.js';
 import type { TimeSource } from './clock.js';
 import { RegistryError } from './domain/errors.js';
-import { assertOwner, decideSweep, fenceAfterMs, infoOf, leaseOf, recordOf } from './domain/lease.js';
+import { assertOwner, decideSweep, fenceAfterMs, infoOf, leaseCooldownMs, leaseOf, recordOf, timingProblem } from './domain/lease.js';
 import type { GuardRules, LeaseRules, SweepDecision } from './domain/lease.js';
 import { retirePlan, retireRefusal } from './domain/pool-sync.js';
 import type {
@@ -151,6 +151,9 @@ export class Registry {
   private poolProblem: string | null = null;
 
   constructor(deps: RegistryDeps) {
+    const { ttlMs, cooldownMs, graceMs } = deps.rules;
+    const problem = timingProblem({ ttlMs, cooldownMs, graceMs });
+    if (problem !== null) throw new Error(`registry rules: ${problem}`);
     this.store = deps.store;
     this.rules = deps.rules;
     this.observe = deps.observe ?? (() => {});
@@ -211,7 +214,8 @@ export class Registry {
     // When it grants nothing, the full use case below answers (the held lease, pool_exhausted).
     // The same client asking twice in one batch is granted once: the other answer is its held
     // lease, as below (no second event).
-    const fast = this.store.grantNext ? await this.store.grantNext(clientId) : null;
+    const fence = this.rules.cooldownMs;
+    const fast = this.store.grantNext ? await this.store.grantNext(clientId, fence) : null;
     if (fast) {
       const lease = this.leaseOfRenewed(fast.rec);
       if (fast.granted) this.emitOwnership('allocated', lease.identifier, clientId, lease.epoch);
@@ -220,7 +224,7 @@ export class Registry {
     const out = await this.store.write(async (tx): Promise<{ lease: Lease; granted: boolean } | null> => {
       const now = tx.now;
       const claim = await tx.claimFor(clientId, now);
-      if (claim?.held) return { lease: this.leaseOfRenewed(await tx.renewHeld(claim.rec.name, clientId, claim.rec.epoch, now)), granted: false };
+      if (claim?.held) return { lease: this.leaseOfRenewed(await tx.renewHeld(claim.rec.name, clientId, claim.rec.epoch, now, fence)), granted: false };
       const next = claim?.rec;
       if (!next) {
         // Demand the guarded reaper must meet (a churning fleet never stalls the pool).
@@ -228,10 +232,10 @@ export class Registry {
         return null;
       }
       const epoch = next.epoch + 1;
-      await tx.grant(next.rowId, clientId, epoch, now);
+      await tx.grant(next.rowId, clientId, epoch, now, fence);
       const lease: Lease = {
         identifier: next.name, clientId, epoch, allocatedAt: now, lastSeen: now, expiresAt: now + this.rules.ttlMs,
-        fenceAfterMs: fenceAfterMs(this.rules),
+        fenceAfterMs: fenceAfterMs({ cooldownMs: fence }),
       };
       return { lease, granted: true };
     }, { durable: true });
@@ -251,10 +255,11 @@ export class Registry {
     // The common case in one store call (one statement on PostgreSQL, shared with the renewals
     // queued beside it); when it changed nothing, the full use case says why, or renews a lease
     // granted to this client in between.
-    const renewed = await this.store.renewHeld(identifier, clientId, epoch ?? null) ?? await this.store.write(async (tx) => {
+    const fence = this.rules.cooldownMs;
+    const renewed = await this.store.renewHeld(identifier, clientId, epoch ?? null, fence) ?? await this.store.write(async (tx) => {
       const rec = await this.mustFind(tx, identifier);
       assertOwner(rec, clientId, epoch);
-      return tx.renewHeld(identifier, clientId, epoch ?? null, tx.now);
+      return tx.renewHeld(identifier, clientId, epoch ?? null, tx.now, fence);
     }, { durable: false });
     this.observe({ type: 'renewed', identifier, clientId });
     return this.leaseOfRenewed(renewed);
@@ -280,14 +285,15 @@ export class Registry {
 
   /**
    * An operator takes an identifier from its holder. Its holder may still be running, so the
-   * identifier cools down before anyone else gets it. Freeing a free identifier changes nothing.
+   * identifier cools down before anyone else gets it: for at least the fence window its holder
+   * was last told, whatever the setting now. Freeing a free identifier changes nothing.
    * Errors: identifier_not_found.
    */
   async forceRelease(identifier: string): Promise<IdentifierInfo> {
     const { info, holder } = await this.store.write(async (tx) => {
       const rec = await this.mustFind(tx, identifier);
       if (!rec.holder) return { info: infoOf(rec, tx.now, this.rules), holder: null };
-      const info = await this.freeRecord(tx, rec, tx.now + this.rules.cooldownMs, 'force_released');
+      const info = await this.freeRecord(tx, rec, tx.now + leaseCooldownMs(rec.holder, this.rules), 'force_released');
       return { info, holder: rec.holder.clientId };
     }, { durable: true });
     if (holder !== null) this.emitOwnership('force_released', identifier, holder, info.epoch);
@@ -345,7 +351,7 @@ export class Registry {
     while (more && reclaimed < decision.allowance) {
       const limit = Math.min(this.rules.reapBatchSize, decision.allowance - reclaimed);
       const batch = await this.store.write(
-        (tx) => tx.reclaimExpired(cutoff, limit, tx.now, tx.now + this.rules.cooldownMs), { durable: false },
+        (tx) => tx.reclaimExpired(cutoff, limit, tx.now, this.rules.cooldownMs), { durable: false },
       );
       this.emitReclaimed(batch);
       reclaimed += batch.length;
@@ -398,7 +404,7 @@ export class Registry {
     // counting above and the commit of both, and a full batch on top measured 50-60 ms of stall.
     const limit = Math.min(Math.ceil(this.rules.reapBatchSize / 4), decision.allowance);
     const reclaimed = expired > 0 && limit > 0
-      ? await tx.reclaimExpired(cutoff, limit, now, now + this.rules.cooldownMs)
+      ? await tx.reclaimExpired(cutoff, limit, now, this.rules.cooldownMs)
       : [];
     return { decision, cutoff, expired, leased, reclaimed, limit };
   }
@@ -522,7 +528,7 @@ export class Registry {
   async *pagesAfter(status: Status | null, after: ListCursor, opts: { limit: number; ahead?: number }): AsyncGenerator<ListedPage> {
     const ahead = opts.ahead ?? 2;
     let reader = this.store.listingReader?.() ?? null;
-    const view = { ttlMs: this.rules.ttlMs, fenceAfterMs: fenceAfterMs(this.rules) };
+    const view = { ttlMs: this.rules.ttlMs, cooldownMs: this.rules.cooldownMs };
     type OnNext = (next: ListCursor | null) => void;
     const here = async (cursor: ListCursor, onNext: OnNext): Promise<ListedPage> => {
       const page = await this.listPage({ status, after: cursor, limit: opts.limit });
@@ -595,7 +601,7 @@ export class Registry {
         after = filter.after;
       }
       const q = { status: filter.status, now, after, limit: filter.limit };
-      const json = written && r.listJson ? await r.listJson(q, { ttlMs: this.rules.ttlMs, fenceAfterMs: fenceAfterMs(this.rules) }) : null;
+      const json = written && r.listJson ? await r.listJson(q, { ttlMs: this.rules.ttlMs, cooldownMs: this.rules.cooldownMs }) : null;
       if (json) {
         const n = json.next;
         return { json: json.members, rows: [], now, rules: this.rules, next: n ? { name: n.name, cursor: { poolOrder: n.poolOrder, rowId: n.rowId } } : null };

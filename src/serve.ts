@@ -221,9 +221,9 @@ export async function serve(signals: Signals): Promise<void> {
     store,
     source: systemTimeSource,
     rules: {
-      ttlMs: config.leaseTtlSeconds * 1000,
-      cooldownMs: config.reuseCooldownSeconds * 1000,
-      graceMs: config.startupGraceSeconds * 1000,
+      ttlMs: config.leaseTtlMs,
+      cooldownMs: config.reuseCooldownMs,
+      graceMs: config.startupGraceMs,
       maxFraction: config.reaperMaxFraction,
       minHold: config.reaperMinHold,
       guardedRatePerMinute: config.reaperGuardedRate ?? Math.max(1, Math.floor(poolSize / 100)),

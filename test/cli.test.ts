@@ -5,7 +5,8 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, writeFi
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { snapshotDb, tempDir } from './helpers.js';
-import { ROOT, json, startProcess } from './process-helpers.js';
+import { ROOT, WALL_CLOCK_PRELOAD, json, startProcess } from './process-helpers.js';
+import { freshDatabase } from './support/postgres.js';
 import type { RunningRegistry } from './process-helpers.js';
 
 interface Ran { code: number | null; stdout: string; stderr: string }
@@ -329,5 +330,127 @@ describe('idreg on database files', function () {
     const forced = await idreg(['pool', 'sync', '--force', '--db', db, '--pool', pool]);
     expect(forced.code, forced.stderr).to.equal(0);
     expect(forced.stdout.trim()).to.equal('pool synced: 4 identifiers in the file; 0 added, 6 retired, 0 restored');
+  });
+});
+
+describe('idreg export / import between registries whose clocks disagree', function () {
+  this.timeout(120_000);
+  let t: ReturnType<typeof tempDir>;
+  const running: RunningRegistry[] = [];
+  beforeEach(() => { t = tempDir(); });
+  afterEach(async () => {
+    await Promise.all(running.splice(0).map((r) => r.stop('SIGKILL')));
+    t.cleanup();
+  });
+
+  const ENV = { LEASE_TTL_SECONDS: '600', REUSE_COOLDOWN_SECONDS: '300', STARTUP_GRACE_SECONDS: '600', REAPER_SCHEDULE: '0 0 1 1 *' };
+  const field = (body: unknown, k: string): string => String(typeof body === 'object' && body !== null && k in body ? Object.fromEntries(Object.entries(body))[k] : '');
+  const time = (body: unknown, k: string): number => Date.parse(field(body, k));
+
+  async function start(dir: string, env: Record<string, string> = {}, nodeArgs: string[] = []): Promise<RunningRegistry> {
+    mkdirSync(dir, { recursive: true });
+    const r = await startProcess({ dir, pool: 'w-0\nw-1\n', env: { ...ENV, ...env }, nodeArgs });
+    running.push(r);
+    return r;
+  }
+
+  /** What a move must keep: w-0 leased to vm-a, w-1 cooling after a force release, with these times as the target shows them. */
+  async function checkMoved(base: string, movedAfter: number, movedBefore: number, liveAt: number, forcedAt: number): Promise<void> {
+    const w0 = (await json(base, 'GET', '/identifier/w-0')).body;
+    const w1 = (await json(base, 'GET', '/identifier/w-1')).body;
+    expect(field(w0, 'client_id')).to.equal('vm-a');
+    expect(field(w1, 'status')).to.equal('cooling');
+    // The lease keeps what it had left: its last liveness sits where the real moment of it was
+    // (give or take the move itself, which is not counted as spent), not 10 minutes earlier.
+    expect(time(w0, 'last_seen'), 'last_seen not moved back').to.be.at.least(liveAt);
+    expect(time(w0, 'last_seen'), 'moved forward by no more than the move took').to.be.below(liveAt + (movedBefore - movedAfter) + 60_000);
+    expect(time(w0, 'expires_at') - time(w0, 'last_seen')).to.equal(600_000);
+    // The cool-down keeps what it had left: it ends 300 s after the real force release, or later.
+    expect(time(w1, 'available_at'), 'the cool-down is not shortened').to.be.at.least(forcedAt + 300_000);
+    expect(time(w1, 'available_at'), 'nor lengthened by more than the move took').to.be.below(forcedAt + 300_000 + (movedBefore - movedAfter) + 60_000);
+    // The history moved with it, on one timeline with the leases.
+    const history = (await json(base, 'GET', '/identifier/w-1/history')).body;
+    const last = Array.isArray(history) ? history[history.length - 1] : null;
+    expect(field(last, 'event')).to.equal('force_released');
+    expect(time(last, 'at')).to.be.at.least(forcedAt);
+    // What a VM notices: the identifier cooling is not handed out, vm-a keeps its lease and epoch.
+    const late = await json(base, 'POST', '/allocate', { client_id: 'vm-late' });
+    expect(late.status, JSON.stringify(late.body)).to.equal(503);
+    const again = await json(base, 'POST', '/allocate', { client_id: 'vm-a' });
+    expect([field(again.body, 'identifier'), field(again.body, 'epoch')]).to.deep.equal(['w-0', '1']);
+  }
+
+  it('a SQLite registry anchored 10 minutes behind, moved to SQLite, to PostgreSQL and back: every lease and cool-down keeps what it had left', async () => {
+    // The source registry's host clock was 10 minutes behind when it anchored its time.
+    const src = join(t.dir, 'src');
+    const old = await start(src, { WALL_OFFSET_MS: String(-600_000) }, ['--import', WALL_CLOCK_PRELOAD]);
+    expect((await json(old.base, 'POST', '/allocate', { client_id: 'vm-a' })).status).to.equal(200);
+    expect((await json(old.base, 'POST', '/allocate', { client_id: 'vm-b' })).status).to.equal(200);
+    const forcedAt = Date.now();
+    const forced = await json(old.base, 'DELETE', '/identifier/w-1');
+    expect(time(forced.body, 'available_at'), 'registry time 10 minutes behind').to.be.below(forcedAt - 250_000);
+    const liveAt = Date.now();
+    expect((await json(old.base, 'POST', '/liveness', { client_id: 'vm-a', identifier: 'w-0' })).status).to.equal(200);
+    expect((await old.stop()).code).to.equal(0);
+    running.splice(0);
+
+    // Exported with the machine's own clock (corrected since): the dump carries registry time.
+    const movedAfter = Date.now();
+    const file = join(t.dir, 'registry.dump');
+    const exported = await idreg(['export', file], { DB_PATH: join(src, 'registry.db') });
+    expect(exported.code, exported.stderr).to.equal(0);
+
+    // SQLite -> SQLite.
+    const toSqlite = join(t.dir, 'sqlite');
+    mkdirSync(toSqlite);
+    const imported = await idreg(['import', file], { DB_PATH: join(toSqlite, 'registry.db') });
+    expect(imported.code, imported.stderr).to.equal(0);
+    expect(imported.stdout).to.match(/times moved \+\d+ ms onto the target's clock/);
+    const sqliteTarget = await start(toSqlite);
+    await checkMoved(sqliteTarget.base, movedAfter, Date.now(), liveAt, forcedAt);
+
+    // SQLite -> PostgreSQL, from the same dump.
+    const url = await freshDatabase();
+    const toPg = await idreg(['import', file], { DATABASE_URL: url });
+    expect(toPg.code, toPg.stderr).to.equal(0);
+    const pgTarget = await start(join(t.dir, 'pg'), { DATABASE_URL: url });
+    await checkMoved(pgTarget.base, movedAfter, Date.now(), liveAt, forcedAt);
+    await pgTarget.stop();
+
+    // PostgreSQL -> SQLite: the way back keeps them too.
+    const back = join(t.dir, 'back.dump');
+    expect((await idreg(['export', back], { DATABASE_URL: url })).code).to.equal(0);
+    const toBack = join(t.dir, 'back');
+    mkdirSync(toBack);
+    const reimported = await idreg(['import', back], { DB_PATH: join(toBack, 'registry.db') });
+    expect(reimported.code, reimported.stderr).to.equal(0);
+    const backTarget = await start(toBack);
+    await checkMoved(backTarget.base, movedAfter, Date.now(), liveAt, forcedAt);
+  });
+
+  it('a version 1 dump (no registry time at export) is measured from the latest time written in it: nothing shorter', async () => {
+    // As the previous version wrote it: exported_at the host's wall clock, 10 minutes after the
+    // registry time of every time in the file.
+    const now = Date.now();
+    const lines = [
+      { format: 'asg-id-registry-dump', version: 1, engine: 'sqlite', exported_at: now, identifiers: 2, history: 3, meta: 0 },
+      { identifier: { name: 'w-0', pool_order: 0, retired: false, epoch: 1, client_id: 'vm-a', allocated_at: now - 605_000, last_seen: now - 600_000, available_at: 0 } },
+      { identifier: { name: 'w-1', pool_order: 1, retired: false, epoch: 1, client_id: null, allocated_at: null, last_seen: null, available_at: now - 600_000 + 300_000 } },
+      { history: { identifier: 'w-0', at: now - 605_000, event: 'allocated', client_id: 'vm-a', epoch: 1 } },
+      { history: { identifier: 'w-1', at: now - 604_000, event: 'allocated', client_id: 'vm-b', epoch: 1 } },
+      { history: { identifier: 'w-1', at: now - 600_000, event: 'force_released', client_id: 'vm-b', epoch: 1 } },
+    ];
+    const file = join(t.dir, 'v1.dump');
+    writeFileSync(file, lines.map((l) => JSON.stringify(l)).join('\n') + '\n');
+    const dir = join(t.dir, 'v1');
+    mkdirSync(dir);
+    const before = Date.now();
+    const imported = await idreg(['import', file], { DB_PATH: join(dir, 'registry.db') });
+    expect(imported.code, imported.stderr).to.equal(0);
+    expect(imported.stdout).to.match(/version 1 dump: measured from the latest time written in it/);
+    const target = await start(dir);
+    // The latest time written (the force release) is taken as the export: the cool-down has its
+    // whole 300 s from the import, the lease its whole TTL.
+    await checkMoved(target.base, before, Date.now(), before, before);
   });
 });

@@ -30,6 +30,28 @@ describe('config', () => {
     expect(loadConfig({ LEASE_TTL_SECONDS: '30', REUSE_COOLDOWN_SECONDS: '0' }).reuseCooldownSeconds).to.equal(0);
   });
 
+  it('durations in seconds become whole milliseconds exactly, up to three decimals', () => {
+    const c = loadConfig({ LEASE_TTL_SECONDS: '2.001', REUSE_COOLDOWN_SECONDS: '0.5', STARTUP_GRACE_SECONDS: '7.25' });
+    // 2.001 * 1000 is 2000.9999999999998 in floating point: read from the digits, it is 2001.
+    expect([c.leaseTtlMs, c.reuseCooldownMs, c.startupGraceMs]).to.deep.equal([2001, 500, 7250]);
+    expect(c.leaseTtlSeconds).to.equal(2.001);
+    const d = loadConfig({ LEASE_TTL_SECONDS: '30', REUSE_COOLDOWN_SECONDS: '1.0000' });
+    expect([d.leaseTtlMs, d.reuseCooldownMs, d.startupGraceMs]).to.deep.equal([30_000, 1000, 30_000]);
+    // Trailing zeros past the third decimal are still whole milliseconds.
+    expect(loadConfig({ LEASE_TTL_SECONDS: '2.0010000' }).leaseTtlMs).to.equal(2001);
+  });
+
+  for (const name of ['LEASE_TTL_SECONDS', 'REUSE_COOLDOWN_SECONDS', 'STARTUP_GRACE_SECONDS']) {
+    for (const value of ['2.0005', '0.0001', '90.0000001', '1e3', `${30 * 24 * 3600}.001`]) {
+      it(`refuses ${name}=${value}: finer than a millisecond, or not representable (one line naming it)`, () => {
+        const e = failure({ [name]: value });
+        expect(e.variable).to.equal(name);
+        expect(e.message.startsWith(`${name}: `)).to.equal(true);
+        expect(e.message).to.not.include('\n');
+      });
+    }
+  }
+
   it('splits token lists for rotation', () => {
     const c = loadConfig({ AGENT_TOKENS: 'agent-token-aaaaaaaa, agent-token-bbbbbbbb', ADMIN_TOKENS: 'admin-token-cccccccc' });
     expect(c.agentTokens).to.deep.equal(['agent-token-aaaaaaaa', 'agent-token-bbbbbbbb']);

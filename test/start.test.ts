@@ -10,7 +10,7 @@ import type { ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempDir } from './helpers.js';
-import { ROOT, buildOnce, eventually, freePort, json } from './process-helpers.js';
+import { ROOT, buildOnce, eventually, freePort, json, startProcess } from './process-helpers.js';
 
 interface NpmStart {
   readonly npm: ChildProcess;
@@ -189,5 +189,51 @@ describe('the registry\'s command line (node dist/main.js ARGS)', function () {
     expect(r.code).to.equal(78);
     expect(r.stderr.split('\n')[0]).to.equal(`asg-id-registry: --port is not an argument: settings are environment variables, e.g. PORT=${port} node dist/main.js (see --help)`);
     expect(await refused(`http://127.0.0.1:${port}`)).to.equal(true);
+  });
+});
+
+describe('start-up: durations are whole milliseconds', function () {
+  this.timeout(60_000);
+  let t: ReturnType<typeof tempDir>;
+  beforeEach(() => { t = tempDir(); });
+  afterEach(() => t.cleanup());
+
+  // Once, REUSE_COOLDOWN_SECONDS=2.0005 started fine and then every force release and sweep was
+  // a 500 (the store could not hold a cool-down of 2000.5 ms) and the reaper stopped.
+  for (const name of ['REUSE_COOLDOWN_SECONDS', 'LEASE_TTL_SECONDS', 'STARTUP_GRACE_SECONDS']) {
+    it(`${name}=2.0005 stops start-up with one line naming it, exit 78, and creates nothing`, async () => {
+      const reg = await startProcess({ dir: t.dir, pool: 'a\n', env: { [name]: '2.0005' }, wait: false });
+      const { code } = await reg.exited;
+      expect(code, reg.output()).to.equal(78);
+      const lines = reg.output().trim().split('\n');
+      expect(lines, reg.output()).to.have.length(1);
+      expect(lines[0]).to.include(`${name}: 2.0005`).and.include('millisecond');
+      expect(existsSync(join(t.dir, 'registry.db')), 'no database was created').to.equal(false);
+    });
+  }
+
+  it('three decimals are served exactly: a force release and a sweep with REUSE_COOLDOWN_SECONDS=2.001, LEASE_TTL_SECONDS=0.501', async () => {
+    const reg = await startProcess({
+      dir: t.dir, pool: 'a\nb\n',
+      env: { REUSE_COOLDOWN_SECONDS: '2.001', LEASE_TTL_SECONDS: '0.501', STARTUP_GRACE_SECONDS: '0', REAPER_SCHEDULE: '0 0 1 1 *' },
+    });
+    try {
+      const a = await json(reg.base, 'POST', '/allocate', { client_id: 'vm-a' });
+      expect(a.status).to.equal(200);
+      expect(a.body).to.include({ fence_after_ms: 1980 }); // floor(2001 * 0.99)
+      const forced = await json(reg.base, 'DELETE', '/identifier/a');
+      expect(forced.status, JSON.stringify(forced.body)).to.equal(200);
+      expect((await json(reg.base, 'POST', '/allocate', { client_id: 'vm-b' })).status).to.equal(200);
+      // vm-b's lease expires 501 ms after its grant: a forced sweep reclaims it, no 500.
+      await eventually(async () => {
+        const r = await json(reg.base, 'POST', '/admin/reap?force=true');
+        expect(r.status, JSON.stringify(r.body)).to.equal(200);
+        return (r.body as { reclaimed?: number }).reclaimed === 1;
+      }, 10_000, 'the expired lease to be reclaimed');
+      const b = await json(reg.base, 'GET', '/identifier/b');
+      expect(b.body).to.include({ status: 'cooling' });
+    } finally {
+      await reg.stop();
+    }
   });
 });

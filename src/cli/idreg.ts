@@ -19,7 +19,7 @@ import { isRegistryError } from '../domain/errors.js';
 import { parsePoolFile, readPoolText } from '../pool/load.js';
 import { Registry } from '../registry.js';
 import { DumpError, dumpLines, parseDump } from '../store/dump.js';
-import type { Dump } from '../store/dump.js';
+import type { Dump, Translation } from '../store/dump.js';
 import { openPostgresStore } from '../store/postgres/store.js';
 import { backupDatabase } from '../store/sqlite/backup.js';
 import { exportSqliteFile, importSqliteFile } from '../store/sqlite/dump.js';
@@ -320,7 +320,7 @@ async function exportState(cfg: CliConfig, args: string[]): Promise<string> {
   let dump: Dump;
   try {
     if (url === null) {
-      dump = exportSqliteFile(db, systemTimeSource.wall());
+      dump = exportSqliteFile(db, systemTimeSource);
     } else {
       const store = await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg' });
       try {
@@ -360,13 +360,14 @@ async function importState(cfg: CliConfig, args: string[]): Promise<string> {
     throw failure(`${src}: ${e instanceof Error ? e.message : String(e)}; nothing imported`, 1);
   }
   const url = usePostgres(cfg, args);
+  let moved: Translation;
   try {
     if (url === null) {
-      importSqliteFile(db, dump);
+      moved = await importSqliteFile(db, dump, systemTimeSource);
     } else {
       const store = await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg' });
       try {
-        await store.load(dump);
+        moved = await store.load(dump);
       } finally {
         await store.close();
       }
@@ -375,7 +376,10 @@ async function importState(cfg: CliConfig, args: string[]): Promise<string> {
     if (e instanceof DumpError) throw failure(`${e.message}; nothing imported`, 1);
     throw failure(`${e instanceof Error ? e.message : String(e)}; nothing imported`, 3);
   }
-  return `imported ${summary(dump)} into ${url === null ? db : 'PostgreSQL (DATABASE_URL)'}`;
+  const shift = `${moved.shiftMs >= 0 ? '+' : ''}${moved.shiftMs} ms`;
+  const base = dump.legacyExportTime ? ' (a version 1 dump: measured from the latest time written in it)' : '';
+  return `imported ${summary(dump)} into ${url === null ? db : 'PostgreSQL (DATABASE_URL)'}; ` +
+    `times moved ${shift} onto the target's clock, each lease and cool-down keeping what it had left${base}`;
 }
 
 async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
@@ -396,7 +400,7 @@ async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
     const registry = new Registry({
       store,
       rules: {
-        ttlMs: c.leaseTtlSeconds * 1000, cooldownMs: 0, graceMs: 0, maxFraction: 1, minHold: 0, reapBatchSize: 1, guardedRatePerMinute: 0,
+        ttlMs: c.leaseTtlMs, cooldownMs: 0, graceMs: 0, maxFraction: 1, minHold: 0, reapBatchSize: 1, guardedRatePerMinute: 0,
       },
     });
     const r = await registry.syncPool(names, fingerprint, { force }).catch((e: unknown) => {

@@ -1,11 +1,24 @@
 /** Pure lease rules: who owns what, when a lease expires, what a sweep may do. */
 import { RegistryError } from './errors.js';
-import type { IdentifierInfo, IdentifierRecord, Lease, RecordTuple, Status } from './types.js';
+import type { Holder, IdentifierInfo, IdentifierRecord, Lease, RecordTuple, Status } from './types.js';
 
 /** Registry-wide timing rules, in milliseconds. */
 export interface LeaseRules {
   readonly ttlMs: number;
   readonly cooldownMs: number;
+}
+
+/**
+ * Why timing rules cannot be used, or null. The store keeps times as integer milliseconds, so a
+ * deadline computed from a fractional duration (2000.5 ms) could not be written: every sweep and
+ * force release would fail. Configuration reads durations as whole milliseconds; this is the
+ * second line of that defence, for every other way rules are built.
+ */
+export function timingProblem(durations: Readonly<Record<string, number>>): string | null {
+  for (const [name, ms] of Object.entries(durations)) {
+    if (!Number.isSafeInteger(ms) || ms < 0) return `${name} must be a whole number of milliseconds ≥ 0, not ${ms}`;
+  }
+  return null;
 }
 
 /** The status of an identifier that is held or not, retired or not, allocatable from `availableAt`. */
@@ -26,25 +39,38 @@ export function expiresAt(lastSeen: number, rules: LeaseRules): number {
 
 /** The record a tuple holds. */
 export function recordOf(t: RecordTuple): IdentifierRecord {
-  const [rowId, name, poolOrder, retired, epoch, clientId, allocatedAt, lastSeen, availableAt] = t;
+  const [rowId, name, poolOrder, retired, epoch, clientId, allocatedAt, lastSeen, availableAt, fenceCooldownMs] = t;
   return {
     rowId, name, poolOrder, epoch,
     retired: retired === 1,
-    holder: clientId !== null && allocatedAt !== null && lastSeen !== null ? { clientId, allocatedAt, lastSeen } : null,
+    holder: clientId !== null && allocatedAt !== null && lastSeen !== null ? { clientId, allocatedAt, lastSeen, fenceCooldownMs } : null,
     availableAt,
   };
 }
 
-/** Margin for clock-rate drift between the registry and a VM (SPEC.md: 1 %). */
-const DRIFT_MARGIN = 0.01;
+/** Margin for clock-rate drift between the registry and a VM: 1 %. */
+const DRIFT_MARGIN_PERCENT = 1;
 
 /**
  * The fence window: nobody else can be granted an identifier sooner than one cool-down after
  * the owner's last acknowledged renewal (a force release right after it, then the cool-down),
- * so the owner may keep using it that long after *sending* that renewal, less drift.
+ * so the owner may keep using it that long after *sending* that renewal, less drift. Integer
+ * arithmetic: the same value whichever engine or language writes it.
  */
-export function fenceAfterMs(rules: LeaseRules): number {
-  return Math.floor(rules.cooldownMs * (1 - DRIFT_MARGIN));
+export function fenceAfterMs(terms: { readonly cooldownMs: number }): number {
+  return Math.floor((terms.cooldownMs * (100 - DRIFT_MARGIN_PERCENT)) / 100);
+}
+
+/**
+ * The cool-down behind a lease's fence window: the longer of what its holder was told (kept with
+ * the lease) and the setting of the instance answering now. A window once announced is kept:
+ * a lower REUSE_COOLDOWN_SECONDS (a restart, another instance) never shortens it, and a higher
+ * one lengthens it from the next answer on. The holder's views and answers announce
+ * `fenceAfterMs` of it, the store records it with each grant and renewal, and an identifier
+ * taken from its holder (reclaimed, force released) cools this long.
+ */
+export function leaseCooldownMs(holder: Holder, rules: LeaseRules): number {
+  return Math.max(holder.fenceCooldownMs ?? 0, rules.cooldownMs);
 }
 
 export function leaseOf(rec: IdentifierRecord, rules: LeaseRules): Lease | null {
@@ -57,7 +83,7 @@ export function leaseOf(rec: IdentifierRecord, rules: LeaseRules): Lease | null 
     allocatedAt: h.allocatedAt,
     lastSeen: h.lastSeen,
     expiresAt: expiresAt(h.lastSeen, rules),
-    fenceAfterMs: fenceAfterMs(rules),
+    fenceAfterMs: fenceAfterMs({ cooldownMs: leaseCooldownMs(h, rules) }),
   };
 }
 

@@ -13,6 +13,12 @@ export interface Holder {
   readonly clientId: string;
   readonly allocatedAt: number;
   readonly lastSeen: number;
+  /**
+   * The cool-down whose fence window (`fence_after_ms`) this holder was told, the longest told
+   * during this lease, kept with it so no later setting shortens it; null for a lease granted
+   * before it was kept (until its next renewal).
+   */
+  readonly fenceCooldownMs: number | null;
 }
 
 /** One identifier as stored. */
@@ -31,7 +37,8 @@ export interface IdentifierRecord {
 /**
  * One identifier as stored, as a tuple: what a listing reads. A listing reads a pool a page at
  * a time, up to a million rows, and an object per row (and one for its holder) was most of its
- * cost. The holder's three columns are all null or all set, as in the store.
+ * cost. The holder's three columns are all null or all set, as in the store (its fence cool-down
+ * may be null either way).
  */
 export type RecordTuple = readonly [
   rowId: number,
@@ -44,6 +51,8 @@ export type RecordTuple = readonly [
   lastSeen: number | null,
   /** As IdentifierRecord.availableAt. */
   availableAt: number,
+  /** As Holder.fenceCooldownMs; null when nobody holds it. */
+  fenceCooldownMs: number | null,
 ];
 
 /** A held identifier, as its owner sees it. */

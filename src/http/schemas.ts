@@ -140,7 +140,8 @@ export const leaseViewSchema = {
     fence_after_ms: {
       type: 'integer', minimum: 0,
       description: 'the owner stops using the identifier this long after it sent its last successful allocate/liveness: ' +
-        'nobody else can be granted it sooner (the cool-down less 1 % for clock-rate drift)',
+        'nobody else can be granted it sooner (the cool-down less 1 % for clock-rate drift; a window once announced is kept ' +
+        'with the lease, so a lower REUSE_COOLDOWN_SECONDS never shortens it)',
     },
   },
 } as const;

@@ -85,14 +85,13 @@ function jsonString(s: string): string {
  * those objects and stringifying them was most of a listing's cost.
  */
 export function identifierViewsText(rows: readonly RecordTuple[], now: number, rules: LeaseRules): string {
-  const fence = fenceAfterMs(rules);
   let out = '';
-  for (const [, name, , retired, epoch, clientId, allocatedAt, lastSeen, availableAt] of rows) {
+  for (const [, name, , retired, epoch, clientId, allocatedAt, lastSeen, availableAt, fenceCooldownMs] of rows) {
     if (out !== '') out += ',';
     if (clientId !== null && allocatedAt !== null && lastSeen !== null) {
       out += `{"identifier":${jsonString(name)},"status":"leased","client_id":${jsonString(clientId)},"epoch":${epoch},` +
         `"allocated_at":"${iso(allocatedAt)}","last_seen":"${iso(lastSeen)}","expires_at":"${iso(expiresAt(lastSeen, rules))}",` +
-        `"fence_after_ms":${fence},"available_at":null${retired === 1 ? ',"retired":true}' : '}'}`;
+        `"fence_after_ms":${fenceAfterMs({ cooldownMs: Math.max(fenceCooldownMs ?? 0, rules.cooldownMs) })},"available_at":null${retired === 1 ? ',"retired":true}' : '}'}`;
     } else {
       const status = statusFrom(false, retired === 1, availableAt, now);
       out += `{"identifier":${jsonString(name)},"status":"${status}","client_id":null,"epoch":${epoch},` +

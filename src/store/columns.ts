@@ -7,7 +7,7 @@ import { HISTORY_EVENTS } from '../domain/types.js';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple } from '../domain/types.js';
 
 /** The columns of a record, in the order of RecordTuple (a listing reads them as arrays). */
-export const RECORD_COLUMNS = 'id, name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at';
+export const RECORD_COLUMNS = 'id, name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at, fence_cooldown_ms';
 
 type Row = Readonly<Record<string, unknown>>;
 
@@ -70,7 +70,9 @@ export function recordFrom(c: Columns): IdentifierRecord {
     poolOrder: c.int('pool_order'),
     epoch: c.int('epoch'),
     retired: c.bool('retired'),
-    holder: clientId !== null && allocatedAt !== null && lastSeen !== null ? { clientId, allocatedAt, lastSeen } : null,
+    holder: clientId !== null && allocatedAt !== null && lastSeen !== null
+      ? { clientId, allocatedAt, lastSeen, fenceCooldownMs: c.intOrNull('fence_cooldown_ms') }
+      : null,
     availableAt: c.int('available_at'),
   };
 }
@@ -93,13 +95,13 @@ const isInt = (v: unknown): v is number => typeof v === 'number' && Number.isSaf
  * not copied: a listing reads a million of them.
  */
 export function isRecordTuple(r: unknown): r is RecordTuple {
-  if (!Array.isArray(r) || r.length !== 9) return false;
+  if (!Array.isArray(r) || r.length !== 10) return false;
   const c: unknown[] = r; // indexed, not destructured: this runs once a row
   const retired = c[3];
   const clientId = c[5];
   return isInt(c[0]) && typeof c[1] === 'string' && isInt(c[2]) && (retired === 0 || retired === 1) && isInt(c[4]) &&
     (clientId === null ? c[6] === null && c[7] === null : typeof clientId === 'string' && isInt(c[6]) && isInt(c[7])) &&
-    isInt(c[8]);
+    isInt(c[8]) && (c[9] === null || isInt(c[9]));
 }
 
 export function recordTuples(rows: unknown[]): RecordTuple[] {

@@ -35,10 +35,14 @@ export interface ListQuery {
   readonly limit: number | null;
 }
 
-/** What an identifier view shows beyond the row: `expires_at` is `last_seen` + ttlMs; `fence_after_ms`. */
+/**
+ * What an identifier view shows beyond the row: `expires_at` is `last_seen` + ttlMs;
+ * `fence_after_ms` is domain fenceAfterMs of the longer of the row's fence_cooldown_ms and
+ * cooldownMs (domain leaseCooldownMs).
+ */
 export interface ViewRules {
   readonly ttlMs: number;
-  readonly fenceAfterMs: number;
+  readonly cooldownMs: number;
 }
 
 /** A page of the listing written by the store as JSON. */
@@ -136,14 +140,19 @@ export interface Tx extends Reader {
    * none is allocatable.
    */
   claimFor(clientId: string, now: number): Promise<{ readonly rec: IdentifierRecord; readonly held: boolean } | null>;
-  /** Grants a free row to `clientId` under `epoch` and appends its `allocated` history entry; refuses (throws) unless the row is free. */
-  grant(rowId: number, clientId: string, epoch: number, now: number): Promise<void>;
   /**
-   * The renewal rule, the one place each engine writes it: last_seen = max(last_seen, now) if
-   * `clientId` holds `name` (under `epoch`, when given). The record as renewed, or null when
-   * the client does not hold it (then nothing changed).
+   * Grants a free row to `clientId` under `epoch`, its fence window announced from
+   * `fenceCooldownMs` (kept with the lease), and appends its `allocated` history entry; refuses
+   * (throws) unless the row is free.
    */
-  renewHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null>;
+  grant(rowId: number, clientId: string, epoch: number, now: number, fenceCooldownMs: number): Promise<void>;
+  /**
+   * The renewal rule, the one place each engine writes it: last_seen = max(last_seen, now) and
+   * fence_cooldown_ms = max(fence_cooldown_ms, fenceCooldownMs) (the window announced never
+   * shrinks during a lease) if `clientId` holds `name` (under `epoch`, when given). The record
+   * as renewed, or null when the client does not hold it (then nothing changed).
+   */
+  renewHeld(name: string, clientId: string, epoch: number | null, now: number, fenceCooldownMs: number): Promise<IdentifierRecord | null>;
   /**
    * The release rule, the one place each engine writes it: if `clientId` holds `name` (under
    * `epoch`, when given), it is freed, allocatable at once (available_at = now), with its
@@ -151,7 +160,7 @@ export interface Tx extends Reader {
    * (then nothing changed).
    */
   releaseHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null>;
-  /** Frees the row whoever holds it (allocatable from `availableAt`) and appends the history entry that says why: an ownership change never goes unrecorded. */
+  /** Frees the row whoever holds it (allocatable from `availableAt`, its fence record cleared) and appends the history entry that says why: an ownership change never goes unrecorded. */
   free(rowId: number, availableAt: number, entry: FreeEntry): Promise<void>;
   appendHistory(rowId: number, at: number, event: HistoryEvent, clientId: string | null, epoch: number): Promise<void>;
 
@@ -164,9 +173,10 @@ export interface Tx extends Reader {
   countEvents(event: HistoryEvent, since: number): Promise<number>;
   /**
    * Reclaims up to `limit` leases whose last liveness is at or before `cutoff`, oldest first,
-   * into cooling until `availableAt`, with their history; returns them as they were.
+   * each into cooling for the longer of `cooldownMs` and its own fence_cooldown_ms (domain
+   * leaseCooldownMs) from `now`, with their history; returns them as they were.
    */
-  reclaimExpired(cutoff: number, limit: number, now: number, availableAt: number): Promise<IdentifierRecord[]>;
+  reclaimExpired(cutoff: number, limit: number, now: number, cooldownMs: number): Promise<IdentifierRecord[]>;
   /** An allocation refused for want of an identifier: demand the guarded reaper must meet. */
   recordRefusal(clientId: string, at: number): Promise<void>;
   /** Distinct clients refused at or after `since`. */
@@ -217,7 +227,7 @@ export interface Store {
    * disk) before it resolves; null when the client does not hold `name` (under `epoch`) and
    * nothing changed. Engines may commit several renewals in one statement.
    */
-  renewHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null>;
+  renewHeld(name: string, clientId: string, epoch: number | null, fenceCooldownMs: number): Promise<IdentifierRecord | null>;
   /**
    * A release by its holder as one write: Tx.releaseHeld at the store's time, on disk before it
    * resolves; null when the client does not hold `name` (under `epoch`) and nothing changed.
@@ -229,13 +239,14 @@ export interface Store {
    * use case's transaction (PostgreSQL: one statement, shared by the allocations queued beside
    * it). If `clientId` holds no identifier, the allocatable one free the longest (as `claimFor`
    * picks it, skipping rows others are changing) is granted to it under its next epoch with its
-   * `allocated` history entry, on disk before it resolves, and returned as granted. The same
+   * `allocated` history entry and its fence cool-down (as Tx.grant), on disk before it resolves,
+   * and returned as granted. The same
    * client asking again before that grant is answered gets the same record, not granted (as the
    * full use case answers a held lease). Null when it cannot decide (the client holds one, none
    * is allocatable now, or the statement lost a race) and nothing changed: the caller then runs
    * the full use case, which gives the answer the rules give.
    */
-  grantNext?(clientId: string): Promise<GrantAnswer | null>;
+  grantNext?(clientId: string, fenceCooldownMs: number): Promise<GrantAnswer | null>;
   /** Runs `fn` with read access; never waits for another process's write lock. */
   read<T>(fn: (r: Reader) => Promise<T>): Promise<T>;
   /**

@@ -5,7 +5,7 @@ import { RegistryError } from '../../src/domain/errors.js';
 import type { IdentifierRecord } from '../../src/domain/types.js';
 
 const base: IdentifierRecord = { rowId: 1, name: 'w-1', poolOrder: 0, epoch: 3, retired: false, holder: null, availableAt: 0 };
-const held: IdentifierRecord = { ...base, holder: { clientId: 'vm-a', allocatedAt: 100, lastSeen: 200 } };
+const held: IdentifierRecord = { ...base, holder: { clientId: 'vm-a', allocatedAt: 100, lastSeen: 200, fenceCooldownMs: null } };
 
 function codeOf(fn: () => void): string | null {
   try {
@@ -35,8 +35,8 @@ describe('lease rules', () => {
   });
 
   it('the fence window is the cool-down less 1 % for clock-rate drift', () => {
-    expect(fenceAfterMs({ ttlMs: 90_000, cooldownMs: 90_000 })).to.equal(89_100);
-    expect(fenceAfterMs({ ttlMs: 90_000, cooldownMs: 0 })).to.equal(0);
+    expect(fenceAfterMs({ cooldownMs: 90_000 })).to.equal(89_100);
+    expect(fenceAfterMs({ cooldownMs: 0 })).to.equal(0);
   });
 
   describe('the sweep decision', () => {

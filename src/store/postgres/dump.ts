@@ -22,7 +22,7 @@ export async function dumpFrom(client: PoolClient, exportedAt: number): Promise<
   await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
   try {
     const identifiers = (await all(client,
-      `SELECT name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at
+      `SELECT name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at, fence_cooldown_ms
        FROM identifiers ORDER BY pool_order, id`)).map((r) => toDumpIdentifier(r));
     const history = (await all(client,
       `SELECT i.name AS identifier, h.at, h.event, h.client_id, h.epoch
@@ -42,6 +42,7 @@ function chunks<T>(list: readonly T[]): T[][] {
   return out;
 }
 
+/** Loads `d` as it is, times included (PostgresStore.load translates them first). */
 export async function loadInto(client: PoolClient, d: Dump): Promise<void> {
   await client.query('BEGIN');
   try {
@@ -55,14 +56,15 @@ export async function loadInto(client: PoolClient, d: Dump): Promise<void> {
     if (held > 0 || logged > 0) throw notEmptyError(held, logged);
     for (const part of chunks(d.identifiers)) {
       await client.query(
-        `INSERT INTO identifiers (name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at)
-         SELECT name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at
-         FROM unnest($1::text[], $2::bigint[], $3::boolean[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[])
-              WITH ORDINALITY AS t(name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at, ord)
+        `INSERT INTO identifiers (name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at, fence_cooldown_ms)
+         SELECT name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at, fence_cooldown_ms
+         FROM unnest($1::text[], $2::bigint[], $3::boolean[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[])
+              WITH ORDINALITY AS t(name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at, fence_cooldown_ms, ord)
          ORDER BY ord`,
         [
           part.map((i) => i.name), part.map((i) => i.poolOrder), part.map((i) => i.retired), part.map((i) => i.epoch),
           part.map((i) => i.clientId), part.map((i) => i.allocatedAt), part.map((i) => i.lastSeen), part.map((i) => i.availableAt),
+          part.map((i) => i.fenceCooldownMs),
         ],
       );
     }

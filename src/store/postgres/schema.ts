@@ -88,4 +88,11 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX refusals_by_at ON refusals (at);
   `,
+  `
+  -- The fence window announced to a holder is kept with its lease: the cool-down it was derived
+  -- from, the longest announced during the lease (null: a lease granted before this was kept,
+  -- until its next renewal). An identifier taken from its holder cools at least this long, so a
+  -- lower REUSE_COOLDOWN_SECONDS (a restart, another instance) never shortens a window announced.
+  ALTER TABLE identifiers ADD COLUMN fence_cooldown_ms BIGINT CHECK (fence_cooldown_ms IS NULL OR fence_cooldown_ms >= 0);
+  `,
 ];

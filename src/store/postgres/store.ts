@@ -11,8 +11,8 @@ import type { CustomTypesConfig, Pool, PoolClient, PoolConfig } from 'pg';
 import { systemTimeSource } from '../../clock.js';
 import type { Clock } from '../../clock.js';
 import { RegistryError, isRegistryError } from '../../domain/errors.js';
-import { DumpError } from '../dump.js';
-import type { Dump } from '../dump.js';
+import { DumpError, translateDump } from '../dump.js';
+import type { Dump, Translation } from '../dump.js';
 import type { IdentifierRecord } from '../../domain/types.js';
 import type { GrantAnswer, Reader, Store, Tx, WriteOptions } from '../types.js';
 import { ServerClock } from './clock.js';
@@ -93,6 +93,7 @@ interface QueuedAsk {
 interface QueuedGrant {
   readonly seq: number;
   readonly clientId: string;
+  readonly fenceCooldownMs: number;
   readonly resolve: (v: GrantAnswer | null) => void;
   readonly reject: (e: unknown) => void;
 }
@@ -261,13 +262,13 @@ export class PostgresStore implements Store {
    * renewals that queue while it runs go out together, up to MAX_HELD_BATCH in one statement:
    * one round trip for the lot instead of four for each.
    */
-  renewHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null> {
-    return this.ask('renew', { name, clientId, epoch });
+  renewHeld(name: string, clientId: string, epoch: number | null, fenceCooldownMs: number): Promise<IdentifierRecord | null> {
+    return this.ask('renew', { name, clientId, epoch, fenceCooldownMs });
   }
 
   /** A release by its holder, batched as renewals are (committed with `synchronous_commit` on). */
   releaseHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null> {
-    return this.ask('release', { name, clientId, epoch });
+    return this.ask('release', { name, clientId, epoch, fenceCooldownMs: null });
   }
 
   /**
@@ -278,10 +279,10 @@ export class PostgresStore implements Store {
    * statement runs go out together in the next, up to MAX_GRANT_BATCH: one round trip and one
    * fsync for the lot.
    */
-  grantNext(clientId: string): Promise<GrantAnswer | null> {
+  grantNext(clientId: string, fenceCooldownMs: number): Promise<GrantAnswer | null> {
     return new Promise((resolve, reject) => {
       if (this.closed) return reject(new RegistryError('unavailable', 'the store is closed'));
-      this.grants.push({ seq: this.seq++, clientId, resolve, reject });
+      this.grants.push({ seq: this.seq++, clientId, fenceCooldownMs, resolve, reject });
       this.pump();
     });
   }
@@ -360,6 +361,10 @@ export class PostgresStore implements Store {
         else byClient.set(g.clientId, [g]);
       }
       const clients = [...byClient.keys()];
+      // A client asking twice announces the longer window (the same registry asks with one).
+      const asks = clients.map((clientId) => ({
+        clientId, fenceCooldownMs: Math.max(...(byClient.get(clientId) ?? []).map((g) => g.fenceCooldownMs)),
+      }));
       const waiters: Waiter[] = clients.map((id) => {
         const list = byClient.get(id) ?? [];
         return {
@@ -369,7 +374,7 @@ export class PostgresStore implements Store {
       });
       this.grantStats.statements++;
       this.grantStats.asks += clients.length;
-      await this.statementTogether(waiters, (client) => grantNextAlone(client, clients, this.injectedClock?.now() ?? null, this.lastTxNow),
+      await this.statementTogether(waiters, (client) => grantNextAlone(client, asks, this.injectedClock?.now() ?? null, this.lastTxNow),
         (n) => { this.grantStats.granted += n; }, isGrantUndecided);
     } finally {
       this.grantLanes--;
@@ -574,14 +579,29 @@ export class PostgresStore implements Store {
     }
   }
 
-  /** The whole state, from one snapshot (`idreg export`). */
+  /**
+   * The whole state, from one snapshot (`idreg export`), its times measured against this store's
+   * registry time read (in a transaction of its own) before the snapshot: a time written
+   * meanwhile is later, so what it starts comes out longer, never shorter.
+   */
   async dump(): Promise<Dump> {
-    return this.withClient((client) => dumpFrom(client, this.clock.now()));
+    const exportedAt = await this.registryTime();
+    return this.withClient((client) => dumpFrom(client, exportedAt));
   }
 
-  /** Loads a dump into this store, which must hold no identifiers and no history (`idreg import`). */
-  async load(d: Dump): Promise<void> {
-    await this.withClient((client) => loadInto(client, d));
+  /**
+   * Loads a dump into this store, which must hold no identifiers and no history (`idreg import`),
+   * its times moved onto this store's registry time (see ../dump.ts, translateDump).
+   */
+  async load(d: Dump): Promise<Translation> {
+    const moved = translateDump(d, await this.registryTime());
+    await this.withClient((client) => loadInto(client, moved.dump));
+    return moved;
+  }
+
+  /** Registry time as a transaction reads it. */
+  private registryTime(): Promise<number> {
+    return this.write(async (tx) => tx.now, { durable: false });
   }
 
   async healthProblem(): Promise<string | null> {

@@ -43,16 +43,16 @@ const RECORD_COLUMNS_OF_I = RECORD_COLUMNS.split(', ').map((c) => `i.${c}`).join
  * COMMITTED), so a lease reclaimed, released or granted again since is never touched. `idx`
  * (from 1) says which ask a row answers; an ask without a row changed nothing.
  */
-const HELD_ASKS = 'unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS r(name, client_id, epoch, idx)';
+const HELD_ASKS = 'unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) WITH ORDINALITY AS r(name, client_id, epoch, fence, idx)';
 const HELD_WHERE = 'i.name = r.name AND i.client_id = r.client_id AND (r.epoch IS NULL OR i.epoch = r.epoch)';
 
-/** A statement's time: $4 inside a use case's transaction; alone, see `alone`. */
+/** A statement's time: $5 inside a use case's transaction; alone, see `alone`. */
 interface StatementClock { readonly with: string; readonly now: string; readonly from: string }
-const IN_TX: StatementClock = { with: 'WITH ', now: '$4::bigint', from: '' };
+const IN_TX: StatementClock = { with: 'WITH ', now: '$5::bigint', from: '' };
 
 /**
  * A statement of its own, so its own transaction: one round trip. Its time is the server's clock,
- * never below this instance's latest ($5, or the parameter after `nowParam`), or $4 (`nowParam`)
+ * never below this instance's latest ($6, or the parameter after `nowParam`), or $5 (`nowParam`)
  * when the registry's time is injected (tests).
  * `synchronous_commit` is set for this statement's transaction only: on for an ownership change,
  * off for a liveness, which must be visible to every instance before its answer, not fsynced (SPEC.md);
@@ -60,7 +60,7 @@ const IN_TX: StatementClock = { with: 'WITH ', now: '$4::bigint', from: '' };
  * statement is its own transaction, and the pooled connection's next use has its own setting
  * back — test/store/postgres-allocate.test.ts holds it to that).
  */
-function alone(durable: boolean, nowParam = 4, lockTimeout?: string): StatementClock {
+function alone(durable: boolean, nowParam = 5, lockTimeout?: string): StatementClock {
   const lockLimit = lockTimeout === undefined ? '' : `,
              set_config('lock_timeout', '${lockTimeout}', true) AS lock_limit`;
   return {
@@ -73,10 +73,13 @@ function alone(durable: boolean, nowParam = 4, lockTimeout?: string): StatementC
   };
 }
 
-/** The renewal rule on PostgreSQL, written once: last_seen = max(last_seen, now) where the client holds the lease. */
+/**
+ * The renewal rule on PostgreSQL, written once: last_seen = max(last_seen, now) where the client
+ * holds the lease, and the fence window kept with it never shorter than the one announced now.
+ */
 function renewHeldSql(clock: StatementClock): string {
   return `${clock.with}renewed AS (
-      UPDATE identifiers i SET last_seen = greatest(i.last_seen, ${clock.now})
+      UPDATE identifiers i SET last_seen = greatest(i.last_seen, ${clock.now}), fence_cooldown_ms = greatest(i.fence_cooldown_ms, r.fence)
       FROM ${HELD_ASKS}${clock.from}
       WHERE ${HELD_WHERE}
       RETURNING ${RECORD_COLUMNS_OF_I}, r.idx, ${clock.now} AS now
@@ -87,7 +90,7 @@ function renewHeldSql(clock: StatementClock): string {
 /** The release rule on PostgreSQL, written once: the holder frees it, allocatable at once, with its history entry. */
 function releaseHeldSql(clock: StatementClock): string {
   return `${clock.with}released AS (
-      UPDATE identifiers i SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = ${clock.now}
+      UPDATE identifiers i SET client_id = NULL, allocated_at = NULL, last_seen = NULL, fence_cooldown_ms = NULL, available_at = ${clock.now}
       FROM ${HELD_ASKS}${clock.from}
       WHERE ${HELD_WHERE}
       RETURNING ${RECORD_COLUMNS_OF_I}, r.idx, r.client_id AS released_by, ${clock.now} AS now
@@ -109,6 +112,8 @@ export interface HeldAsk {
   readonly name: string;
   readonly clientId: string;
   readonly epoch: number | null;
+  /** A renewal: the cool-down of the fence window it announces (see Tx.renewHeld); null for a release. */
+  readonly fenceCooldownMs: number | null;
 }
 
 export interface HeldRow {
@@ -126,7 +131,7 @@ function heldRowOf(raw: unknown): HeldRow {
 }
 
 function askArrays(asks: readonly HeldAsk[]): unknown[] {
-  return [asks.map((a) => a.name), asks.map((a) => a.clientId), asks.map((a) => a.epoch)];
+  return [asks.map((a) => a.name), asks.map((a) => a.clientId), asks.map((a) => a.epoch), asks.map((a) => a.fenceCooldownMs)];
 }
 
 /**
@@ -171,11 +176,12 @@ const GRANT_LOCK_TIMEOUT = '50ms';
  * case, which says pool_exhausted or renews the held lease.
  * The k-th client of $1 that holds nothing is paired with the k-th row picked (the join on k),
  * so the clients are served in the order of the list.
- * $1: the clients (distinct), `idx` (from 1) says which each returned row answers.
+ * $1: the clients (distinct), `idx` (from 1) says which each returned row answers; $2 the
+ * cool-down of the fence window each grant announces (kept with the lease, as Tx.grant).
  */
-const GRANT_NEXT_SQL = `${alone(true, 2, GRANT_LOCK_TIMEOUT).with}asks AS MATERIALIZED (
-      SELECT a.client_id, a.idx, row_number() OVER (ORDER BY a.idx) AS k
-      FROM unnest($1::text[]) WITH ORDINALITY AS a(client_id, idx)
+const GRANT_NEXT_SQL = `${alone(true, 3, GRANT_LOCK_TIMEOUT).with}asks AS MATERIALIZED (
+      SELECT a.client_id, a.fence, a.idx, row_number() OVER (ORDER BY a.idx) AS k
+      FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS a(client_id, fence, idx)
       WHERE NOT EXISTS (SELECT FROM identifiers h WHERE h.client_id = a.client_id)
     ), picked AS MATERIALIZED (
       SELECT f.id, row_number() OVER (ORDER BY f.available_at, f.pool_order, f.id) AS k FROM (
@@ -186,7 +192,8 @@ const GRANT_NEXT_SQL = `${alone(true, 2, GRANT_LOCK_TIMEOUT).with}asks AS MATERI
         FOR UPDATE SKIP LOCKED
       ) f
     ), granted AS (
-      UPDATE identifiers i SET client_id = a.client_id, epoch = i.epoch + 1, allocated_at = t.now, last_seen = t.now
+      UPDATE identifiers i SET client_id = a.client_id, epoch = i.epoch + 1, allocated_at = t.now, last_seen = t.now,
+        fence_cooldown_ms = a.fence
       FROM picked p JOIN asks a ON a.k = p.k, t
       WHERE i.id = p.id AND i.client_id IS NULL
       RETURNING ${RECORD_COLUMNS_OF_I}, a.idx, t.now AS now
@@ -201,8 +208,11 @@ const GRANT_NEXT_SQL = `${alone(true, 2, GRANT_LOCK_TIMEOUT).with}asks AS MATERI
  * one statement outside any transaction (see GRANT_NEXT_SQL); `now` is the injected registry
  * time, or null for the server's clock not below `floor`. Rows only for the clients granted.
  */
-export async function grantNextAlone(client: PoolClient, clientIds: readonly string[], now: number | null, floor: number): Promise<HeldRow[]> {
-  return (await rows(client, 'grant_next_alone', GRANT_NEXT_SQL, [clientIds, now, floor])).map(heldRowOf);
+export async function grantNextAlone(
+  client: PoolClient, asks: readonly { readonly clientId: string; readonly fenceCooldownMs: number }[], now: number | null, floor: number,
+): Promise<HeldRow[]> {
+  const values = [asks.map((a) => a.clientId), asks.map((a) => a.fenceCooldownMs), now, floor];
+  return (await rows(client, 'grant_next_alone', GRANT_NEXT_SQL, values)).map(heldRowOf);
 }
 
 async function heldInTx(client: PoolClient, kind: HeldKind, ask: HeldAsk, now: number): Promise<IdentifierRecord | null> {
@@ -337,34 +347,35 @@ export class PgTx extends PgReader implements Tx {
     return r === undefined ? null : { rec: toRecord(r), held: bool(asRow(r), 'held') };
   }
 
-  async grant(rowId: number, clientId: string, epoch: number, now: number): Promise<void> {
+  async grant(rowId: number, clientId: string, epoch: number, now: number, fenceCooldownMs: number): Promise<void> {
     this.wrote = true;
     // The grant and its history entry in one statement: one round trip, never one without the other.
     const n = await changes(this.client, 'grant',
       `WITH granted AS (
-         UPDATE identifiers SET client_id = $2, epoch = $3, allocated_at = $4, last_seen = $4
+         UPDATE identifiers SET client_id = $2, epoch = $3, allocated_at = $4, last_seen = $4, fence_cooldown_ms = $5
          WHERE id = $1 AND client_id IS NULL RETURNING id
        )
        INSERT INTO history (identifier_id, at, event, client_id, epoch) SELECT id, $4, 'allocated', $2, $3 FROM granted`,
-      [rowId, clientId, epoch, now]);
+      [rowId, clientId, epoch, now, fenceCooldownMs]);
     if (n !== 1) throw new Error(`grant of row ${rowId} changed ${n} rows`);
   }
 
-  async renewHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null> {
+  async renewHeld(name: string, clientId: string, epoch: number | null, now: number, fenceCooldownMs: number): Promise<IdentifierRecord | null> {
     this.wrote = true;
-    return heldInTx(this.client, 'renew', { name, clientId, epoch }, now);
+    return heldInTx(this.client, 'renew', { name, clientId, epoch, fenceCooldownMs }, now);
   }
 
   async releaseHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null> {
     this.wrote = true;
-    return heldInTx(this.client, 'release', { name, clientId, epoch }, now);
+    return heldInTx(this.client, 'release', { name, clientId, epoch, fenceCooldownMs: null }, now);
   }
 
   async free(rowId: number, availableAt: number, entry: FreeEntry): Promise<void> {
     this.wrote = true;
     await changes(this.client, 'free',
       `WITH freed AS (
-         UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = $2 WHERE id = $1 RETURNING id
+         UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, fence_cooldown_ms = NULL, available_at = $2
+         WHERE id = $1 RETURNING id
        )
        INSERT INTO history (identifier_id, at, event, client_id, epoch) SELECT id, $3::bigint, $4::text, $5::text, $6::bigint FROM freed`,
       [rowId, availableAt, entry.at, entry.event, entry.clientId, entry.epoch]);
@@ -395,10 +406,11 @@ export class PgTx extends PgReader implements Tx {
     return count(this.client, 'count_events', 'SELECT count(*) AS n FROM history WHERE event = $1 AND at >= $2', [event, since]);
   }
 
-  async reclaimExpired(cutoff: number, limit: number, now: number, availableAt: number): Promise<IdentifierRecord[]> {
+  async reclaimExpired(cutoff: number, limit: number, now: number, cooldownMs: number): Promise<IdentifierRecord[]> {
     this.wrote = true;
     // One statement: lock the oldest expired leases no other sweep holds, append their history,
-    // free them. A lease renewed since this statement's snapshot is re-checked on its newest
+    // free them, each cooling for the longer of the setting and the window its holder was told
+    // (domain leaseCooldownMs). A lease renewed since this statement's snapshot is re-checked on its newest
     // version by the row lock (READ COMMITTED), so it is not taken; one freed by another sweep
     // no longer matches. Set-based whatever the batch size.
     const rs = await rows(this.client, 'reclaim_expired',
@@ -410,10 +422,11 @@ export class PgTx extends PgReader implements Tx {
          INSERT INTO history (identifier_id, at, event, client_id, epoch)
          SELECT id, $3, 'reclaimed', client_id, epoch FROM picked ORDER BY last_seen, id
        ), freed AS (
-         UPDATE identifiers i SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = $4
+         UPDATE identifiers i SET client_id = NULL, allocated_at = NULL, last_seen = NULL, fence_cooldown_ms = NULL,
+           available_at = $3::bigint + greatest(picked.fence_cooldown_ms, $4::bigint)
          FROM picked WHERE i.id = picked.id
        )
-       SELECT * FROM picked ORDER BY last_seen, id`, [cutoff, limit, now, availableAt]);
+       SELECT * FROM picked ORDER BY last_seen, id`, [cutoff, limit, now, cooldownMs]);
     return rs.map(toRecord);
   }
 

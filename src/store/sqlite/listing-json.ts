@@ -36,12 +36,18 @@ const ISO = '"%sT%02d:%02d:%02d.%03dZ"';
 /** A time is written here only within the plain ISO range; otherwise the row is NULL and the page falls back. */
 const inRange = (ms: string): string => `${ms} BETWEEN 0 AND ${MAX_PLAIN_ISO_MS}`;
 
+/**
+ * A leased row's fence_after_ms: domain fenceAfterMs of leaseCooldownMs (the longer of the window
+ * kept with the lease and today's cool-down, less 1 %), in integer arithmetic as there.
+ */
+const FENCE = 'max(coalesce(fence_cooldown_ms, 0), @cooldown) * 99 / 100';
+
 /** One row's identifier view as JSON text, or NULL when a time of it is out of range. Same keys, same order as identifierView. */
 const ROW_JSON = `CASE
   WHEN client_id IS NOT NULL THEN CASE WHEN ${inRange('allocated_at')} AND ${inRange('last_seen')} AND ${inRange('last_seen + @ttl')} THEN
     printf('{"identifier":%s,"status":"leased","client_id":%s,"epoch":%d,"allocated_at":${ISO},"last_seen":${ISO},"expires_at":${ISO},"fence_after_ms":%d,"available_at":null%s}',
       json_quote(name), json_quote(client_id), epoch, ${isoArgs('allocated_at')}, ${isoArgs('last_seen')}, ${isoArgs('(last_seen + @ttl)')},
-      @fence, CASE WHEN retired = 1 THEN ',"retired":true' ELSE '' END) END
+      ${FENCE}, CASE WHEN retired = 1 THEN ',"retired":true' ELSE '' END) END
   WHEN retired = 0 AND available_at > @now THEN CASE WHEN ${inRange('available_at')} THEN
     printf('{"identifier":%s,"status":"cooling","client_id":null,"epoch":%d,"allocated_at":null,"last_seen":null,"expires_at":null,"fence_after_ms":null,"available_at":${ISO}}',
       json_quote(name), epoch, ${isoArgs('available_at')}) END
@@ -139,9 +145,9 @@ export class ListingJson {
 /** The statements and parameters that write `q`; null when it cannot be written in SQL (see above). */
 export function planPage(q: ListQuery, view: ViewRules): PagePlan | null {
   const { now } = q;
-  const { ttlMs, fenceAfterMs } = view;
+  const { ttlMs, cooldownMs } = view;
   if (!Number.isSafeInteger(now) || now < 0 || now > MAX_PLAIN_ISO_MS) return null;
-  if (!Number.isSafeInteger(ttlMs) || ttlMs < 0 || !Number.isSafeInteger(fenceAfterMs)) return null;
+  if (!Number.isSafeInteger(ttlMs) || ttlMs < 0 || !Number.isSafeInteger(cooldownMs) || cooldownMs < 0) return null;
   const today = Math.floor(now / DAY_MS);
   const day = (d: number): string => new Date(d * DAY_MS).toISOString().slice(0, 10);
   const keyset = q.after ? { afterOrder: q.after.poolOrder, afterId: q.after.rowId } : {};
@@ -151,7 +157,7 @@ export function planPage(q: ListQuery, view: ViewRules): PagePlan | null {
     limit,
     // Integers bound as BigInt are SQLite INTEGERs: the arithmetic on times stays integer.
     body: {
-      ...keyset, limit, now: BigInt(now), ttl: BigInt(ttlMs), fence: BigInt(fenceAfterMs),
+      ...keyset, limit, now: BigInt(now), ttl: BigInt(ttlMs), cooldown: BigInt(cooldownMs),
       day0: BigInt(today - 1), date0: day(today - 1), day1: BigInt(today), date1: day(today), day2: BigInt(today + 1), date2: day(today + 1),
     },
     edge: { ...keyset, limit, now },

@@ -120,4 +120,11 @@ export const MIGRATIONS: readonly string[] = [
   DROP INDEX IF EXISTS history_by_event_at;
   CREATE INDEX history_reclaimed_at ON history (at) WHERE event = 'reclaimed';
   `,
+  `
+  -- The fence window announced to a holder is kept with its lease: the cool-down it was derived
+  -- from, the longest announced during the lease (null: a lease granted before this was kept,
+  -- until its next renewal). An identifier taken from its holder cools at least this long, so a
+  -- lower REUSE_COOLDOWN_SECONDS (a restart, another process) never shortens a window announced.
+  ALTER TABLE identifiers ADD COLUMN fence_cooldown_ms INTEGER CHECK (fence_cooldown_ms IS NULL OR fence_cooldown_ms >= 0);
+  `,
 ];

@@ -117,6 +117,37 @@ function migrate(db: Database.Database): void {
   run.immediate();
 }
 
+/** Every time the store holds that a process wrote as "now": registry time must not go back below any. */
+function floorOf(db: Database.Database): number {
+  const latest = (sql: string): number => scalar(db.prepare(sql).get()) ?? 0;
+  return Math.max(
+    latest(`SELECT max(last_seen) AS n FROM identifiers WHERE client_id IS NOT NULL`),
+    latest(`SELECT at AS n FROM history ORDER BY id DESC LIMIT 1`),
+    latest(`SELECT max(at) AS n FROM instances`),
+    latest(`SELECT seen_at AS n FROM fleet WHERE id = 1`),
+    latest(`SELECT max(at) AS n FROM refusals`),
+  );
+}
+
+function storedAnchor(db: Database.Database): ClockAnchor | null {
+  const row: unknown = db.prepare('SELECT value FROM meta WHERE key = ?').get(CLOCK_KEY);
+  return parseAnchor(row === undefined ? null : String(asRow(row)['value']));
+}
+
+/**
+ * A database file's registry time now, as a registry running on it on this machine computes it,
+ * read without writing anything (idreg export): the anchor the first process of this boot
+ * recorded, driven by the monotonic clock, never below the floor. On another boot (or with no
+ * anchor) a registry would resume cool-downs from the floor, the latest time written (see
+ * SqliteStore.anchor): so does this, which makes each at least as long as it was.
+ */
+export function registryTimeOf(db: Database.Database, source: TimeSource): number {
+  const floor = floorOf(db);
+  const d = resumeAnchor(storedAnchor(db), floor, source);
+  if (d.fresh) return floor > 0 ? floor : Math.floor(source.wall());
+  return anchorClock(source, d.anchor, floor).now();
+}
+
 function parseAnchor(raw: string | null): ClockAnchor | null {
   if (raw === null) return null;
   try {
@@ -172,7 +203,6 @@ class Statements {
   readonly refusalInsert: Statement;
   readonly refusedClients: Statement;
   readonly refusalsPrune: Statement;
-  readonly latestRefusal: Statement;
   readonly addToTotal: Statement;
   /** Transaction control, prepared once: db.exec parses its SQL on every call, twice per use case. */
   readonly begin: Statement;
@@ -191,21 +221,21 @@ class Statements {
        ORDER BY available_at, pool_order LIMIT 1`,
     );
     this.grant = p(
-      `UPDATE identifiers SET client_id = @clientId, epoch = @epoch, allocated_at = @now, last_seen = @now
+      `UPDATE identifiers SET client_id = @clientId, epoch = @epoch, allocated_at = @now, last_seen = @now, fence_cooldown_ms = @fence
        WHERE id = @rowId AND client_id IS NULL`,
     );
     this.renewHeld = p(
-      `UPDATE identifiers SET last_seen = max(last_seen, @now)
+      `UPDATE identifiers SET last_seen = max(last_seen, @now), fence_cooldown_ms = max(coalesce(fence_cooldown_ms, 0), @fence)
        WHERE name = @name AND client_id = @clientId AND (@epoch IS NULL OR epoch = @epoch)
        RETURNING ${RECORD_COLUMNS}`,
     );
     this.releaseHeld = p(
-      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = @now
+      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, fence_cooldown_ms = NULL, available_at = @now
        WHERE name = @name AND client_id = @clientId AND (@epoch IS NULL OR epoch = @epoch)
        RETURNING ${RECORD_COLUMNS}`,
     );
     this.free = p(
-      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = @availableAt
+      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, fence_cooldown_ms = NULL, available_at = @availableAt
        WHERE id = @rowId`,
     );
     this.historyInsert = p(
@@ -263,15 +293,16 @@ class Statements {
       `INSERT INTO history (identifier_id, at, event, client_id, epoch)
        SELECT id, @now, 'reclaimed', client_id, epoch FROM identifiers WHERE id IN (SELECT value FROM json_each(@ids))`,
     );
+    // Each cools for the longer of the setting and the window its holder was told (domain leaseCooldownMs).
     this.reclaimFree = p(
-      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = @availableAt
+      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, fence_cooldown_ms = NULL,
+         available_at = @now + max(coalesce(fence_cooldown_ms, 0), @cooldown)
        WHERE id IN (SELECT value FROM json_each(@ids))`,
     );
     this.shiftCooldowns = p(`UPDATE identifiers SET available_at = available_at + @shift WHERE client_id IS NULL AND available_at > @floor`);
     this.refusalInsert = p(`INSERT INTO refusals (client_id, at) VALUES (?, ?)`);
     this.refusedClients = p(`SELECT count(DISTINCT client_id) AS n FROM refusals WHERE at >= ?`);
     this.refusalsPrune = p(`DELETE FROM refusals WHERE at < ?`);
-    this.latestRefusal = p(`SELECT max(at) AS n FROM refusals`);
     this.addToTotal = p(`UPDATE pool_counts SET total = total + ?`);
     this.begin = p('BEGIN');
     this.beginImmediate = p('BEGIN IMMEDIATE');
@@ -371,14 +402,14 @@ class SqliteTx extends SqliteReader implements Tx {
     return next === undefined ? null : { rec: toRecord(next), held: false };
   }
 
-  async grant(rowId: number, clientId: string, epoch: number, now: number): Promise<void> {
-    const r = this.s.grant.run({ rowId, clientId, epoch, now });
+  async grant(rowId: number, clientId: string, epoch: number, now: number, fenceCooldownMs: number): Promise<void> {
+    const r = this.s.grant.run({ rowId, clientId, epoch, now, fence: fenceCooldownMs });
     if (r.changes !== 1) throw new Error(`grant of row ${rowId} changed ${r.changes} rows`);
     this.s.historyInsert.run({ rowId, at: now, event: 'allocated', clientId, epoch });
   }
 
-  async renewHeld(name: string, clientId: string, epoch: number | null, now: number): Promise<IdentifierRecord | null> {
-    const r: unknown = this.s.renewHeld.get({ name, clientId, epoch, now });
+  async renewHeld(name: string, clientId: string, epoch: number | null, now: number, fenceCooldownMs: number): Promise<IdentifierRecord | null> {
+    const r: unknown = this.s.renewHeld.get({ name, clientId, epoch, now, fence: fenceCooldownMs });
     return r === undefined ? null : toRecord(r);
   }
 
@@ -415,12 +446,12 @@ class SqliteTx extends SqliteReader implements Tx {
     return scalar(this.s.countEvents[event].get(since)) ?? 0;
   }
 
-  async reclaimExpired(cutoff: number, limit: number, now: number, availableAt: number): Promise<IdentifierRecord[]> {
+  async reclaimExpired(cutoff: number, limit: number, now: number, cooldownMs: number): Promise<IdentifierRecord[]> {
     const recs = this.s.expired.all({ cutoff, limit }).map(toRecord);
     if (recs.length === 0) return recs;
     const ids = JSON.stringify(recs.map((r) => r.rowId));
     this.s.reclaimHistory.run({ ids, now });
-    this.s.reclaimFree.run({ ids, availableAt });
+    this.s.reclaimFree.run({ ids, now, cooldown: cooldownMs });
     return recs;
   }
 
@@ -556,16 +587,8 @@ export class SqliteStore implements Store {
   private anchor(source: TimeSource): { clock: Clock; rebooted: boolean } {
     const s = this.s;
     const run = this.db.transaction(() => {
-      // Every time the store holds that a process wrote as "now": time must not go back below any.
-      const floor = Math.max(
-        scalar(s.latestLastSeen.get()) ?? 0,
-        scalar(s.latestHistory.get()) ?? 0,
-        toBeat(s.latestBeatAny.get())?.at ?? 0,
-        scalar(s.fleetSeenAt.get()) ?? 0,
-        scalar(s.latestRefusal.get()) ?? 0,
-      );
-      const metaRow: unknown = s.metaGet.get(CLOCK_KEY);
-      const stored = parseAnchor(metaRow === undefined ? null : String(asRow(metaRow)['value']));
+      const floor = floorOf(this.db);
+      const stored = storedAnchor(this.db);
       const d = resumeAnchor(stored, floor, source);
       const clock = anchorClock(source, d.anchor, floor);
       if (d.fresh) {
@@ -587,8 +610,8 @@ export class SqliteStore implements Store {
   }
 
   /** A write like the others: SQLite commits the writes of a tick together anyway. */
-  renewHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null> {
-    return this.write((tx) => tx.renewHeld(name, clientId, epoch, tx.now), { durable: false });
+  renewHeld(name: string, clientId: string, epoch: number | null, fenceCooldownMs: number): Promise<IdentifierRecord | null> {
+    return this.write((tx) => tx.renewHeld(name, clientId, epoch, tx.now, fenceCooldownMs), { durable: false });
   }
 
   releaseHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null> {
