@@ -88,4 +88,12 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX refusals_by_at ON refusals (at);
   `,
+  `
+  -- The store's incarnation: one row in an UNLOGGED table, which PostgreSQL empties in crash
+  -- recovery (and which a promoted standby never held). Found empty, acknowledged renewals
+  -- (committed without waiting for the disk) may be lost, and the start-up grace runs again.
+  CREATE UNLOGGED TABLE incarnation (
+    id INTEGER PRIMARY KEY CHECK (id = 1)
+  );
+  `,
 ];
