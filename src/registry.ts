@@ -10,8 +10,8 @@ import { StepDetector } from './clock.js';
 import type { TimeSource } from './clock.js';
 import { RegistryError } from './domain/errors.js';
 import { graceLeftMs, graceRestarts } from './domain/grace.js';
-import { assertOwner, decideSweep, fenceAfterMs, infoOf, leaseOf, recordOf } from './domain/lease.js';
-import type { GuardRules, LeaseRules, SweepDecision } from './domain/lease.js';
+import { GUARD_AT_REST, assertOwner, decideSweep, fenceAfterMs, guardCountFrom, infoOf, leaseOf, recordOf } from './domain/lease.js';
+import type { GuardMemory, GuardRules, LeaseRules, SweepDecision } from './domain/lease.js';
 import { retirePlan, retireRefusal } from './domain/pool-sync.js';
 import type {
   HistoryEntry, HistoryEvent, IdentifierInfo, IdentifierRecord, Lease, PoolCounts, ReaperState, RecordTuple, Status, SyncResult,
@@ -101,6 +101,7 @@ const POOL_FINGERPRINT = 'pool_fingerprint';
 const REAPER_STATE = 'reaper_state';
 const SERVICE_UP_SINCE = 'service_up_since';
 const CLOCK_STEP_AT = 'clock_step_at';
+const GUARD_MEMORY = 'guard_memory';
 const MINUTE = 60_000;
 /** How often an instance beats (see domain/grace.ts, SERVICE_GAP_MS, for how stale the last beat may be). */
 export const BEAT_INTERVAL_MS = 1000;
@@ -123,6 +124,27 @@ function parseReaperState(raw: string | null): ReaperState {
     };
   } catch {
     return NO_SWEEP;
+  }
+}
+
+/** The guard's memory as stored (JSON); at rest when missing or unreadable. */
+function parseGuardMemory(raw: string | null): GuardMemory {
+  if (raw === null) return GUARD_AT_REST;
+  try {
+    const v: unknown = JSON.parse(raw);
+    if (typeof v !== 'object' || v === null) return GUARD_AT_REST;
+    const o: Record<string, unknown> = { ...v };
+    const countFrom = typeof o['countFrom'] === 'number' ? o['countFrom'] : 0;
+    const t = o['tripped'];
+    if (typeof t !== 'object' || t === null) return { tripped: null, countFrom };
+    const trip: Record<string, unknown> = { ...t };
+    const at = trip['at'];
+    const expired = trip['expired'];
+    const of = trip['of'];
+    if (typeof at !== 'number' || typeof expired !== 'number' || typeof of !== 'number') return { tripped: null, countFrom };
+    return { tripped: { at, expired, of }, countFrom };
+  } catch {
+    return GUARD_AT_REST;
   }
 }
 
@@ -369,17 +391,19 @@ export class Registry {
       if (stored === null || stored < this.stepSeenAt) await tx.setMeta(CLOCK_STEP_AT, String(this.stepSeenAt));
     }
     const cutoff = now - this.rules.ttlMs;
+    const storedGuard = await tx.meta(GUARD_MEMORY);
+    const guard = parseGuardMemory(storedGuard);
     const [expired, leased, reclaimedInTtl, reclaimedInMinute, refused, fleetSeenAt, stepAt] = [
       await tx.countExpired(cutoff),
       await tx.countLeased(),
-      await tx.countEvents('reclaimed', now - this.rules.ttlMs),
+      await tx.countEvents('reclaimed', guardCountFrom(now, this.rules.ttlMs, guard)),
       await tx.countEvents('reclaimed', now - MINUTE),
       await tx.countRefusedClients(now - MINUTE),
       await tx.fleetSeenAt(),
       numberOrNull(await tx.meta(CLOCK_STEP_AT)),
     ];
     const decision = decideSweep({
-      force,
+      force, now, guard,
       graceLeftMs: graceLeft,
       expired, leased, reclaimedInTtl, reclaimedInMinute,
       refusedClientsInMinute: refused,
@@ -387,6 +411,9 @@ export class Registry {
       clockStepAgoMs: stepAt === null ? null : now - stepAt,
       ttlMs: this.rules.ttlMs,
     }, this.rules);
+    // Kept with the decision, under the sweep lock: every instance's next sweep starts from it.
+    const keep = JSON.stringify(decision.guard);
+    if (keep !== (storedGuard ?? JSON.stringify(GUARD_AT_REST))) await tx.setMeta(GUARD_MEMORY, keep);
     await tx.pruneRefusals(now - 2 * MINUTE);
     // The first batch is a quarter of the others: it shares its turn of the event loop with the
     // counting above and the commit of both, and a full batch on top measured 50-60 ms of stall.

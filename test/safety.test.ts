@@ -187,8 +187,16 @@ describe('safety: clock jumps', () => {
       expect(r).to.include({ reclaimed: 0, held: true });
       expect(r.reason).to.match(/lost its fleet/);
       expect((await d.registry.health()).pool.leased).to.equal(20);
-      for (let i = 0; i < 15; i++) await d.registry.renew(`vm-${i}`, `w-${i}`); // the fleet is there after all
-      expect(await d.registry.reap()).to.include({ reclaimed: 5, held: false }); // 5 of 20: the rest really went
+      // The fleet is there after all, but for five: the guard, tripped, holds until those five are
+      // gone, at REAPER_GUARDED_RATE (1 a minute here), then rests.
+      for (let minute = 0; minute < 5; minute++) {
+        for (let i = 0; i < 15; i++) await d.registry.renew(`vm-${i}`, `w-${i}`);
+        expect(await d.registry.reap(), `minute ${minute}`).to.include({ reclaimed: 1, held: true });
+        d.source.advance(61 * SECOND);
+      }
+      for (let i = 0; i < 15; i++) await d.registry.renew(`vm-${i}`, `w-${i}`);
+      expect(await d.registry.reap()).to.include({ reclaimed: 0, held: false });
+      expect((await d.registry.health()).pool.leased).to.equal(15);
     } finally {
       await d.stop();
     }
@@ -291,14 +299,21 @@ for (const engine of ENGINES) describe(`[${engine}]`, () => {
       expect((await h.http.get('/health')).body.status).to.equal('healthy');
     });
 
-    it('looks again next sweep: once the fleet renews, the few that stay silent are reclaimed', async () => {
+    it('looks again each sweep: once the fleet renews, it holds until the few that stay silent are gone, then rests', async () => {
       const h = await makeRegistry({ pool: 'w-[0-29]', rules });
       for (let i = 0; i < 30; i++) await h.registry.allocate(`vm-${i}`);
       h.clock.advance(91 * SECOND);
       expect((await h.registry.reap()).held).to.equal(true);
-      for (let i = 0; i < 27; i++) await h.registry.renew(`vm-${i}`, `w-${i}`); // the network came back
-      expect(await h.registry.reap()).to.deep.equal({ reclaimed: 3, held: false, reason: null });
+      for (let minute = 0; minute < 3; minute++) {
+        for (let i = 0; i < 27; i++) await h.registry.renew(`vm-${i}`, `w-${i}`); // the network came back
+        // Tripped, the guard stays so while any lease is left expired: one a minute (REAPER_GUARDED_RATE).
+        expect(await h.registry.reap(), `minute ${minute}`).to.include({ reclaimed: 1, held: true });
+        h.clock.advance(61 * SECOND);
+      }
+      for (let i = 0; i < 27; i++) await h.registry.renew(`vm-${i}`, `w-${i}`);
+      expect(await h.registry.reap()).to.deep.equal({ reclaimed: 0, held: false, reason: null });
       expect((await h.registry.health()).reaper.held).to.equal(false);
+      expect(await h.leasedCount()).to.equal(27);
     });
 
     it('does not hold when no more than REAPER_MIN_HOLD leases expire, whatever the fraction', async () => {
