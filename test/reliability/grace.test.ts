@@ -115,20 +115,24 @@ for (const engine of ENGINES) {
     this.timeout(180_000);
     const rules = { ttlMs: 3 * SECOND, cooldownMs: 3 * SECOND, graceMs: 3 * SECOND, maxFraction: 1, minHold: 0 };
 
-    it('a beat, the reaper, a plain POST /admin/reap and the VMs renewing, in any order after 5 s down: nothing live is reclaimed', async () => {
+    it('beats, reapers and a plain POST /admin/reap on two instances, and the VMs renewing, in any order after 5 s down: nothing live is reclaimed', async () => {
       await fc.assert(fc.asyncProperty(fc.scheduler(), async (s) => {
-        const h = await makeRegistry({ pool: 'w-[0-2]', rules });
+        const h = await makeRegistry({ shared: true, pool: 'w-[0-2]', rules });
         await h.registry.open();
+        const other = await h.another(); // a second instance on the same database
+        await other.open();
         const leases = [];
         for (let i = 0; i < 3; i++) leases.push(await h.registry.allocate(`vm-${i}`));
         // Serving: a beat and a renewal of every lease each second, until the grace is long over.
         for (let i = 0; i < 6; i++) {
           h.clock.advance(SECOND);
           await h.registry.beat();
+          await other.beat();
           for (const l of leases) await h.registry.renew(l.clientId, l.identifier, l.epoch);
         }
         expect(await h.registry.reap()).to.deep.equal({ reclaimed: 0, held: false, reason: null });
-        // The service stops for 5 s (the process frozen, its database unreachable): no beat, no renewal.
+        // The service stops for 5 s (both instances frozen, their database unreachable): no beat, no renewal.
+        // Whichever instance notices first records the grace; the other respects it.
         h.clock.advance(5 * SECOND);
         const swept: unknown[] = [];
         const renewed: string[] = [];
@@ -136,15 +140,18 @@ for (const engine of ENGINES) {
           s.schedule(Promise.resolve(), 'beat').then(() => h.registry.beat()),
           s.schedule(Promise.resolve(), 'reaper').then(async () => { swept.push((await h.registry.reap()).reclaimed); }),
           s.schedule(Promise.resolve(), 'POST /admin/reap').then(async () => { swept.push((await h.http.post('/admin/reap')).body.reclaimed); }),
+          s.schedule(Promise.resolve(), 'other beat').then(() => other.beat()),
+          s.schedule(Promise.resolve(), 'other reaper').then(async () => { swept.push((await other.reap()).reclaimed); }),
           ...leases.map((l) => s.schedule(Promise.resolve(), `renew ${l.clientId}`).then(async () => {
             renewed.push(await h.registry.renew(l.clientId, l.identifier, l.epoch).then(() => 'ok', (e: unknown) => errorCode(Promise.reject(e))));
           })),
         ]));
-        expect(swept).to.deep.equal([0, 0]);
+        expect(swept).to.deep.equal([0, 0, 0]);
         expect(renewed).to.deep.equal(['ok', 'ok', 'ok']);
         expect(await h.leasedCount()).to.equal(3);
         // The grace runs again from the end of the gap: a sweep now says so.
         expect((await h.registry.reap()).reason).to.match(/startup grace/);
+        expect((await other.reap()).reason).to.match(/startup grace/);
       }), { numRuns: engine === 'sqlite' ? 60 : 10 });
     });
   });
