@@ -9,8 +9,9 @@ import { randomUUID } from 'node:crypto';
 import { StepDetector } from './clock.js';
 import type { TimeSource } from './clock.js';
 import { RegistryError } from './domain/errors.js';
-import { assertOwner, decideSweep, fenceAfterMs, infoOf, leaseCooldownMs, leaseOf, recordOf, timingProblem } from './domain/lease.js';
-import type { GuardRules, LeaseRules, SweepDecision } from './domain/lease.js';
+import { graceLeftMs, graceRestarts } from './domain/grace.js';
+import { GUARD_AT_REST, assertOwner, decideSweep, fenceAfterMs, guardCountFrom, infoOf, leaseCooldownMs, leaseOf, recordOf, timingProblem } from './domain/lease.js';
+import type { GuardMemory, GuardRules, LeaseRules, SweepDecision } from './domain/lease.js';
 import { retirePlan, retireRefusal } from './domain/pool-sync.js';
 import type {
   HistoryEntry, HistoryEvent, IdentifierInfo, IdentifierRecord, Lease, PoolCounts, ReaperState, RecordTuple, Status, SyncResult,
@@ -100,10 +101,10 @@ const POOL_FINGERPRINT = 'pool_fingerprint';
 const REAPER_STATE = 'reaper_state';
 const SERVICE_UP_SINCE = 'service_up_since';
 const CLOCK_STEP_AT = 'clock_step_at';
+const GUARD_MEMORY = 'guard_memory';
 const MINUTE = 60_000;
-/** How often an instance beats, and how stale the last beat of any instance may be for the service to count as up. */
+/** How often an instance beats (see domain/grace.ts, SERVICE_GAP_MS, for how stale the last beat may be). */
 export const BEAT_INTERVAL_MS = 1000;
-const SERVICE_GAP_MS = 2500;
 /** A step of the wall clock against registry time larger than this is a sign of lost time. */
 const CLOCK_STEP_MS = 1000;
 
@@ -123,6 +124,27 @@ function parseReaperState(raw: string | null): ReaperState {
     };
   } catch {
     return NO_SWEEP;
+  }
+}
+
+/** The guard's memory as stored (JSON); at rest when missing or unreadable. */
+function parseGuardMemory(raw: string | null): GuardMemory {
+  if (raw === null) return GUARD_AT_REST;
+  try {
+    const v: unknown = JSON.parse(raw);
+    if (typeof v !== 'object' || v === null) return GUARD_AT_REST;
+    const o: Record<string, unknown> = { ...v };
+    const countFrom = typeof o['countFrom'] === 'number' ? o['countFrom'] : 0;
+    const t = o['tripped'];
+    if (typeof t !== 'object' || t === null) return { tripped: null, countFrom };
+    const trip: Record<string, unknown> = { ...t };
+    const at = trip['at'];
+    const expired = trip['expired'];
+    const of = trip['of'];
+    if (typeof at !== 'number' || typeof expired !== 'number' || typeof of !== 'number') return { tripped: null, countFrom };
+    return { tripped: { at, expired, of }, countFrom };
+  } catch {
+    return GUARD_AT_REST;
   }
 }
 
@@ -172,29 +194,19 @@ export class Registry {
    * while others serve changes nothing.
    */
   async open(opts: { readonly serviceRestarted?: boolean } = {}): Promise<void> {
-    await this.store.write(async (tx) => {
-      const other = await tx.latestBeat(this.instanceId);
-      // After a reboot of the (one) host, every process on the store was down, whatever the
-      // beats' times say: registry time may have been clamped to the last of them.
-      if (opts.serviceRestarted || !other || tx.now - other.at > SERVICE_GAP_MS) {
-        await tx.setMeta(SERVICE_UP_SINCE, String(tx.now));
-      }
-      await this.beatIn(tx);
-    }, { durable: false });
+    // After a reboot of the (one) host, every process on the store was down, whatever the
+    // beats' times say: registry time may have been clamped to the last of them.
+    const serviceRestarted = opts.serviceRestarted ?? false;
+    await this.store.write((tx) => this.checkIn(tx, serviceRestarted), { durable: false });
   }
 
   /**
    * Tells the others this instance is alive, and when a VM last reached it; run every
-   * BEAT_INTERVAL_MS. When no instance at all has beaten lately, the service was down (every
-   * instance, or the database they share: no VM could renew meanwhile), so the start-up grace
-   * runs again from now.
+   * BEAT_INTERVAL_MS. Checks in as a sweep does (see checkIn): whichever notices a gap in
+   * service first starts the grace again.
    */
-  beat(): Promise<void> {
-    return this.store.write(async (tx) => {
-      const last = await tx.latestBeat(null);
-      if (!last || tx.now - last.at > SERVICE_GAP_MS) await tx.setMeta(SERVICE_UP_SINCE, String(tx.now));
-      await this.beatIn(tx);
-    }, { durable: false });
+  async beat(): Promise<void> {
+    await this.store.write((tx) => this.checkIn(tx, false), { durable: false });
   }
 
   /** A VM's request reached this instance (answered or refused): the registry still reaches its fleet. */
@@ -350,9 +362,13 @@ export class Registry {
     // Further batches, each its own transaction, so the event loop gets a turn between them.
     while (more && reclaimed < decision.allowance) {
       const limit = Math.min(this.rules.reapBatchSize, decision.allowance - reclaimed);
-      const batch = await this.store.write(
-        (tx) => tx.reclaimExpired(cutoff, limit, tx.now, this.rules.cooldownMs), { durable: false },
-      );
+      const batch = await this.store.write(async (tx) => {
+        // The service may have stopped between two batches (this process frozen, the database
+        // recovering from a crash): checked in again, a sweep in a grace that started meanwhile stops.
+        if ((await this.checkIn(tx, false)) > 0 && !force) return null;
+        return tx.reclaimExpired(cutoff, limit, tx.now, this.rules.cooldownMs);
+      }, { durable: false });
+      if (batch === null) break;
       this.emitReclaimed(batch);
       reclaimed += batch.length;
       more = batch.length === limit;
@@ -373,32 +389,37 @@ export class Registry {
   private async decideAndReclaim(tx: Tx, force: boolean) {
     if (!(await tx.trySweepLock())) return null;
     const now = tx.now;
-    await this.beatIn(tx);
+    // Checked in before deciding: a sweep that runs first after a gap in service starts the grace itself.
+    const graceLeft = await this.checkIn(tx, false);
     if (this.stepSeenAt !== null) {
       // Never over a newer step another process recorded.
       const stored = numberOrNull(await tx.meta(CLOCK_STEP_AT));
       if (stored === null || stored < this.stepSeenAt) await tx.setMeta(CLOCK_STEP_AT, String(this.stepSeenAt));
     }
     const cutoff = now - this.rules.ttlMs;
-    const [expired, leased, reclaimedInTtl, reclaimedInMinute, refused, fleetSeenAt, upSince, stepAt] = [
+    const storedGuard = await tx.meta(GUARD_MEMORY);
+    const guard = parseGuardMemory(storedGuard);
+    const [expired, leased, reclaimedInTtl, reclaimedInMinute, refused, fleetSeenAt, stepAt] = [
       await tx.countExpired(cutoff),
       await tx.countLeased(),
-      await tx.countEvents('reclaimed', now - this.rules.ttlMs),
+      await tx.countEvents('reclaimed', guardCountFrom(now, this.rules.ttlMs, guard)),
       await tx.countEvents('reclaimed', now - MINUTE),
       await tx.countRefusedClients(now - MINUTE),
       await tx.fleetSeenAt(),
-      numberOrNull(await tx.meta(SERVICE_UP_SINCE)),
       numberOrNull(await tx.meta(CLOCK_STEP_AT)),
     ];
     const decision = decideSweep({
-      force,
-      graceLeftMs: (upSince ?? this.startedAt) + this.rules.graceMs - now,
+      force, now, guard,
+      graceLeftMs: graceLeft,
       expired, leased, reclaimedInTtl, reclaimedInMinute,
       refusedClientsInMinute: refused,
       fleetSilentMs: fleetSeenAt === null ? null : now - fleetSeenAt,
       clockStepAgoMs: stepAt === null ? null : now - stepAt,
       ttlMs: this.rules.ttlMs,
     }, this.rules);
+    // Kept with the decision, under the sweep lock: every instance's next sweep starts from it.
+    const keep = JSON.stringify(decision.guard);
+    if (keep !== (storedGuard ?? JSON.stringify(GUARD_AT_REST))) await tx.setMeta(GUARD_MEMORY, keep);
     await tx.pruneRefusals(now - 2 * MINUTE);
     // The first batch is a quarter of the others: it shares its turn of the event loop with the
     // counting above and the commit of both, and a full batch on top measured 50-60 ms of stall.
@@ -658,6 +679,27 @@ export class Registry {
   }
 
   // ---- helpers (inside a transaction) ----
+
+  /**
+   * Checks this instance in with the service, in the transaction that then acts on the grace
+   * (a beat, a sweep, joining): the grace runs again from now after a gap in service or when
+   * the store may have lost acknowledged renewals (domain/grace.ts), and this instance beats.
+   * Returns the grace left. Whichever instance, and whichever part of it, looks first records
+   * the restart in the store, where every other one reads it: so the store is asked whether it
+   * lost writes before the grace is read (on PostgreSQL, a check-in that lost that race waits
+   * for the winner's commit there, then reads the grace the winner wrote).
+   */
+  private async checkIn(tx: Tx, serviceRestarted: boolean): Promise<number> {
+    const last = await tx.latestBeat(null);
+    const storeLostWrites = await tx.lostAcknowledgedWrites();
+    let upSince = numberOrNull(await tx.meta(SERVICE_UP_SINCE));
+    if (upSince === null || graceRestarts({ now: tx.now, lastBeatAt: last?.at ?? null, storeLostWrites, serviceRestarted })) {
+      upSince = tx.now;
+      await tx.setMeta(SERVICE_UP_SINCE, String(upSince));
+    }
+    await this.beatIn(tx);
+    return graceLeftMs(upSince, tx.now, this.rules.graceMs);
+  }
 
   private async beatIn(tx: Tx): Promise<void> {
     await tx.beat({ id: this.instanceId, startedAt: this.startedAt, at: tx.now, fleetSeenAt: this.fleetSeenAt });

@@ -258,7 +258,7 @@ export async function serve(signals: Signals): Promise<void> {
   } else if (config.adminTokens.length === 0) {
     log.warn('no tokens are set: every route is open');
   } else if (config.agentTokens.length === 0) {
-    log.warn('AGENT_TOKENS is unset: allocate, liveness and release are open');
+    log.warn('AGENT_TOKENS is unset: allocate, liveness and release take admin tokens only');
   }
   if (!tls) log.warn('TLS_CERT_FILE/TLS_KEY_FILE unset: serving plain HTTP (tokens cross the network in the clear unless a proxy or the network protects them)');
   if (config.reuseCooldownSeconds === 0) {

@@ -195,6 +195,14 @@ export interface Tx extends Reader {
   beat(b: InstanceBeat): Promise<void>;
   /** An instance stopping cleanly: its beat no longer counts as the service being up. */
   forgetInstance(id: string): Promise<void>;
+  /**
+   * Whether the store may have lost writes it had acknowledged since any process last asked
+   * (renewals are committed without waiting for the disk). PostgreSQL: a row of an UNLOGGED
+   * table, which a crash recovery empties and a promoted standby never held, put back by the
+   * call that finds it missing (true the first time on a new database). SQLite: false (a
+   * crashed process loses nothing committed; a reboot of the host is found when the file opens).
+   */
+  lostAcknowledgedWrites(): Promise<boolean>;
 }
 
 export interface WriteOptions {

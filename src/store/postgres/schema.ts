@@ -95,4 +95,12 @@ export const MIGRATIONS: readonly string[] = [
   -- lower REUSE_COOLDOWN_SECONDS (a restart, another instance) never shortens a window announced.
   ALTER TABLE identifiers ADD COLUMN fence_cooldown_ms BIGINT CHECK (fence_cooldown_ms IS NULL OR fence_cooldown_ms >= 0);
   `,
+  `
+  -- The store's incarnation: one row in an UNLOGGED table, which PostgreSQL empties in crash
+  -- recovery (and which a promoted standby never held). Found empty, acknowledged renewals
+  -- (committed without waiting for the disk) may be lost, and the start-up grace runs again.
+  CREATE UNLOGGED TABLE incarnation (
+    id INTEGER PRIMARY KEY CHECK (id = 1)
+  );
+  `,
 ];

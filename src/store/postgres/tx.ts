@@ -500,4 +500,12 @@ export class PgTx extends PgReader implements Tx {
     this.wrote = true;
     await changes(this.client, 'forget_instance', 'DELETE FROM instances WHERE id = $1', [id]);
   }
+
+  async lostAcknowledgedWrites(): Promise<boolean> {
+    // Found missing, the mark is put back in this transaction: a concurrent check-in waits for
+    // its commit at the primary key, then finds it there (and reads what this one recorded).
+    const put = await changes(this.client, 'incarnation_mark', 'INSERT INTO incarnation (id) VALUES (1) ON CONFLICT (id) DO NOTHING', []);
+    if (put > 0) this.wrote = true;
+    return put > 0;
+  }
 }

@@ -510,6 +510,10 @@ class SqliteTx extends SqliteReader implements Tx {
   async forgetInstance(id: string): Promise<void> {
     this.s.forgetInstance.run(id);
   }
+
+  async lostAcknowledgedWrites(): Promise<boolean> {
+    return false; // a commit is in the WAL before it is acknowledged: only the host can lose it, and a reboot is found at open
+  }
 }
 
 export class SqliteStore implements Store {
