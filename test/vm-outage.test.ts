@@ -413,6 +413,8 @@ describe('VM side: registry outages, partitions and failover (issue 12)', functi
     expect(r.lease).to.include({ status: 200, epoch: 1 });
     const stopped = r.stopped;
     expect(stopped.out).to.include(`now using ${u['b']} (${u['a']} unreachable: `);
+    // A renewal through another registry is a change: said at once, not a minute later.
+    expect(stopped.out).to.match(new RegExp(`now using ${u['b']} .*\\n.*renewed fo-0 \\(epoch 1\\) through ${u['b']}: \\d+ renewal`));
     expect(stopped.code, stopped.out).to.equal(0);
     expect(stopped.out).to.match(/released fo-0 \(epoch 1\)/);
     expect(r.status).to.equal('free');
