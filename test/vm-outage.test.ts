@@ -172,7 +172,7 @@ async function fenceByCooldown() {
   const local = { ASG_ID_FENCE_AFTER_MS: '120000', ASG_ID_TTL_SECONDS: '120', ASG_ID_TTL_MS: '120000' };
   const [plain, margin] = await Promise.all([
     fencingVm(reg.base, t, 'vm-fence', local),
-    fencingVm(reg.base, t, 'vm-margin', { ...local, ASG_ID_FENCE_MARGIN: '1' }),
+    fencingVm(reg.base, t, 'vm-margin', { ...local, ASG_ID_FENCE_MARGIN: '3' }),
   ]);
   await reg.stop('SIGKILL');
   const goneAt = Date.now();
@@ -382,8 +382,9 @@ describe('VM side: registry outages, partitions and failover (issue 12)', functi
     const r = await runs.fenceByCooldown;
     for (const [name, f, windowMs, said] of [
       ['vm-fence', r.plain, 11_780, /lost: no successful liveness for 11\.780s \(the registry's fence_after_ms, 11880ms, less ASG_ID_FENCE_MARGIN 0\.100s\): from now on it may be granted to another VM/],
-      // ASG_ID_FENCE_MARGIN=1 fences a second sooner, leaving the application time to stop.
-      ['vm-margin', r.margin, 10_880, /no successful liveness for 10\.880s \(the registry's fence_after_ms, 11880ms, less ASG_ID_FENCE_MARGIN 1\.000s\)/],
+      // ASG_ID_FENCE_MARGIN=3 fences 3 s sooner, leaving the application time to stop (more than
+      // the scheduler's slack, so a margin not taken off would show in the timing too).
+      ['vm-margin', r.margin, 8_880, /no successful liveness for 8\.880s \(the registry's fence_after_ms, 11880ms, less ASG_ID_FENCE_MARGIN 3\.000s\)/],
     ] as const) {
       // The window is the registry's (11.88 s), less the margin, never the local 120 s settings.
       expect(f.windowMs, name).to.equal(windowMs);
