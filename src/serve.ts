@@ -19,6 +19,7 @@ import { startReaper } from './jobs/reaper.js';
 import { createLogger, logRegistryEvent, stdoutDestination } from './log.js';
 import type { Logger } from './log.js';
 import { Metrics } from './metrics.js';
+import { notifyReady } from './notify.js';
 import { parsePoolFile, readPoolText } from './pool/load.js';
 import type { PoolFile } from './pool/load.js';
 import { BEAT_INTERVAL_MS, Registry, storedPool } from './registry.js';
@@ -285,6 +286,13 @@ export async function serve(signals: Signals): Promise<void> {
     log.info('SIGHUP: re-reading the pool file' + (tls ? ' and the TLS certificate' : ''));
     reloadTls(server, config, log);
     reloads = reloads.then(() => reloadPool(registry, config, log));
+  });
+  // Ready (systemd's Type=notify) only now: it serves, and a SIGHUP is a reload (main.ts takes
+  // it from its first line; Node's default would be to die of it), so a `systemctl reload` that
+  // systemd holds until this notice cannot kill the registry.
+  void notifyReady(processEnv()['NOTIFY_SOCKET']).then((n) => {
+    if (n.sent) log.info('ready: READY=1 sent to systemd');
+    else if (n.problem !== null) log.error({ err: n.problem }, 'cannot tell systemd the registry is ready: a Type=notify unit will time out its start');
   });
 
   let stopping = false;

@@ -125,6 +125,51 @@ describe('VM scripts against a live registry', function () {
     expect(get((await json(reg!.base, 'GET', '/identifier/worker-00')).body, 'status')).to.equal('free');
   });
 
+  const renewedLines = (out: string): number[] => [...out.matchAll(
+    /renewed worker-00 \(epoch 1\) through http:\/\/127\.0\.0\.1:\d+: (\d+) renewal\(s\) since the last line; TTL 3\.000s, ours for 2\.870s after the last one/g,
+  )].map((m) => Number(m[1]));
+
+  it('sidecar: says its first successful renewal at once, then one line per ASG_ID_LOG_EVERY seconds with the count since', async () => {
+    expect((await script('asg-id-claim', env).done).code).to.equal(0);
+    const lastSeen = async (): Promise<number> => Date.parse(String(get((await json(reg!.base, 'GET', '/client/vm-test-1')).body, 'last_seen')));
+    const claimed = await lastSeen();
+    const started = Date.now();
+    const side = script('asg-id-sidecar', { ...env, ASG_ID_INTERVAL: '0.2', ASG_ID_LOG_EVERY: '1' });
+    // Renewals over 6 s by the registry's clock: with its 2.87 s window the sidecar renewed
+    // more than 3 s after its first renewal and before the last, whatever the machine's load.
+    let first = 0;
+    await eventually(async () => {
+      const seen = await lastSeen();
+      if (first === 0 && seen !== claimed) first = seen;
+      return first > 0 && seen - first >= 6_000;
+    }, 60_000, 'six seconds of renewals');
+    side.child.kill('SIGTERM');
+    const r = await side.done;
+    const elapsed = Date.now() - started;
+    const counts = renewedLines(r.out);
+    expect(counts[0], r.out).to.equal(1);
+    expect(counts.length, r.out).to.be.at.least(2);
+    // Lines at least a second apart (by its clock, /proc/uptime's hundredths of a second).
+    expect(counts.length, r.out).to.be.at.most(Math.floor(elapsed / 990) + 1);
+    expect(counts.slice(1).every((n) => n >= 1), r.out).to.equal(true);
+  });
+
+  it('sidecar: by default a steady renewal is said once, not every time (one line a minute)', async () => {
+    expect((await script('asg-id-claim', env).done).code).to.equal(0);
+    const lastSeen = async (): Promise<unknown> => get((await json(reg!.base, 'GET', '/client/vm-test-1')).body, 'last_seen');
+    const side = script('asg-id-sidecar', { ...env, ASG_ID_INTERVAL: '0.2' });
+    let seen = await lastSeen();
+    let renewals = 0;
+    await eventually(async () => {
+      const now = await lastSeen();
+      if (now !== seen) { seen = now; renewals += 1; }
+      return renewals >= 5;
+    }, 60_000, 'five renewals');
+    side.child.kill('SIGTERM');
+    const r = await side.done;
+    expect(renewedLines(r.out), r.out).to.deep.equal([1]);
+  });
+
   it('sidecar: a forced release (409) makes it give the identity up, exit 3', async () => {
     expect((await script('asg-id-claim', env).done).code).to.equal(0);
     const side = script('asg-id-sidecar', { ...env, ASG_ID_INTERVAL: '0.2' });
