@@ -71,6 +71,13 @@ export interface ListedPage {
   readonly next: { readonly name: string; readonly cursor: ListCursor } | null;
 }
 
+/** A page of an identifier's history, oldest first. */
+export interface HistoryPage {
+  readonly entries: HistoryEntry[];
+  /** Where the next page starts (`after` in a URL and here) when more follow, else null. */
+  readonly next: number | null;
+}
+
 export interface ReapResult {
   readonly reclaimed: number;
   readonly held: boolean;
@@ -490,6 +497,27 @@ export class Registry {
   /** Errors: identifier_not_found. */
   async history(name: string): Promise<HistoryEntry[]> {
     return this.store.read(async (r) => r.history((await this.mustFind(r, name)).rowId));
+  }
+
+  /**
+   * Up to `limit` entries of an identifier's history, oldest first, after the position `after`
+   * (a previous page's `next`; null: from the first). A position past the end is an empty page.
+   * Errors: identifier_not_found.
+   */
+  async historyPage(name: string, q: { readonly after: number | null; readonly limit: number }): Promise<HistoryPage> {
+    return this.store.read(async (r) => r.historyPage((await this.mustFind(r, name)).rowId, q.after, q.limit));
+  }
+
+  /**
+   * The pages of an identifier's history after `after` (the first page's `next`), each read as
+   * it is asked for, in a read of its own: a history of any length, a bounded page at a time.
+   */
+  async *historyPagesAfter(name: string, after: number, opts: { readonly limit: number }): AsyncGenerator<HistoryPage> {
+    for (let next: number | null = after; next !== null;) {
+      const page: HistoryPage = await this.historyPage(name, { after: next, limit: opts.limit });
+      yield page;
+      next = page.next;
+    }
   }
 
   /** Errors: invalid_request when `after` names no identifier. */

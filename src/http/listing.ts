@@ -20,7 +20,7 @@
  */
 import { Readable } from 'node:stream';
 import type { Status } from '../domain/types.js';
-import type { ListedPage, Registry } from '../registry.js';
+import type { Registry } from '../registry.js';
 import { identifierViewsJson } from './views.js';
 
 /**
@@ -31,23 +31,30 @@ import { identifierViewsJson } from './views.js';
  */
 export const LISTING_PAGE_SIZE = 2000;
 
-const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+/** Resolves after a turn of the event loop: what is waiting (requests, timers) runs first. */
+export const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 const OPEN = Buffer.from('[');
 const COMMA = Buffer.from(',');
 const CLOSE = Buffer.from(']');
 const EMPTY = Buffer.from('[]');
 
-async function* chunks(registry: Registry, status: Status | null, first: ListedPage): AsyncGenerator<Buffer> {
+/**
+ * A JSON array written page by page: the members of `first`, then of each page `rest` yields,
+ * with a turn of the event loop after each page, so no page's work joins another's in one turn.
+ * The array is closed only after the last page: a failure on the way cuts the response short
+ * (the client sees an aborted, unterminated array, never a complete-looking one).
+ */
+async function* arrayChunks<P>(first: P, rest: AsyncIterable<P> | null, members: (page: P) => Buffer): AsyncGenerator<Buffer> {
   let open = OPEN;
-  const body = identifierViewsJson(first);
+  const body = members(first);
   if (body.length > 0) {
     yield Buffer.concat([open, body]);
     open = COMMA;
   }
-  if (first.next !== null) {
-    for await (const page of registry.pagesAfter(status, first.next.cursor, { limit: LISTING_PAGE_SIZE })) {
-      const json = identifierViewsJson(page);
+  if (rest !== null) {
+    for await (const page of rest) {
+      const json = members(page);
       if (json.length > 0) {
         yield open; // the page itself is not copied to put a comma before it
         yield json;
@@ -60,12 +67,21 @@ async function* chunks(registry: Registry, status: Status | null, first: ListedP
 }
 
 /**
+ * A response body streaming the JSON array of `first`'s members and then those of the pages
+ * `rest` reads as the client takes them (null: `first` is the only page). Whatever is paged
+ * this way (the listing, a history) costs the event loop one page at a time.
+ */
+export function streamJsonArray<P>(first: P, rest: AsyncIterable<P> | null, members: (page: P) => Buffer): Readable {
+  return Readable.from(arrayChunks(first, rest, members), { objectMode: false });
+}
+
+/**
  * Every identifier (with `status`, of that status) after `after`, as a JSON array. The first
  * page is read before anything is sent, so an unknown `after` is still a 400 and a failing
- * database a 503; a failure on a later page can only cut the response short (the client
- * sees an aborted, unterminated array, never a complete-looking one).
+ * database a 503; a failure on a later page can only cut the response short.
  */
 export async function streamListing(registry: Registry, status: Status | null, after: string | null): Promise<Readable> {
   const first = await registry.listPage({ status, after, limit: LISTING_PAGE_SIZE });
-  return Readable.from(chunks(registry, status, first), { objectMode: false });
+  const rest = first.next === null ? null : registry.pagesAfter(status, first.next.cursor, { limit: LISTING_PAGE_SIZE });
+  return streamJsonArray(first, rest, identifierViewsJson);
 }

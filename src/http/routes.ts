@@ -11,14 +11,15 @@ import type { Metrics } from '../metrics.js';
 import type { Registry } from '../registry.js';
 import type { Role } from './auth.js';
 import { jsonBody } from './body.js';
+import { historyPageJson, streamHistory } from './history.js';
 import { streamListing } from './listing.js';
 import { DASHBOARD_HTML } from './dashboard.js';
 import { buildOpenApi } from './openapi.js';
 import {
-  allocateBodySchema, clientIdSchema, healthSchema, historySchema, identifierListSchema, identifierSchema,
+  allocateBodySchema, clientIdSchema, healthSchema, historyQuerySchema, historySchema, identifierListSchema, identifierSchema,
   identifierViewSchema, leaseBodySchema, leaseViewSchema, listQuerySchema, parse, reapQuerySchema, reapResultSchema,
 } from './schemas.js';
-import { healthView, historyView, identifierView, identifierViewsJson, leaseView, unhealthyView } from './views.js';
+import { healthView, identifierView, identifierViewsJson, leaseView, unhealthyView } from './views.js';
 
 export interface RouteDeps {
   readonly registry: Registry;
@@ -139,12 +140,22 @@ export const ROUTES: readonly RouteSpec[] = [
   },
   {
     method: 'get', path: '/identifier/:identifier/history', name: 'showHistory', access: 'admin',
-    summary: 'Ownership changes of an identifier, oldest first',
+    summary: 'Ownership changes of an identifier, oldest first; with limit, the next page is in the Link header; without, all of them, streamed',
     params: { identifier: identifierSchema },
+    query: historyQuerySchema,
     response: { description: 'the history', schema: historySchema },
     errors: ['invalid_request', 'unauthorized', 'forbidden', 'identifier_not_found'],
     async handle(ctx, { registry }) {
-      ctx.body = (await registry.history(parse.identifierParam(ctx.params['identifier']))).map(historyView);
+      const name = parse.identifierParam(ctx.params['identifier']);
+      const q = parse.historyQuery(ctx.query);
+      ctx.type = 'application/json; charset=utf-8';
+      if (q.limit === undefined) {
+        ctx.body = await streamHistory(registry, name, q.after ?? null);
+        return;
+      }
+      const page = await historyPageJson(registry, name, q.after ?? null, q.limit);
+      if (page.next !== null) ctx.set('Link', nextLink(ctx, String(page.next)));
+      ctx.body = page.json;
     },
   },
   {

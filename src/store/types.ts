@@ -88,6 +88,13 @@ export interface FreeEntry {
   readonly epoch: number;
 }
 
+/** A page of one identifier's history, oldest first. */
+export interface HistoryRows {
+  readonly entries: HistoryEntry[];
+  /** Where the next page starts (the position of this page's last entry) when more follow, else null. */
+  readonly next: number | null;
+}
+
 /** One registry process, as the others see it through the store. */
 export interface InstanceBeat {
   readonly id: string;
@@ -105,6 +112,11 @@ export interface Reader {
   byName(name: string): Promise<IdentifierRecord | null>;
   byClient(clientId: string): Promise<IdentifierRecord | null>;
   history(rowId: number): Promise<HistoryEntry[]>;
+  /**
+   * Up to `limit` entries of one identifier's history, oldest first, after the position `after`
+   * (an entry's position: increasing in the order entries were written; null: from the first).
+   */
+  historyPage(rowId: number, after: number | null, limit: number): Promise<HistoryRows>;
   /** Rows in pool order (pool_order, then row id). */
   list(q: ListQuery): Promise<IdentifierRecord[]>;
   /** `list` as tuples: what a listing reads, up to the whole pool, without an object per row. */

@@ -8,8 +8,8 @@
 import type { PoolClient } from 'pg';
 import { recordOf } from '../../domain/lease.js';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple, Status } from '../../domain/types.js';
-import type { FreeEntry, InstanceBeat, ListQuery, PoolRow, RawCounts, Reader, Tx } from '../types.js';
-import { RECORD_COLUMNS, TUPLE_COLUMNS, asRow, bool, int, recordTuples, scalar, toBeat, toHistoryEntry, toPoolRow, toRecord } from './rows.js';
+import type { FreeEntry, HistoryRows, InstanceBeat, ListQuery, PoolRow, RawCounts, Reader, Tx } from '../types.js';
+import { HISTORY_PAGE_COLUMNS, RECORD_COLUMNS, TUPLE_COLUMNS, asRow, bool, int, recordTuples, scalar, toBeat, toHistoryEntry, toHistoryRows, toPoolRow, toRecord } from './rows.js';
 
 /** The advisory-lock namespace of this registry ("idrg"), and the locks in it. */
 export const LOCK_NAMESPACE = 0x69647267;
@@ -259,6 +259,13 @@ export class PgReader implements Reader {
   async history(rowId: number): Promise<HistoryEntry[]> {
     const rs = await rows(this.client, 'history', 'SELECT at, event, client_id, epoch FROM history WHERE identifier_id = $1 ORDER BY id', [rowId]);
     return rs.map(toHistoryEntry);
+  }
+
+  async historyPage(rowId: number, after: number | null, limit: number): Promise<HistoryRows> {
+    // One row past the page tells whether another follows.
+    const rs = await rows(this.client, 'history_page',
+      `SELECT ${HISTORY_PAGE_COLUMNS} FROM history WHERE identifier_id = $1 AND id > $2 ORDER BY id LIMIT $3`, [rowId, after ?? 0, limit + 1]);
+    return toHistoryRows(rs, limit);
   }
 
   async list(q: ListQuery): Promise<IdentifierRecord[]> {

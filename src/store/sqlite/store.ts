@@ -16,14 +16,14 @@ import { RegistryError, isRegistryError } from '../../domain/errors.js';
 import { recordOf } from '../../domain/lease.js';
 import { HISTORY_EVENTS } from '../../domain/types.js';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple } from '../../domain/types.js';
-import type { FreeEntry, InstanceBeat, ListJson, ListQuery, ListingReader, OffLoopPage, PoolRow, RawCounts, Reader, Store, Tx, ViewRules, WriteOptions } from '../types.js';
+import type { FreeEntry, HistoryRows, InstanceBeat, ListJson, ListQuery, ListingReader, OffLoopPage, PoolRow, RawCounts, Reader, Store, Tx, ViewRules, WriteOptions } from '../types.js';
 import { startCheckpointer } from './checkpointer.js';
 import type { Checkpointer } from './checkpointer.js';
 import { toRegistryError } from './errors.js';
 import { ListingJson, edgeNext, finishPage, pageSql, planPage } from './listing-json.js';
 import { ListingWorkers } from './listing-worker.js';
 import type { ListingWorkerStats } from './listing-worker.js';
-import { RECORD_COLUMNS, asRow, intColumn, recordTuples, scalar, toHistoryEntry, toRecord } from './rows.js';
+import { HISTORY_PAGE_COLUMNS, RECORD_COLUMNS, asRow, intColumn, recordTuples, scalar, toHistoryEntry, toHistoryRows, toRecord } from './rows.js';
 import { MIGRATIONS } from './schema.js';
 
 export interface SqliteStoreOptions {
@@ -142,6 +142,7 @@ class Statements {
   readonly free: Statement;
   readonly historyInsert: Statement;
   readonly history: Statement;
+  readonly historyPage: Statement;
   readonly expired: Statement;
   readonly countExpired: Statement;
   readonly countLeased: Statement;
@@ -212,6 +213,7 @@ class Statements {
       `INSERT INTO history (identifier_id, at, event, client_id, epoch) VALUES (@rowId, @at, @event, @clientId, @epoch)`,
     );
     this.history = p(`SELECT at, event, client_id, epoch FROM history WHERE identifier_id = ? ORDER BY id`);
+    this.historyPage = p(`SELECT ${HISTORY_PAGE_COLUMNS} FROM history WHERE identifier_id = @rowId AND id > @after ORDER BY id LIMIT @limit`);
     this.expired = p(
       `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE client_id IS NOT NULL AND last_seen <= @cutoff
        ORDER BY last_seen, id LIMIT @limit`,
@@ -310,6 +312,11 @@ class SqliteReader implements Reader {
 
   async history(rowId: number): Promise<HistoryEntry[]> {
     return this.s.history.all(rowId).map(toHistoryEntry);
+  }
+
+  async historyPage(rowId: number, after: number | null, limit: number): Promise<HistoryRows> {
+    // One row past the page tells whether another follows.
+    return toHistoryRows(this.s.historyPage.all({ rowId, after: after ?? 0, limit: limit + 1 }), limit);
   }
 
   async list(q: ListQuery): Promise<IdentifierRecord[]> {
