@@ -108,6 +108,10 @@ const REAPER_STATE = 'reaper_state';
 const SERVICE_UP_SINCE = 'service_up_since';
 const CLOCK_STEP_AT = 'clock_step_at';
 const MINUTE = 60_000;
+/** History entries one pruning transaction deletes at most: a few milliseconds of work. */
+const PRUNE_BATCH = 1000;
+/** Pruning transactions one pruneHistory call runs at most. */
+const PRUNE_MAX_BATCHES = 100;
 /** How often an instance beats, and how stale the last beat of any instance may be for the service to count as up. */
 export const BEAT_INTERVAL_MS = 1000;
 const SERVICE_GAP_MS = 2500;
@@ -419,6 +423,29 @@ export class Registry {
 
   private emitReclaimed(recs: readonly IdentifierRecord[]): void {
     for (const rec of recs) this.emitOwnership('reclaimed', rec.name, rec.holder?.clientId ?? null, rec.epoch);
+  }
+
+  /**
+   * Deletes ownership history older than `retentionMs` (0: keeps it all), in transactions of
+   * `batch` entries each (the event loop gets a turn between them, and no transaction is long),
+   * at most `maxBatches` of them a call: a backlog (a first pruning of years of history) is
+   * worked off over several calls. Never what the guard still counts: entries within the last
+   * TTL (and minute) are kept whatever the retention. Returns how many entries were deleted.
+   */
+  async pruneHistory(opts: { readonly retentionMs: number; readonly batch?: number; readonly maxBatches?: number }): Promise<number> {
+    if (opts.retentionMs <= 0) return 0;
+    const keepMs = Math.max(opts.retentionMs, this.rules.ttlMs, MINUTE);
+    const batch = opts.batch ?? PRUNE_BATCH;
+    const maxBatches = opts.maxBatches ?? PRUNE_MAX_BATCHES;
+    let pruned = 0;
+    for (let i = 0; i < maxBatches; i++) {
+      const n = await this.store.write((tx) => tx.pruneHistory(tx.now - keepMs, batch), { durable: false });
+      pruned += n;
+      // Until a batch finds nothing due (not merely fewer than a batch: an entry written out of
+      // time order, a recent one before old ones, leaves a batch short without ending the work).
+      if (n === 0) break;
+    }
+    return pruned;
   }
 
   /**

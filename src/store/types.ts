@@ -166,6 +166,14 @@ export interface Tx extends Reader {
   /** Frees the row whoever holds it (allocatable from `availableAt`) and appends the history entry that says why: an ownership change never goes unrecorded. */
   free(rowId: number, availableAt: number, entry: FreeEntry): Promise<void>;
   appendHistory(rowId: number, at: number, event: HistoryEvent, clientId: string | null, epoch: number): Promise<void>;
+  /**
+   * Deletes history entries written before `before`, at most `limit` of them: the oldest, found
+   * by their position (the order they were written, which their times follow), so the work is
+   * bounded by `limit` whatever the history's length, without an index of every entry by time.
+   * The store's newest entry is never deleted (it is a floor of registry time). Returns how
+   * many were deleted: 0 when none of the oldest `limit` is due.
+   */
+  pruneHistory(before: number, limit: number): Promise<number>;
 
   // ---- the sweep
   /** Whether this transaction may run the sweep now (one sweeper at a time across instances). */

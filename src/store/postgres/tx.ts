@@ -384,6 +384,17 @@ export class PgTx extends PgReader implements Tx {
       [rowId, at, event, clientId, epoch]);
   }
 
+  async pruneHistory(before: number, limit: number): Promise<number> {
+    this.wrote = true;
+    // As SQLite's: the oldest `limit` entries by position (never the newest of all), those written
+    // before `before`. SKIP LOCKED: two instances pruning at once take different entries.
+    return changes(this.client, 'history_prune',
+      `WITH oldest AS (
+         SELECT id FROM history WHERE id < (SELECT max(id) FROM history) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
+       )
+       DELETE FROM history h USING oldest WHERE h.id = oldest.id AND h.at < $1`, [before, limit]);
+  }
+
   async trySweepLock(): Promise<boolean> {
     this.wrote = true;
     const r = asRow(await first(this.client, 'sweep_lock', 'SELECT pg_try_advisory_xact_lock($1, $2) AS ok', [LOCK_NAMESPACE, LOCK_SWEEP]));

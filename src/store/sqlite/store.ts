@@ -143,6 +143,7 @@ class Statements {
   readonly historyInsert: Statement;
   readonly history: Statement;
   readonly historyPage: Statement;
+  readonly historyPrune: Statement;
   readonly expired: Statement;
   readonly countExpired: Statement;
   readonly countLeased: Statement;
@@ -213,6 +214,12 @@ class Statements {
       `INSERT INTO history (identifier_id, at, event, client_id, epoch) VALUES (@rowId, @at, @event, @clientId, @epoch)`,
     );
     this.history = p(`SELECT at, event, client_id, epoch FROM history WHERE identifier_id = ? ORDER BY id`);
+    // The oldest `limit` entries by position (never the newest of all), those written before `before`.
+    this.historyPrune = p(
+      `DELETE FROM history WHERE id IN (
+         SELECT id FROM history WHERE id < (SELECT max(id) FROM history) ORDER BY id LIMIT @limit
+       ) AND at < @before`,
+    );
     this.historyPage = p(`SELECT ${HISTORY_PAGE_COLUMNS} FROM history WHERE identifier_id = @rowId AND id > @after ORDER BY id LIMIT @limit`);
     this.expired = p(
       `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE client_id IS NOT NULL AND last_seen <= @cutoff
@@ -404,6 +411,10 @@ class SqliteTx extends SqliteReader implements Tx {
 
   async appendHistory(rowId: number, at: number, event: HistoryEvent, clientId: string | null, epoch: number): Promise<void> {
     this.s.historyInsert.run({ rowId, at, event, clientId, epoch });
+  }
+
+  async pruneHistory(before: number, limit: number): Promise<number> {
+    return this.s.historyPrune.run({ before, limit }).changes;
   }
 
   async trySweepLock(): Promise<boolean> {
