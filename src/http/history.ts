@@ -8,7 +8,7 @@
  */
 import type { Readable } from 'node:stream';
 import type { HistoryPage, Registry } from '../registry.js';
-import { nextTurn, streamJsonArray } from './listing.js';
+import { pageInParts, streamJsonArray } from './listing.js';
 import { historyView } from './views.js';
 
 /** Entries a page: about a millisecond of reading and writing, far under the 20 ms an event-loop turn may take. */
@@ -19,30 +19,17 @@ export function historyMembersJson(page: HistoryPage): Buffer {
   return Buffer.from(page.entries.map((e) => JSON.stringify(historyView(e))).join(','));
 }
 
-const COMMA = Buffer.from(',');
-
 /**
  * A page of up to `limit` entries after `after` (`?limit=` of up to 10,000), as a JSON array,
  * and where the next page starts: read and written HISTORY_PAGE_SIZE entries at a time with a
- * turn of the event loop between, so a large page costs the loop no more than the stream's
- * pages do. Its parts are reads of their own, as the stream's pages are.
+ * turn of the event loop between (see pageInParts), so a large page costs the loop no more
+ * than the stream's pages do.
  */
 export async function historyPageJson(registry: Registry, name: string, after: number | null, limit: number): Promise<{ json: Buffer; next: number | null }> {
-  const parts: Buffer[] = [Buffer.from('[')];
-  let cursor = after;
-  let left = limit;
-  for (;;) {
-    const page = await registry.historyPage(name, { after: cursor, limit: Math.min(left, HISTORY_PAGE_SIZE) });
-    const members = historyMembersJson(page);
-    if (members.length > 0) parts.push(...(parts.length > 1 ? [COMMA, members] : [members]));
-    left -= page.entries.length;
-    if (page.next === null || left <= 0) {
-      parts.push(Buffer.from(']'));
-      return { json: Buffer.concat(parts), next: page.next };
-    }
-    cursor = page.next;
-    await nextTurn();
-  }
+  return pageInParts<number>(limit, HISTORY_PAGE_SIZE, async (from, n) => {
+    const page = await registry.historyPage(name, { after: from ?? after, limit: n });
+    return { members: historyMembersJson(page), next: page.next };
+  });
 }
 
 /**

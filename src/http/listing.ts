@@ -20,7 +20,7 @@
  */
 import { Readable } from 'node:stream';
 import type { Status } from '../domain/types.js';
-import type { Registry } from '../registry.js';
+import type { ListedPage, Registry } from '../registry.js';
 import { identifierViewsJson } from './views.js';
 
 /**
@@ -32,7 +32,7 @@ import { identifierViewsJson } from './views.js';
 export const LISTING_PAGE_SIZE = 2000;
 
 /** Resolves after a turn of the event loop: what is waiting (requests, timers) runs first. */
-export const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 const OPEN = Buffer.from('[');
 const COMMA = Buffer.from(',');
@@ -73,6 +73,48 @@ async function* arrayChunks<P>(first: P, rest: AsyncIterable<P> | null, members:
  */
 export function streamJsonArray<P>(first: P, rest: AsyncIterable<P> | null, members: (page: P) => Buffer): Readable {
   return Readable.from(arrayChunks(first, rest, members), { objectMode: false });
+}
+
+/**
+ * One page of up to `limit` members as a JSON array, read in parts of at most `part` members,
+ * each its own read with a turn of the event loop between (a page of 10,000 written at once
+ * held the loop 20-50 ms), and where the page after it starts. `read` answers the members
+ * after a position (null: from `after` as the request gave it) and where the next part starts,
+ * which it says only when more follow (so a part that says it was full).
+ */
+export async function pageInParts<C>(
+  limit: number, part: number, read: (after: C | null, limit: number) => Promise<{ members: Buffer; next: C | null }>,
+): Promise<{ json: Buffer; next: C | null }> {
+  const parts: Buffer[] = [OPEN];
+  let left = limit;
+  let cursor: C | null = null;
+  for (;;) {
+    const n = Math.min(left, part);
+    const got = await read(cursor, n);
+    if (got.members.length > 0) parts.push(...(parts.length > 1 ? [COMMA, got.members] : [got.members]));
+    left -= n;
+    if (got.next === null || left <= 0) {
+      parts.push(CLOSE);
+      return { json: Buffer.concat(parts), next: got.next };
+    }
+    cursor = got.next;
+    await nextTurn();
+  }
+}
+
+/**
+ * A page of the listing (`GET /identifiers?limit=`), in parts of at most LISTING_PAGE_SIZE
+ * (see pageInParts), and the identifier the next page starts after. Errors: invalid_request
+ * when `after` names no identifier.
+ */
+export async function listingPageJson(
+  registry: Registry, status: Status | null, after: string | null, limit: number,
+): Promise<{ json: Buffer; next: string | null }> {
+  const page = await pageInParts<NonNullable<ListedPage['next']>>(limit, LISTING_PAGE_SIZE, async (from, n) => {
+    const p = await registry.listPage({ status, after: from?.cursor ?? after, limit: n });
+    return { members: identifierViewsJson(p), next: p.next };
+  });
+  return { json: page.json, next: page.next?.name ?? null };
 }
 
 /**

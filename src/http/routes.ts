@@ -12,14 +12,14 @@ import type { Registry } from '../registry.js';
 import type { Role } from './auth.js';
 import { jsonBody } from './body.js';
 import { historyPageJson, streamHistory } from './history.js';
-import { streamListing } from './listing.js';
+import { listingPageJson, streamListing } from './listing.js';
 import { DASHBOARD_HTML } from './dashboard.js';
 import { buildOpenApi } from './openapi.js';
 import {
   allocateBodySchema, clientIdSchema, healthSchema, historyQuerySchema, historySchema, identifierListSchema, identifierSchema,
   identifierViewSchema, leaseBodySchema, leaseViewSchema, listQuerySchema, parse, reapQuerySchema, reapResultSchema,
 } from './schemas.js';
-import { healthView, identifierView, identifierViewsJson, leaseView, unhealthyView } from './views.js';
+import { healthView, identifierView, leaseView, unhealthyView } from './views.js';
 
 export interface RouteDeps {
   readonly registry: Registry;
@@ -42,9 +42,6 @@ export interface RouteSpec {
   readonly errors: readonly ErrorCode[];
   readonly handle: (ctx: Context, deps: RouteDeps) => Promise<void>;
 }
-
-const OPEN = Buffer.from('[');
-const CLOSE = Buffer.from(']');
 
 function nextLink(ctx: Context, after: string): string {
   const q = new URLSearchParams();
@@ -110,10 +107,10 @@ export const ROUTES: readonly RouteSpec[] = [
         ctx.body = await streamListing(registry, q.status ?? null, q.after ?? null);
         return;
       }
-      const page = await registry.listPage({ status: q.status ?? null, after: q.after ?? null, limit: q.limit ?? null });
-      if (page.next !== null) ctx.set('Link', nextLink(ctx, page.next.name));
-      ctx.body = Buffer.concat([OPEN, identifierViewsJson(page), CLOSE]);
+      const page = await listingPageJson(registry, q.status ?? null, q.after ?? null, q.limit);
+      if (page.next !== null) ctx.set('Link', nextLink(ctx, page.next));
       ctx.type = 'application/json; charset=utf-8';
+      ctx.body = page.json;
     },
   },
   {

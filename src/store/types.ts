@@ -51,11 +51,19 @@ export interface ListJson {
 
 /**
  * The listing's pages read off the event loop (SQLite on a file: worker threads, each with its
- * own connection), each in a read transaction of its own, as `Reader.listJson` writes them.
+ * own connection), each in a read transaction of its own, as `Reader.listJson` writes them; and
+ * the other reads whose work grows with the pool.
  */
 export interface ListingReader {
   /** Whether it can take a page now (a worker still starting cannot: read the page in-process meanwhile). */
   readonly ready: boolean;
+  /** Resolves true once it can take pages, false when it cannot be started (read them in-process). */
+  whenReady(): Promise<boolean>;
+  /**
+   * Reader.counts off the event loop, from one read snapshot of its own: the counting's work
+   * grows with the pool. Rejects when the reader failed (count in-process then).
+   */
+  counts(now: number): Promise<RawCounts>;
   /**
    * The page `q` lists, from one read snapshot: written as JSON, or as its rows when SQL could
    * not write them. `onNext` is told where the page ends (null: the last page) as soon as that

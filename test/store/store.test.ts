@@ -82,7 +82,7 @@ describe('store: the database refuses what the rules forbid', () => {
       try {
         const indexes = (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'history' ORDER BY name`).all() as { name: string }[]).map((r) => r.name);
         expect(indexes).to.deep.equal(['history_by_identifier', 'history_reclaimed_at']);
-        expect(store.db.pragma('user_version', { simple: true })).to.equal(4);
+        expect(store.db.pragma('user_version', { simple: true })).to.equal(MIGRATIONS.length);
         const count = (event: 'reclaimed' | 'allocated' | 'released', since: number): Promise<number> => store.write((tx: Tx) => tx.countEvents(event, since), { durable: false });
         expect(await count('reclaimed', 0)).to.equal(2);
         expect(await count('reclaimed', 201)).to.equal(1);

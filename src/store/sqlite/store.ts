@@ -63,13 +63,28 @@ interface QueuedRead {
 
 type Outcome = { ok: true; value: unknown } | { ok: false; error: RegistryError };
 
+/**
+ * Each status filter of a listing, which pages it in pool order. Free and cooling compare
+ * `+available_at`: the unary plus keeps SQLite from serving the time test with the allocatable
+ * index (available_at first, so every match, then a sort of them all); the pool-order index of
+ * unheld identifiers (identifiers_unheld_by_order_at) holds the time, so a page stops as soon
+ * as it has its rows.
+ */
 export const STATUS_WHERE: Readonly<Record<string, string>> = {
   all: '1 = 1',
   leased: 'client_id IS NOT NULL',
-  free: 'client_id IS NULL AND retired = 0 AND available_at <= @now',
-  cooling: 'client_id IS NULL AND retired = 0 AND available_at > @now',
+  free: 'client_id IS NULL AND retired = 0 AND +available_at <= @now',
+  cooling: 'client_id IS NULL AND retired = 0 AND +available_at > @now',
   retired: 'retired = 1',
 };
+
+/**
+ * The pool's counts (Reader.counts): the totals a grant, a free or a retirement changes are kept
+ * by triggers; cooling is time-dependent, so it is counted, through the allocatable index.
+ */
+const COUNTS_SQL = `SELECT total, leased, retired,
+         (SELECT count(*) FROM identifiers WHERE client_id IS NULL AND retired = 0 AND available_at > @now) AS cooling
+  FROM pool_counts WHERE id = 1`;
 
 const CLOCK_KEY = 'clock_anchor';
 /** An instance that has not beaten for this long (crashed long ago) is dropped from the table. */
@@ -86,6 +101,13 @@ const LISTING_IDLE_MS = 60_000;
 const LISTING_WORKERS = 2;
 /** Identifiers a bulk insert sends per statement. */
 const INSERT_CHUNK = 10_000;
+
+/** A count a worker read (a number, or a bigint from a very large table). */
+function countOf(v: unknown): number {
+  const n = typeof v === 'bigint' ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) throw new Error(`counts: expected a count, got ${typeof v}`);
+  return n;
+}
 
 function isBusy(e: unknown): boolean {
   return e instanceof Database.SqliteError && /^SQLITE_(BUSY|LOCKED)/.test(e.code);
@@ -230,11 +252,7 @@ class Statements {
     // The event is written into the SQL, not bound: the statement is planned once on the
     // partial index of reclaims (with a bound event SQLite plans it again at every new value).
     this.countEvents = Object.fromEntries(HISTORY_EVENTS.map((e) => [e, p(`SELECT count(*) AS n FROM history WHERE event = '${e}' AND at >= ?`)])) as Record<HistoryEvent, Statement>;
-    this.counts = p(
-      `SELECT total, leased, retired,
-              (SELECT count(*) FROM identifiers WHERE client_id IS NULL AND retired = 0 AND available_at > @now) AS cooling
-       FROM pool_counts WHERE id = 1`,
-    );
+    this.counts = p(COUNTS_SQL);
     const lists = new Map<string, Statement>();
     for (const [status, where] of Object.entries(STATUS_WHERE)) {
       const base = `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE ${where}`;
@@ -872,12 +890,19 @@ export class SqliteStore implements Store {
    */
   listingReader(): ListingReader | null {
     if (this.closed || !this.listingOffLoop || !this.file || this.fileProblem()) return null;
-    this.listing ??= new ListingWorkers(this.file.path, pageSql(STATUS_WHERE), LISTING_WORKERS, LISTING_IDLE_MS);
+    this.listing ??= new ListingWorkers(this.file.path, pageSql(STATUS_WHERE), LISTING_WORKERS, LISTING_IDLE_MS, undefined, { counts: COUNTS_SQL });
     const workers = this.listing;
     if (workers.failed) return null;
     workers.start();
     return {
       get ready() { return workers.ready; },
+      whenReady: () => workers.whenReady(),
+      counts: async (now: number): Promise<RawCounts> => {
+        const row = await workers.read('counts', { now });
+        if (!Array.isArray(row)) throw new Error('counts: expected one row');
+        const [total, leased, retired, cooling]: unknown[] = row;
+        return { total: countOf(total), leased: countOf(leased), retired: countOf(retired), cooling: countOf(cooling) };
+      },
       page: async (q: ListQuery, view: ViewRules, onNext: (next: ListJson['next']) => void): Promise<OffLoopPage | null> => {
         const plan = planPage(q, view);
         if (plan === null) return null;
@@ -895,9 +920,9 @@ export class SqliteStore implements Store {
     return this.listing.whenReady();
   }
 
-  /** For tests and the bench: the listing workers' state, and the pages they wrote so far. */
+  /** For tests and the bench: the listing workers' state, and the pages and other reads they answered so far. */
   listingWorkerStats(): ListingWorkerStats {
-    return this.listing?.stats ?? { running: 0, pending: 0, pages: 0 };
+    return this.listing?.stats ?? { running: 0, pending: 0, pages: 0, reads: 0 };
   }
 
   /** Stops the listing workers, as if they failed: pages waiting are refused (tests: workers gone mid-listing). */
