@@ -110,8 +110,10 @@ describe('the listing read on worker threads', function () {
           const before = store.listingWorkerStats().pages;
           const got = await listAll(h.registry, status, limit);
           expect(got.text, `${status} by ${limit}`).to.equal(ref);
-          // Every page came from a worker, the first (listPage, as a paged request reads it) too.
-          expect(store.listingWorkerStats().pages - before, `${status} by ${limit}`).to.equal(got.pages);
+          // Every page after the first came from a worker; the first too (listPage, as a paged
+          // request reads it) for free and cooling ones, whose rows may lie far apart.
+          const offLoopFirst = status === 'free' || status === 'cooling' ? 1 : 0;
+          expect(store.listingWorkerStats().pages - before, `${status} by ${limit}`).to.equal(got.pages - 1 + offLoopFirst);
         }
       }
       // And over HTTP, the streamed listing.
@@ -121,7 +123,7 @@ describe('the listing read on worker threads', function () {
         const res = await fetchAll(base, '/identifiers');
         expect(res).to.include({ status: 200, aborted: false });
         expect(res.body).to.equal(await reference(h.registry, null));
-        expect(store.listingWorkerStats().pages - before).to.equal(2); // 2,500 rows: two pages, both written there
+        expect(store.listingWorkerStats().pages - before).to.equal(1); // 2,500 rows: the first page here, the second there
       } finally {
         stop(server);
       }
@@ -136,7 +138,12 @@ describe('the listing read on worker threads', function () {
       const got = await listAll(h.registry, null, 300);
       expect(got.text).to.equal(await reference(h.registry, null));
       expect(got.text).to.include('"available_at":"+010000-01-01T00:00:00.000Z"');
-      expect(store.listingWorkerStats().pages - before).to.equal(got.pages);
+      expect(store.listingWorkerStats().pages - before).to.equal(got.pages - 1);
+      // Pages of cooling ones, the first too, read there.
+      const beforeCooling = store.listingWorkerStats().pages;
+      const cooling = await listAll(h.registry, 'cooling', 50);
+      expect(cooling.text).to.equal(await reference(h.registry, 'cooling')).and.include('"available_at":"+010000-01-01T00:00:00.000Z"');
+      expect(store.listingWorkerStats().pages - beforeCooling).to.equal(cooling.pages);
     });
 
     it('workers that fail mid-listing: the rest is read in-process, every identifier once', async () => {
