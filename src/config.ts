@@ -34,6 +34,8 @@ export interface Config {
   readonly tls: { readonly certFile: string; readonly keyFile: string } | null;
   /** The explicit way out of protected mode: serve a non-loopback address with no tokens. */
   readonly allowOpen: boolean;
+  /** Ownership history older than this many days is pruned; 0 keeps it forever. */
+  readonly historyRetentionDays: number;
   readonly logLevel: LogLevel;
 }
 
@@ -52,6 +54,8 @@ type Env = Readonly<Record<string, string | undefined>>;
  * and catch a unit mistake (milliseconds given for seconds).
  */
 const MAX_SECONDS = 30 * 24 * 3600;
+/** The longest history retention: a century (a longer one is "forever", which is 0). */
+const MAX_RETENTION_DAYS = 36_500;
 /** The most identifiers a count setting can sensibly name. */
 const MAX_COUNT = 1_000_000_000;
 
@@ -202,6 +206,7 @@ export function loadConfig(env: Env): Config {
     adminTokens: Object.freeze(adminTokens),
     tls,
     allowOpen,
+    historyRetentionDays: number(env, 'HISTORY_RETENTION_DAYS', 90, { min: 0, max: MAX_RETENTION_DAYS, integer: true }),
     logLevel: level,
   });
 }

@@ -32,6 +32,8 @@ import type { TlsMaterial } from './tls.js';
 import { REGISTRY_USAGE, USAGE_EXIT_STATUS, registryCommand } from './usage.js';
 import { packageVersion } from './version.js';
 
+const DAY_MS = 86_400_000;
+
 /** Exit status for every configuration problem (sysexits EX_CONFIG): systemd will not restart-loop on it. */
 const EX_CONFIG = 78;
 
@@ -273,10 +275,19 @@ export async function serve(signals: Signals): Promise<void> {
   const beats = setInterval(() => {
     registry.beat().catch((e: unknown) => log.warn({ err: e instanceof Error ? e.message : String(e) }, 'instance beat failed'));
   }, BEAT_INTERVAL_MS);
+  const retentionMs = config.historyRetentionDays * DAY_MS;
   const stopReaper = startReaper({
     schedule: config.reaperSchedule,
     clock: store.clock,
-    sweep: () => registry.reap(),
+    // History is pruned on the sweep's schedule, after it, in bounded batches of its own.
+    sweep: async () => {
+      const swept = await registry.reap();
+      await registry.pruneHistory({ retentionMs }).then(
+        (pruned) => { if (pruned > 0) log.info({ pruned, retention_days: config.historyRetentionDays }, 'history pruned'); },
+        (e: unknown) => log.warn({ err: e instanceof Error ? e.message : String(e) }, 'history pruning failed; it is tried again after the next sweep'),
+      );
+      return swept;
+    },
     onError: (e) => log.error({ err: e instanceof Error ? e.message : String(e) }, 'reaper sweep failed'),
   });
 

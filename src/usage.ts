@@ -31,6 +31,7 @@ variables only (defaults in brackets):
   AGENT_TOKENS, ADMIN_TOKENS  comma-separated bearer tokens, 16+ characters [unset: open]
   ALLOW_OPEN                  true: serve a non-loopback HOST with no tokens (protected mode's way out) [false]
   TLS_CERT_FILE, TLS_KEY_FILE HTTPS with this PEM certificate chain and key, re-read on SIGHUP [unset: HTTP]
+  HISTORY_RETENTION_DAYS      ownership history older than this many whole days is pruned; 0 keeps it [90]
   LOG_LEVEL                   fatal error warn info debug trace silent [info]
 
 signals: SIGHUP re-reads the pool file; SIGTERM or SIGINT finish in-flight requests and stop.

@@ -92,6 +92,37 @@ describe('idreg, the operator command', function () {
     expect((await json(reg.base, 'GET', '/identifier/w-1')).status).to.equal(401); // the API needs the token; idreg sent it
   });
 
+  it('history follows the pages: a history longer than a page comes whole, oldest first, one request a page', async () => {
+    // 2,500 entries written straight into the registry's database file (WAL: the registry sees them at once).
+    const db = new Database(join(t.dir, 'registry.db'));
+    try {
+      db.prepare(`WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 2500)
+        INSERT INTO history (identifier_id, at, event, client_id, epoch)
+        SELECT (SELECT id FROM identifiers WHERE name = 'w-3'), 1700000000000 + i * 1000,
+               CASE i % 2 WHEN 1 THEN 'allocated' ELSE 'released' END, 'vm-' || ((i + 1) / 2), (i + 1) / 2 FROM c`).run();
+    } finally {
+      db.close();
+    }
+    const requests = async (): Promise<number> => {
+      const text = await (await fetch(`${reg.base}/metrics`)).text();
+      const line = text.split('\n').find((l) => l.startsWith('asg_id_registry_http_request_duration_seconds_count{') &&
+        l.includes('route="/identifier/:identifier/history"') && l.includes('status="200"'));
+      return line === undefined ? 0 : Number(line.split(' ').pop());
+    };
+    const before = await requests();
+    const h = await idreg(['history', 'w-3'], env);
+    expect(h.code, h.stderr).to.equal(0);
+    const lines = h.stdout.trim().split('\n');
+    expect(lines[0]).to.match(/^AT\s+EVENT\s+CLIENT\s+EPOCH$/);
+    expect(lines).to.have.length(2501);
+    const rows = lines.slice(1).map((l) => l.split(/\s+/));
+    expect(rows[0]).to.deep.equal(['2023-11-14T22:13:21.000Z', 'allocated', 'vm-1', '1']);
+    expect(rows[2499]).to.deep.equal([new Date(1700000000000 + 2500 * 1000).toISOString(), 'released', 'vm-1250', '1250']);
+    expect(rows.every((r, i) => r[3] === String(Math.floor((i + 2) / 2))), 'every entry once, in order').to.equal(true);
+    // Pages of 1,000: three requests, each a bounded answer.
+    expect(await requests() - before).to.equal(3);
+  });
+
   it('reap --force', async () => {
     const r = await idreg(['reap', '--force'], env);
     expect(r.code, r.stderr).to.equal(0);

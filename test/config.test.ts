@@ -17,7 +17,7 @@ describe('config', () => {
     expect(c).to.include({
       host: '127.0.0.1', port: 8080, dbPath: './data/registry.db', poolFile: 'seed/identifiers.txt',
       leaseTtlSeconds: 90, reaperSchedule: '*/10 * * * * *', reuseCooldownSeconds: 90, startupGraceSeconds: 90,
-      reaperMaxFraction: 0.5, reaperMinHold: 10, logLevel: 'info',
+      reaperMaxFraction: 0.5, reaperMinHold: 10, logLevel: 'info', historyRetentionDays: 90,
     });
     expect(c.agentTokens).to.deep.equal([]);
     expect(Object.isFrozen(c)).to.equal(true);
@@ -52,6 +52,11 @@ describe('config', () => {
     }
   }
 
+  it('HISTORY_RETENTION_DAYS: whole days, 0 keeps history forever', () => {
+    expect(loadConfig({ HISTORY_RETENTION_DAYS: '0' }).historyRetentionDays).to.equal(0);
+    expect(loadConfig({ HISTORY_RETENTION_DAYS: '365' }).historyRetentionDays).to.equal(365);
+  });
+
   it('splits token lists for rotation', () => {
     const c = loadConfig({ AGENT_TOKENS: 'agent-token-aaaaaaaa, agent-token-bbbbbbbb', ADMIN_TOKENS: 'admin-token-cccccccc' });
     expect(c.agentTokens).to.deep.equal(['agent-token-aaaaaaaa', 'agent-token-bbbbbbbb']);
@@ -65,7 +70,7 @@ describe('config', () => {
     ['REAPER_SCHEDULE', 'every ten seconds'], ['REAPER_SCHEDULE', '99 * * * *'],
     ['REAPER_MAX_FRACTION', '1.5'], ['REAPER_MAX_FRACTION', '0'], ['REAPER_MIN_HOLD', '2.5'],
     ['LOG_LEVEL', 'loud'], ['AGENT_TOKENS', 'short'], ['ADMIN_TOKENS', 'admin-token-cccccccc,,x'],
-    ['DB_BUSY_TIMEOUT_MS', 'forever'], ['AGENT_TOKENS', 'replace-me-agent-token-0000'], ['ADMIN_TOKENS', 'REPLACE-ME-admin-token-0000'],
+    ['DB_BUSY_TIMEOUT_MS', 'forever'], ['HISTORY_RETENTION_DAYS', '1.5'], ['HISTORY_RETENTION_DAYS', '-1'], ['HISTORY_RETENTION_DAYS', '36501'], ['AGENT_TOKENS', 'replace-me-agent-token-0000'], ['ADMIN_TOKENS', 'REPLACE-ME-admin-token-0000'],
   ];
   for (const [name, value] of bad) {
     it(`refuses ${name}=${JSON.stringify(value)}, naming it on one line`, () => {

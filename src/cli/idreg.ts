@@ -31,6 +31,8 @@ import { ago, table } from './format.js';
 
 const STATUSES = ['leased', 'free', 'cooling', 'retired'] as const;
 const MAX_LIMIT = 10_000;
+/** Entries `history` asks for a page: a history of any length comes in bounded answers. */
+const HISTORY_PAGE = 1000;
 
 const USAGE = `usage: idreg [--url URL] [--token TOKEN] COMMAND
        idreg --help | --version
@@ -101,7 +103,13 @@ function parse<T extends ParseArgsConfig>(cmd: string, config: T): ReturnType<ty
 
 type Json = unknown;
 
-interface Reply { status: number; body: Json; date: number }
+interface Reply {
+  status: number;
+  body: Json;
+  date: number;
+  /** The next page's path, from a `Link: <…>; rel="next"` header; null without one. */
+  next: string | null;
+}
 
 function field(o: Json, k: string): Json {
   return typeof o === 'object' && o !== null && !Array.isArray(o) ? Object.fromEntries(Object.entries(o))[k] : undefined;
@@ -123,7 +131,13 @@ async function call(cfg: CliConfig, method: string, path: string): Promise<Reply
   try { body = JSON.parse(raw); } catch { /* not JSON */ }
   // The registry's own clock says what "now" is, so "12s ago" does not depend on this machine's.
   const date = Date.parse(res.headers.get('date') ?? '');
-  return { status: res.status, body, date: Number.isNaN(date) ? systemTimeSource.wall() : date };
+  return { status: res.status, body, date: Number.isNaN(date) ? systemTimeSource.wall() : date, next: nextPath(res.headers.get('link')) };
+}
+
+/** The path of a `Link: <…>; rel="next"` header; only a path on the registry asked (never another host). */
+function nextPath(link: string | null): string | null {
+  const target = /<([^>]*)>\s*;\s*rel="?next"?/.exec(link ?? '')?.[1];
+  return target !== undefined && target.startsWith('/') && !target.startsWith('//') ? target : null;
 }
 
 /** What to do about a refusal that the operator's own setup causes. */
@@ -184,11 +198,21 @@ async function show(cfg: CliConfig, name: string): Promise<string> {
   return describe(ok(byClient, cfg).body, byClient.date);
 }
 
+/** The whole history, page by page (each page's Link header says where the next starts). */
 async function history(cfg: CliConfig, name: string): Promise<string> {
-  const r = ok(await call(cfg, 'GET', `/identifier/${encodeURIComponent(name)}/history`), cfg);
-  const rows = (Array.isArray(r.body) ? r.body : []).map((h: Json) => [
-    text(field(h, 'at')), text(field(h, 'event')), text(field(h, 'client_id')), text(field(h, 'epoch')),
-  ]);
+  const rows: string[][] = [];
+  let path: string | null = `/identifier/${encodeURIComponent(name)}/history?limit=${HISTORY_PAGE}`;
+  const seen = new Set<string>();
+  while (path !== null) {
+    // A registry that sent the same page twice would otherwise be followed for ever.
+    if (seen.has(path)) throw new CliError(`error: the registry sent the page ${path} twice; the history shown would be incomplete`, 3);
+    seen.add(path);
+    const r = ok(await call(cfg, 'GET', path), cfg);
+    for (const h of Array.isArray(r.body) ? r.body : []) {
+      rows.push([text(field(h, 'at')), text(field(h, 'event')), text(field(h, 'client_id')), text(field(h, 'epoch'))]);
+    }
+    path = r.next;
+  }
   return table(['AT', 'EVENT', 'CLIENT', 'EPOCH'], rows);
 }
 

@@ -55,6 +55,18 @@ export const listQuerySchema = {
   },
 } as const;
 
+export const historyQuerySchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    limit: { type: 'integer', minimum: 1, maximum: MAX_PAGE, description: `page size, 1-${MAX_PAGE}; without it, the whole history` },
+    after: {
+      type: 'integer', minimum: 0, maximum: Number.MAX_SAFE_INTEGER,
+      description: 'start after this position (an opaque cursor: take it from the Link header of the previous page)',
+    },
+  },
+} as const;
+
 export const reapQuerySchema = {
   type: 'object',
   additionalProperties: false,
@@ -64,6 +76,7 @@ export const reapQuerySchema = {
 export interface AllocateBody { client_id: string }
 export interface LeaseBody { client_id: string; identifier: string; epoch?: number }
 export interface ListQuery { status?: Status; limit?: number; after?: string }
+export interface HistoryQuery { limit?: number; after?: number }
 export interface ReapQuery { force?: 'true' | 'false' }
 
 const bodies = new Ajv({ allErrors: false, verbose: true, strict: true });
@@ -74,6 +87,7 @@ const validators = {
   allocate: bodies.compile<AllocateBody>(allocateBodySchema),
   lease: bodies.compile<LeaseBody>(leaseBodySchema),
   list: queries.compile<ListQuery>(listQuerySchema),
+  history: queries.compile<HistoryQuery>(historyQuerySchema),
   reap: queries.compile<ReapQuery>(reapQuerySchema),
   clientId: bodies.compile<string>(clientIdSchema),
   identifier: bodies.compile<string>(identifierSchema),
@@ -112,6 +126,7 @@ export const parse = {
   allocateBody: (data: unknown): AllocateBody => check(validators.allocate, data, 'body'),
   leaseBody: (data: unknown): LeaseBody => check(validators.lease, data, 'body'),
   listQuery: (query: Readonly<Record<string, unknown>>): ListQuery => check(validators.list, { ...query }, 'query'),
+  historyQuery: (query: Readonly<Record<string, unknown>>): HistoryQuery => check(validators.history, { ...query }, 'query'),
   reapQuery: (query: Readonly<Record<string, unknown>>): ReapQuery => check(validators.reap, { ...query }, 'query'),
   clientIdParam: (v: unknown): string => check(validators.clientId, v, 'client_id'),
   identifierParam: (v: unknown): string => check(validators.identifier, v, 'identifier'),

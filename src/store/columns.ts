@@ -87,6 +87,20 @@ export function historyEntryFrom(c: Columns): HistoryEntry {
   return { at: c.int('at'), event: historyEvent(c.text('event')), clientId: c.textOrNull('client_id'), epoch: c.int('epoch') };
 }
 
+/** The SELECT list of a history page: the entry and its position. */
+export const HISTORY_PAGE_COLUMNS = 'id, at, event, client_id, epoch';
+
+/**
+ * A history page from the rows read for it: `limit` entries and one more when another page
+ * follows (that one tells only that it does). The position of the page's last entry is where
+ * the next page starts.
+ */
+export function historyRowsFrom(raw: readonly unknown[], limit: number, types: ColumnTypes): { entries: HistoryEntry[]; next: number | null } {
+  const page = raw.slice(0, limit).map((r) => columns(r, types));
+  const last = page[page.length - 1];
+  return { entries: page.map(historyEntryFrom), next: raw.length > limit && last ? last.int('id') : null };
+}
+
 const isInt = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v);
 
 /**

@@ -55,11 +55,19 @@ export interface ListJson {
 
 /**
  * The listing's pages read off the event loop (SQLite on a file: worker threads, each with its
- * own connection), each in a read transaction of its own, as `Reader.listJson` writes them.
+ * own connection), each in a read transaction of its own, as `Reader.listJson` writes them; and
+ * the other reads whose work grows with the pool.
  */
 export interface ListingReader {
   /** Whether it can take a page now (a worker still starting cannot: read the page in-process meanwhile). */
   readonly ready: boolean;
+  /** Resolves true once it can take pages, false when it cannot be started (read them in-process). */
+  whenReady(): Promise<boolean>;
+  /**
+   * Reader.counts off the event loop, from one read snapshot of its own: the counting's work
+   * grows with the pool. Rejects when the reader failed (count in-process then).
+   */
+  counts(now: number): Promise<RawCounts>;
   /**
    * The page `q` lists, from one read snapshot: written as JSON, or as its rows when SQL could
    * not write them. `onNext` is told where the page ends (null: the last page) as soon as that
@@ -92,6 +100,13 @@ export interface FreeEntry {
   readonly epoch: number;
 }
 
+/** A page of one identifier's history, oldest first. */
+export interface HistoryRows {
+  readonly entries: HistoryEntry[];
+  /** Where the next page starts (the position of this page's last entry) when more follow, else null. */
+  readonly next: number | null;
+}
+
 /** One registry process, as the others see it through the store. */
 export interface InstanceBeat {
   readonly id: string;
@@ -109,6 +124,11 @@ export interface Reader {
   byName(name: string): Promise<IdentifierRecord | null>;
   byClient(clientId: string): Promise<IdentifierRecord | null>;
   history(rowId: number): Promise<HistoryEntry[]>;
+  /**
+   * Up to `limit` entries of one identifier's history, oldest first, after the position `after`
+   * (an entry's position: increasing in the order entries were written; null: from the first).
+   */
+  historyPage(rowId: number, after: number | null, limit: number): Promise<HistoryRows>;
   /** Rows in pool order (pool_order, then row id). */
   list(q: ListQuery): Promise<IdentifierRecord[]>;
   /** `list` as tuples: what a listing reads, up to the whole pool, without an object per row. */
@@ -163,6 +183,14 @@ export interface Tx extends Reader {
   /** Frees the row whoever holds it (allocatable from `availableAt`, its fence record cleared) and appends the history entry that says why: an ownership change never goes unrecorded. */
   free(rowId: number, availableAt: number, entry: FreeEntry): Promise<void>;
   appendHistory(rowId: number, at: number, event: HistoryEvent, clientId: string | null, epoch: number): Promise<void>;
+  /**
+   * Deletes history entries written before `before`, at most `limit` of them: the oldest, found
+   * by their position (the order they were written, which their times follow), so the work is
+   * bounded by `limit` whatever the history's length, without an index of every entry by time.
+   * The store's newest entry is never deleted (it is a floor of registry time). Returns how
+   * many were deleted: 0 when none of the oldest `limit` is due.
+   */
+  pruneHistory(before: number, limit: number): Promise<number>;
 
   // ---- the sweep
   /** Whether this transaction may run the sweep now (one sweeper at a time across instances). */

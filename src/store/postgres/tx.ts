@@ -8,8 +8,8 @@
 import type { PoolClient } from 'pg';
 import { recordOf } from '../../domain/lease.js';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple, Status } from '../../domain/types.js';
-import type { FreeEntry, InstanceBeat, ListQuery, PoolRow, RawCounts, Reader, Tx } from '../types.js';
-import { RECORD_COLUMNS, TUPLE_COLUMNS, asRow, bool, int, recordTuples, scalar, toBeat, toHistoryEntry, toPoolRow, toRecord } from './rows.js';
+import type { FreeEntry, HistoryRows, InstanceBeat, ListQuery, PoolRow, RawCounts, Reader, Tx } from '../types.js';
+import { HISTORY_PAGE_COLUMNS, RECORD_COLUMNS, TUPLE_COLUMNS, asRow, bool, int, recordTuples, scalar, toBeat, toHistoryEntry, toHistoryRows, toPoolRow, toRecord } from './rows.js';
 
 /** The advisory-lock namespace of this registry ("idrg"), and the locks in it. */
 export const LOCK_NAMESPACE = 0x69647267;
@@ -271,6 +271,13 @@ export class PgReader implements Reader {
     return rs.map(toHistoryEntry);
   }
 
+  async historyPage(rowId: number, after: number | null, limit: number): Promise<HistoryRows> {
+    // One row past the page tells whether another follows.
+    const rs = await rows(this.client, 'history_page',
+      `SELECT ${HISTORY_PAGE_COLUMNS} FROM history WHERE identifier_id = $1 AND id > $2 ORDER BY id LIMIT $3`, [rowId, after ?? 0, limit + 1]);
+    return toHistoryRows(rs, limit);
+  }
+
   async list(q: ListQuery): Promise<IdentifierRecord[]> {
     return (await this.listRows(q)).map(recordOf);
   }
@@ -386,6 +393,17 @@ export class PgTx extends PgReader implements Tx {
     await changes(this.client, 'history_append',
       'INSERT INTO history (identifier_id, at, event, client_id, epoch) VALUES ($1, $2, $3, $4, $5)',
       [rowId, at, event, clientId, epoch]);
+  }
+
+  async pruneHistory(before: number, limit: number): Promise<number> {
+    this.wrote = true;
+    // As SQLite's: the oldest `limit` entries by position (never the newest of all), those written
+    // before `before`. SKIP LOCKED: two instances pruning at once take different entries.
+    return changes(this.client, 'history_prune',
+      `WITH oldest AS (
+         SELECT id FROM history WHERE id < (SELECT max(id) FROM history) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
+       )
+       DELETE FROM history h USING oldest WHERE h.id = oldest.id AND h.at < $1`, [before, limit]);
   }
 
   async trySweepLock(): Promise<boolean> {

@@ -16,14 +16,14 @@ import { RegistryError, isRegistryError } from '../../domain/errors.js';
 import { recordOf } from '../../domain/lease.js';
 import { HISTORY_EVENTS } from '../../domain/types.js';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple } from '../../domain/types.js';
-import type { FreeEntry, InstanceBeat, ListJson, ListQuery, ListingReader, OffLoopPage, PoolRow, RawCounts, Reader, Store, Tx, ViewRules, WriteOptions } from '../types.js';
+import type { FreeEntry, HistoryRows, InstanceBeat, ListJson, ListQuery, ListingReader, OffLoopPage, PoolRow, RawCounts, Reader, Store, Tx, ViewRules, WriteOptions } from '../types.js';
 import { startCheckpointer } from './checkpointer.js';
 import type { Checkpointer } from './checkpointer.js';
 import { toRegistryError } from './errors.js';
 import { ListingJson, edgeNext, finishPage, pageSql, planPage } from './listing-json.js';
 import { ListingWorkers } from './listing-worker.js';
 import type { ListingWorkerStats } from './listing-worker.js';
-import { RECORD_COLUMNS, asRow, intColumn, recordTuples, scalar, toHistoryEntry, toRecord } from './rows.js';
+import { HISTORY_PAGE_COLUMNS, RECORD_COLUMNS, asRow, intColumn, recordTuples, scalar, toHistoryEntry, toHistoryRows, toRecord } from './rows.js';
 import { MIGRATIONS } from './schema.js';
 
 export interface SqliteStoreOptions {
@@ -63,13 +63,28 @@ interface QueuedRead {
 
 type Outcome = { ok: true; value: unknown } | { ok: false; error: RegistryError };
 
+/**
+ * Each status filter of a listing, which pages it in pool order. Free and cooling compare
+ * `+available_at`: the unary plus keeps SQLite from serving the time test with the allocatable
+ * index (available_at first, so every match, then a sort of them all); the pool-order index of
+ * unheld identifiers (identifiers_unheld_by_order_at) holds the time, so a page stops as soon
+ * as it has its rows.
+ */
 export const STATUS_WHERE: Readonly<Record<string, string>> = {
   all: '1 = 1',
   leased: 'client_id IS NOT NULL',
-  free: 'client_id IS NULL AND retired = 0 AND available_at <= @now',
-  cooling: 'client_id IS NULL AND retired = 0 AND available_at > @now',
+  free: 'client_id IS NULL AND retired = 0 AND +available_at <= @now',
+  cooling: 'client_id IS NULL AND retired = 0 AND +available_at > @now',
   retired: 'retired = 1',
 };
+
+/**
+ * The pool's counts (Reader.counts): the totals a grant, a free or a retirement changes are kept
+ * by triggers; cooling is time-dependent, so it is counted, through the allocatable index.
+ */
+const COUNTS_SQL = `SELECT total, leased, retired,
+         (SELECT count(*) FROM identifiers WHERE client_id IS NULL AND retired = 0 AND available_at > @now) AS cooling
+  FROM pool_counts WHERE id = 1`;
 
 const CLOCK_KEY = 'clock_anchor';
 /** An instance that has not beaten for this long (crashed long ago) is dropped from the table. */
@@ -86,6 +101,13 @@ const LISTING_IDLE_MS = 60_000;
 const LISTING_WORKERS = 2;
 /** Identifiers a bulk insert sends per statement. */
 const INSERT_CHUNK = 10_000;
+
+/** A count a worker read (a number, or a bigint from a very large table). */
+function countOf(v: unknown): number {
+  const n = typeof v === 'bigint' ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) throw new Error(`counts: expected a count, got ${typeof v}`);
+  return n;
+}
 
 function isBusy(e: unknown): boolean {
   return e instanceof Database.SqliteError && /^SQLITE_(BUSY|LOCKED)/.test(e.code);
@@ -173,6 +195,8 @@ class Statements {
   readonly free: Statement;
   readonly historyInsert: Statement;
   readonly history: Statement;
+  readonly historyPage: Statement;
+  readonly historyPrune: Statement;
   readonly expired: Statement;
   readonly countExpired: Statement;
   readonly countLeased: Statement;
@@ -242,6 +266,13 @@ class Statements {
       `INSERT INTO history (identifier_id, at, event, client_id, epoch) VALUES (@rowId, @at, @event, @clientId, @epoch)`,
     );
     this.history = p(`SELECT at, event, client_id, epoch FROM history WHERE identifier_id = ? ORDER BY id`);
+    // The oldest `limit` entries by position (never the newest of all), those written before `before`.
+    this.historyPrune = p(
+      `DELETE FROM history WHERE id IN (
+         SELECT id FROM history WHERE id < (SELECT max(id) FROM history) ORDER BY id LIMIT @limit
+       ) AND at < @before`,
+    );
+    this.historyPage = p(`SELECT ${HISTORY_PAGE_COLUMNS} FROM history WHERE identifier_id = @rowId AND id > @after ORDER BY id LIMIT @limit`);
     this.expired = p(
       `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE client_id IS NOT NULL AND last_seen <= @cutoff
        ORDER BY last_seen, id LIMIT @limit`,
@@ -251,11 +282,7 @@ class Statements {
     // The event is written into the SQL, not bound: the statement is planned once on the
     // partial index of reclaims (with a bound event SQLite plans it again at every new value).
     this.countEvents = Object.fromEntries(HISTORY_EVENTS.map((e) => [e, p(`SELECT count(*) AS n FROM history WHERE event = '${e}' AND at >= ?`)])) as Record<HistoryEvent, Statement>;
-    this.counts = p(
-      `SELECT total, leased, retired,
-              (SELECT count(*) FROM identifiers WHERE client_id IS NULL AND retired = 0 AND available_at > @now) AS cooling
-       FROM pool_counts WHERE id = 1`,
-    );
+    this.counts = p(COUNTS_SQL);
     const lists = new Map<string, Statement>();
     for (const [status, where] of Object.entries(STATUS_WHERE)) {
       const base = `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE ${where}`;
@@ -343,6 +370,11 @@ class SqliteReader implements Reader {
     return this.s.history.all(rowId).map(toHistoryEntry);
   }
 
+  async historyPage(rowId: number, after: number | null, limit: number): Promise<HistoryRows> {
+    // One row past the page tells whether another follows.
+    return toHistoryRows(this.s.historyPage.all({ rowId, after: after ?? 0, limit: limit + 1 }), limit);
+  }
+
   async list(q: ListQuery): Promise<IdentifierRecord[]> {
     return (await this.listRows(q)).map(recordOf);
   }
@@ -428,6 +460,10 @@ class SqliteTx extends SqliteReader implements Tx {
 
   async appendHistory(rowId: number, at: number, event: HistoryEvent, clientId: string | null, epoch: number): Promise<void> {
     this.s.historyInsert.run({ rowId, at, event, clientId, epoch });
+  }
+
+  async pruneHistory(before: number, limit: number): Promise<number> {
+    return this.s.historyPrune.run({ before, limit }).changes;
   }
 
   async trySweepLock(): Promise<boolean> {
@@ -881,12 +917,19 @@ export class SqliteStore implements Store {
    */
   listingReader(): ListingReader | null {
     if (this.closed || !this.listingOffLoop || !this.file || this.fileProblem()) return null;
-    this.listing ??= new ListingWorkers(this.file.path, pageSql(STATUS_WHERE), LISTING_WORKERS, LISTING_IDLE_MS);
+    this.listing ??= new ListingWorkers(this.file.path, pageSql(STATUS_WHERE), LISTING_WORKERS, LISTING_IDLE_MS, undefined, { counts: COUNTS_SQL });
     const workers = this.listing;
     if (workers.failed) return null;
     workers.start();
     return {
       get ready() { return workers.ready; },
+      whenReady: () => workers.whenReady(),
+      counts: async (now: number): Promise<RawCounts> => {
+        const row = await workers.read('counts', { now });
+        if (!Array.isArray(row)) throw new Error('counts: expected one row');
+        const [total, leased, retired, cooling]: unknown[] = row;
+        return { total: countOf(total), leased: countOf(leased), retired: countOf(retired), cooling: countOf(cooling) };
+      },
       page: async (q: ListQuery, view: ViewRules, onNext: (next: ListJson['next']) => void): Promise<OffLoopPage | null> => {
         const plan = planPage(q, view);
         if (plan === null) return null;
@@ -904,9 +947,9 @@ export class SqliteStore implements Store {
     return this.listing.whenReady();
   }
 
-  /** For tests and the bench: the listing workers' state, and the pages they wrote so far. */
+  /** For tests and the bench: the listing workers' state, and the pages and other reads they answered so far. */
   listingWorkerStats(): ListingWorkerStats {
-    return this.listing?.stats ?? { running: 0, pending: 0, pages: 0 };
+    return this.listing?.stats ?? { running: 0, pending: 0, pages: 0, reads: 0 };
   }
 
   /** Stops the listing workers, as if they failed: pages waiting are refused (tests: workers gone mid-listing). */
