@@ -208,7 +208,7 @@ async function openStore(cfg: CliConfig, args: string[], db: string): Promise<St
     }
   }
   try {
-    return await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg' });
+    return await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg', clockRole: 'tool' });
   } catch (e) {
     throw new CliError(`error: DATABASE_URL: ${e instanceof Error ? e.message : String(e)}`, 3);
   }
@@ -229,7 +229,7 @@ async function exportState(cfg: CliConfig, args: string[]): Promise<string> {
     if (url === null) {
       dump = exportSqliteFile(db, systemTimeSource.wall());
     } else {
-      const store = await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg' });
+      const store = await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg', clockRole: 'tool' });
       try {
         dump = await store.dump();
       } finally {
@@ -265,7 +265,7 @@ async function importState(cfg: CliConfig, args: string[]): Promise<string> {
     if (url === null) {
       importSqliteFile(db, dump);
     } else {
-      const store = await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg' });
+      const store = await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg', clockRole: 'tool' });
       try {
         await store.load(dump);
       } finally {
