@@ -145,8 +145,11 @@ describe('registry time on PostgreSQL: the server clock stepped under two instan
     const forced = await json(a.base, 'DELETE', '/identifier/b');
     expect(said(forced)).to.equal('200');
 
+    expect(said(await json(a.base, 'POST', '/liveness', { client_id: 'vm-1', identifier: 'a' }))).to.equal('200');
     await stepServerClock(db, STEP_S);
     // Through each instance at once, before either may have looked at the clock since.
+    const swept = await json(b.base, 'POST', '/admin/reap');
+    expect([said(swept), field(swept, 'reclaimed')], `a lease renewed before the step, TTL ${TTL_S}s`).to.deep.equal(['200', 0]);
     await renewThenSweep(a, b, 'vm-1', 'a');
     expect(said(await allocate(a, 'vm-3')), `b cools for ${COOLDOWN_S}s`).to.equal('503 pool_exhausted');
     expect(said(await allocate(b, 'vm-3'))).to.equal('503 pool_exhausted');

@@ -35,8 +35,15 @@ const START_READ_SQL = `SELECT ${SERVER_MS} AS clock_raw, k.offset_ms AS clock_o
       (SELECT seen_at FROM fleet WHERE id = 1),
       (SELECT max(at) FROM refusals)) AS floor,
     h.mono AS host_mono, h.lo AS host_lo, h.hi AS host_hi, h.gen AS host_gen,
-    (SELECT coalesce(json_agg(json_build_array(id, at::text)), '[]'::json) FROM instances) AS beats
+    (SELECT coalesce(json_agg(json_build_array(b.id, b.at::text)), '[]'::json) FROM (
+      SELECT id, at FROM instances UNION ALL SELECT 'host ' || boot_id, lo FROM clock_hosts WHERE boot_id <> $1
+    ) b) AS beats
   FROM registry_clock k LEFT JOIN clock_hosts h ON h.boot_id = $1 WHERE k.id = 1`;
+
+/** This host's mark, as the beats write it (see PgTx.beat): the newest reading of its monotonic clock wins. */
+const HOST_MARK_SQL = `INSERT INTO clock_hosts (boot_id, mono, lo, hi, gen) VALUES ($1, $2, $3, $4, $5)
+  ON CONFLICT (boot_id) DO UPDATE SET mono = excluded.mono, lo = excluded.lo, hi = excluded.hi, gen = excluded.gen
+  WHERE excluded.mono >= clock_hosts.mono`;
 
 /**
  * The compare-and-set of a step: the next generation's offset, only over the generation the
@@ -115,10 +122,23 @@ const MAX_START_LOOKS = 200;
 
 /**
  * Registry time for an instance starting now, from the store (see planStart): it may record a
- * step seen since this host's last mark, and may wait for running instances. A tool takes the
+ * step seen since this host's last mark, and may wait for running instances; then it leaves
+ * this host's mark at once, so an instance starting beside it finds it. A tool takes the
  * reading as it is (never below the floor) and records nothing.
  */
 export async function startTime(
+  client: PoolClient,
+  o: { readonly monotonic: () => number; readonly bootId: string | null; readonly role: ClockRole; readonly onStep: ((e: ClockStepEvent) => void) | null },
+): Promise<ServerTime> {
+  const time = await settleTime(client, o);
+  if (o.role === 'instance' && o.bootId !== null) {
+    const m = time.currentMark();
+    await client.query({ name: 'clock_host_mark', text: HOST_MARK_SQL, values: [o.bootId, m.mono, Math.floor(m.lo), Math.ceil(m.hi), time.generation] });
+  }
+  return time;
+}
+
+async function settleTime(
   client: PoolClient,
   o: { readonly monotonic: () => number; readonly bootId: string | null; readonly role: ClockRole; readonly onStep: ((e: ClockStepEvent) => void) | null },
 ): Promise<ServerTime> {
