@@ -246,6 +246,30 @@ describe('registry time on PostgreSQL: the rules', () => {
       expect(h.look(time).now).to.equal(w.registryTime() - 1);
     });
 
+    it('the offset another instance set is followed even when a reading of the old one answers first', () => {
+      const w = new World();
+      const h = w.host();
+      const time = h.start();
+      w.advance(1000);
+      h.look(time);
+      const sentAt = h.mono();
+      const old = w.reading();
+      w.step(-600_000);
+      w.advance(10);
+      const seen = h.look(time).step;
+      if (!seen) throw new Error('no step');
+      // Another instance recorded the same step first, from the floor: 900 ms lower than this one's.
+      w.offset = 600_000 - 900;
+      w.gen++;
+      time.settled(seen, w.record(seen));
+      expect(w.gen).to.equal(1);
+      expect(time.observe({ ...old, sentAt, receivedAt: h.mono() }).step, 'the reading sent before the step').to.equal(null);
+      w.advance(10);
+      expect(h.look(time).step, 'the first reading of the new offset').to.equal(null);
+      w.advance(1000);
+      expect(h.look(time)).to.deep.equal({ now: w.registryTime() - 1, step: null });
+    });
+
     it('a forward jump under a new offset is still a step', () => {
       const w = new World();
       const h = w.host();

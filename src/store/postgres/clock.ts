@@ -148,10 +148,11 @@ export class ServerTime implements Clock {
   /** A step seen under `gen` and not yet recorded: readings of that generation are corrected by it here. */
   private pending: Correction | null = null;
   /**
-   * Another instance just changed the offset: a reading below what this one expected is taken as
-   * it is (the other corrected from where it stood; arguing back would make the two take turns).
+   * The generation another instance just set: the first reading of it below what this one
+   * expected is taken as it is (the other corrected from where it stood; arguing back would make
+   * the two take turns). Null once a reading of it was taken.
    */
-  private lenient = false;
+  private lenientGen: number | null = null;
 
   constructor(
     private readonly monotonic: () => number,
@@ -215,19 +216,19 @@ export class ServerTime implements Clock {
       const fits = sampleMark(s.raw + offset, s.sentAt, s.receivedAt);
       if (compare(this.mark, fits) === null) {
         this.mark = narrow(this.mark, fits);
-        this.lenient = false;
+        if (s.gen === this.lenientGen) this.lenientGen = null;
         return { now: this.use(s.raw + offset), step: null };
       }
     }
     const x = s.raw + newest;
     const reading = sampleMark(x, s.sentAt, s.receivedAt);
     const stepMs = compare(this.mark, reading)?.stepMs ?? 0;
-    if (stepMs < 0 && this.lenient) {
+    const lenient = s.gen === this.lenientGen;
+    if (lenient) this.lenientGen = null;
+    if (stepMs < 0 && lenient) {
       this.mark = reading;
-      this.lenient = false;
       return { now: this.use(x), step: null };
     }
-    this.lenient = false;
     const by = Math.round(stepMs);
     const at = x - by;
     this.mark = narrow(this.mark, shifted(reading, -by));
@@ -264,7 +265,7 @@ export class ServerTime implements Clock {
     this.gen = gen;
     this.offset = offset;
     this.pending = null;
-    this.lenient = lenient;
+    this.lenientGen = lenient ? gen : null;
   }
 }
 
