@@ -23,7 +23,7 @@ import { migrate } from './migrate.js';
 import { parseBigint } from './rows.js';
 import { CLOCK_READING, PgReader, PgTx, grantNextAlone, heldAlone, readingOf } from './tx.js';
 import type { HeldAsk, HeldKind, HeldRow, HostClock, StatementTime } from './tx.js';
-import { recordStep, startTime } from './time.js';
+import { recordStep, startTime, writeHostMark } from './time.js';
 import type { ClockRole, ClockStepEvent } from './time.js';
 
 export interface PostgresStoreOptions {
@@ -596,9 +596,17 @@ export class PostgresStore implements Store {
     return this.withClient((client) => dumpFrom(client, this.clock.now()));
   }
 
-  /** Loads a dump into this store, which must hold no identifiers and no history (`idreg import`). */
+  /**
+   * Loads a dump into this store, which must hold no identifiers and no history (`idreg import`).
+   * The import starts the store's past: this host's mark of registry time is left with it, so an
+   * instance started here next resumes on it (not as after an outage: see time.ts).
+   */
   async load(d: Dump): Promise<void> {
-    await this.withClient((client) => loadInto(client, d));
+    await this.withClient(async (client) => {
+      await loadInto(client, d);
+      const { bootId } = this.clockOpts;
+      if (bootId !== null && this.time) await writeHostMark(client, bootId, this.time);
+    });
   }
 
   async healthProblem(): Promise<string | null> {

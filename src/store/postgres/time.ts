@@ -131,11 +131,14 @@ export async function startTime(
   o: { readonly monotonic: () => number; readonly bootId: string | null; readonly role: ClockRole; readonly onStep: ((e: ClockStepEvent) => void) | null },
 ): Promise<ServerTime> {
   const time = await settleTime(client, o);
-  if (o.role === 'instance' && o.bootId !== null) {
-    const m = time.currentMark();
-    await client.query({ name: 'clock_host_mark', text: HOST_MARK_SQL, values: [o.bootId, m.mono, Math.floor(m.lo), Math.ceil(m.hi), time.generation] });
-  }
+  if (o.role === 'instance' && o.bootId !== null) await writeHostMark(client, o.bootId, time);
   return time;
+}
+
+/** Leaves this host's mark of registry time now (see clock_hosts). */
+export async function writeHostMark(client: PoolClient, bootId: string, time: ServerTime): Promise<void> {
+  const m = time.currentMark();
+  await client.query({ name: 'clock_host_mark', text: HOST_MARK_SQL, values: [bootId, m.mono, Math.floor(m.lo), Math.ceil(m.hi), time.generation] });
 }
 
 async function settleTime(
