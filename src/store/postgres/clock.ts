@@ -122,16 +122,36 @@ export function compare(known: Mark, reading: Mark): { readonly stepMs: number }
   return null;
 }
 
-/** Both marks at `b.mono`, intersected; `b` alone when they do not meet (the clock moved within STEP_MS: follow it). */
+/**
+ * Both marks at `b.mono`, intersected. When they do not meet (the clock moved, within STEP_MS),
+ * `a` moved just far enough to touch `b`: followed by no more than the reading shows, however
+ * wide (a slow round trip) it is.
+ */
 function narrow(a: Mark, b: Mark): Mark {
   const k = project(a, b.mono);
   const lo = Math.max(k.lo, b.lo);
   const hi = Math.min(k.hi, b.hi);
-  return lo <= hi ? { mono: b.mono, lo, hi } : b;
+  if (lo <= hi) return { mono: b.mono, lo, hi };
+  const by = b.lo > k.hi ? b.lo - k.hi : b.hi - k.lo;
+  return { mono: b.mono, lo: k.lo + by, hi: k.hi + by };
 }
 
 function shifted(m: Mark, by: number): Mark {
   return { mono: m.mono, lo: m.lo + by, hi: m.hi + by };
+}
+
+/**
+ * A step seen and not yet recorded: registry time read under generation `gen`'s offset is ahead
+ * of this instance's registry time by some δ within [lo, hi] (negative: behind). Each reading
+ * after the step narrows it; it is recorded once narrower than STEP_MS, so the offset every
+ * instance takes is off by at most half of that, and no other instance sees it as a step.
+ */
+interface StepEstimate {
+  readonly gen: number;
+  readonly lo: number;
+  readonly hi: number;
+  /** The latest reading as stored (uncorrected): what this instance takes if the recording is refused. */
+  readonly rawMark: Mark;
 }
 
 /**
@@ -145,7 +165,8 @@ export class ServerTime implements Clock {
   private last: number;
   private gen: number;
   private offset: number;
-  /** A step seen under `gen` and not yet recorded: readings of that generation are corrected by it here. */
+  private estimate: StepEstimate | null = null;
+  /** The recording proposed for the estimate, once narrow enough. */
   private pending: Correction | null = null;
   /**
    * The generation another instance just set: the first reading of it below what this one
@@ -175,7 +196,7 @@ export class ServerTime implements Clock {
    * The time a one-statement write sent at `sentAt` may use: the server's (plus the offset) held
    * within [lo, hi]. `lo`: registry time had surely reached it when the statement was sent (and
    * this process's latest); `hi`: the estimate at the send, plus SEND_SLACK_MS. A step not yet
-   * seen moves such a write's time by at most that, never by the step.
+   * recorded moves such a write's time by at most that, never by the step.
    */
   bounds(sentAt: number): { lo: number; hi: number } {
     const p = project(this.mark, sentAt);
@@ -187,7 +208,7 @@ export class ServerTime implements Clock {
     if (t > this.last) this.last = t;
   }
 
-  /** The generation and offset in force as far as this process knows. */
+  /** The generation of the offset in force as far as this process knows. */
   get generation(): number {
     return this.gen;
   }
@@ -197,51 +218,70 @@ export class ServerTime implements Clock {
     return this.mark;
   }
 
-  /** The correction proposed and not yet settled, if any. */
+  /** The step to record, once known closely enough; null if none. */
   proposal(): Correction | null {
     return this.pending;
   }
 
   /**
    * Takes in one reading: returns the registry time it stands for (the reading itself, or, when
-   * the server's clock stepped, this instance's estimate) and the step seen, if this reading
-   * shows a new one. Readings may come in any order: one taken before a step (or before the
-   * offset that absorbs it) may answer after it, so a reading is first tried under each offset
-   * it may belong to (the newest, the one in force, its own); a step is a reading that fits none.
+   * the server's clock stepped, this instance's estimate) and the step to record, if any.
+   * Readings may come in any order: one taken before a step (or before the offset that absorbs
+   * it) may answer after it, so a reading that fits under its own offset or the one in force
+   * is taken as it is; one that fits neither shows a step.
    */
   observe(s: Sample): { readonly now: number; readonly step: Correction | null } {
     if (s.gen > this.gen) this.learn(s.gen, s.offset, true);
-    const newest = this.pending ? this.pending.offset : this.offset;
-    for (const offset of new Set([newest, this.offset, s.offset])) {
+    const lenient = s.gen === this.lenientGen;
+    if (lenient) this.lenientGen = null;
+    for (const offset of new Set([this.offset, s.offset])) {
       const fits = sampleMark(s.raw + offset, s.sentAt, s.receivedAt);
       if (compare(this.mark, fits) === null) {
         this.mark = narrow(this.mark, fits);
-        if (s.gen === this.lenientGen) this.lenientGen = null;
         return { now: this.use(s.raw + offset), step: null };
       }
     }
-    const x = s.raw + newest;
-    const reading = sampleMark(x, s.sentAt, s.receivedAt);
-    const stepMs = compare(this.mark, reading)?.stepMs ?? 0;
-    const lenient = s.gen === this.lenientGen;
-    if (lenient) this.lenientGen = null;
-    if (stepMs < 0 && lenient) {
+    const y = s.raw + this.offset;
+    const reading = sampleMark(y, s.sentAt, s.receivedAt);
+    if (lenient && y < project(this.mark, s.sentAt).lo) {
       this.mark = reading;
-      return { now: this.use(x), step: null };
+      this.estimate = null;
+      this.pending = null;
+      return { now: this.use(y), step: null };
     }
-    const by = Math.round(stepMs);
-    const at = x - by;
-    this.mark = narrow(this.mark, shifted(reading, -by));
-    this.pending = {
-      fromGen: this.gen,
-      offset: newest - by,
-      stepMs: by + (this.pending?.stepMs ?? 0),
-      at,
-      refuseIfOthersPast: by > 0 ? Math.floor(x - by / 2) : null,
-      shift: null,
-      rawMark: reading,
-    };
-    return { now: this.use(at), step: this.pending };
+    // δ from this reading: the server read `y` at some moment between the send and the answer,
+    // when registry time was within the mark carried to then.
+    const k = project(this.mark, s.sentAt);
+    const rtt = Math.max(0, s.receivedAt - s.sentAt);
+    const lo = y - (k.hi + rtt);
+    const hi = y - k.lo;
+    const e = this.estimate;
+    if (e && e.gen === this.gen && lo <= e.hi + STEP_MS && hi >= e.lo - STEP_MS) {
+      const nlo = Math.max(e.lo, lo);
+      const nhi = Math.min(e.hi, hi);
+      this.estimate = nlo <= nhi ? { gen: e.gen, lo: nlo, hi: nhi, rawMark: reading } : { gen: e.gen, lo, hi, rawMark: reading };
+    } else {
+      this.estimate = { gen: this.gen, lo, hi, rawMark: reading };
+    }
+    const est = this.estimate;
+    // The reading corrected by what is known of δ narrows the mark (soundly: δ's whole range).
+    this.mark = narrow(this.mark, { mono: s.sentAt, lo: y - rtt - est.hi, hi: y - est.lo });
+    const delta = (est.lo + est.hi) / 2;
+    const at = Math.min(Math.max(y - delta, k.lo), project(this.mark, s.receivedAt).hi);
+    let step: Correction | null = null;
+    if (est.hi - est.lo <= STEP_MS) {
+      const by = Math.round(delta);
+      step = this.pending = {
+        fromGen: est.gen,
+        offset: this.offset - by,
+        stepMs: by,
+        at: Math.floor(at),
+        refuseIfOthersPast: by > 0 ? Math.floor(y - by / 2) : null,
+        shift: null,
+        rawMark: est.rawMark,
+      };
+    }
+    return { now: this.use(at), step };
   }
 
   /** The time a reading stands for, never below this process's latest. */
@@ -250,20 +290,23 @@ export class ServerTime implements Clock {
     return this.last;
   }
 
-  /** How recording `c` ended (only the latest proposal counts; an older one's outcome is ignored but for what it teaches). */
+  /** How recording `c` ended. */
   settled(c: Correction, outcome: Settled): void {
     if (outcome.kind === 'applied') this.learn(outcome.gen, outcome.offset, false);
     if (outcome.kind === 'lost') this.learn(outcome.gen, outcome.offset, true);
-    if (this.pending !== c) return;
-    this.pending = null;
-    // The other hosts agree with the server's clock as it is: this host lost time, not the server.
-    if (outcome.kind === 'refused') this.mark = c.rawMark;
+    if (outcome.kind === 'refused' && this.estimate?.gen === c.fromGen && this.gen === c.fromGen) {
+      // The other hosts agree with the server's clock as it is: this host lost time, not the server.
+      this.mark = this.estimate.rawMark;
+      this.estimate = null;
+      this.pending = null;
+    }
   }
 
   private learn(gen: number, offset: number, lenient: boolean): void {
     if (gen <= this.gen) return;
     this.gen = gen;
     this.offset = offset;
+    this.estimate = null;
     this.pending = null;
     this.lenientGen = lenient ? gen : null;
   }
