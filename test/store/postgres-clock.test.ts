@@ -470,6 +470,33 @@ describe('registry time on PostgreSQL: the rules', () => {
       expect(p.correction.at).to.equal(floor);
     });
 
+    it('on a host with a mark, behind it under an offset set since: asks the running instances instead of correcting them', () => {
+      const w = new World();
+      const h = w.host();
+      const mark = hostMark(w, h);
+      w.advance(30_000);
+      w.offset -= 700; // an instance running meanwhile recorded a correction (from a floor)
+      w.gen++;
+      const p = plan(h.startRead({ host: mark, floor: w.registryTime(), beats: new Map([['a', w.registryTime()]]) }));
+      expect(p.kind).to.equal('wait');
+    });
+
+    it('running instances that agree with the server as it is are followed, even behind the floor: no correction recorded against them', () => {
+      const w = new World();
+      const h = w.host();
+      const beats = new Map([['a', T]]);
+      const floor = T + 800; // an instance holds its time there after taking a lower offset
+      let p = plan(h.startRead({ floor, beats }));
+      for (let i = 0; i < 40 && p.kind === 'wait'; i++) {
+        w.advance(LINK_POLL_MS);
+        if (i % 10 === 9) beats.set('a', w.registryTime());
+        p = plan(h.startRead({ floor, beats: new Map(beats) }), p.memo);
+      }
+      if (p.kind !== 'accept') throw new Error(p.kind);
+      expect(p.floor).to.equal(floor);
+      expect(new ServerTime(() => h.mono(), { mark: p.mark, gen: w.gen, offset: w.offset, floor: p.floor }).now()).to.be.at.least(floor);
+    });
+
     it('on a new host, with nobody in the table: a back step resumes from the floor; time since the floor lengthens cool-downs', () => {
       const w = new World();
       const h = w.host();

@@ -344,7 +344,8 @@ export type StartPlan =
  *  - with this host's mark under the same offset: the reading must agree with the mark carried
  *    forward on the monotonic clock, else the server's clock stepped while this instance was
  *    down and the step is recorded (a forward one not below the floor);
- *  - under a newer offset, the mark still catches a forward step; otherwise the floor rules;
+ *  - under a newer offset, the mark still catches a forward step; behind it, the running
+ *    instances that set the offset are asked, as below;
  *  - with no mark (a new host, a reboot), while instances are in the table: it waits until one of
  *    them has beaten twice under an unchanged offset (a running instance checks the server's
  *    clock at every beat and records any step before it) or LINK_WAIT_MS has passed;
@@ -364,15 +365,16 @@ export function planStart(read: StartRead, sentAt: number, receivedAt: number, m
       const by = step.stepMs > 0 ? Math.min(step.stepMs, x - floor) : step.stepMs;
       return record(read, reading, Math.round(by), floor, null);
     }
-    if (step === null || sameOffset) return { kind: 'accept', mark: reading, floor };
-    return fromFloor(read, reading);
+    if (step === null) return { kind: 'accept', mark: reading, floor };
+    // Behind the mark under a newer offset: the instances that set it know better; ask them.
   }
   if (floor === 0) return { kind: 'accept', mark: reading, floor };
   if (read.beats.size === 0) return cold(read, reading);
   if (memo === null || memo.gen !== read.gen) {
     return { kind: 'wait', memo: { since: memo?.since ?? sentAt, gen: read.gen, seen: read.beats, changes: new Map(), confirmed: false } };
   }
-  if (memo.confirmed) return fromFloor(read, reading);
+  // They agree with the reading: it stands (this instance never below the floor meanwhile).
+  if (memo.confirmed) return { kind: 'accept', mark: reading, floor };
   const changes = new Map(memo.changes);
   for (const [id, at] of read.beats) {
     if (memo.seen.get(id) !== at) changes.set(id, (changes.get(id) ?? 0) + 1);
@@ -382,17 +384,12 @@ export function planStart(read: StartRead, sentAt: number, receivedAt: number, m
   return { kind: 'wait', memo: { since: memo.since, gen: read.gen, seen: read.beats, changes, confirmed } };
 }
 
-/** Running instances agree with the reading: it stands, but never below the floor. */
-function fromFloor(read: StartRead, reading: Mark): StartPlan {
-  const x = reading.hi;
-  if (x < read.floor - STEP_MS) return record(read, reading, x - read.floor, read.floor, null);
-  return { kind: 'accept', mark: reading, floor: read.floor };
-}
-
+/** Nobody running to ask: time resumes no lower than the floor, and the time since it lengthens cool-downs. */
 function cold(read: StartRead, reading: Mark): StartPlan {
   const x = reading.hi;
   if (x > read.floor + STEP_MS) return record(read, reading, 0, read.floor, { after: read.floor, by: x - read.floor });
-  return fromFloor(read, reading);
+  if (x < read.floor - STEP_MS) return record(read, reading, x - read.floor, read.floor, null);
+  return { kind: 'accept', mark: reading, floor: read.floor };
 }
 
 /** The plan to record a step of `by` (positive: the server's clock went forward) and, maybe, a shift. */
