@@ -252,23 +252,34 @@ describe('registry time on PostgreSQL: the rules', () => {
       expect(time.proposal()).to.equal(seen);
     });
 
-    it('after another instance moved the offset down (it corrected from a floor behind), this one follows without arguing, and its own time holds', () => {
+    it('an offset recorded 800 ms low by a start that guessed from the floor: the running instance records the difference, the guesser takes it, and that is all', () => {
       const w = new World();
-      const h = w.host();
-      const time = h.start();
+      const a = w.host(5_000);
+      const b = w.host(9_000_000);
+      const ta = a.start();
       w.advance(1000);
-      const before = h.look(time).now;
-      w.offset -= 800; // recorded by another instance
+      a.look(ta);
+      // B started with nobody to ask (A stalled) and the server's clock 1 s back: it resumed from a floor 800 ms behind.
+      w.step(-1000);
+      w.offset += 200;
       w.gen++;
-      w.advance(100);
-      const seen = h.look(time);
-      expect(seen.step).to.equal(null);
-      expect(seen.now).to.equal(before); // held: never back
-      w.advance(1000);
-      expect(h.look(time).now).to.equal(w.registryTime() - 1);
+      const x = w.registryTime();
+      const tb = new ServerTime(() => b.mono(), { mark: { mono: b.mono(), lo: x, hi: x }, gen: w.gen, offset: w.offset, floor: x, yieldTo: { gen: w.gen, below: 0, above: Infinity } });
+      w.advance(10);
+      const seen = a.look(ta).step;
+      expect(seen?.stepMs, 'A holds its line').to.be.within(-800 - 4, -800 + 4);
+      if (!seen) throw new Error('no step');
+      ta.settled(seen, w.record(seen));
+      for (let i = 0; i < 5; i++) {
+        w.advance(1000);
+        expect(b.look(tb).step, 'B takes it').to.equal(null);
+        expect(a.look(ta).step).to.equal(null);
+      }
+      expect(w.gen).to.equal(2);
+      expect(Math.abs(ta.now() - tb.now())).to.be.below(STEP_MS);
     });
 
-    it('the offset another instance set is followed even when a reading of the old one answers first', () => {
+    it('the same step recorded first by another instance (its estimate 40 ms off this one\'s) is taken as it is, even when a reading of the old offset answers first', () => {
       const w = new World();
       const h = w.host();
       const time = h.start();
@@ -280,16 +291,17 @@ describe('registry time on PostgreSQL: the rules', () => {
       w.advance(10);
       const seen = h.look(time).step;
       if (!seen) throw new Error('no step');
-      // Another instance recorded the same step first, from the floor: 900 ms lower than this one's.
-      w.offset = 600_000 - 900;
+      w.offset = 600_000 - 40;
       w.gen++;
-      time.settled(seen, w.record(seen));
-      expect(w.gen).to.equal(1);
+      const lost = w.record(seen);
+      expect(lost.kind).to.equal('lost');
+      time.settled(seen, lost);
       expect(time.observe({ ...old, sentAt, receivedAt: h.mono() }).step, 'the reading sent before the step').to.equal(null);
-      w.advance(10);
-      expect(h.look(time).step, 'the first reading of the new offset').to.equal(null);
-      w.advance(1000);
-      expect(h.look(time)).to.deep.equal({ now: w.registryTime() - 1, step: null });
+      for (let i = 0; i < 3; i++) {
+        w.advance(1000);
+        expect(h.look(time).step).to.equal(null);
+      }
+      expect(w.gen).to.equal(1);
     });
 
     it('a forward jump under a new offset is still a step', () => {
@@ -468,6 +480,21 @@ describe('registry time on PostgreSQL: the rules', () => {
       const p = plan(h.startRead({ host: mark, floor }));
       if (p.kind !== 'record') throw new Error(p.kind);
       expect(p.correction.at).to.equal(floor);
+    });
+
+    it('on a host with a mark left an hour ago: a step seen against it is asked of the running instances first; with nobody running, recorded as a guess that yields', () => {
+      const w = new World();
+      const h = w.host();
+      const mark = hostMark(w, h);
+      w.advance(3600_000);
+      w.step(600_000);
+      const floor = w.registryTime() - 600_000 - 1000;
+      const asking = plan(h.startRead({ host: mark, floor, beats: new Map([['a', floor]]) }));
+      expect(asking.kind).to.equal('wait');
+      const alone = plan(h.startRead({ host: mark, floor }));
+      if (alone.kind !== 'record') throw new Error(alone.kind);
+      expect(alone.correction.stepMs).to.be.within(600_000 - 50, 600_000 + 50);
+      expect(alone.guess?.above).to.be.within(3600, 3700); // the rate allowance over the hour (1000 ppm)
     });
 
     it('on a host with a mark, behind it under an offset set since: asks the running instances instead of correcting them', () => {

@@ -155,6 +155,19 @@ interface StepEstimate {
 }
 
 /**
+ * An instance that started on a guess (from the floor with nobody to ask, or on a mark left long
+ * ago) takes the next offset another instance records, if within `below`/`above` (plus STEP_MS)
+ * of its guess: that instance measured while this one guessed. Every other instance holds its
+ * line against a newer offset (records the difference), so two never correct each other in turn.
+ */
+export interface Yield {
+  /** The offset's generation this instance started under. */
+  readonly gen: number;
+  readonly below: number;
+  readonly above: number;
+}
+
+/**
  * One instance's registry time on PostgreSQL, fed with every reading of the server's clock it
  * makes (transactions, one-statement writes, health checks). Not a clock of its own: `now()` is
  * an estimate between readings, never behind the server, never going back.
@@ -168,21 +181,18 @@ export class ServerTime implements Clock {
   private estimate: StepEstimate | null = null;
   /** The recording proposed for the estimate, once narrow enough. */
   private pending: Correction | null = null;
-  /**
-   * The generation another instance just set: the first reading of it below what this one
-   * expected is taken as it is (the other corrected from where it stood; arguing back would make
-   * the two take turns). Null once a reading of it was taken.
-   */
-  private lenientGen: number | null = null;
+  /** Set when this instance started on a guess (see Yield); cleared by the first reading of a newer offset. */
+  private yieldTo: Yield | null;
 
   constructor(
     private readonly monotonic: () => number,
-    start: { readonly mark: Mark; readonly gen: number; readonly offset: number; readonly floor: number },
+    start: { readonly mark: Mark; readonly gen: number; readonly offset: number; readonly floor: number; readonly yieldTo?: Yield | null },
   ) {
     this.mark = start.mark;
     this.gen = start.gen;
     this.offset = start.offset;
     this.last = Math.max(start.floor, Math.floor(start.mark.lo));
+    this.yieldTo = start.yieldTo ?? null;
   }
 
   /** The estimate now: the latest reading carried forward on the monotonic clock, at its upper end. */
@@ -231,9 +241,9 @@ export class ServerTime implements Clock {
    * is taken as it is; one that fits neither shows a step.
    */
   observe(s: Sample): { readonly now: number; readonly step: Correction | null } {
-    if (s.gen > this.gen) this.learn(s.gen, s.offset, true);
-    const lenient = s.gen === this.lenientGen;
-    if (lenient) this.lenientGen = null;
+    if (s.gen > this.gen) this.learn(s.gen, s.offset);
+    const yieldTo = this.yieldTo !== null && s.gen > this.yieldTo.gen ? this.yieldTo : null;
+    if (yieldTo) this.yieldTo = null;
     for (const offset of new Set([this.offset, s.offset])) {
       const fits = sampleMark(s.raw + offset, s.sentAt, s.receivedAt);
       if (compare(this.mark, fits) === null) {
@@ -243,10 +253,10 @@ export class ServerTime implements Clock {
     }
     const y = s.raw + this.offset;
     const reading = sampleMark(y, s.sentAt, s.receivedAt);
-    if (lenient && y < project(this.mark, s.sentAt).lo) {
+    const expected = project(this.mark, s.sentAt);
+    if (yieldTo && reading.lo <= expected.hi + STEP_MS + yieldTo.above && reading.hi >= expected.lo - STEP_MS - yieldTo.below) {
+      // An instance that knows better recorded this offset: take it.
       this.mark = reading;
-      this.estimate = null;
-      this.pending = null;
       return { now: this.use(y), step: null };
     }
     // δ from this reading: the server read `y` at some moment between the send and the answer,
@@ -292,8 +302,7 @@ export class ServerTime implements Clock {
 
   /** How recording `c` ended. */
   settled(c: Correction, outcome: Settled): void {
-    if (outcome.kind === 'applied') this.learn(outcome.gen, outcome.offset, false);
-    if (outcome.kind === 'lost') this.learn(outcome.gen, outcome.offset, true);
+    if (outcome.kind === 'applied' || outcome.kind === 'lost') this.learn(outcome.gen, outcome.offset);
     if (outcome.kind === 'refused' && this.estimate?.gen === c.fromGen && this.gen === c.fromGen) {
       // The other hosts agree with the server's clock as it is: this host lost time, not the server.
       this.mark = this.estimate.rawMark;
@@ -302,13 +311,12 @@ export class ServerTime implements Clock {
     }
   }
 
-  private learn(gen: number, offset: number, lenient: boolean): void {
+  private learn(gen: number, offset: number): void {
     if (gen <= this.gen) return;
     this.gen = gen;
     this.offset = offset;
     this.estimate = null;
     this.pending = null;
-    this.lenientGen = lenient ? gen : null;
   }
 }
 
@@ -335,41 +343,56 @@ export interface StartMemo {
 
 export type StartPlan =
   | { readonly kind: 'accept'; readonly mark: Mark; readonly floor: number }
-  | { readonly kind: 'record'; readonly correction: Correction; readonly mark: Mark; readonly floor: number }
+  | {
+    readonly kind: 'record';
+    readonly correction: Correction;
+    readonly mark: Mark;
+    readonly floor: number;
+    /** How far the guess may be off, either way: see Yield (null: measured, not guessed). */
+    readonly guess: { readonly below: number; readonly above: number } | null;
+  }
   | { readonly kind: 'wait'; readonly memo: StartMemo };
 
 /**
  * How an instance starts on the store's time, from one reading taken between `sentAt` and
  * `receivedAt`:
- *  - with this host's mark under the same offset: the reading must agree with the mark carried
- *    forward on the monotonic clock, else the server's clock stepped while this instance was
- *    down and the step is recorded (a forward one not below the floor);
- *  - under a newer offset, the mark still catches a forward step; behind it, the running
- *    instances that set the offset are asked, as below;
- *  - with no mark (a new host, a reboot), while instances are in the table: it waits until one of
- *    them has beaten twice under an unchanged offset (a running instance checks the server's
- *    clock at every beat and records any step before it) or LINK_WAIT_MS has passed;
- *  - with no one running to ask ("cold"): time resumes no lower than the floor, and cool-downs
- *    still running at the floor are lengthened by the time since it, since nothing can tell
- *    that time from a forward step of the server's clock (as SQLite does after a reboot).
+ *  - with this host's mark (this boot): the reading must agree with the mark carried forward on
+ *    the monotonic clock, else the server's clock stepped while this instance was down. The step
+ *    is recorded at once when the mark pins it within STEP_MS (a short stop), or when nobody
+ *    may be running; otherwise (a long stop: the rate allowance grew) the running instances are
+ *    asked first, as below, since they measured it. Behind the mark under an offset set since,
+ *    they are asked too: they set it;
+ *  - with no mark (a new host, a reboot), while instances may be running (beats, other hosts'
+ *    marks): it waits until one of them has beaten twice under an unchanged offset (a running
+ *    instance checks the server's clock at every beat and records any step before it) and starts
+ *    on the server's time as it is; or, when LINK_WAIT_MS passes with no beat, nobody is running;
+ *  - nobody running to ask ("cold"): time resumes no lower than the floor, and cool-downs still
+ *    running at the floor are lengthened by the time since it, since nothing can tell that time
+ *    from a forward step of the server's clock (as SQLite does after a reboot).
+ * A start that guessed (cold from the floor, or on a long-stopped mark) yields to the next offset a
+ * running instance records (see Yield).
  */
 export function planStart(read: StartRead, sentAt: number, receivedAt: number, memo: StartMemo | null): StartPlan {
   const x = read.raw + read.offset;
   const reading = sampleMark(x, sentAt, receivedAt);
   const floor = read.floor;
+  /** What this host's mark says to record, when it says the server's clock stepped. */
+  let linked: StartPlan | null = null;
   if (read.host) {
     const step = compare(read.host, reading);
-    const sameOffset = read.host.gen === read.gen;
-    if (step && (step.stepMs > 0 || sameOffset)) {
-      // Corrected to what the mark expects; a forward step never below the floor.
-      const by = step.stepMs > 0 ? Math.min(step.stepMs, x - floor) : step.stepMs;
-      return record(read, reading, Math.round(by), floor, null);
-    }
     if (step === null) return { kind: 'accept', mark: reading, floor };
-    // Behind the mark under a newer offset: the instances that set it know better; ask them.
+    if (step.stepMs > 0 || read.host.gen === read.gen) {
+      // Corrected to what the mark expects; a forward step never below the floor.
+      const by = Math.round(step.stepMs > 0 ? Math.min(step.stepMs, x - floor) : step.stepMs);
+      const k = project(read.host, sentAt);
+      const spread = (k.hi - k.lo + (receivedAt - sentAt)) / 2;
+      const measured = spread <= STEP_MS / 2;
+      linked = record(read, reading, by, floor, measured ? null : { below: spread, above: spread });
+      if (measured || read.beats.size === 0) return linked;
+    }
   }
-  if (floor === 0) return { kind: 'accept', mark: reading, floor };
-  if (read.beats.size === 0) return cold(read, reading);
+  if (floor === 0 && linked === null) return { kind: 'accept', mark: reading, floor };
+  if (read.beats.size === 0) return linked ?? cold(read, reading);
   if (memo === null || memo.gen !== read.gen) {
     return { kind: 'wait', memo: { since: memo?.since ?? sentAt, gen: read.gen, seen: read.beats, changes: new Map(), confirmed: false } };
   }
@@ -380,20 +403,25 @@ export function planStart(read: StartRead, sentAt: number, receivedAt: number, m
     if (memo.seen.get(id) !== at) changes.set(id, (changes.get(id) ?? 0) + 1);
   }
   const confirmed = [...changes.values()].some((n) => n >= 2);
-  if (!confirmed && receivedAt - memo.since > LINK_WAIT_MS) return cold(read, reading);
+  if (!confirmed && receivedAt - memo.since > LINK_WAIT_MS) return linked ?? cold(read, reading);
   return { kind: 'wait', memo: { since: memo.since, gen: read.gen, seen: read.beats, changes, confirmed } };
 }
 
 /** Nobody running to ask: time resumes no lower than the floor, and the time since it lengthens cool-downs. */
 function cold(read: StartRead, reading: Mark): StartPlan {
   const x = reading.hi;
-  if (x > read.floor + STEP_MS) return record(read, reading, 0, read.floor, { after: read.floor, by: x - read.floor });
-  if (x < read.floor - STEP_MS) return record(read, reading, x - read.floor, read.floor, null);
+  if (x > read.floor + STEP_MS) return record(read, reading, 0, read.floor, null, { after: read.floor, by: x - read.floor });
+  // Behind the floor: the server's clock went back. Resumed from the floor, which may lag the
+  // real time by as long as everything was down: an instance found running after all knows better.
+  if (x < read.floor - STEP_MS) return record(read, reading, x - read.floor, read.floor, { below: 0, above: Infinity });
   return { kind: 'accept', mark: reading, floor: read.floor };
 }
 
 /** The plan to record a step of `by` (positive: the server's clock went forward) and, maybe, a shift. */
-function record(read: StartRead, reading: Mark, by: number, floor: number, shift: Correction['shift']): StartPlan {
+function record(
+  read: StartRead, reading: Mark, by: number, floor: number,
+  guess: { readonly below: number; readonly above: number } | null, shift: Correction['shift'] = null,
+): StartPlan {
   const x = reading.hi;
   const at = x - by;
   const correction: Correction = {
@@ -405,5 +433,5 @@ function record(read: StartRead, reading: Mark, by: number, floor: number, shift
     shift,
     rawMark: reading,
   };
-  return { kind: 'record', correction, mark: shifted(reading, -by), floor: Math.max(floor, at) };
+  return { kind: 'record', correction, mark: shifted(reading, -by), floor: Math.max(floor, at), guess };
 }

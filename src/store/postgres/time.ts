@@ -166,7 +166,8 @@ async function settleTime(
     const outcome = await recordStep(client, c, o.bootId);
     o.onStep?.({ stepMs: c.stepMs, outcome: outcome.kind, atStart: true, shiftMs: outcome.kind === 'applied' ? c.shift?.by ?? null : null });
     if (outcome.kind === 'applied') {
-      return new ServerTime(o.monotonic, { gen: outcome.gen, offset: outcome.offset, mark: plan.mark, floor: plan.floor });
+      const yieldTo = plan.guess ? { gen: outcome.gen, ...plan.guess } : null;
+      return new ServerTime(o.monotonic, { gen: outcome.gen, offset: outcome.offset, mark: plan.mark, floor: plan.floor, yieldTo });
     }
     if (outcome.kind === 'refused') return new ServerTime(o.monotonic, { ...start, mark: c.rawMark, floor: read.floor });
     memo = null; // another instance changed the offset first: look again
