@@ -234,6 +234,21 @@ describe('registry time on PostgreSQL: the rules', () => {
       expect(time.proposal()).to.equal(null);
     });
 
+    it('a step undone before it was recorded (NTP set the clock right again) is not recorded afterwards', () => {
+      const w = new World();
+      const h = w.host();
+      const time = h.start();
+      w.advance(1000);
+      h.look(time);
+      w.step(600_000);
+      w.advance(10);
+      expect(h.look(time).step).to.not.equal(null);
+      w.step(-600_000);
+      w.advance(10);
+      expect(h.look(time).step).to.equal(null);
+      expect(time.proposal()).to.equal(null);
+    });
+
     it('a statement in flight across the step (read before it, answered after the step was seen) is no new step', () => {
       const w = new World();
       const h = w.host();

@@ -152,6 +152,8 @@ interface StepEstimate {
   readonly hi: number;
   /** The latest reading as stored (uncorrected): what this instance takes if the recording is refused. */
   readonly rawMark: Mark;
+  /** When the first reading that showed it came back: a reading sent later that fits without it says the step is gone. */
+  readonly since: number;
 }
 
 /**
@@ -248,6 +250,8 @@ export class ServerTime implements Clock {
       const fits = sampleMark(s.raw + offset, s.sentAt, s.receivedAt);
       if (compare(this.mark, fits) === null) {
         this.mark = narrow(this.mark, fits);
+        // Sent after the step was seen, and it fits as stored: the clock was stepped back again.
+        if (this.estimate && s.sentAt > this.estimate.since && offset === this.offset) this.forget();
         return { now: this.use(s.raw + offset), step: null };
       }
     }
@@ -269,9 +273,9 @@ export class ServerTime implements Clock {
     if (e && e.gen === this.gen && lo <= e.hi + STEP_MS && hi >= e.lo - STEP_MS) {
       const nlo = Math.max(e.lo, lo);
       const nhi = Math.min(e.hi, hi);
-      this.estimate = nlo <= nhi ? { gen: e.gen, lo: nlo, hi: nhi, rawMark: reading } : { gen: e.gen, lo, hi, rawMark: reading };
+      this.estimate = nlo <= nhi ? { ...e, lo: nlo, hi: nhi, rawMark: reading } : { ...e, lo, hi, rawMark: reading };
     } else {
-      this.estimate = { gen: this.gen, lo, hi, rawMark: reading };
+      this.estimate = { gen: this.gen, lo, hi, rawMark: reading, since: s.receivedAt };
     }
     const est = this.estimate;
     // The reading corrected by what is known of δ narrows the mark (soundly: δ's whole range).
@@ -306,17 +310,20 @@ export class ServerTime implements Clock {
     if (outcome.kind === 'refused' && this.estimate?.gen === c.fromGen && this.gen === c.fromGen) {
       // The other hosts agree with the server's clock as it is: this host lost time, not the server.
       this.mark = this.estimate.rawMark;
-      this.estimate = null;
-      this.pending = null;
+      this.forget();
     }
+  }
+
+  private forget(): void {
+    this.estimate = null;
+    this.pending = null;
   }
 
   private learn(gen: number, offset: number): void {
     if (gen <= this.gen) return;
     this.gen = gen;
     this.offset = offset;
-    this.estimate = null;
-    this.pending = null;
+    this.forget();
   }
 }
 
