@@ -10,7 +10,10 @@
 import { expect } from 'chai';
 import { chmodSync, existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { tempDir } from '../helpers.js';
+import { Registry } from '../../src/registry.js';
+import { openPostgresStore } from '../../src/store/postgres/store.js';
+import type { ClockStepEvent } from '../../src/store/postgres/time.js';
+import { DEFAULT_RULES, tempDir } from '../helpers.js';
 import { builtMain, eventually, json, startProcess } from '../process-helpers.js';
 import type { RunningRegistry } from '../process-helpers.js';
 import { LIBFAKETIME, TestPostgres, faketimeEnv } from '../support/postgres.js';
@@ -202,6 +205,48 @@ describe('registry time on PostgreSQL: the server clock stepped under two instan
     const row = await clockRow(db);
     expect(row.gen, 'one step, recorded once').to.equal(1);
     expect(row.offset).to.be.within(STEP_S * 1000 - 1000, STEP_S * 1000 + 1000);
+  });
+
+  it('a busy database is not a stepped clock: 64 writers through two instances for 5 s, many held 300 ms on row locks, record no step', async () => {
+    const url = await server.createDatabase();
+    const db = new URL(url).pathname.slice(1);
+    const steps: ClockStepEvent[] = [];
+    const stores = [
+      await openPostgresStore({ url, poolSize: 8, onClockStep: (e) => steps.push(e) }),
+      await openPostgresStore({ url, poolSize: 8, onClockStep: (e) => steps.push(e) }),
+    ];
+    try {
+      const registries = stores.map((store) => new Registry({ store, rules: { ...DEFAULT_RULES, cooldownMs: 0 } }));
+      const [first, second] = registries;
+      if (!first || !second) throw new Error('two registries');
+      await first.syncPool(Array.from({ length: 2000 }, (_, i) => `w-${i}`));
+      const end = performance.now() + 5000;
+      let n = 0;
+      let held = 0;
+      // Renewals and releases that read the server's clock, then wait for a row another transaction holds.
+      const locker = (async () => {
+        while (performance.now() < end) {
+          const rows = await server.sql(`WITH h AS (SELECT id FROM identifiers WHERE client_id IS NOT NULL LIMIT 20 FOR UPDATE SKIP LOCKED)
+            SELECT count(*)::int AS n, pg_sleep(0.3) FROM h`, [], db);
+          held += Number(rows[0]?.['n'] ?? 0);
+        }
+      })();
+      await Promise.all(Array.from({ length: 64 }, async (_, w) => {
+        while (performance.now() < end) {
+          const client = `vm-${w}-${n++}`;
+          const lease = await (n % 2 ? first : second).allocate(client);
+          await (n % 2 ? second : first).renew(client, lease.identifier, lease.epoch);
+          await first.release(client, lease.identifier, lease.epoch);
+        }
+      }));
+      await locker;
+      expect(n).to.be.above(500);
+      expect(held, 'leases held on a lock meanwhile').to.be.above(20);
+      expect(steps).to.deep.equal([]);
+      expect(await clockRow(db)).to.deep.equal({ gen: 0, offset: 0 });
+    } finally {
+      await Promise.all(stores.map((s) => s.close()));
+    }
   });
 
   it('the server restarted with its clock stepped while down: the running instances absorb it too', async () => {
