@@ -131,6 +131,12 @@ async function openPostgres(config: Config, url: string, log: Logger): Promise<S
         url,
         applicationName: `asg-id-registry ${config.host}:${config.port}`,
         onConnectionError: (reason) => log.warn({ err: reason }, 'a database connection failed; it is replaced on next use'),
+        onClockStep: (e) => log.warn({ step_ms: e.stepMs, outcome: e.outcome, at_start: e.atStart, cooldowns_lengthened_ms: e.shiftMs },
+          e.outcome === 'refused'
+            ? "this host's monotonic clock lost time (a suspend?): the other instances agree with the database server's clock"
+            : e.shiftMs !== null
+              ? 'no instance was running to measure the time since the last one: cool-downs in progress resume from now'
+              : "the database server's clock stepped; registry time is unaffected"),
       });
     } catch (e) {
       const unavailable = isRegistryError(e) && e.code === 'unavailable';

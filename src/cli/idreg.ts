@@ -272,7 +272,7 @@ async function openStore(cfg: CliConfig, args: string[], db: string): Promise<St
     }
   }
   try {
-    return await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg' });
+    return await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg', clockRole: 'tool' });
   } catch (e) {
     throw failure(`DATABASE_URL: ${e instanceof Error ? e.message : String(e)}`, 3);
   }
@@ -346,7 +346,7 @@ async function exportState(cfg: CliConfig, args: string[]): Promise<string> {
     if (url === null) {
       dump = exportSqliteFile(db, systemTimeSource);
     } else {
-      const store = await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg' });
+      const store = await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg', clockRole: 'tool' });
       try {
         dump = await store.dump();
       } finally {
@@ -389,7 +389,7 @@ async function importState(cfg: CliConfig, args: string[]): Promise<string> {
     if (url === null) {
       moved = await importSqliteFile(db, dump, systemTimeSource);
     } else {
-      const store = await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg' });
+      const store = await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg', clockRole: 'tool' });
       try {
         moved = await store.load(dump);
       } finally {

@@ -5,7 +5,8 @@
  *  - sqlite/: one connection, the writes of one tick in one BEGIN IMMEDIATE (group commit),
  *    a savepoint per use case, time from the host's clock anchored once per boot in the file;
  *  - postgres/: a pool, one transaction per use case, row locks (FOR UPDATE / SKIP LOCKED),
- *    retried on serialization failures and unique violations, time from the server's clock;
+ *    retried on serialization failures and unique violations, time from the server's clock
+ *    plus an offset kept in the database (its steps absorbed: see postgres/clock.ts);
  *    a renewal, a release by its holder and allocate's common case (a grant to a client that
  *    holds nothing) are each one statement, shared by those queued meanwhile.
  *

@@ -18,6 +18,7 @@ import { openPostgresStore } from '../../src/store/postgres/store.js';
 import type { PostgresStore, PostgresStoreOptions } from '../../src/store/postgres/store.js';
 import { parseBigint } from '../../src/store/postgres/rows.js';
 import { grantNextAlone } from '../../src/store/postgres/tx.js';
+import type { StatementTime } from '../../src/store/postgres/tx.js';
 import type { Reader, Store, Tx, WriteOptions } from '../../src/store/types.js';
 import { DEFAULT_RULES, heldLanes } from '../helpers.js';
 import { sharedPostgres } from '../support/postgres.js';
@@ -26,6 +27,8 @@ import type { TestPostgres } from '../support/postgres.js';
 const T = Date.parse('2026-01-08T10:00:00.000Z');
 const SEC = 1000;
 const RULES: RegistryRules = { ...DEFAULT_RULES, ttlMs: 30 * SEC, cooldownMs: 20 * SEC };
+/** The statement's time: the server's clock as it is (no bounds). */
+const SERVER_TIME: StatementTime = { now: null, lo: 0, hi: Number.MAX_SAFE_INTEGER };
 
 /** The same store without the one-statement grant: every allocate runs the full use case. */
 function fullUseCaseOnly(store: PostgresStore): Store {
@@ -312,13 +315,13 @@ describe('postgres: allocate in one statement', function () {
       await o.query('BEGIN');
       await o.query(`UPDATE identifiers SET client_id = 'x', epoch = epoch + 1, allocated_at = 1, last_seen = 1 WHERE name = 'b'`);
       const started = performance.now();
-      const err = await grantNextAlone(q as unknown as PoolClient, [{ clientId: 'x', fenceCooldownMs: 0 }], null, 0).then(() => null, (e: unknown) => (e as { code?: string }).code);
+      const err = await grantNextAlone(q as unknown as PoolClient, [{ clientId: 'x', fenceCooldownMs: 0 }], SERVER_TIME).then(() => null, (e: unknown) => (e as { code?: string }).code);
       const waited = performance.now() - started;
       expect(err, 'lock_timeout').to.equal('55P03');
       expect(waited, 'not the session\'s 7 s').to.be.below(2000);
       expect((await q.query('SHOW lock_timeout')).rows, 'the next statement on the connection has its own limit back').to.deep.equal([{ lock_timeout: '7s' }]);
       await o.query('ROLLBACK');
-      expect((await grantNextAlone(q as unknown as PoolClient, [{ clientId: 'x', fenceCooldownMs: 0 }], null, 0)).map((r) => r.rec.name)).to.deep.equal(['a']);
+      expect((await grantNextAlone(q as unknown as PoolClient, [{ clientId: 'x', fenceCooldownMs: 0 }], SERVER_TIME)).map((r) => r.rec.name)).to.deep.equal(['a']);
       expect((await q.query('SHOW lock_timeout')).rows, 'after a statement that granted, too').to.deep.equal([{ lock_timeout: '7s' }]);
     } finally {
       await o.end().catch(() => undefined);

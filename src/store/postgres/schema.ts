@@ -103,4 +103,30 @@ export const MIGRATIONS: readonly string[] = [
     id INTEGER PRIMARY KEY CHECK (id = 1)
   );
   `,
+  `
+  -- Registry time is the server's clock plus offset_ms (see src/store/postgres/clock.ts). A step of
+  -- the server's clock is absorbed by changing the offset, as a compare-and-set on gen, so every
+  -- instance takes the same offset once; floor_ms is the latest registry time a step or a start
+  -- with nothing to go by set.
+  CREATE TABLE registry_clock (
+    id           INTEGER PRIMARY KEY CHECK (id = 1),
+    offset_ms    BIGINT  NOT NULL DEFAULT 0,
+    gen          BIGINT  NOT NULL DEFAULT 0 CHECK (gen >= 0),
+    floor_ms     BIGINT  NOT NULL DEFAULT 0,
+    last_step_ms BIGINT,
+    stepped_at   BIGINT
+  );
+  INSERT INTO registry_clock (id) VALUES (1);
+
+  -- Per host (per boot: one monotonic clock), the last thing known: at monotonic time mono (ms),
+  -- registry time was within [lo, hi]. An instance restarting on the same boot finds how much
+  -- time really passed, whatever the server's clock did meanwhile.
+  CREATE TABLE clock_hosts (
+    boot_id TEXT             PRIMARY KEY,
+    mono    DOUBLE PRECISION NOT NULL,
+    lo      BIGINT           NOT NULL,
+    hi      BIGINT           NOT NULL,
+    gen     BIGINT           NOT NULL
+  );
+  `,
 ];

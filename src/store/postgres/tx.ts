@@ -9,6 +9,7 @@ import type { PoolClient } from 'pg';
 import { recordOf } from '../../domain/lease.js';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple, Status } from '../../domain/types.js';
 import type { FreeEntry, HistoryRows, InstanceBeat, ListQuery, PoolRow, RawCounts, Reader, Tx } from '../types.js';
+import type { ClockReading, HostMark } from './clock.js';
 import { HISTORY_PAGE_COLUMNS, RECORD_COLUMNS, TUPLE_COLUMNS, asRow, bool, int, recordTuples, scalar, toBeat, toHistoryEntry, toHistoryRows, toPoolRow, toRecord } from './rows.js';
 
 /** The advisory-lock namespace of this registry ("idrg"), and the locks in it. */
@@ -34,6 +35,28 @@ const STATUS_WHERE: Readonly<Record<Status | 'all', string>> = {
 /** The server's clock in epoch milliseconds (clock_timestamp: not frozen at the transaction's start). */
 export const SERVER_MS = 'floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint';
 
+/**
+ * One reading of the server's clock with the stored offset and its generation (see clock.ts):
+ * registry time is `clock_raw + clock_offset`. The row always exists (the migration made it);
+ * were it missing, the offset would read as 0 rather than the statement doing nothing.
+ */
+export const CLOCK_READING = `SELECT ${SERVER_MS} AS clock_raw, coalesce(k.offset_ms, 0) AS clock_offset, coalesce(k.gen, 0) AS clock_gen
+  FROM (SELECT 1) AS one LEFT JOIN registry_clock k ON k.id = 1`;
+
+/** The reading in a row that carries one (see CLOCK_READING); null when it does not. */
+export function readingOf(raw: unknown): ClockReading | null {
+  const r = asRow(raw);
+  if (r['clock_raw'] === undefined || r['clock_raw'] === null) return null;
+  return { raw: int(r, 'clock_raw'), offset: int(r, 'clock_offset'), gen: int(r, 'clock_gen') };
+}
+
+/** The time a one-statement write runs at: `now` when injected (tests), else the server's, held within [lo, hi]. */
+export interface StatementTime {
+  readonly now: number | null;
+  readonly lo: number;
+  readonly hi: number;
+}
+
 const RECORD_COLUMNS_OF_I = RECORD_COLUMNS.split(', ').map((c) => `i.${c}`).join(', ');
 
 /**
@@ -47,13 +70,14 @@ const HELD_ASKS = 'unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) WI
 const HELD_WHERE = 'i.name = r.name AND i.client_id = r.client_id AND (r.epoch IS NULL OR i.epoch = r.epoch)';
 
 /** A statement's time: $5 inside a use case's transaction; alone, see `alone`. */
-interface StatementClock { readonly with: string; readonly now: string; readonly from: string }
-const IN_TX: StatementClock = { with: 'WITH ', now: '$5::bigint', from: '' };
+interface StatementClock { readonly with: string; readonly now: string; readonly from: string; readonly reading: string }
+const IN_TX: StatementClock = { with: 'WITH ', now: '$5::bigint', from: '', reading: '' };
 
 /**
- * A statement of its own, so its own transaction: one round trip. Its time is the server's clock,
- * never below this instance's latest ($6, or the parameter after `nowParam`), or $5 (`nowParam`)
- * when the registry's time is injected (tests).
+ * A statement of its own, so its own transaction: one round trip. Its time is registry time read
+ * on the server (its clock plus the stored offset), held between this instance's bounds ($6 and
+ * $7, the two parameters after `nowParam`: see ServerTime.bounds), or $5 (`nowParam`) when the
+ * registry's time is injected (tests). Its rows carry the reading, so the instance checks it.
  * `synchronous_commit` is set for this statement's transaction only: on for an ownership change,
  * off for a liveness, which must be visible to every instance before its answer, not fsynced (SPEC.md);
  * so is `lockTimeout` when given (`set_config(..., true)` is SET LOCAL: in autocommit the
@@ -64,12 +88,15 @@ function alone(durable: boolean, nowParam = 5, lockTimeout?: string): StatementC
   const lockLimit = lockTimeout === undefined ? '' : `,
              set_config('lock_timeout', '${lockTimeout}', true) AS lock_limit`;
   return {
-    with: `WITH t AS MATERIALIZED (
-      SELECT coalesce($${nowParam}::bigint, greatest($${nowParam + 1}::bigint, ${SERVER_MS})) AS now,
+    with: `WITH c AS MATERIALIZED (${CLOCK_READING}), t AS MATERIALIZED (
+      SELECT coalesce($${nowParam}::bigint, greatest($${nowParam + 1}::bigint, least($${nowParam + 2}::bigint, c.clock_raw + c.clock_offset))) AS now,
+             c.clock_raw, c.clock_offset, c.clock_gen,
              set_config('synchronous_commit', '${durable ? 'on' : 'off'}', true) AS commit_mode${lockLimit}
+      FROM c
     ), `,
     now: 't.now',
     from: ', t',
+    reading: ', t.clock_raw, t.clock_offset, t.clock_gen',
   };
 }
 
@@ -82,7 +109,7 @@ function renewHeldSql(clock: StatementClock): string {
       UPDATE identifiers i SET last_seen = greatest(i.last_seen, ${clock.now}), fence_cooldown_ms = greatest(i.fence_cooldown_ms, r.fence)
       FROM ${HELD_ASKS}${clock.from}
       WHERE ${HELD_WHERE}
-      RETURNING ${RECORD_COLUMNS_OF_I}, r.idx, ${clock.now} AS now
+      RETURNING ${RECORD_COLUMNS_OF_I}, r.idx, ${clock.now} AS now${clock.reading}
     )
     SELECT * FROM renewed`;
 }
@@ -93,7 +120,7 @@ function releaseHeldSql(clock: StatementClock): string {
       UPDATE identifiers i SET client_id = NULL, allocated_at = NULL, last_seen = NULL, fence_cooldown_ms = NULL, available_at = ${clock.now}
       FROM ${HELD_ASKS}${clock.from}
       WHERE ${HELD_WHERE}
-      RETURNING ${RECORD_COLUMNS_OF_I}, r.idx, r.client_id AS released_by, ${clock.now} AS now
+      RETURNING ${RECORD_COLUMNS_OF_I}, r.idx, r.client_id AS released_by, ${clock.now} AS now${clock.reading}
     ), logged AS (
       INSERT INTO history (identifier_id, at, event, client_id, epoch)
       SELECT id, now, 'released', released_by, epoch FROM released ORDER BY idx
@@ -123,23 +150,22 @@ export interface HeldRow {
   readonly rec: IdentifierRecord;
   /** The time the statement ran at. */
   readonly now: number;
+  /** What it read of the server's clock (a statement alone); null in a transaction. */
+  readonly reading: ClockReading | null;
 }
 
 function heldRowOf(raw: unknown): HeldRow {
   const r = asRow(raw);
-  return { index: int(r, 'idx') - 1, rec: toRecord(raw), now: int(r, 'now') };
+  return { index: int(r, 'idx') - 1, rec: toRecord(raw), now: int(r, 'now'), reading: readingOf(raw) };
 }
 
 function askArrays(asks: readonly HeldAsk[]): unknown[] {
   return [asks.map((a) => a.name), asks.map((a) => a.clientId), asks.map((a) => a.epoch), asks.map((a) => a.fenceCooldownMs)];
 }
 
-/**
- * Renews or releases a batch of leases in one statement outside any transaction; `now` is the
- * injected registry time, or null for the server's clock not below `floor`.
- */
-export async function heldAlone(client: PoolClient, kind: HeldKind, asks: readonly HeldAsk[], now: number | null, floor: number): Promise<HeldRow[]> {
-  return (await rows(client, `${kind}_held_alone`, HELD_SQL[kind].alone, [...askArrays(asks), now, floor])).map(heldRowOf);
+/** Renews or releases a batch of leases in one statement outside any transaction, at `time`. */
+export async function heldAlone(client: PoolClient, kind: HeldKind, asks: readonly HeldAsk[], time: StatementTime): Promise<HeldRow[]> {
+  return (await rows(client, `${kind}_held_alone`, HELD_SQL[kind].alone, [...askArrays(asks), time.now, time.lo, time.hi])).map(heldRowOf);
 }
 
 /**
@@ -196,7 +222,7 @@ const GRANT_NEXT_SQL = `${alone(true, 3, GRANT_LOCK_TIMEOUT).with}asks AS MATERI
         fence_cooldown_ms = a.fence
       FROM picked p JOIN asks a ON a.k = p.k, t
       WHERE i.id = p.id AND i.client_id IS NULL
-      RETURNING ${RECORD_COLUMNS_OF_I}, a.idx, t.now AS now
+      RETURNING ${RECORD_COLUMNS_OF_I}, a.idx, t.now AS now, t.clock_raw, t.clock_offset, t.clock_gen
     ), logged AS (
       INSERT INTO history (identifier_id, at, event, client_id, epoch)
       SELECT id, now, 'allocated', client_id, epoch FROM granted ORDER BY idx
@@ -205,13 +231,13 @@ const GRANT_NEXT_SQL = `${alone(true, 3, GRANT_LOCK_TIMEOUT).with}asks AS MATERI
 
 /**
  * Grants each of `clientIds` (distinct) that holds nothing the next allocatable identifier, in
- * one statement outside any transaction (see GRANT_NEXT_SQL); `now` is the injected registry
- * time, or null for the server's clock not below `floor`. Rows only for the clients granted.
+ * one statement outside any transaction (see GRANT_NEXT_SQL), at `time`. Rows only for the
+ * clients granted.
  */
 export async function grantNextAlone(
-  client: PoolClient, asks: readonly { readonly clientId: string; readonly fenceCooldownMs: number }[], now: number | null, floor: number,
+  client: PoolClient, asks: readonly { readonly clientId: string; readonly fenceCooldownMs: number }[], time: StatementTime,
 ): Promise<HeldRow[]> {
-  const values = [asks.map((a) => a.clientId), asks.map((a) => a.fenceCooldownMs), now, floor];
+  const values = [asks.map((a) => a.clientId), asks.map((a) => a.fenceCooldownMs), time.now, time.lo, time.hi];
   return (await rows(client, 'grant_next_alone', GRANT_NEXT_SQL, values)).map(heldRowOf);
 }
 
@@ -331,11 +357,20 @@ export class PgReader implements Reader {
   }
 }
 
+/** This host's mark of registry time, stored with each beat (see clock_hosts). */
+export interface HostClock {
+  readonly bootId: string;
+  readonly mark: HostMark;
+}
+
+/** A host forgotten this long after its last mark (an instance that never came back). */
+const HOST_FORGOTTEN_MS = 7 * 24 * 3600_000;
+
 export class PgTx extends PgReader implements Tx {
   /** Whether this use case has written (or taken a lock past its rows): see store.ts, group commit. */
   wrote = false;
 
-  constructor(client: PoolClient, now: number) {
+  constructor(client: PoolClient, now: number, private readonly host: HostClock | null = null) {
     super(client, now, 'FOR UPDATE');
   }
 
@@ -500,7 +535,9 @@ export class PgTx extends PgReader implements Tx {
   async beat(b: InstanceBeat): Promise<void> {
     this.wrote = true;
     // One statement: the beat, the fleet's latest request (kept when instances come and go),
-    // and instances that stopped beating a day ago (crashed long since) dropped.
+    // this host's mark of registry time (the newest reading of its monotonic clock wins), and
+    // instances that stopped beating a day ago (crashed long since) dropped.
+    const h = this.host;
     await changes(this.client, 'beat',
       `WITH beat AS (
          INSERT INTO instances (id, started_at, at, fleet_seen_at) VALUES ($1, $2, $3, $4)
@@ -509,9 +546,17 @@ export class PgTx extends PgReader implements Tx {
        ), fleet AS (
          INSERT INTO fleet (id, seen_at) SELECT 1, $4 WHERE $4::bigint IS NOT NULL
          ON CONFLICT (id) DO UPDATE SET seen_at = greatest(fleet.seen_at, excluded.seen_at)
+       ), host AS (
+         INSERT INTO clock_hosts (boot_id, mono, lo, hi, gen) SELECT $6::text, $7::float8, $8::bigint, $9::bigint, $10::bigint WHERE $6::text IS NOT NULL
+         ON CONFLICT (boot_id) DO UPDATE SET mono = excluded.mono, lo = excluded.lo, hi = excluded.hi, gen = excluded.gen
+         WHERE excluded.mono >= clock_hosts.mono
+       ), hosts_gone AS (
+         DELETE FROM clock_hosts WHERE hi < $3::bigint - $11::bigint AND boot_id IS DISTINCT FROM $6::text
        )
        DELETE FROM instances WHERE at < $3::bigint - $5::bigint AND id <> $1`,
-      [b.id, b.startedAt, b.at, b.fleetSeenAt, INSTANCE_FORGOTTEN_MS]);
+      [b.id, b.startedAt, b.at, b.fleetSeenAt, INSTANCE_FORGOTTEN_MS,
+        h?.bootId ?? null, h?.mark.mono ?? null, h ? Math.floor(h.mark.lo) : null, h ? Math.ceil(h.mark.hi) : null, h?.mark.gen ?? null,
+        HOST_FORGOTTEN_MS]);
   }
 
   async forgetInstance(id: string): Promise<void> {
