@@ -43,7 +43,9 @@ const USAGE = `usage: idreg [--url URL] [--token TOKEN] COMMAND
                                                                --create: make the database if it does not exist)
   backup FILE [--db PATH]                                     online backup of the database file, into one file
   export FILE [--db PATH]                                     the whole state (leases, epochs, cool-downs, history) to FILE
-  import FILE [--db PATH]                                     load an export into an empty store (refused otherwise)
+  import FILE [--db PATH]                                     load an export into an empty store (refused otherwise),
+                                                              its times moved onto this store's clock (each lease and
+                                                              cool-down keeps what it had left)
 
 environment: IDREG_URL (default http://127.0.0.1:8080), IDREG_TOKEN (an admin token, when the
 registry has ADMIN_TOKENS), DB_PATH, POOL_FILE, DATABASE_URL (pool sync, export and import
