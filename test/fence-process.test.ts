@@ -16,10 +16,12 @@ describe('fence window across a real restart with a lower cool-down', function (
   this.timeout(90_000);
   let t: ReturnType<typeof tempDir>;
   let reg: RunningRegistry | null = null;
+  let other: RunningRegistry | null = null;
   beforeEach(() => { t = tempDir(); });
   afterEach(async () => {
-    await reg?.stop('SIGKILL');
+    await Promise.all([reg?.stop('SIGKILL'), other?.stop('SIGKILL')]);
     reg = null;
+    other = null;
     t.cleanup();
   });
 
@@ -62,5 +64,23 @@ describe('fence window across a real restart with a lower cool-down', function (
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
     expect(refusedAfterShortCooldown, 'refused past twice the new cool-down').to.be.greaterThan(0);
+  });
+
+  it('two processes at once on one file, REUSE_COOLDOWN_SECONDS 4 and 0.2: whichever answers announces and honours the longer window', async () => {
+    const env = { LEASE_TTL_SECONDS: '90', STARTUP_GRACE_SECONDS: '0', REAPER_SCHEDULE: '0 0 1 1 *' };
+    reg = await startProcess({ dir: t.dir, pool: 'only\n', env: { ...env, REUSE_COOLDOWN_SECONDS: '4' } });
+    other = await startProcess({ dir: t.dir, env: { ...env, REUSE_COOLDOWN_SECONDS: '0.2' } });
+    // Granted by the short one: its window. Renewed through the long one: the longer window from then on.
+    const granted = await json(other.base, 'POST', '/allocate', { client_id: 'vm-a' });
+    expect(field(granted.body, 'fence_after_ms')).to.equal(198);
+    const renewed = await json(reg.base, 'POST', '/liveness', { client_id: 'vm-a', identifier: 'only' });
+    expect(field(renewed.body, 'fence_after_ms')).to.equal(3960);
+    const again = await json(other.base, 'POST', '/liveness', { client_id: 'vm-a', identifier: 'only' });
+    expect(field(again.body, 'fence_after_ms'), 'the short one announces the window the holder was told').to.equal(3960);
+    const lastSeen = Date.parse(String(field(again.body, 'last_seen')));
+    const forced = await json(other.base, 'DELETE', '/identifier/only');
+    expect(Date.parse(String(field(forced.body, 'available_at'))) - lastSeen, 'and honours it').to.be.at.least(4000);
+    const refused = await json(other.base, 'POST', '/allocate', { client_id: 'vm-b' });
+    expect(refused.status).to.equal(503);
   });
 });

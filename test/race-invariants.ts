@@ -19,7 +19,11 @@ import type { RegistryRules } from '../src/registry.js';
 import type { Store } from '../src/store/types.js';
 
 /** What a VM was told (by an allocate or a liveness) and when it sent the request that told it. */
-export interface Ack { op: 'allocate' | 'renew'; client: string; identifier: string; epoch: number; sentAt: number; lastSeen: number }
+export interface Ack {
+  op: 'allocate' | 'renew'; client: string; identifier: string; epoch: number; sentAt: number; lastSeen: number;
+  /** The fence_after_ms it was told, when the race records it (instances set differently); else the rules'. */
+  fence?: number;
+}
 
 export interface RaceRecord {
   readonly pool: readonly string[];
@@ -65,8 +69,9 @@ export async function checkRaceInvariants(store: Pick<Store, 'read'>, race: Race
       const next = grants[i];
       if (!prev || !next) continue;
       expect(next.epoch, `${where}: epochs of ${id} must grow`).to.be.above(prev.epoch);
-      const told = acks.filter((a) => a.identifier === id && a.epoch === prev.epoch).map((a) => a.sentAt);
-      let end = told.length ? Math.max(...told) + fence : -Infinity;
+      // The holder stops fence_after_ms after it sent the request whose answer told it that window.
+      const told = acks.filter((a) => a.identifier === id && a.epoch === prev.epoch).map((a) => a.sentAt + (a.fence ?? fence));
+      let end = told.length ? Math.max(...told) : -Infinity;
       const rel = releasedAt.get(`${id}#${prev.epoch}`);
       if (rel !== undefined) end = Math.min(end, rel);
       expect(next.at, `${where}: ${id} granted to ${next.clientId} at ${next.at} while ${prev.clientId} may use it until ${end}`)

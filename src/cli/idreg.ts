@@ -48,7 +48,9 @@ const USAGE = `usage: idreg [--url URL] [--token TOKEN] COMMAND
   backup FILE [--db PATH] [--force]                           online backup of the database file, into one file
   export FILE [--db PATH] [--force]                           the whole state (leases, epochs, cool-downs, history) to FILE
                                                               (both refuse to replace an existing FILE unless --force)
-  import FILE [--db PATH]                                     load an export into an empty store (refused otherwise)
+  import FILE [--db PATH]                                     load an export into an empty store (refused otherwise),
+                                                              its times moved onto this store's clock (each lease and
+                                                              cool-down keeps what it had left)
 
 environment: IDREG_URL (default http://127.0.0.1:8080; http:// or https:// and a host),
 IDREG_TOKEN (an admin token, when the registry has ADMIN_TOKENS), DB_PATH, POOL_FILE,

@@ -4,7 +4,13 @@
  * registries through `idreg` are in test/cli.test.ts.
  */
 import { expect } from 'chai';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { FakeTimeSource } from '../../src/clock.js';
 import { IMPORT_META, dumpLines, parseDump, translateDump } from '../../src/store/dump.js';
+import { exportSqliteFile } from '../../src/store/sqlite/dump.js';
+import { MIGRATIONS } from '../../src/store/sqlite/schema.js';
+import { tempDir } from '../helpers.js';
 import type { Dump } from '../../src/store/dump.js';
 
 const T = Date.parse('2026-03-01T12:00:00.000Z');
@@ -91,5 +97,24 @@ describe('dump: times translated on import', () => {
   it('an unknown version is refused, naming the ones it reads', () => {
     const [head, ...rest] = [...dumpLines(source)];
     expect(() => parseDump([JSON.stringify({ ...JSON.parse(head ?? '{}'), version: 3 }), ...rest])).to.throw(/version 3 is not one this registry reads \(1, 2\)/);
+  });
+
+  it('idreg export reads a file a previous version left (not yet migrated, opened read-only): no fence window recorded, times from its floor', () => {
+    const t = tempDir();
+    try {
+      const path = join(t.dir, 'old.db');
+      const old = new Database(path);
+      for (const m of MIGRATIONS.slice(0, 4)) old.exec(m);
+      old.pragma('user_version = 4');
+      old.prepare(`INSERT INTO identifiers (name, pool_order, epoch, client_id, allocated_at, last_seen) VALUES ('w-0', 0, 1, 'vm-a', ?, ?)`).run(T - MIN, T - 10_000);
+      old.prepare(`INSERT INTO history (identifier_id, at, event, client_id, epoch) VALUES (1, ?, 'allocated', 'vm-a', 1)`).run(T - MIN);
+      old.close();
+      // Another boot than the one that anchored it (none here): registry time resumes from the floor.
+      const d = exportSqliteFile(path, new FakeTimeSource(T + 60 * MIN));
+      expect(d.exportedAt).to.equal(T - 10_000);
+      expect(d.identifiers[0]).to.include({ name: 'w-0', clientId: 'vm-a', fenceCooldownMs: null });
+    } finally {
+      t.cleanup();
+    }
   });
 });

@@ -17,11 +17,15 @@ function count(db: Database.Database, table: 'identifiers' | 'history'): number 
 
 /** The whole state, read in one transaction. `exportedAt` is the registry time of the export. */
 export function dumpSqlite(db: Database.Database, exportedAt: number): Dump {
+  // A file not yet migrated to keep fence windows (idreg export opens it read-only) has none to export.
+  const columns = db.prepare('SELECT name FROM pragma_table_info(?)').all('identifiers');
+  const fence = columns.some((c) => typeof c === 'object' && c !== null && 'name' in c && c.name === 'fence_cooldown_ms')
+    ? 'fence_cooldown_ms' : 'NULL AS fence_cooldown_ms';
   const read = db.transaction((): Dump => ({
     engine: 'sqlite',
     exportedAt,
     identifiers: db.prepare(
-      `SELECT name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at, fence_cooldown_ms
+      `SELECT name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at, ${fence}
        FROM identifiers ORDER BY pool_order, id`,
     ).all().map((r) => toDumpIdentifier(r)),
     history: db.prepare(

@@ -18,6 +18,7 @@
 import type Database from 'better-sqlite3';
 import type { Statement } from 'better-sqlite3';
 import { RECORD_COLUMNS } from '../columns.js';
+import { fenceAfterMs } from '../../domain/lease.js';
 import type { ListJson, ListQuery, ViewRules } from '../types.js';
 
 const DAY_MS = 86_400_000;
@@ -38,9 +39,10 @@ const inRange = (ms: string): string => `${ms} BETWEEN 0 AND ${MAX_PLAIN_ISO_MS}
 
 /**
  * A leased row's fence_after_ms: domain fenceAfterMs of leaseCooldownMs (the longer of the window
- * kept with the lease and today's cool-down, less 1 %), in integer arithmetic as there.
+ * kept with the lease and today's cool-down, less 1 %), in integer arithmetic as there; @fence
+ * is today's, computed once a page (the common case: no longer window kept).
  */
-const FENCE = 'max(coalesce(fence_cooldown_ms, 0), @cooldown) * 99 / 100';
+const FENCE = 'CASE WHEN fence_cooldown_ms > @cooldown THEN fence_cooldown_ms * 99 / 100 ELSE @fence END';
 
 /** One row's identifier view as JSON text, or NULL when a time of it is out of range. Same keys, same order as identifierView. */
 const ROW_JSON = `CASE
@@ -157,7 +159,7 @@ export function planPage(q: ListQuery, view: ViewRules): PagePlan | null {
     limit,
     // Integers bound as BigInt are SQLite INTEGERs: the arithmetic on times stays integer.
     body: {
-      ...keyset, limit, now: BigInt(now), ttl: BigInt(ttlMs), cooldown: BigInt(cooldownMs),
+      ...keyset, limit, now: BigInt(now), ttl: BigInt(ttlMs), cooldown: BigInt(cooldownMs), fence: BigInt(fenceAfterMs({ cooldownMs })),
       day0: BigInt(today - 1), date0: day(today - 1), day1: BigInt(today), date1: day(today), day2: BigInt(today + 1), date2: day(today + 1),
     },
     edge: { ...keyset, limit, now },

@@ -141,13 +141,15 @@ function migrate(db: Database.Database): void {
 
 /** Every time the store holds that a process wrote as "now": registry time must not go back below any. */
 function floorOf(db: Database.Database): number {
-  const latest = (sql: string): number => scalar(db.prepare(sql).get()) ?? 0;
+  // A table a file not yet migrated lacks (idreg export opens it read-only, without migrating) holds no time.
+  const latest = (table: string, sql: string): number =>
+    db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(table) === undefined ? 0 : scalar(db.prepare(sql).get()) ?? 0;
   return Math.max(
-    latest(`SELECT max(last_seen) AS n FROM identifiers WHERE client_id IS NOT NULL`),
-    latest(`SELECT at AS n FROM history ORDER BY id DESC LIMIT 1`),
-    latest(`SELECT max(at) AS n FROM instances`),
-    latest(`SELECT seen_at AS n FROM fleet WHERE id = 1`),
-    latest(`SELECT max(at) AS n FROM refusals`),
+    latest('identifiers', `SELECT max(last_seen) AS n FROM identifiers WHERE client_id IS NOT NULL`),
+    latest('history', `SELECT at AS n FROM history ORDER BY id DESC LIMIT 1`),
+    latest('instances', `SELECT max(at) AS n FROM instances`),
+    latest('fleet', `SELECT seen_at AS n FROM fleet WHERE id = 1`),
+    latest('refusals', `SELECT max(at) AS n FROM refusals`),
   );
 }
 
