@@ -247,8 +247,9 @@ async function partition() {
   cleanups.push(() => net.close());
   // The margin is the VM's time to stop using the identifier: here the script's own wake-up and
   // exit, which a loaded machine delays by up to SCHEDULER_SLACK_MS. Its window: 14.85 - 1.5 s.
-  // ASG_ID_TIMEOUT stays 5 s: a renewal lost in the partition gives up then, and the next is lost too.
-  const v = vm(net.base, t, 'vm-old', { ASG_ID_FENCE_MARGIN: String(SCHEDULER_SLACK_MS / 1000) });
+  // ASG_ID_TIMEOUT longer than the window: only the sidecar's own deadline cuts a renewal lost
+  // in the partition short.
+  const v = vm(net.base, t, 'vm-old', { ASG_ID_FENCE_MARGIN: String(SCHEDULER_SLACK_MS / 1000), ASG_ID_TIMEOUT: '30' });
   await claimed(v);
   const side = run('asg-id-sidecar', v);
   await renewals(reg.base, 'vm-old', 1, side);
