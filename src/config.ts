@@ -18,6 +18,10 @@ export interface Config {
   readonly reaperSchedule: string;
   readonly reuseCooldownSeconds: number;
   readonly startupGraceSeconds: number;
+  /** The three durations above in whole milliseconds, exactly: what the registry and its store compute with. */
+  readonly leaseTtlMs: number;
+  readonly reuseCooldownMs: number;
+  readonly startupGraceMs: number;
   readonly reaperMaxFraction: number;
   readonly reaperMinHold: number;
   /** Reclaims a minute while the guard limits; null: 1 % of the pool, at least 1. */
@@ -30,6 +34,8 @@ export interface Config {
   readonly tls: { readonly certFile: string; readonly keyFile: string } | null;
   /** The explicit way out of protected mode: serve a non-loopback address with no tokens. */
   readonly allowOpen: boolean;
+  /** Ownership history older than this many days is pruned; 0 keeps it forever. */
+  readonly historyRetentionDays: number;
   readonly logLevel: LogLevel;
   /** `required`: an allocate must carry a holder key (HOLDER_KEYS). */
   readonly holderKeys: 'optional' | 'required';
@@ -57,6 +63,8 @@ type Env = Readonly<Record<string, string | undefined>>;
  * and catch a unit mistake (milliseconds given for seconds).
  */
 const MAX_SECONDS = 30 * 24 * 3600;
+/** The longest history retention: a century (a longer one is "forever", which is 0). */
+const MAX_RETENTION_DAYS = 36_500;
 /** The most identifiers a count setting can sensibly name. */
 const MAX_COUNT = 1_000_000_000;
 
@@ -78,6 +86,29 @@ function number(env: Env, name: string, fallback: number, check: { min: number; 
     throw new ConfigError(name, `${raw} is out of range (expected ${range})`);
   }
   return n;
+}
+
+/**
+ * A duration in seconds, as whole milliseconds: at most three decimals. Read from its digits, never
+ * through a float (2.001 * 1000 is 2000.9999999999998), so the store, whose times are integer
+ * milliseconds, can hold every deadline computed from it.
+ */
+function durationMs(env: Env, name: string, fallbackMs: number, check: { max: number; minExclusive?: boolean }): number {
+  const raw = read(env, name);
+  if (raw === undefined) return fallbackMs;
+  const range = `${check.minExclusive ? 'above' : 'at least'} 0 and at most ${check.max}`;
+  const m = /^(\d+)(?:\.(\d+))?$/.exec(raw);
+  if (!m) throw new ConfigError(name, `"${raw}" is not a number of seconds (expected a number ${range})`);
+  const whole = m[1] ?? '0';
+  const fraction = m[2] ?? '';
+  if (fraction.length > 3 && /[1-9]/.test(fraction.slice(3))) {
+    throw new ConfigError(name, `${raw} is finer than a millisecond (durations are whole milliseconds: at most three decimals, e.g. ${whole}.${fraction.slice(0, 3)})`);
+  }
+  const ms = Number(whole) * 1000 + Number(fraction.slice(0, 3).padEnd(3, '0'));
+  if ((check.minExclusive ? ms <= 0 : ms < 0) || ms > check.max * 1000) {
+    throw new ConfigError(name, `${raw} is out of range (expected ${range})`);
+  }
+  return ms;
 }
 
 function tokens(env: Env, name: string): string[] {
@@ -171,7 +202,9 @@ function databaseUrl(env: Env): string | null {
 export function loadConfig(env: Env): Config {
   const host = read(env, 'HOST') ?? '127.0.0.1';
   const port = number(env, 'PORT', 8080, { min: 0, max: 65535, integer: true });
-  const leaseTtlSeconds = number(env, 'LEASE_TTL_SECONDS', 90, { min: 0, max: MAX_SECONDS, minExclusive: true });
+  const leaseTtlMs = durationMs(env, 'LEASE_TTL_SECONDS', 90_000, { max: MAX_SECONDS, minExclusive: true });
+  const reuseCooldownMs = durationMs(env, 'REUSE_COOLDOWN_SECONDS', leaseTtlMs, { max: MAX_SECONDS });
+  const startupGraceMs = durationMs(env, 'STARTUP_GRACE_SECONDS', leaseTtlMs, { max: MAX_SECONDS });
   const reaperSchedule = read(env, 'REAPER_SCHEDULE') ?? '*/10 * * * * *';
   if (!cron.validate(reaperSchedule)) {
     throw new ConfigError('REAPER_SCHEDULE', `"${reaperSchedule}" is not a valid cron expression (e.g. "*/10 * * * * *")`);
@@ -197,10 +230,13 @@ export function loadConfig(env: Env): Config {
     dbPath: read(env, 'DB_PATH') ?? './data/registry.db',
     databaseUrl: databaseUrl(env),
     poolFile: read(env, 'POOL_FILE') ?? 'seed/identifiers.txt',
-    leaseTtlSeconds,
+    leaseTtlSeconds: leaseTtlMs / 1000,
     reaperSchedule,
-    reuseCooldownSeconds: number(env, 'REUSE_COOLDOWN_SECONDS', leaseTtlSeconds, { min: 0, max: MAX_SECONDS }),
-    startupGraceSeconds: number(env, 'STARTUP_GRACE_SECONDS', leaseTtlSeconds, { min: 0, max: MAX_SECONDS }),
+    reuseCooldownSeconds: reuseCooldownMs / 1000,
+    startupGraceSeconds: startupGraceMs / 1000,
+    leaseTtlMs,
+    reuseCooldownMs,
+    startupGraceMs,
     reaperMaxFraction: number(env, 'REAPER_MAX_FRACTION', 0.5, { min: 0, max: 1, minExclusive: true }),
     reaperMinHold: number(env, 'REAPER_MIN_HOLD', 10, { min: 0, max: MAX_COUNT, integer: true }),
     reaperGuardedRate: read(env, 'REAPER_GUARDED_RATE') === undefined
@@ -212,6 +248,7 @@ export function loadConfig(env: Env): Config {
     adminTokens: Object.freeze(adminTokens),
     tls,
     allowOpen,
+    historyRetentionDays: number(env, 'HISTORY_RETENTION_DAYS', 90, { min: 0, max: MAX_RETENTION_DAYS, integer: true }),
     logLevel: level,
     holderKeys: holderKeys(env),
     attestation: attestation(env),
@@ -221,6 +258,33 @@ export function loadConfig(env: Env): Config {
 /** The environment, for main.ts: nothing else touches process.env. */
 export function processEnv(): Env {
   return process.env;
+}
+
+/**
+ * The registry's address for `idreg` (IDREG_URL or --url, named by `name`): http:// or
+ * https:// with a host. Anything else is a mistake in how idreg was called, not a registry
+ * that cannot be reached. Echoed in the reason only when it carries no credentials.
+ */
+export function checkRegistryUrl(raw: string, name: string): string {
+  const shown = /@/.test(raw) ? 'the URL' : `"${raw}"`;
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(raw)) {
+    throw new ConfigError(name, `${shown} has no scheme: write it as http://${/@/.test(raw) ? 'host:port' : raw} (or https://…)`);
+  }
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(name, `${shown} is not a URL (expected http://host:port or https://host:port)`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new ConfigError(name, `must start with http:// or https:// (not ${url.protocol}//)`);
+  }
+  if (url.hostname === '') throw new ConfigError(name, `${shown} names no host`);
+  if (url.username !== '' || url.password !== '') {
+    throw new ConfigError(name, 'must not carry a user or password (the token goes in IDREG_TOKEN or --token)');
+  }
+  if (url.search !== '' || url.hash !== '') throw new ConfigError(name, `${shown} must not carry a query or fragment`);
+  return raw;
 }
 
 /** What the `idreg` operator command needs; flags override these. */

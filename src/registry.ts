@@ -9,14 +9,15 @@ import { randomUUID } from 'node:crypto';
 import { StepDetector } from './clock.js';
 import type { TimeSource } from './clock.js';
 import { RegistryError } from './domain/errors.js';
+import { graceLeftMs, graceRestarts } from './domain/grace.js';
 import { hashHolderKey } from './domain/holder-key.js';
-import { allocateConflict, assertOwner, decideSweep, fenceAfterMs, infoOf, leaseOf, recordOf } from './domain/lease.js';
-import type { ConflictReason, GuardRules, LeaseRules, SweepDecision } from './domain/lease.js';
+import { GUARD_AT_REST, allocateConflict, assertOwner, decideSweep, fenceAfterMs, guardCountFrom, infoOf, leaseCooldownMs, leaseOf, recordOf, timingProblem } from './domain/lease.js';
+import type { ConflictReason, GuardMemory, GuardRules, LeaseRules, SweepDecision } from './domain/lease.js';
 import { retirePlan, retireRefusal } from './domain/pool-sync.js';
 import type {
   HistoryEntry, HistoryEvent, IdentifierInfo, IdentifierRecord, InstanceInfo, Lease, PoolCounts, ReaperState, RecordTuple, Status, SyncResult,
 } from './domain/types.js';
-import type { FreeEntry, GrantClaim, HeldProof, ListJson, Reader, Store, Tx } from './store/types.js';
+import type { FreeEntry, GrantClaim, HeldProof, ListJson, ListingReader, OffLoopPage, RawCounts, Reader, Store, Tx } from './store/types.js';
 
 export interface RegistryRules extends LeaseRules, GuardRules {
   /** No reclaim before the service has been up this long. */
@@ -101,6 +102,13 @@ export interface ListedPage {
   readonly next: { readonly name: string; readonly cursor: ListCursor } | null;
 }
 
+/** A page of an identifier's history, oldest first. */
+export interface HistoryPage {
+  readonly entries: HistoryEntry[];
+  /** Where the next page starts (`after` in a URL and here) when more follow, else null. */
+  readonly next: number | null;
+}
+
 export interface ReapResult {
   readonly reclaimed: number;
   readonly held: boolean;
@@ -130,10 +138,14 @@ const POOL_FINGERPRINT = 'pool_fingerprint';
 const REAPER_STATE = 'reaper_state';
 const SERVICE_UP_SINCE = 'service_up_since';
 const CLOCK_STEP_AT = 'clock_step_at';
+const GUARD_MEMORY = 'guard_memory';
 const MINUTE = 60_000;
-/** How often an instance beats, and how stale the last beat of any instance may be for the service to count as up. */
+/** History entries one pruning transaction deletes at most: a few milliseconds of work. */
+const PRUNE_BATCH = 1000;
+/** Pruning transactions one pruneHistory call runs at most. */
+const PRUNE_MAX_BATCHES = 100;
+/** How often an instance beats (see domain/grace.ts, SERVICE_GAP_MS, for how stale the last beat may be). */
 export const BEAT_INTERVAL_MS = 1000;
-const SERVICE_GAP_MS = 2500;
 /** A step of the wall clock against registry time larger than this is a sign of lost time. */
 const CLOCK_STEP_MS = 1000;
 
@@ -153,6 +165,27 @@ function parseReaperState(raw: string | null): ReaperState {
     };
   } catch {
     return NO_SWEEP;
+  }
+}
+
+/** The guard's memory as stored (JSON); at rest when missing or unreadable. */
+function parseGuardMemory(raw: string | null): GuardMemory {
+  if (raw === null) return GUARD_AT_REST;
+  try {
+    const v: unknown = JSON.parse(raw);
+    if (typeof v !== 'object' || v === null) return GUARD_AT_REST;
+    const o: Record<string, unknown> = { ...v };
+    const countFrom = typeof o['countFrom'] === 'number' ? o['countFrom'] : 0;
+    const t = o['tripped'];
+    if (typeof t !== 'object' || t === null) return { tripped: null, countFrom };
+    const trip: Record<string, unknown> = { ...t };
+    const at = trip['at'];
+    const expired = trip['expired'];
+    const of = trip['of'];
+    if (typeof at !== 'number' || typeof expired !== 'number' || typeof of !== 'number') return { tripped: null, countFrom };
+    return { tripped: { at, expired, of }, countFrom };
+  } catch {
+    return GUARD_AT_REST;
   }
 }
 
@@ -181,6 +214,9 @@ export class Registry {
   private poolProblem: string | null = null;
 
   constructor(deps: RegistryDeps) {
+    const { ttlMs, cooldownMs, graceMs } = deps.rules;
+    const problem = timingProblem({ ttlMs, cooldownMs, graceMs });
+    if (problem !== null) throw new Error(`registry rules: ${problem}`);
     this.store = deps.store;
     this.rules = deps.rules;
     this.observe = deps.observe ?? (() => {});
@@ -199,29 +235,19 @@ export class Registry {
    * while others serve changes nothing.
    */
   async open(opts: { readonly serviceRestarted?: boolean } = {}): Promise<void> {
-    await this.store.write(async (tx) => {
-      const other = await tx.latestBeat(this.instanceId);
-      // After a reboot of the (one) host, every process on the store was down, whatever the
-      // beats' times say: registry time may have been clamped to the last of them.
-      if (opts.serviceRestarted || !other || tx.now - other.at > SERVICE_GAP_MS) {
-        await tx.setMeta(SERVICE_UP_SINCE, String(tx.now));
-      }
-      await this.beatIn(tx);
-    }, { durable: false });
+    // After a reboot of the (one) host, every process on the store was down, whatever the
+    // beats' times say: registry time may have been clamped to the last of them.
+    const serviceRestarted = opts.serviceRestarted ?? false;
+    await this.store.write((tx) => this.checkIn(tx, serviceRestarted), { durable: false });
   }
 
   /**
    * Tells the others this instance is alive, and when a VM last reached it; run every
-   * BEAT_INTERVAL_MS. When no instance at all has beaten lately, the service was down (every
-   * instance, or the database they share: no VM could renew meanwhile), so the start-up grace
-   * runs again from now.
+   * BEAT_INTERVAL_MS. Checks in as a sweep does (see checkIn): whichever notices a gap in
+   * service first starts the grace again.
    */
-  beat(): Promise<void> {
-    return this.store.write(async (tx) => {
-      const last = await tx.latestBeat(null);
-      if (!last || tx.now - last.at > SERVICE_GAP_MS) await tx.setMeta(SERVICE_UP_SINCE, String(tx.now));
-      await this.beatIn(tx);
-    }, { durable: false });
+  async beat(): Promise<void> {
+    await this.store.write((tx) => this.checkIn(tx, false), { durable: false });
   }
 
   /** A VM's request reached this instance (answered or refused): the registry still reaches its fleet. */
@@ -247,7 +273,8 @@ export class Registry {
     // When it grants nothing, the full use case below answers (the held lease, pool_exhausted).
     // The same client asking twice in one batch is granted once: the other answer is its held
     // lease, as below (no second event).
-    const fast = this.store.grantNext ? await this.store.grantNext(clientId, grantClaim) : null;
+    const fence = this.rules.cooldownMs;
+    const fast = this.store.grantNext ? await this.store.grantNext(clientId, fence, grantClaim) : null;
     if (fast) {
       const lease = this.leaseOfRenewed(fast.rec);
       if (fast.granted) this.emitOwnership('allocated', lease.identifier, clientId, lease.epoch);
@@ -262,7 +289,7 @@ export class Registry {
         // Same client, same answer only for the same key: another key is another claimant.
         const conflict = allocateConflict(holder, key);
         if (conflict !== null) return { conflict, rec: found.rec, now };
-        const renewed = await tx.renewHeld(found.rec.name, clientId, found.rec.epoch, now, { keyHash: holder.keyHash ?? null, watermark: null });
+        const renewed = await tx.renewHeld(found.rec.name, clientId, found.rec.epoch, now, fence, { keyHash: holder.keyHash ?? null, watermark: null });
         return { lease: this.leaseOfRenewed(renewed), granted: false };
       }
       const next = found?.rec;
@@ -272,10 +299,10 @@ export class Registry {
         return null;
       }
       const epoch = next.epoch + 1;
-      await tx.grant(next.rowId, clientId, epoch, now, grantClaim);
+      await tx.grant(next.rowId, clientId, epoch, now, fence, grantClaim);
       const lease: Lease = {
         identifier: next.name, clientId, epoch, allocatedAt: now, lastSeen: now, expiresAt: now + this.rules.ttlMs,
-        fenceAfterMs: fenceAfterMs(this.rules), watermark: next.watermark ?? null, instance: grantClaim.instance,
+        fenceAfterMs: fenceAfterMs({ cooldownMs: fence }), watermark: next.watermark ?? null, instance: grantClaim.instance,
       };
       return { lease, granted: true };
     }, { durable: true });
@@ -308,10 +335,11 @@ export class Registry {
     // The common case in one store call (one statement on PostgreSQL, shared with the renewals
     // queued beside it); when it changed nothing, the full use case says why, or renews a lease
     // granted to this client in between.
-    const renewed = await this.store.renewHeld(identifier, clientId, epoch ?? null, held) ?? await this.store.write(async (tx) => {
+    const fence = this.rules.cooldownMs;
+    const renewed = await this.store.renewHeld(identifier, clientId, epoch ?? null, fence, held) ?? await this.store.write(async (tx) => {
       const rec = await this.mustFind(tx, identifier);
       assertOwner(rec, clientId, epoch, key);
-      return tx.renewHeld(identifier, clientId, epoch ?? null, tx.now, held);
+      return tx.renewHeld(identifier, clientId, epoch ?? null, tx.now, fence, held);
     }, { durable: false });
     this.observe({ type: 'renewed', identifier, clientId });
     return this.leaseOfRenewed(renewed);
@@ -339,14 +367,15 @@ export class Registry {
 
   /**
    * An operator takes an identifier from its holder. Its holder may still be running, so the
-   * identifier cools down before anyone else gets it. Freeing a free identifier changes nothing.
+   * identifier cools down before anyone else gets it: for at least the fence window its holder
+   * was last told, whatever the setting now. Freeing a free identifier changes nothing.
    * Errors: identifier_not_found.
    */
   async forceRelease(identifier: string): Promise<IdentifierInfo> {
     const { info, holder } = await this.store.write(async (tx) => {
       const rec = await this.mustFind(tx, identifier);
       if (!rec.holder) return { info: infoOf(rec, tx.now, this.rules), holder: null };
-      const info = await this.freeRecord(tx, rec, tx.now + this.rules.cooldownMs, 'force_released');
+      const info = await this.freeRecord(tx, rec, tx.now + leaseCooldownMs(rec.holder, this.rules), 'force_released');
       return { info, holder: rec.holder.clientId };
     }, { durable: true });
     if (holder !== null) this.emitOwnership('force_released', identifier, holder, info.epoch);
@@ -403,9 +432,13 @@ export class Registry {
     // Further batches, each its own transaction, so the event loop gets a turn between them.
     while (more && reclaimed < decision.allowance) {
       const limit = Math.min(this.rules.reapBatchSize, decision.allowance - reclaimed);
-      const batch = await this.store.write(
-        (tx) => tx.reclaimExpired(cutoff, limit, tx.now, tx.now + this.rules.cooldownMs), { durable: false },
-      );
+      const batch = await this.store.write(async (tx) => {
+        // The service may have stopped between two batches (this process frozen, the database
+        // recovering from a crash): checked in again, a sweep in a grace that started meanwhile stops.
+        if ((await this.checkIn(tx, false)) > 0 && !force) return null;
+        return tx.reclaimExpired(cutoff, limit, tx.now, this.rules.cooldownMs);
+      }, { durable: false });
+      if (batch === null) break;
       this.emitReclaimed(batch);
       reclaimed += batch.length;
       more = batch.length === limit;
@@ -426,38 +459,43 @@ export class Registry {
   private async decideAndReclaim(tx: Tx, force: boolean) {
     if (!(await tx.trySweepLock())) return null;
     const now = tx.now;
-    await this.beatIn(tx);
+    // Checked in before deciding: a sweep that runs first after a gap in service starts the grace itself.
+    const graceLeft = await this.checkIn(tx, false);
     if (this.stepSeenAt !== null) {
       // Never over a newer step another process recorded.
       const stored = numberOrNull(await tx.meta(CLOCK_STEP_AT));
       if (stored === null || stored < this.stepSeenAt) await tx.setMeta(CLOCK_STEP_AT, String(this.stepSeenAt));
     }
     const cutoff = now - this.rules.ttlMs;
-    const [expired, leased, reclaimedInTtl, reclaimedInMinute, refused, fleetSeenAt, upSince, stepAt] = [
+    const storedGuard = await tx.meta(GUARD_MEMORY);
+    const guard = parseGuardMemory(storedGuard);
+    const [expired, leased, reclaimedInTtl, reclaimedInMinute, refused, fleetSeenAt, stepAt] = [
       await tx.countExpired(cutoff),
       await tx.countLeased(),
-      await tx.countEvents('reclaimed', now - this.rules.ttlMs),
+      await tx.countEvents('reclaimed', guardCountFrom(now, this.rules.ttlMs, guard)),
       await tx.countEvents('reclaimed', now - MINUTE),
       await tx.countRefusedClients(now - MINUTE),
       await tx.fleetSeenAt(),
-      numberOrNull(await tx.meta(SERVICE_UP_SINCE)),
       numberOrNull(await tx.meta(CLOCK_STEP_AT)),
     ];
     const decision = decideSweep({
-      force,
-      graceLeftMs: (upSince ?? this.startedAt) + this.rules.graceMs - now,
+      force, now, guard,
+      graceLeftMs: graceLeft,
       expired, leased, reclaimedInTtl, reclaimedInMinute,
       refusedClientsInMinute: refused,
       fleetSilentMs: fleetSeenAt === null ? null : now - fleetSeenAt,
       clockStepAgoMs: stepAt === null ? null : now - stepAt,
       ttlMs: this.rules.ttlMs,
     }, this.rules);
+    // Kept with the decision, under the sweep lock: every instance's next sweep starts from it.
+    const keep = JSON.stringify(decision.guard);
+    if (keep !== (storedGuard ?? JSON.stringify(GUARD_AT_REST))) await tx.setMeta(GUARD_MEMORY, keep);
     await tx.pruneRefusals(now - 2 * MINUTE);
     // The first batch is a quarter of the others: it shares its turn of the event loop with the
     // counting above and the commit of both, and a full batch on top measured 50-60 ms of stall.
     const limit = Math.min(Math.ceil(this.rules.reapBatchSize / 4), decision.allowance);
     const reclaimed = expired > 0 && limit > 0
-      ? await tx.reclaimExpired(cutoff, limit, now, now + this.rules.cooldownMs)
+      ? await tx.reclaimExpired(cutoff, limit, now, this.rules.cooldownMs)
       : [];
     return { decision, cutoff, expired, leased, reclaimed, limit };
   }
@@ -471,6 +509,29 @@ export class Registry {
 
   private emitReclaimed(recs: readonly IdentifierRecord[]): void {
     for (const rec of recs) this.emitOwnership('reclaimed', rec.name, rec.holder?.clientId ?? null, rec.epoch);
+  }
+
+  /**
+   * Deletes ownership history older than `retentionMs` (0: keeps it all), in transactions of
+   * `batch` entries each (the event loop gets a turn between them, and no transaction is long),
+   * at most `maxBatches` of them a call: a backlog (a first pruning of years of history) is
+   * worked off over several calls. Never what the guard still counts: entries within the last
+   * TTL (and minute) are kept whatever the retention. Returns how many entries were deleted.
+   */
+  async pruneHistory(opts: { readonly retentionMs: number; readonly batch?: number; readonly maxBatches?: number }): Promise<number> {
+    if (opts.retentionMs <= 0) return 0;
+    const keepMs = Math.max(opts.retentionMs, this.rules.ttlMs, MINUTE);
+    const batch = opts.batch ?? PRUNE_BATCH;
+    const maxBatches = opts.maxBatches ?? PRUNE_MAX_BATCHES;
+    let pruned = 0;
+    for (let i = 0; i < maxBatches; i++) {
+      const n = await this.store.write((tx) => tx.pruneHistory(tx.now - keepMs, batch), { durable: false });
+      pruned += n;
+      // Until a batch finds nothing due (not merely fewer than a batch: an entry written out of
+      // time order, a recent one before old ones, leaves a batch short without ending the work).
+      if (n === 0) break;
+    }
+    return pruned;
   }
 
   /**
@@ -551,6 +612,27 @@ export class Registry {
     return this.store.read(async (r) => r.history((await this.mustFind(r, name)).rowId));
   }
 
+  /**
+   * Up to `limit` entries of an identifier's history, oldest first, after the position `after`
+   * (a previous page's `next`; null: from the first). A position past the end is an empty page.
+   * Errors: identifier_not_found.
+   */
+  async historyPage(name: string, q: { readonly after: number | null; readonly limit: number }): Promise<HistoryPage> {
+    return this.store.read(async (r) => r.historyPage((await this.mustFind(r, name)).rowId, q.after, q.limit));
+  }
+
+  /**
+   * The pages of an identifier's history after `after` (the first page's `next`), each read as
+   * it is asked for, in a read of its own: a history of any length, a bounded page at a time.
+   */
+  async *historyPagesAfter(name: string, after: number, opts: { readonly limit: number }): AsyncGenerator<HistoryPage> {
+    for (let next: number | null = after; next !== null;) {
+      const page: HistoryPage = await this.historyPage(name, { after: next, limit: opts.limit });
+      yield page;
+      next = page.next;
+    }
+  }
+
   /** Errors: invalid_request when `after` names no identifier. */
   async list(filter: ListFilter): Promise<ListPage> {
     const page = await this.readPage(filter, false);
@@ -562,10 +644,49 @@ export class Registry {
 
   /**
    * `list` for the HTTP layer to write out: written as JSON by the store where it can (SQLite),
-   * else as the store's rows. Errors: invalid_request when `after` names no identifier.
+   * else as the store's rows. A page of free or cooling identifiers is read by the store's
+   * listing reader when it has one (SQLite on a file: off the event loop), since finding its
+   * rows may walk far through the pool: which identifiers are cooling depends on the time, so
+   * no index holds just them (69 ms for a page of cooling ones behind 140,000 free ones). Other
+   * pages walk an index of just their rows: a page's work, read here.
+   * Errors: invalid_request when `after` names no identifier.
    */
   async listPage(filter: ListFilter): Promise<ListedPage> {
-    return this.readPage(filter, true);
+    return (await this.pageOffLoop(filter)) ?? this.readPage(filter, true);
+  }
+
+  /** The listing reader, once it can take work; null when the store has none or it cannot start. */
+  private async readyReader(): Promise<ListingReader | null> {
+    const reader = this.store.listingReader?.() ?? null;
+    if (reader === null) return null;
+    return reader.ready || (await reader.whenReady()) ? reader : null;
+  }
+
+  /** `filter`'s page read by the listing reader; null when there is none or it cannot read this page (read it here). */
+  private async pageOffLoop(filter: ListFilter): Promise<ListedPage | null> {
+    if (filter.limit === null || (filter.status !== 'free' && filter.status !== 'cooling')) return null;
+    const reader = await this.readyReader();
+    if (reader === null) return null;
+    let after: ListCursor | null;
+    if (typeof filter.after === 'string') {
+      const name = filter.after;
+      const rec = await this.store.read((r) => r.byName(name));
+      if (!rec) throw new RegistryError('invalid_request', `after: no identifier ${name}`);
+      after = { poolOrder: rec.poolOrder, rowId: rec.rowId };
+    } else {
+      after = filter.after;
+    }
+    const now = this.store.clock.now();
+    const view = { ttlMs: this.rules.ttlMs, cooldownMs: this.rules.cooldownMs };
+    let page: OffLoopPage | null;
+    try {
+      page = await reader.page({ status: filter.status, now, after, limit: filter.limit }, view, () => {});
+    } catch {
+      return null; // the reader failed: the store's own read answers, or says why it cannot
+    }
+    if (page === null) return null;
+    const n = page.next;
+    return { json: page.members, rows: page.rows, now, rules: this.rules, next: n ? { name: n.name, cursor: { poolOrder: n.poolOrder, rowId: n.rowId } } : null };
   }
 
   /**
@@ -581,10 +702,10 @@ export class Registry {
   async *pagesAfter(status: Status | null, after: ListCursor, opts: { limit: number; ahead?: number }): AsyncGenerator<ListedPage> {
     const ahead = opts.ahead ?? 2;
     let reader = this.store.listingReader?.() ?? null;
-    const view = { ttlMs: this.rules.ttlMs, fenceAfterMs: fenceAfterMs(this.rules) };
+    const view = { ttlMs: this.rules.ttlMs, cooldownMs: this.rules.cooldownMs };
     type OnNext = (next: ListCursor | null) => void;
     const here = async (cursor: ListCursor, onNext: OnNext): Promise<ListedPage> => {
-      const page = await this.listPage({ status, after: cursor, limit: opts.limit });
+      const page = await this.readPage({ status, after: cursor, limit: opts.limit }, true);
       onNext(page.next?.cursor ?? null);
       return page;
     };
@@ -654,7 +775,7 @@ export class Registry {
         after = filter.after;
       }
       const q = { status: filter.status, now, after, limit: filter.limit };
-      const json = written && r.listJson ? await r.listJson(q, { ttlMs: this.rules.ttlMs, fenceAfterMs: fenceAfterMs(this.rules) }) : null;
+      const json = written && r.listJson ? await r.listJson(q, { ttlMs: this.rules.ttlMs, cooldownMs: this.rules.cooldownMs }) : null;
       if (json) {
         const n = json.next;
         return { json: json.members, rows: [], now, rules: this.rules, next: n ? { name: n.name, cursor: { poolOrder: n.poolOrder, rowId: n.rowId } } : null };
@@ -678,9 +799,10 @@ export class Registry {
   async health(): Promise<Health> {
     const problem = await this.store.healthProblem();
     if (problem) throw new RegistryError('unavailable', problem);
+    const counted = await this.countsOffLoop();
     return this.store.read(async (r) => {
-      const now = r.now;
-      const c = await r.counts(now);
+      const now = counted?.now ?? r.now;
+      const c = counted?.counts ?? await r.counts(now);
       return {
         nowMs: now,
         uptimeMs: now - this.startedAt,
@@ -690,6 +812,22 @@ export class Registry {
         poolProblem: this.poolProblem,
       };
     });
+  }
+
+  /**
+   * The pool's counts read by the store's listing reader (SQLite on a file: off the event loop;
+   * counting a million identifiers, most of them cooling, took 16-60 ms), at registry time `now`;
+   * null when there is none or it failed (count them here).
+   */
+  private async countsOffLoop(): Promise<{ now: number; counts: RawCounts } | null> {
+    const reader = await this.readyReader();
+    if (reader === null) return null;
+    const now = this.store.clock.now();
+    try {
+      return { now, counts: await reader.counts(now) };
+    } catch {
+      return null;
+    }
   }
 
   /** The reaper's last sweep by any instance, as last read (for when the store cannot be read). */
@@ -711,6 +849,27 @@ export class Registry {
   }
 
   // ---- helpers (inside a transaction) ----
+
+  /**
+   * Checks this instance in with the service, in the transaction that then acts on the grace
+   * (a beat, a sweep, joining): the grace runs again from now after a gap in service or when
+   * the store may have lost acknowledged renewals (domain/grace.ts), and this instance beats.
+   * Returns the grace left. Whichever instance, and whichever part of it, looks first records
+   * the restart in the store, where every other one reads it: so the store is asked whether it
+   * lost writes before the grace is read (on PostgreSQL, a check-in that lost that race waits
+   * for the winner's commit there, then reads the grace the winner wrote).
+   */
+  private async checkIn(tx: Tx, serviceRestarted: boolean): Promise<number> {
+    const last = await tx.latestBeat(null);
+    const storeLostWrites = await tx.lostAcknowledgedWrites();
+    let upSince = numberOrNull(await tx.meta(SERVICE_UP_SINCE));
+    if (upSince === null || graceRestarts({ now: tx.now, lastBeatAt: last?.at ?? null, storeLostWrites, serviceRestarted })) {
+      upSince = tx.now;
+      await tx.setMeta(SERVICE_UP_SINCE, String(upSince));
+    }
+    await this.beatIn(tx);
+    return graceLeftMs(upSince, tx.now, this.rules.graceMs);
+  }
 
   private async beatIn(tx: Tx): Promise<void> {
     await tx.beat({ id: this.instanceId, startedAt: this.startedAt, at: tx.now, fleetSeenAt: this.fleetSeenAt });

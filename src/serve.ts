@@ -21,6 +21,7 @@ import { startReaper } from './jobs/reaper.js';
 import { createLogger, logRegistryEvent, stdoutDestination } from './log.js';
 import type { Logger } from './log.js';
 import { Metrics } from './metrics.js';
+import { notifyReady } from './notify.js';
 import { parsePoolFile, readPoolText } from './pool/load.js';
 import type { PoolFile } from './pool/load.js';
 import { BEAT_INTERVAL_MS, Registry, storedPool } from './registry.js';
@@ -30,8 +31,10 @@ import { SqliteStore } from './store/sqlite/store.js';
 import type { Store } from './store/types.js';
 import { readTls } from './tls.js';
 import type { TlsMaterial } from './tls.js';
-import { REGISTRY_USAGE, registryCommand } from './usage.js';
+import { REGISTRY_USAGE, USAGE_EXIT_STATUS, registryCommand } from './usage.js';
 import { packageVersion } from './version.js';
+
+const DAY_MS = 86_400_000;
 
 /** Exit status for every configuration problem (sysexits EX_CONFIG): systemd will not restart-loop on it. */
 const EX_CONFIG = 78;
@@ -54,7 +57,8 @@ function answerCommandLine(): void {
   if (cmd.kind === 'run') return;
   if (cmd.kind === 'help') process.stdout.write(`${REGISTRY_USAGE}\n`);
   if (cmd.kind === 'version') process.stdout.write(`asg-id-registry ${packageVersion()}\n`);
-  if (cmd.kind === 'usage_error') die(`${cmd.message}\n${REGISTRY_USAGE}`, 2);
+  // One line, like every other configuration problem: the help is one --help away.
+  if (cmd.kind === 'usage_error') die(cmd.message, USAGE_EXIT_STATUS);
   process.exit(0);
 }
 
@@ -141,6 +145,12 @@ async function openPostgres(config: Config, url: string, log: Logger): Promise<S
         url,
         applicationName: `asg-id-registry ${config.host}:${config.port}`,
         onConnectionError: (reason) => log.warn({ err: reason }, 'a database connection failed; it is replaced on next use'),
+        onClockStep: (e) => log.warn({ step_ms: e.stepMs, outcome: e.outcome, at_start: e.atStart, cooldowns_lengthened_ms: e.shiftMs },
+          e.outcome === 'refused'
+            ? "this host's monotonic clock lost time (a suspend?): the other instances agree with the database server's clock"
+            : e.shiftMs !== null
+              ? 'no instance was running to measure the time since the last one: cool-downs in progress resume from now'
+              : "the database server's clock stepped; registry time is unaffected"),
       });
     } catch (e) {
       const unavailable = isRegistryError(e) && e.code === 'unavailable';
@@ -234,9 +244,9 @@ export async function serve(signals: Signals): Promise<void> {
     store,
     source: systemTimeSource,
     rules: {
-      ttlMs: config.leaseTtlSeconds * 1000,
-      cooldownMs: config.reuseCooldownSeconds * 1000,
-      graceMs: config.startupGraceSeconds * 1000,
+      ttlMs: config.leaseTtlMs,
+      cooldownMs: config.reuseCooldownMs,
+      graceMs: config.startupGraceMs,
       maxFraction: config.reaperMaxFraction,
       minHold: config.reaperMinHold,
       guardedRatePerMinute: config.reaperGuardedRate ?? Math.max(1, Math.floor(poolSize / 100)),
@@ -272,7 +282,7 @@ export async function serve(signals: Signals): Promise<void> {
   } else if (config.adminTokens.length === 0) {
     log.warn('no tokens are set: every route is open');
   } else if (config.agentTokens.length === 0) {
-    log.warn('AGENT_TOKENS is unset: allocate, liveness and release are open');
+    log.warn('AGENT_TOKENS is unset: allocate, liveness and release take admin tokens only');
   }
   if (attestation) {
     log.info({ cert_file: attestation.settings.certFile, certificates: attestation.certificates, accounts: attestation.settings.accountIds,
@@ -292,10 +302,19 @@ export async function serve(signals: Signals): Promise<void> {
   const beats = setInterval(() => {
     registry.beat().catch((e: unknown) => log.warn({ err: e instanceof Error ? e.message : String(e) }, 'instance beat failed'));
   }, BEAT_INTERVAL_MS);
+  const retentionMs = config.historyRetentionDays * DAY_MS;
   const stopReaper = startReaper({
     schedule: config.reaperSchedule,
     clock: store.clock,
-    sweep: () => registry.reap(),
+    // History is pruned on the sweep's schedule, after it, in bounded batches of its own.
+    sweep: async () => {
+      const swept = await registry.reap();
+      await registry.pruneHistory({ retentionMs }).then(
+        (pruned) => { if (pruned > 0) log.info({ pruned, retention_days: config.historyRetentionDays }, 'history pruned'); },
+        (e: unknown) => log.warn({ err: e instanceof Error ? e.message : String(e) }, 'history pruning failed; it is tried again after the next sweep'),
+      );
+      return swept;
+    },
     onError: (e) => log.error({ err: e instanceof Error ? e.message : String(e) }, 'reaper sweep failed'),
   });
 
@@ -306,6 +325,13 @@ export async function serve(signals: Signals): Promise<void> {
     reloadTls(server, config, log);
     reloadIidCertificates(attestation, log);
     reloads = reloads.then(() => reloadPool(registry, config, log));
+  });
+  // Ready (systemd's Type=notify) only now: it serves, and a SIGHUP is a reload (main.ts takes
+  // it from its first line; Node's default would be to die of it), so a `systemctl reload` that
+  // systemd holds until this notice cannot kill the registry.
+  void notifyReady(processEnv()['NOTIFY_SOCKET']).then((n) => {
+    if (n.sent) log.info('ready: READY=1 sent to systemd');
+    else if (n.problem !== null) log.error({ err: n.problem }, 'cannot tell systemd the registry is ready: a Type=notify unit will time out its start');
   });
 
   let stopping = false;

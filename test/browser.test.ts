@@ -4,6 +4,9 @@
  * registry: the admin token is asked for once (a wrong one is said to be wrong), an allocation
  * made through the API shows up in the grid with its owner on hover, the degraded banner appears
  * when the guard holds, and expired, cooling and retired-but-held cells each say what they are.
+ * Before a token, the counts only the listing can give are a dash, never a false 0; every cell
+ * carries its identifier in its accessible name (and, in a small pool, as visible text); the
+ * reaper's reason for reclaiming nothing (the startup grace) is shown.
  * A screenshot is kept in test-artifacts/.
  */
 import { expect } from 'chai';
@@ -62,6 +65,11 @@ describe('dashboard in headless Chromium', function () {
     await page.goto(reg.base + '/');
     await page.locator('#login').waitFor({ state: 'visible' });
     expect(await page.locator('#login-error').textContent()).to.equal('');
+    // /health is open, so its counts show at once; the two the listing counts do not, yet.
+    await page.locator('[data-count="free"] b').waitFor();
+    expect(await page.locator('[data-count="free"] b').textContent()).to.equal('64');
+    expect(await page.locator('[data-count="expired"] b').textContent()).to.equal('\u2014');
+    expect(await page.locator('[data-count="retired-held"] b').textContent()).to.equal('\u2014');
     // A wrong token, then an agent token: each is refused, saying why, and the form stays.
     await page.fill('#token', 'wrong-token-0123456789');
     await page.click('#login button');
@@ -83,6 +91,13 @@ describe('dashboard in headless Chromium', function () {
     await page.locator('#grid .cell[data-identifier="worker-000"][data-owner="vm-browser-1"]').waitFor({ timeout: 15_000 });
     expect(await cell.getAttribute('data-status')).to.equal('leased');
     expect(await page.locator('[data-count="leased"] b').textContent()).to.equal('1');
+    // Counted now that the listing is read (the 1 s lease may have expired already).
+    expect(await page.locator('[data-count="expired"] b').textContent()).to.match(/^[01]$/);
+    expect(await page.locator('#reaper-reason').textContent(), 'no reason when the reaper has none').to.equal('');
+    // Labelled: a pool this small shows each identifier's name on its cell, and every cell has an accessible name.
+    expect(await cell.textContent()).to.equal('worker-000');
+    expect(await page.getByRole('listitem', { name: /^worker-000: leased, held by vm-browser-1(, expired, not reclaimed yet)?$/ }).count()).to.equal(1);
+    expect(await page.getByRole('listitem', { name: 'worker-063: free', exact: true }).textContent()).to.equal('worker-063');
 
     await cell.hover();
     const tip = page.locator('#tip');
@@ -143,6 +158,21 @@ describe('dashboard in headless Chromium', function () {
       return (await r.text()).includes('"retired":true');
     }, 10_000, 'the held identifier to be retired');
 
+    // Before a token: the header's pool counts are /health's, and the two that only the listing
+    // can count (at least 4 expired, 1 retired but held, right now) are a dash, not a false 0.
+    const anonymous = await browser.newPage({ viewport: { width: 1100, height: 500 } });
+    await anonymous.goto(reg.base + '/');
+    await anonymous.locator('#login').waitFor({ state: 'visible' });
+    await anonymous.locator('[data-count="leased"] b').waitFor();
+    const health: unknown = await (await fetch(`${reg.base}/health`)).json();
+    const pool = typeof health === 'object' && health !== null && 'pool' in health && typeof health.pool === 'object' && health.pool !== null ? health.pool : {};
+    expect(await anonymous.locator('[data-count="leased"] b').textContent()).to.equal(String('leased' in pool ? pool.leased : '?'));
+    expect(await anonymous.locator('[data-count="expired"] b').textContent()).to.equal('\u2014');
+    expect(await anonymous.locator('[data-count="retired-held"] b').textContent()).to.equal('\u2014');
+    expect(await anonymous.locator('[data-count="expired"]').getAttribute('title')).to.match(/needs an admin token/);
+    await anonymous.screenshot({ path: join(ARTIFACTS, 'dashboard-before-token.png') });
+    await anonymous.close();
+
     const page = await browser.newPage({ viewport: { width: 1100, height: 500 } });
     await page.addInitScript(`localStorage.setItem('idreg-token', ${JSON.stringify(ADMIN)})`);
     await page.goto(reg.base + '/');
@@ -161,6 +191,7 @@ describe('dashboard in headless Chromium', function () {
     const expired = page.locator('#grid .cell.expired');
     expect(await expired.count()).to.be.greaterThanOrEqual(4);
     expect(await page.locator('[data-count="expired"] b').textContent()).to.equal(String(await expired.count()));
+    expect(await page.getByRole('listitem', { name: /, held by vm-browser-5, expired, not reclaimed yet$/ }).count()).to.equal(1);
     const stale = page.locator('#grid .cell[data-owner="vm-browser-2"]');
     expect(await stale.getAttribute('data-expired')).to.equal('true');
     // Striped, unlike a live lease (this file is compiled without the DOM's types, hence the cast).
@@ -177,9 +208,53 @@ describe('dashboard in headless Chromium', function () {
     expect(await held.getAttribute('class')).to.include('retired-held');
     expect(await held.getAttribute('data-status')).to.equal('leased');
     expect(await page.locator('[data-count="retired-held"] b').textContent()).to.equal('1');
+    // (Its TTL is 1 s: by now it may have expired too.)
+    expect(await held.getAttribute('aria-label')).to.match(new RegExp(`^${retired}: leased \\(retired\\), held by vm-retire(, expired, not reclaimed yet)?$`));
     expect(await tipOf(retired)).to.match(new RegExp(`^${retired}\\s+leased \\(retired\\)\\s+owner vm-retire[\\s\\S]*retired from the pool file: leaves the pool once freed$`));
     await page.mouse.move(1000, 400);
     await page.screenshot({ path: join(ARTIFACTS, 'dashboard-states.png') });
     await page.close();
+  });
+
+  it('a larger pool: square cells named by their labels; expired ones during the startup grace are explained by its reason', async () => {
+    const u = tempDir();
+    const graced = await startProcess({
+      dir: u.dir, pool: 'node-[000-299]\n',
+      env: { ADMIN_TOKENS: ADMIN, AGENT_TOKENS: AGENT, LEASE_TTL_SECONDS: '1', REAPER_SCHEDULE: '0 0 1 1 *', STARTUP_GRACE_SECONDS: '600' },
+    });
+    try {
+      const r = await fetch(`${graced.base}/allocate`, {
+        method: 'POST', body: JSON.stringify({ client_id: 'vm-grace' }),
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${AGENT}` },
+      });
+      const lease: unknown = await r.json();
+      const expires = typeof lease === 'object' && lease !== null && 'expires_at' in lease ? Date.parse(String(lease.expires_at)) : NaN;
+      expect(expires).to.be.a('number').and.not.be.NaN;
+      // The registry runs on this machine's clock: wait out the lease's real TTL (1 s), then sweep once, unforced.
+      await new Promise((done) => setTimeout(done, Math.max(0, expires - Date.now()) + 100));
+      const reap = await fetch(`${graced.base}/admin/reap`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN}` } });
+      expect(await reap.json()).to.include({ reclaimed: 0 });
+
+      const page = await browser.newPage({ viewport: { width: 1100, height: 500 } });
+      await page.addInitScript(`localStorage.setItem('idreg-token', ${JSON.stringify(ADMIN)})`);
+      await page.goto(graced.base + '/');
+      const cell = page.locator('#grid .cell[data-owner="vm-grace"]');
+      await cell.waitFor();
+      expect(await page.locator('#grid .cell').count()).to.equal(300);
+      // Squares: no text, the name is in the accessible label (and the tooltip).
+      expect(await cell.textContent()).to.equal('');
+      expect(await cell.getAttribute('aria-label')).to.equal('node-000: leased, held by vm-grace, expired, not reclaimed yet');
+      expect(await page.getByRole('listitem', { name: 'node-299: free', exact: true }).count()).to.equal(1);
+      expect(await page.locator('[data-count="expired"] b').textContent()).to.equal('1');
+      // Why "reclaimed 0" with an expired lease in sight: the grace, and how long it has left.
+      expect(await page.locator('#reaper').textContent()).to.match(/reaper: last sweep \d+s ago, reclaimed 0$/);
+      expect(await page.locator('#reaper-reason').textContent()).to.match(/^ · startup grace: no reclaim for another \d+s$/);
+      expect(await page.locator('#banner').isVisible(), 'the grace is not a degradation').to.equal(false);
+      await page.screenshot({ path: join(ARTIFACTS, 'dashboard-grace.png') });
+      await page.close();
+    } finally {
+      await graced.stop();
+      u.cleanup();
+    }
   });
 });

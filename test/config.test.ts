@@ -17,7 +17,7 @@ describe('config', () => {
     expect(c).to.include({
       host: '127.0.0.1', port: 8080, dbPath: './data/registry.db', poolFile: 'seed/identifiers.txt',
       leaseTtlSeconds: 90, reaperSchedule: '*/10 * * * * *', reuseCooldownSeconds: 90, startupGraceSeconds: 90,
-      reaperMaxFraction: 0.5, reaperMinHold: 10, logLevel: 'info',
+      reaperMaxFraction: 0.5, reaperMinHold: 10, logLevel: 'info', historyRetentionDays: 90,
     });
     expect(c.agentTokens).to.deep.equal([]);
     expect(Object.isFrozen(c)).to.equal(true);
@@ -28,6 +28,33 @@ describe('config', () => {
     expect(c.reuseCooldownSeconds).to.equal(30);
     expect(c.startupGraceSeconds).to.equal(30);
     expect(loadConfig({ LEASE_TTL_SECONDS: '30', REUSE_COOLDOWN_SECONDS: '0' }).reuseCooldownSeconds).to.equal(0);
+  });
+
+  it('durations in seconds become whole milliseconds exactly, up to three decimals', () => {
+    const c = loadConfig({ LEASE_TTL_SECONDS: '2.001', REUSE_COOLDOWN_SECONDS: '0.5', STARTUP_GRACE_SECONDS: '7.25' });
+    // 2.001 * 1000 is 2000.9999999999998 in floating point: read from the digits, it is 2001.
+    expect([c.leaseTtlMs, c.reuseCooldownMs, c.startupGraceMs]).to.deep.equal([2001, 500, 7250]);
+    expect(c.leaseTtlSeconds).to.equal(2.001);
+    const d = loadConfig({ LEASE_TTL_SECONDS: '30', REUSE_COOLDOWN_SECONDS: '1.0000' });
+    expect([d.leaseTtlMs, d.reuseCooldownMs, d.startupGraceMs]).to.deep.equal([30_000, 1000, 30_000]);
+    // Trailing zeros past the third decimal are still whole milliseconds.
+    expect(loadConfig({ LEASE_TTL_SECONDS: '2.0010000' }).leaseTtlMs).to.equal(2001);
+  });
+
+  for (const name of ['LEASE_TTL_SECONDS', 'REUSE_COOLDOWN_SECONDS', 'STARTUP_GRACE_SECONDS']) {
+    for (const value of ['2.0005', '0.0001', '90.0000001', '1e3', `${30 * 24 * 3600}.001`]) {
+      it(`refuses ${name}=${value}: finer than a millisecond, or not representable (one line naming it)`, () => {
+        const e = failure({ [name]: value });
+        expect(e.variable).to.equal(name);
+        expect(e.message.startsWith(`${name}: `)).to.equal(true);
+        expect(e.message).to.not.include('\n');
+      });
+    }
+  }
+
+  it('HISTORY_RETENTION_DAYS: whole days, 0 keeps history forever', () => {
+    expect(loadConfig({ HISTORY_RETENTION_DAYS: '0' }).historyRetentionDays).to.equal(0);
+    expect(loadConfig({ HISTORY_RETENTION_DAYS: '365' }).historyRetentionDays).to.equal(365);
   });
 
   it('splits token lists for rotation', () => {
@@ -43,7 +70,7 @@ describe('config', () => {
     ['REAPER_SCHEDULE', 'every ten seconds'], ['REAPER_SCHEDULE', '99 * * * *'],
     ['REAPER_MAX_FRACTION', '1.5'], ['REAPER_MAX_FRACTION', '0'], ['REAPER_MIN_HOLD', '2.5'],
     ['LOG_LEVEL', 'loud'], ['AGENT_TOKENS', 'short'], ['ADMIN_TOKENS', 'admin-token-cccccccc,,x'],
-    ['DB_BUSY_TIMEOUT_MS', 'forever'], ['AGENT_TOKENS', 'replace-me-agent-token-0000'], ['ADMIN_TOKENS', 'REPLACE-ME-admin-token-0000'],
+    ['DB_BUSY_TIMEOUT_MS', 'forever'], ['HISTORY_RETENTION_DAYS', '1.5'], ['HISTORY_RETENTION_DAYS', '-1'], ['HISTORY_RETENTION_DAYS', '36501'], ['AGENT_TOKENS', 'replace-me-agent-token-0000'], ['ADMIN_TOKENS', 'REPLACE-ME-admin-token-0000'],
   ];
   for (const [name, value] of bad) {
     it(`refuses ${name}=${JSON.stringify(value)}, naming it on one line`, () => {

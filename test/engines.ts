@@ -43,6 +43,8 @@ export interface RawLook {
   /** The identifier's row, columns as numbers/strings/null (retired as 0/1 on both engines). */
   row(name: string): Promise<Record<string, unknown> | undefined>;
   leasedCount(): Promise<number>;
+  /** Raw SQL in the engine's own dialect and placeholders (`?` / `$1`): rows of a query, [] otherwise. */
+  sql(text: string, params?: readonly unknown[]): Promise<Record<string, unknown>[]>;
 }
 
 export interface TestStore {
@@ -67,6 +69,14 @@ export function sqliteLookOf(s: SqliteStore): RawLook {
     leasedCount: async () => {
       const r: unknown = leasedStmt.get();
       return typeof r === 'object' && r !== null && 'n' in r && typeof r.n === 'number' ? r.n : -1;
+    },
+    sql: async (text, params = []) => {
+      const stmt = s.db.prepare(text);
+      if (!stmt.reader) {
+        stmt.run(...params);
+        return [];
+      }
+      return stmt.all(...params).map((r) => (typeof r === 'object' && r !== null ? Object.fromEntries(Object.entries(r)) : {}));
     },
   };
 }
@@ -122,6 +132,7 @@ async function openPostgres(clock: Clock): Promise<TestStore> {
         const [r] = await server.sql('SELECT count(*)::int AS n FROM identifiers WHERE client_id IS NOT NULL', [], database);
         return typeof r?.['n'] === 'number' ? r['n'] : -1;
       },
+      sql: async (text, params = []) => server.sql(text, [...params], database),
     },
     async another(c) {
       const s = await openPostgresStore({ url, clock: c, poolSize: 4 });

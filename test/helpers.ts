@@ -44,6 +44,8 @@ export interface Harness {
   /** Raw SQL look at the database, for asserting what a request left behind. */
   row(name: string): Promise<Record<string, unknown> | undefined>;
   leasedCount(): Promise<number>;
+  /** Raw SQL in the engine's own dialect (see RawLook.sql): to build large states fast, and to look at them. */
+  sql(text: string, params?: readonly unknown[]): Promise<Record<string, unknown>[]>;
   /** A second registry on the same database, as another process or instance would run it. */
   another(clock?: Clock, rules?: Partial<RegistryRules>): Promise<Registry>;
   /** Makes the database unreadable under the registry. */
@@ -106,6 +108,7 @@ export async function makeRegistry(opts: HarnessOptions = {}): Promise<Harness> 
     http: request(app.callback()),
     row: (name) => t.raw.row(name),
     leasedCount: () => t.raw.leasedCount(),
+    sql: (text, params) => t.raw.sql(text, params),
     another: async (c = clock, r = {}) => new Registry({ store: await t.another(c), rules: { ...rules, ...r } }),
     breakStore: () => t.breakIt(),
   };

@@ -7,12 +7,15 @@
  * each answer reaches its VM, and when the clock moves. Batched renewals race allocations,
  * releases, force releases and sweeps on both instances, and batched allocations race each other,
  * renewals, releases, sweeps and the same client allocating through both instances at once (both
- * answers that are leases name the same identifier and epoch); after every request:
+ * answers that are leases name the same identifier and epoch). The instances are set to different
+ * cool-downs (10 s and 3 s), so the fence window a VM was told depends on which answered it and
+ * what the lease was told before; after every request:
  *  - an acknowledged liveness names the lease the VM asked for: its client, and its epoch when it
  *    sent one (a renewal never extends a lease the client no longer holds: reclaimed, released,
  *    or granted again, to another client or to a newer incarnation of the same one);
  *  - no acknowledged allocate/liveness is reclaimed less than a TTL after the last_seen it answered;
- *  - no identifier is granted while its previous holder may still use it;
+ *  - no identifier is granted while its previous holder may still use it (fence_after_ms, as it
+ *    was told, after it sent the request that told it);
  *  - one client holds at most one identifier, and epochs only grow;
  *  - every acknowledged allocate has its `allocated` history entry (same identifier, epoch and
  *    client), and no identifier under one epoch was told to two different clients;
@@ -79,9 +82,22 @@ const bothStepArb: fc.Arbitrary<Op[]> = fc.tuple(
   ), { maxLength: 3 }),
 ).map(([client, others]) => [{ t: 'allocateBoth' as const, c: client }, ...others.filter((o) => o.c !== client)]);
 
+/**
+ * A drill the random histories may start with: vm-0 (holding a) renews through the instance with
+ * the long cool-down, then a is force released through the one with the short cool-down, time
+ * passes beyond the short one, and vm-3 (holding nothing) asks: a must still be cooling.
+ */
+const FENCE_DRILL: Op[][] = [
+  [{ t: 'renew', c: 0, on: 0, sendEpoch: true }],
+  [{ t: 'force', id: 0, on: 1 }],
+  [{ t: 'advance', ms: 4 * SEC }],
+  [{ t: 'allocate', c: 3, on: 1 }],
+];
+
 const RULES: RegistryRules = {
   ...DEFAULT_RULES, ttlMs: 10 * SEC, cooldownMs: 10 * SEC, graceMs: 0, maxFraction: 1, minHold: 0, reapBatchSize: 2,
 };
+const SHORT_COOLDOWN = 3 * SEC;
 const RUNS = Number(process.env['RACE_RUNS_PG'] ?? 100);
 /** Renewal statements and the renewals they carried, over every run: batches must have formed. */
 const batching = { statements: 0, renewals: 0, grantStatements: 0, grantAsks: 0, granted: 0, bothAgreed: 0 };
@@ -96,7 +112,9 @@ async function runRace(s: fc.Scheduler, steps: readonly (readonly Op[])[]): Prom
     for (let i = 0; i < 2; i++) stores.push(await openPostgresStore({ url, clock, poolSize: 4, defer, applicationName: `race-${i}` }));
     const [first, second] = stores;
     if (!first || !second) throw new Error('no stores');
-    const registries = [new Registry({ store: first, rules: RULES }), new Registry({ store: second, rules: RULES })];
+    // The second instance is set to a shorter cool-down: a lease answered through either keeps the
+    // longer window it was told, and no identifier is granted before it ends (the acks record it).
+    const registries = [new Registry({ store: first, rules: RULES }), new Registry({ store: second, rules: { ...RULES, cooldownMs: SHORT_COOLDOWN } })];
     const registryOn = (i: number): Registry => registries[i] ?? registries[0] ?? new Registry({ store: first, rules: RULES });
     await s.waitFor(registryOn(0).syncPool(POOL));
 
@@ -108,7 +126,7 @@ async function runRace(s: fc.Scheduler, steps: readonly (readonly Op[])[]): Prom
     for (const client of CLIENTS.slice(0, POOL.length)) {
       const sentAt = clock.now();
       const l = await s.waitFor(registryOn(0).allocate(client));
-      acks.push({ op: 'allocate', client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen });
+      acks.push({ op: 'allocate', client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen, fence: l.fenceAfterMs });
       held.set(client, { identifier: l.identifier, epoch: l.epoch });
       firstLease.set(client, { identifier: l.identifier, epoch: l.epoch });
     }
@@ -126,7 +144,7 @@ async function runRace(s: fc.Scheduler, steps: readonly (readonly Op[])[]): Prom
             const l = await registry.allocate(client);
             await s.schedule(Promise.resolve(), `answer ${i}`);
             expect(l.clientId, `op ${i}: allocate answered another client's lease`).to.equal(client);
-            acks.push({ op: 'allocate', client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen });
+            acks.push({ op: 'allocate', client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen, fence: l.fenceAfterMs });
             held.set(client, { identifier: l.identifier, epoch: l.epoch });
             if (!firstLease.has(client)) firstLease.set(client, { identifier: l.identifier, epoch: l.epoch });
             return;
@@ -140,7 +158,7 @@ async function runRace(s: fc.Scheduler, steps: readonly (readonly Op[])[]): Prom
             const leases = answers.flatMap((l) => (l ? [l] : []));
             for (const l of leases) {
               expect(l.clientId, `op ${i}: allocate answered another client's lease`).to.equal(client);
-              acks.push({ op: 'allocate', client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen });
+              acks.push({ op: 'allocate', client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen, fence: l.fenceAfterMs });
             }
             expect(new Set(leases.map((l) => `${l.identifier}#${l.epoch}`)).size, `op ${i}: ${client} through two instances got two different leases`)
               .to.be.at.most(1);
@@ -163,7 +181,7 @@ async function runRace(s: fc.Scheduler, steps: readonly (readonly Op[])[]): Prom
               const asked = { client, identifier: h.identifier, epoch: epoch ?? l.epoch };
               expect({ client: l.clientId, identifier: l.identifier, epoch: l.epoch }, `op ${i}: a liveness of ${client} for ${h.identifier}#${String(epoch)} was answered with a lease it does not hold`)
                 .to.deep.equal(asked);
-              acks.push({ op: 'renew', client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen });
+              acks.push({ op: 'renew', client, identifier: l.identifier, epoch: l.epoch, sentAt, lastSeen: l.lastSeen, fence: l.fenceAfterMs });
             } catch (e) {
               if (op.t === 'renewOld' && isRefusal(e)) return; // the old incarnation stops; the current one is not told
               throw e;
@@ -225,7 +243,8 @@ describe('races on PostgreSQL: batched renewals and allocations against sweeps, 
     // Steps one after another, the requests of a step at once: a history (a lease forced away,
     // the cool-down passing, the identifier granted to another) with races at every step.
     const step = fc.oneof({ weight: 4, arbitrary: fc.array(opArb, { minLength: 1, maxLength: 4 }) }, { weight: 1, arbitrary: bothStepArb });
-    const steps = fc.array(step, { minLength: 3, maxLength: 10 });
+    const steps = fc.tuple(fc.boolean(), fc.array(step, { minLength: 3, maxLength: 10 }))
+      .map(([drill, rest]) => (drill ? [...FENCE_DRILL, ...rest] : rest));
     await fc.assert(fc.asyncProperty(fc.scheduler(), steps, runRace), { numRuns: RUNS });
     expect(batching.renewals, 'renewals must have shared statements in some schedules').to.be.above(batching.statements);
     expect(batching.grantAsks, 'allocations must have shared statements in some schedules').to.be.above(batching.grantStatements);

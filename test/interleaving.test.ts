@@ -63,13 +63,13 @@ function answerRenewalsBeforeCommit(inner: Store, s: fc.Scheduler): Store {
     releaseHeld: (name, clientId, epoch) => inner.releaseHeld(name, clientId, epoch),
     healthProblem: () => inner.healthProblem(),
     close: () => inner.close(),
-    renewHeld(name: string, clientId: string, epoch: number | null): Promise<IdentifierRecord | null> {
+    renewHeld(name: string, clientId: string, epoch: number | null, fence: number): Promise<IdentifierRecord | null> {
       return inner.read(async (r) => {
         const rec = await r.byName(name);
         if (!rec?.holder || rec.holder.clientId !== clientId || (epoch !== null && rec.epoch !== epoch)) return null;
-        return { ...rec, holder: { ...rec.holder, lastSeen: Math.max(rec.holder.lastSeen, r.now) } };
+        return { ...rec, holder: { ...rec.holder, lastSeen: Math.max(rec.holder.lastSeen, r.now), fenceCooldownMs: Math.max(rec.holder.fenceCooldownMs ?? 0, fence) } };
       }).then((answered) => {
-        if (answered) void s.schedule(Promise.resolve(), 'late renewal flush').then(() => inner.renewHeld(name, clientId, epoch));
+        if (answered) void s.schedule(Promise.resolve(), 'late renewal flush').then(() => inner.renewHeld(name, clientId, epoch, fence));
         return answered;
       });
     },

@@ -52,8 +52,10 @@ class Model {
   private offset: number | null = null;
   private floorNow = 0;
   startedAt = 0;
-  /** The guard's memory, as the store keeps it. */
+  /** The guard's memory, as the store keeps it: reclaims, whether it is tripped, where its count starts. */
   private reclaims: number[] = [];
+  private tripped = false;
+  private countFrom = 0;
   private refusals: { client: string; at: number }[] = [];
   private fleetSeenAt: number | null = null;
   private clockStepAt: number | null = null;
@@ -178,7 +180,8 @@ class Model {
     const expired = held
       .filter((i) => i.holder && i.holder.lastSeen <= t - ttl)
       .sort((a, b) => (a.holder?.lastSeen ?? 0) - (b.holder?.lastSeen ?? 0) || a.rowId - b.rowId);
-    const inTtl = this.reclaims.filter((at) => at >= t - ttl).length;
+    // Reclaims made while it was tripped never count toward tripping it again.
+    const inTtl = this.reclaims.filter((at) => at >= Math.max(t - ttl, this.countFrom)).length;
     const inMinute = this.reclaims.filter((at) => at >= t - 60_000).length;
     const refused = new Set(this.refusals.filter((r) => r.at >= t - 60_000).map((r) => r.client)).size;
     this.refusals = this.refusals.filter((r) => r.at >= t - 120_000);
@@ -187,7 +190,12 @@ class Model {
     const inWindow = expired.length + inTtl;
     if (!force && this.startedAt + this.rules.graceMs - t > 0) {
       allowance = 0;
-    } else if (!force && expired.length > 0 && inWindow > this.rules.minHold && inWindow > this.rules.maxFraction * (held.length + inTtl)) {
+    } else if (!force && expired.length === 0) {
+      if (this.tripped) this.countFrom = t; // nothing left expired: the guard rests
+      this.tripped = false;
+    } else if (!force && (this.tripped || (inWindow > this.rules.minHold && inWindow > this.rules.maxFraction * (held.length + inTtl)))) {
+      // Once tripped, it holds until a sweep finds nothing expired.
+      this.tripped = true;
       guarded = true;
       const lostFleet = this.fleetSeenAt === null || t - this.fleetSeenAt >= ttl;
       const lostTime = this.clockStepAt !== null && t - this.clockStepAt < ttl;
@@ -359,8 +367,14 @@ async function runScenario(engine: EngineName, rules: RegistryRules, cmds: Cmd[]
           break;
         }
         case 'advance':
-          src.advance(cmd.ms);
-          elapsed += cmd.ms;
+          // The registry serves meanwhile, beating (every second in a real process; every two
+          // is enough here to show no gap in service). Time passing without a beat is an outage.
+          for (let left = cmd.ms; left > 0; left -= 2 * SEC) {
+            const step = Math.min(2 * SEC, left);
+            src.advance(step);
+            elapsed += step;
+            await real.registry.beat();
+          }
           break;
         case 'jump':
           src.jumpWall(cmd.ms);

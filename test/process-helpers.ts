@@ -57,17 +57,19 @@ export interface StartOptions {
  * timing must not include tsx's own start-up of about a second on a slow machine. Built once
  * per test run, under the project so that node_modules resolve. Returns main.js's path.
  */
-let built: string | null = null;
-export async function builtMain(): Promise<string> {
-  if (built) return built;
-  const { build } = await import('esbuild');
-  const out = join(ROOT, 'test-artifacts', `build-${process.pid}`);
-  const entryPoints = readdirSync(join(ROOT, 'src'), { recursive: true, encoding: 'utf8' })
-    .filter((f) => f.endsWith('.ts')).map((f) => join(ROOT, 'src', f));
-  await build({ entryPoints, outdir: out, format: 'esm', platform: 'node', target: 'node20', logLevel: 'error' });
-  writeFileSync(join(out, 'package.json'), '{"type":"module"}\n');
-  process.once('exit', () => rmSync(out, { recursive: true, force: true }));
-  built = join(out, 'main.js');
+let built: Promise<string> | null = null;
+export function builtMain(): Promise<string> {
+  // One build, however many processes ask for it at once.
+  built ??= (async () => {
+    const { build } = await import('esbuild');
+    const out = join(ROOT, 'test-artifacts', `build-${process.pid}`);
+    const entryPoints = readdirSync(join(ROOT, 'src'), { recursive: true, encoding: 'utf8' })
+      .filter((f) => f.endsWith('.ts')).map((f) => join(ROOT, 'src', f));
+    await build({ entryPoints, outdir: out, format: 'esm', platform: 'node', target: 'node20', logLevel: 'error' });
+    writeFileSync(join(out, 'package.json'), '{"type":"module"}\n');
+    process.once('exit', () => rmSync(out, { recursive: true, force: true }));
+    return join(out, 'main.js');
+  })();
   return built;
 }
 
@@ -117,7 +119,8 @@ export async function startProcess(opts: StartOptions): Promise<RunningRegistry>
   if (opts.wait === false) return running;
   let done = false;
   void exited.then(() => { done = true; });
-  const deadline = Date.now() + 20_000;
+  // Seconds on an idle machine; 15 s were seen for five at once on a 2-core box at load 20.
+  const deadline = Date.now() + 60_000;
   while (Date.now() < deadline && !done) {
     try {
       if (opts.probe) {

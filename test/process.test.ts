@@ -3,6 +3,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'n
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { loadConfig } from '../src/config.js';
+import { LOG_FLUSH_MS } from '../src/log.js';
 import { snapshotDb, tempDir } from './helpers.js';
 import { ROOT, eventually, json, startProcess } from './process-helpers.js';
 
@@ -25,7 +26,7 @@ describe('the registry process', function () {
     expect(lines[0]).to.match(/LEASE_TTL_SECONDS/);
   });
 
-  it('--help and --version answer and exit without opening or serving anything; a stray argument exits 2', async () => {
+  it('--help and --version answer and exit without opening or serving anything', async () => {
     const version: unknown = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'));
     const v = await startProcess({ dir: t.dir, pool: 'a\n', args: ['--version'], wait: false });
     expect((await v.exited).code).to.equal(0);
@@ -38,9 +39,7 @@ describe('the registry process', function () {
     loadConfig(new Proxy({}, { get: (_, k) => { if (typeof k === 'string') read.add(k); return undefined; } }));
     expect(read.size).to.be.greaterThan(10);
     for (const name of read) expect(h.output(), name).to.include(name);
-    const bad = await startProcess({ dir: t.dir, pool: 'a\n', args: ['--port=9'], wait: false });
-    expect((await bad.exited).code).to.equal(2);
-    expect(bad.output()).to.match(/^asg-id-registry: unknown argument --port=9/);
+    // Any other argument: test/start.test.ts.
     expect(existsSync(join(t.dir, 'registry.db')), 'no database was created').to.equal(false);
   });
 
@@ -176,14 +175,19 @@ describe('the registry process', function () {
     }
   });
 
-  it('log lines are buffered, yet a quiet line is out within a second and none is lost at exit', async () => {
+  it('log lines are buffered, yet a quiet line is out within the flush interval (plus the machine\'s slack) and none is lost at exit', async () => {
     const reg = await startProcess({ dir: t.dir, pool: 'w-[0-299]\n' });
     const count = (msg: string): number => reg.output().split('\n').filter((l) => l.includes(`"msg":"${msg}"`)).length;
     try {
       expect((await json(reg.base, 'POST', '/allocate', { client_id: 'first' })).status).to.equal(200);
-      const t0 = Date.now();
-      await eventually(async () => count('ownership allocated') === 1, 1_000, 'the allocation to be logged');
-      expect(Date.now() - t0).to.be.below(1_000);
+      // Out by the flush timer (LOG_FLUSH_MS, 200 ms), not by the 8 KB a busy registry fills or by
+      // the exit: seen here within that, plus how late a loaded 2-core machine runs the timer and
+      // delivers the pipe (1.5 s), of the time the line itself carries.
+      await eventually(async () => count('ownership allocated') === 1, 10_000, 'the allocation to be logged');
+      const seenAt = Date.now();
+      const line = reg.output().split('\n').find((l) => l.includes('"msg":"ownership allocated"')) ?? '';
+      const loggedAt = Date.parse(String((JSON.parse(line) as { time?: unknown }).time));
+      expect(seenAt - loggedAt, line).to.be.below(LOG_FLUSH_MS + 1_500);
       const grants = await Promise.all(Array.from({ length: 299 }, (_, i) => json(reg.base, 'POST', '/allocate', { client_id: `vm-${i}` })));
       expect(grants.every((g) => g.status === 200)).to.equal(true);
     } finally {

@@ -23,6 +23,8 @@ export interface Ack {
   op: 'allocate' | 'renew'; client: string; identifier: string; epoch: number; sentAt: number; lastSeen: number;
   /** Who was told, when several VMs present one client id (each with its own key); default: the client. */
   claimant?: string;
+  /** The fence_after_ms it was told, when the race records it (instances set differently); else the rules'. */
+  fence?: number;
 }
 
 export interface RaceRecord {
@@ -70,8 +72,9 @@ export async function checkRaceInvariants(store: Pick<Store, 'read'>, race: Race
       const next = grants[i];
       if (!prev || !next) continue;
       expect(next.epoch, `${where}: epochs of ${id} must grow`).to.be.above(prev.epoch);
-      const told = acks.filter((a) => a.identifier === id && a.epoch === prev.epoch).map((a) => a.sentAt);
-      let end = told.length ? Math.max(...told) + fence : -Infinity;
+      // The holder stops fence_after_ms after it sent the request whose answer told it that window.
+      const told = acks.filter((a) => a.identifier === id && a.epoch === prev.epoch).map((a) => a.sentAt + (a.fence ?? fence));
+      let end = told.length ? Math.max(...told) : -Infinity;
       const rel = releasedAt.get(`${id}#${prev.epoch}`);
       if (rel !== undefined) end = Math.min(end, rel);
       expect(next.at, `${where}: ${id} granted to ${next.clientId} at ${next.at} while ${prev.clientId} may use it until ${end}`)

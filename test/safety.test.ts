@@ -17,6 +17,17 @@ import { DEFAULT_RULES, SECOND, errorCode, makeRegistry, tempDir } from './helpe
 const HOUR = 3600 * SECOND;
 const POOL = Array.from({ length: 30 }, (_, i) => `w-${i}`);
 
+/**
+ * `ms` of time pass on `clock` while `registry` serves: it beats every second, as its timer
+ * does in a real process (time passing without a beat is the service being down).
+ */
+async function serve(clock: { advance(ms: number): void }, registry: Registry, ms: number): Promise<void> {
+  for (let left = ms; left > 0; left -= SECOND) {
+    clock.advance(Math.min(SECOND, left));
+    await registry.beat();
+  }
+}
+
 /** A registry process on a file, on a fake machine whose clocks the test controls; restartable. */
 class Deployment {
   readonly source = new FakeTimeSource();
@@ -45,6 +56,11 @@ class Deployment {
     await this.store.close();
   }
 
+  /** `ms` of real time pass while the registry serves: it beats every second, as its timer does. */
+  async serve(ms: number): Promise<void> {
+    await serve(this.source, this.registry, ms);
+  }
+
   /** The machine loses power: no clean shutdown, the instance's last beat stays in the database. */
   async powerCut(downMs: number, wallJumpMs: number): Promise<void> {
     await this.store.close();
@@ -69,7 +85,7 @@ describe('safety: startup grace', () => {
       expect(during.reclaimed).to.equal(0);
       expect(during.reason).to.match(/startup grace/);
       expect((await d.registry.health()).reaper.held).to.equal(false); // grace is normal, not degraded
-      d.source.advance(90 * SECOND - 1);
+      await d.serve(90 * SECOND - 1);
       expect((await d.registry.reap()).reclaimed).to.equal(0);
       d.source.advance(1);
       expect((await d.registry.reap()).reclaimed).to.equal(1);
@@ -82,9 +98,9 @@ describe('safety: startup grace', () => {
     const d = await new Deployment(join(t.dir, 'r.db'), { ...DEFAULT_RULES, ttlMs: 90 * SECOND, graceMs: 90 * SECOND, maxFraction: 1 }).start();
     try {
       await d.registry.allocate('vm-a');
-      d.source.advance(60 * SECOND);
+      await d.serve(60 * SECOND);
       await d.registry.renew('vm-a', 'w-0');
-      d.source.advance(40 * SECOND);
+      await d.serve(40 * SECOND);
       expect(await d.registry.reap()).to.include({ reclaimed: 0, reason: null }); // grace over; nothing expired
       // Power cut: the instance's beat is left in the database; the machine comes back with its wall clock an hour behind.
       await d.powerCut(5 * SECOND, -HOUR);
@@ -171,8 +187,16 @@ describe('safety: clock jumps', () => {
       expect(r).to.include({ reclaimed: 0, held: true });
       expect(r.reason).to.match(/lost its fleet/);
       expect((await d.registry.health()).pool.leased).to.equal(20);
-      for (let i = 0; i < 15; i++) await d.registry.renew(`vm-${i}`, `w-${i}`); // the fleet is there after all
-      expect(await d.registry.reap()).to.include({ reclaimed: 5, held: false }); // 5 of 20: the rest really went
+      // The fleet is there after all, but for five: the guard, tripped, holds until those five are
+      // gone, at REAPER_GUARDED_RATE (1 a minute here), then rests.
+      for (let minute = 0; minute < 5; minute++) {
+        for (let i = 0; i < 15; i++) await d.registry.renew(`vm-${i}`, `w-${i}`);
+        expect(await d.registry.reap(), `minute ${minute}`).to.include({ reclaimed: 1, held: true });
+        d.source.advance(61 * SECOND);
+      }
+      for (let i = 0; i < 15; i++) await d.registry.renew(`vm-${i}`, `w-${i}`);
+      expect(await d.registry.reap()).to.include({ reclaimed: 0, held: false });
+      expect((await d.registry.health()).pool.leased).to.equal(15);
     } finally {
       await d.stop();
     }
@@ -275,14 +299,21 @@ for (const engine of ENGINES) describe(`[${engine}]`, () => {
       expect((await h.http.get('/health')).body.status).to.equal('healthy');
     });
 
-    it('looks again next sweep: once the fleet renews, the few that stay silent are reclaimed', async () => {
+    it('looks again each sweep: once the fleet renews, it holds until the few that stay silent are gone, then rests', async () => {
       const h = await makeRegistry({ pool: 'w-[0-29]', rules });
       for (let i = 0; i < 30; i++) await h.registry.allocate(`vm-${i}`);
       h.clock.advance(91 * SECOND);
       expect((await h.registry.reap()).held).to.equal(true);
-      for (let i = 0; i < 27; i++) await h.registry.renew(`vm-${i}`, `w-${i}`); // the network came back
-      expect(await h.registry.reap()).to.deep.equal({ reclaimed: 3, held: false, reason: null });
+      for (let minute = 0; minute < 3; minute++) {
+        for (let i = 0; i < 27; i++) await h.registry.renew(`vm-${i}`, `w-${i}`); // the network came back
+        // Tripped, the guard stays so while any lease is left expired: one a minute (REAPER_GUARDED_RATE).
+        expect(await h.registry.reap(), `minute ${minute}`).to.include({ reclaimed: 1, held: true });
+        h.clock.advance(61 * SECOND);
+      }
+      for (let i = 0; i < 27; i++) await h.registry.renew(`vm-${i}`, `w-${i}`);
+      expect(await h.registry.reap()).to.deep.equal({ reclaimed: 0, held: false, reason: null });
       expect((await h.registry.health()).reaper.held).to.equal(false);
+      expect(await h.leasedCount()).to.equal(27);
     });
 
     it('does not hold when no more than REAPER_MIN_HOLD leases expire, whatever the fraction', async () => {
@@ -350,7 +381,7 @@ for (const engine of ENGINES) describe(`[${engine}]`, () => {
       const held = await c.reap();
       expect(held.reclaimed).to.equal(0);
       expect(held.reason).to.match(/grace/);
-      a.clock.advance(91 * SECOND);
+      await serve(a.clock, c, 91 * SECOND);
       expect((await c.reap()).reclaimed).to.equal(3);
     });
 

@@ -64,6 +64,9 @@ describe('systemd units', function () {
       'ExecReload=/bin/kill -HUP $MAINPID', 'Environment=DB_PATH=/var/lib/asg-id-registry/registry.db']) {
       expect(u).to.include(line);
     }
+    // No reload before the registry takes SIGHUP: it says READY=1 then (test/notify.test.ts),
+    // through systemd-notify, its child, which only NotifyAccess=all lets systemd hear.
+    expect(u).to.match(/^Type=notify$/m).and.match(/^NotifyAccess=all$/m);
   });
 
   it('the registry is safe as shipped: its settings file is required, and its placeholder tokens refuse to start', () => {

@@ -119,12 +119,21 @@ export interface Proxy extends Stub {
   mode: 'forward' | 'hold';
 }
 
-/** Forwards to `target`, unless cut; `before` runs ahead of each forwarded request. */
-export async function proxy(target: string, before?: (path: string) => void): Promise<Proxy> {
+/** One request through a proxy: Date.now() when it arrived and when its answer was written. */
+export interface Passed { path: string; status: number; arrivedAt: number; answeredAt: number }
+
+/**
+ * Forwards to `target`, unless cut; `before` runs ahead of each forwarded request, `after` once
+ * its answer is written (status 0: the target gave none, and the client's connection is cut).
+ */
+export async function proxy(target: string, before?: (path: string) => void, after?: (p: Passed) => void): Promise<Proxy> {
   const p: { mode: 'forward' | 'hold' } = { mode: 'forward' };
   const s = await stub(async (req, body, res) => {
     if (p.mode === 'hold') return;
-    before?.(req.url ?? '');
+    // When the request was whole here: after the client sent it.
+    const arrivedAt = Date.now();
+    const path = req.url ?? '';
+    before?.(path);
     const headers: Record<string, string> = {};
     for (const h of ['content-type', 'authorization']) {
       const v = req.headers[h];
@@ -132,9 +141,19 @@ export async function proxy(target: string, before?: (path: string) => void): Pr
     }
     const init: RequestInit = { method: req.method ?? 'GET', headers };
     if (body !== '') init.body = body;
-    const r = await fetch(target + (req.url ?? ''), init);
+    let r: Response;
+    let text: string;
+    try {
+      r = await fetch(target + path, init);
+      text = await r.text();
+    } catch (e) {
+      after?.({ path, status: 0, arrivedAt, answeredAt: Date.now() });
+      throw e; // the stub cuts the client's connection
+    }
+    // Before the answer is written: the client cannot have it (nor send its next request) sooner.
+    after?.({ path, status: r.status, arrivedAt, answeredAt: Date.now() });
     res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'application/json' });
-    res.end(await r.text());
+    res.end(text);
   });
   return Object.assign(p, s);
 }

@@ -6,18 +6,20 @@
  * `export` / `import`, which move the whole state between stores. `pool sync`, `export` and
  * `import` work on the PostgreSQL database instead when DATABASE_URL is set (and no --db).
  */
-import { createWriteStream, existsSync, readFileSync, renameSync } from 'node:fs';
-import { once } from 'node:events';
+import { createWriteStream, existsSync, linkSync, readFileSync, realpathSync, renameSync, rmSync, statSync, unlinkSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
+import type { ParseArgsConfig } from 'node:util';
 import { systemTimeSource } from '../clock.js';
-import { loadCliConfig, loadConfig, processEnv } from '../config.js';
+import { ConfigError, checkRegistryUrl, loadCliConfig, loadConfig, processEnv } from '../config.js';
 import type { CliConfig } from '../config.js';
 import { isRegistryError } from '../domain/errors.js';
 import { parsePoolFile, readPoolText } from '../pool/load.js';
 import { Registry } from '../registry.js';
 import { DumpError, dumpLines, parseDump } from '../store/dump.js';
-import type { Dump } from '../store/dump.js';
+import type { Dump, Translation } from '../store/dump.js';
 import { openPostgresStore } from '../store/postgres/store.js';
 import { backupDatabase } from '../store/sqlite/backup.js';
 import { exportSqliteFile, importSqliteFile } from '../store/sqlite/dump.js';
@@ -29,6 +31,8 @@ import { ago, table } from './format.js';
 
 const STATUSES = ['leased', 'free', 'cooling', 'retired'] as const;
 const MAX_LIMIT = 10_000;
+/** Entries `history` asks for a page: a history of any length comes in bounded answers. */
+const HISTORY_PAGE = 1000;
 
 const USAGE = `usage: idreg [--url URL] [--token TOKEN] COMMAND
        idreg --help | --version
@@ -41,14 +45,27 @@ const USAGE = `usage: idreg [--url URL] [--token TOKEN] COMMAND
   pool sync [--db PATH] [--pool FILE] [--force] [--create]   bring the database in line with the pool file
                                                               (--force: even if it retires more than half of the pool;
                                                                --create: make the database if it does not exist)
-  backup FILE [--db PATH]                                     online backup of the database file, into one file
-  export FILE [--db PATH]                                     the whole state (leases, epochs, cool-downs, history) to FILE
-  import FILE [--db PATH]                                     load an export into an empty store (refused otherwise)
+  backup FILE [--db PATH] [--force]                           online backup of the database file, into one file
+  export FILE [--db PATH] [--force]                           the whole state (leases, epochs, cool-downs, history) to FILE
+                                                              (both refuse to replace an existing FILE unless --force)
+  import FILE [--db PATH]                                     load an export into an empty store (refused otherwise),
+                                                              its times moved onto this store's clock (each lease and
+                                                              cool-down keeps what it had left)
 
-environment: IDREG_URL (default http://127.0.0.1:8080), IDREG_TOKEN (an admin token, when the
-registry has ADMIN_TOKENS), DB_PATH, POOL_FILE, DATABASE_URL (pool sync, export and import
-work on PostgreSQL when it is set and --db is not)
-exit status: 0 ok, 1 refused by the registry, 2 usage, 3 registry unreachable or database error`;
+environment: IDREG_URL (default http://127.0.0.1:8080; http:// or https:// and a host),
+IDREG_TOKEN (an admin token, when the registry has ADMIN_TOKENS), DB_PATH, POOL_FILE,
+DATABASE_URL (pool sync, export and import work on PostgreSQL when it is set and --db is not)
+
+exit status:
+  0  done
+  1  refused: by the registry (an HTTP 4xx: no such identifier or client, a wrong or missing
+     token), or a pool file or dump that cannot be used (pool sync, import; nothing changed)
+  2  usage: an unknown command or option, a missing or extra argument, a malformed IDREG_URL,
+     --url or DATABASE_URL, an output FILE that exists (backup, export; nothing written)
+  3  the registry cannot be reached or answered 5xx, or the database cannot be opened or read`;
+
+/** Printed under every usage error, instead of the whole usage. */
+const USAGE_HINT = 'see idreg --help';
 
 class CliError extends Error {
   constructor(message: string, readonly status: number) {
@@ -56,12 +73,45 @@ class CliError extends Error {
   }
 }
 
-/** A usage error: what is wrong, then the usage (exit 2). */
-const usageError = (what: string): CliError => new CliError(`idreg: ${what}\n${USAGE}`, 2);
+/** Every message idreg prints about a failure starts with this. */
+const PREFIX = 'idreg: ';
+
+/** A failure (not a usage error): one line saying what, and why. */
+const failure = (what: string, status: number): CliError => new CliError(`${PREFIX}${what}`, status);
+
+/** A usage error: what is wrong, in one line, then where the usage is (exit 2). */
+const usageError = (what: string): CliError => new CliError(`${PREFIX}${what}\n${USAGE_HINT}`, 2);
+
+/**
+ * parseArgs's own errors are long and capitalised ("Unknown option '--colour'. To specify a
+ * positional argument …"): the first sentence, as a usage error of the command.
+ */
+function parseArgsError(cmd: string, e: unknown): CliError | null {
+  if (!(e instanceof Error) || !('code' in e) || !String(e.code).startsWith('ERR_PARSE_ARGS')) return null;
+  const missing = /^Option '(-[^ ']+)[^']*' argument missing/.exec(e.message);
+  if (missing) return usageError(`${cmd}: ${missing[1] ?? ''} needs a value`);
+  const first = e.message.split(/\.(?:\s|$)/)[0] ?? e.message;
+  return usageError(`${cmd}: ${first.charAt(0).toLowerCase()}${first.slice(1).replace(/'/g, '')}`);
+}
+
+/** parseArgs, strict, with its errors as one-line usage errors naming the command. */
+function parse<T extends ParseArgsConfig>(cmd: string, config: T): ReturnType<typeof parseArgs<T>> {
+  try {
+    return parseArgs(config);
+  } catch (e) {
+    throw parseArgsError(cmd, e) ?? e;
+  }
+}
 
 type Json = unknown;
 
-interface Reply { status: number; body: Json; date: number }
+interface Reply {
+  status: number;
+  body: Json;
+  date: number;
+  /** The next page's path, from a `Link: <…>; rel="next"` header; null without one. */
+  next: string | null;
+}
 
 function field(o: Json, k: string): Json {
   return typeof o === 'object' && o !== null && !Array.isArray(o) ? Object.fromEntries(Object.entries(o))[k] : undefined;
@@ -76,14 +126,20 @@ async function call(cfg: CliConfig, method: string, path: string): Promise<Reply
   try {
     res = await fetch(cfg.url.replace(/\/$/, '') + path, { method, headers });
   } catch (e) {
-    throw new CliError(`cannot reach the registry at ${cfg.url}: ${e instanceof Error ? (e.cause instanceof Error ? e.cause.message : e.message) : String(e)}`, 3);
+    throw failure(`cannot reach the registry at ${cfg.url}: ${e instanceof Error ? (e.cause instanceof Error ? e.cause.message : e.message) : String(e)}`, 3);
   }
   const raw = await res.text();
   let body: Json = raw;
   try { body = JSON.parse(raw); } catch { /* not JSON */ }
   // The registry's own clock says what "now" is, so "12s ago" does not depend on this machine's.
   const date = Date.parse(res.headers.get('date') ?? '');
-  return { status: res.status, body, date: Number.isNaN(date) ? systemTimeSource.wall() : date };
+  return { status: res.status, body, date: Number.isNaN(date) ? systemTimeSource.wall() : date, next: nextPath(res.headers.get('link')) };
+}
+
+/** The path of a `Link: <…>; rel="next"` header; only a path on the registry asked (never another host). */
+function nextPath(link: string | null): string | null {
+  const target = /<([^>]*)>\s*;\s*rel="?next"?/.exec(link ?? '')?.[1];
+  return target !== undefined && target.startsWith('/') && !target.startsWith('//') ? target : null;
 }
 
 /** What to do about a refusal that the operator's own setup causes. */
@@ -97,7 +153,7 @@ function hint(status: number, cfg: CliConfig): string {
 function ok(r: Reply, cfg: CliConfig): Reply {
   if (r.status >= 200 && r.status < 300) return r;
   const err = field(r.body, 'error');
-  throw new CliError(`error: ${text(field(err, 'code'))}: ${text(field(err, 'message'))} (HTTP ${r.status})${hint(r.status, cfg)}`, r.status >= 500 ? 3 : 1);
+  throw failure(`${text(field(err, 'code'))}: ${text(field(err, 'message'))} (HTTP ${r.status})${hint(r.status, cfg)}`, r.status >= 500 ? 3 : 1);
 }
 
 function identifierRows(list: Json, now: number): string[][] {
@@ -124,7 +180,7 @@ function describe(view: Json, now: number): string {
 }
 
 async function list(cfg: CliConfig, args: string[]): Promise<string> {
-  const { values } = parseArgs({ args, options: { status: { type: 'string' }, limit: { type: 'string' } } });
+  const { values } = parse('list', { args, options: { status: { type: 'string' }, limit: { type: 'string' } } });
   const q = new URLSearchParams();
   const status = values.status;
   if (status !== undefined) {
@@ -145,15 +201,25 @@ async function show(cfg: CliConfig, name: string): Promise<string> {
   if (byId.status === 200) return describe(byId.body, byId.date);
   if (byId.status !== 404 && byId.status !== 400) ok(byId, cfg);
   const byClient = await call(cfg, 'GET', `/client/${encodeURIComponent(name)}`);
-  if (byClient.status === 404 || byClient.status === 400) throw new CliError(`error: no identifier or client named ${name}`, 1);
+  if (byClient.status === 404 || byClient.status === 400) throw failure(`no identifier or client named ${name}`, 1);
   return describe(ok(byClient, cfg).body, byClient.date);
 }
 
+/** The whole history, page by page (each page's Link header says where the next starts). */
 async function history(cfg: CliConfig, name: string): Promise<string> {
-  const r = ok(await call(cfg, 'GET', `/identifier/${encodeURIComponent(name)}/history`), cfg);
-  const rows = (Array.isArray(r.body) ? r.body : []).map((h: Json) => [
-    text(field(h, 'at')), text(field(h, 'event')), text(field(h, 'client_id')), text(field(h, 'epoch')),
-  ]);
+  const rows: string[][] = [];
+  let path: string | null = `/identifier/${encodeURIComponent(name)}/history?limit=${HISTORY_PAGE}`;
+  const seen = new Set<string>();
+  while (path !== null) {
+    // A registry that sent the same page twice would otherwise be followed for ever.
+    if (seen.has(path)) throw new CliError(`error: the registry sent the page ${path} twice; the history shown would be incomplete`, 3);
+    seen.add(path);
+    const r = ok(await call(cfg, 'GET', path), cfg);
+    for (const h of Array.isArray(r.body) ? r.body : []) {
+      rows.push([text(field(h, 'at')), text(field(h, 'event')), text(field(h, 'client_id')), text(field(h, 'epoch'))]);
+    }
+    path = r.next;
+  }
   return table(['AT', 'EVENT', 'CLIENT', 'EPOCH'], rows);
 }
 
@@ -163,7 +229,7 @@ async function release(cfg: CliConfig, name: string): Promise<string> {
 }
 
 async function reap(cfg: CliConfig, args: string[]): Promise<string> {
-  const { values } = parseArgs({ args, options: { force: { type: 'boolean', default: false } } });
+  const { values } = parse('reap', { args, options: { force: { type: 'boolean', default: false } } });
   const r = ok(await call(cfg, 'POST', `/admin/reap${values.force ? '?force=true' : ''}`), cfg);
   const reason = field(r.body, 'reason');
   return `reclaimed ${text(field(r.body, 'reclaimed'))}${field(r.body, 'held') === true ? ' (held by the mass-expiry guard)' : ''}` +
@@ -172,8 +238,8 @@ async function reap(cfg: CliConfig, args: string[]): Promise<string> {
 
 interface FileOptions { db: string; pool: string; force: boolean; create: boolean; rest: string[] }
 
-function fileOptions(cfg: CliConfig, args: string[]): FileOptions {
-  const { values, positionals } = parseArgs({
+function fileOptions(cmd: string, cfg: CliConfig, args: string[]): FileOptions {
+  const { values, positionals } = parse(cmd, {
     args, allowPositionals: true,
     options: {
       db: { type: 'string' }, pool: { type: 'string' },
@@ -191,7 +257,7 @@ function fileOptions(cfg: CliConfig, args: string[]): FileOptions {
 function mustExist(db: string, create: boolean): void {
   // A path that cannot hold a database at all (a file where a folder should be) is explained by openStore.
   if (create || existsSync(db) || inspectDbPath(db).blocker !== null) return;
-  throw new CliError(`error: database ${resolve(db)} does not exist (check --db or DB_PATH; --create makes a new one)`, 3);
+  throw failure(`database ${resolve(db)} does not exist (check --db or DB_PATH; --create makes a new one)`, 3);
 }
 
 /** The store a one-shot command works on: PostgreSQL when DATABASE_URL is set and --db is not. */
@@ -209,13 +275,13 @@ async function openStore(cfg: CliConfig, args: string[], db: string): Promise<St
     try {
       return new SqliteStore({ path: db, source: systemTimeSource });
     } catch (e) {
-      throw new CliError(`error: ${explainDbOpenError(e, inspectDbPath(db)).replace(/^DB_PATH=/, 'DB_PATH or --db ')}`, 3);
+      throw failure(explainDbOpenError(e, inspectDbPath(db)).replace(/^DB_PATH=/, 'DB_PATH or --db '), 3);
     }
   }
   try {
-    return await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg' });
+    return await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg', clockRole: 'tool' });
   } catch (e) {
-    throw new CliError(`error: DATABASE_URL: ${e instanceof Error ? e.message : String(e)}`, 3);
+    throw failure(`DATABASE_URL: ${e instanceof Error ? e.message : String(e)}`, 3);
   }
 }
 
@@ -224,17 +290,70 @@ function summary(d: Dump): string {
   return `${d.identifiers.length} identifiers (${held} held), ${d.history.length} history entries, ${d.meta.length} settings`;
 }
 
+const errnoOf = (e: unknown): string => (e instanceof Error && 'code' in e ? String(e.code) : '');
+
+const exists = (cmd: string, dest: string): CliError =>
+  usageError(`${cmd}: ${dest} already exists; nothing written (--force replaces it)`);
+
+/**
+ * The checks on an output FILE, before any work, so a refusal writes nothing: not a folder,
+ * not the database being read, and not an existing file unless --force.
+ */
+function checkOutput(cmd: string, dest: string, force: boolean, db: string | null): void {
+  if (!existsSync(dest)) return;
+  const real = realpathSync(dest);
+  if (db !== null && existsSync(db) && real === realpathSync(db)) throw usageError(`${cmd}: ${dest} is the database itself; write elsewhere`);
+  if (statSync(real).isDirectory()) throw usageError(`${cmd}: ${dest} is a folder; FILE names the file to write`);
+  if (!force) throw exists(cmd, dest);
+}
+
+/**
+ * Puts a finished `partial` file in place at `dest`, replacing `dest` only with --force.
+ * Without, a hard link, which fails if `dest` appeared since the check: nothing is ever
+ * replaced by accident, even by a race. (On a file system without hard links, the check
+ * before the work stands alone.)
+ */
+function place(cmd: string, partial: string, dest: string, force: boolean): void {
+  if (force) {
+    renameSync(partial, dest);
+    return;
+  }
+  try {
+    linkSync(partial, dest);
+  } catch (e) {
+    if (errnoOf(e) === 'EEXIST') {
+      rmSync(partial, { force: true });
+      throw exists(cmd, dest);
+    }
+    if (!['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS'].includes(errnoOf(e))) throw e;
+    if (existsSync(dest)) {
+      rmSync(partial, { force: true });
+      throw exists(cmd, dest);
+    }
+    renameSync(partial, dest);
+    return;
+  }
+  unlinkSync(partial);
+}
+
+/** Removes what a failed write left beside its FILE: the partial file, and SQLite's side files of one. */
+function discard(partial: string): void {
+  for (const f of [partial, `${partial}-journal`, `${partial}-wal`, `${partial}-shm`]) rmSync(f, { force: true });
+}
+
 async function exportState(cfg: CliConfig, args: string[]): Promise<string> {
-  const { db, rest } = fileOptions(cfg, args);
+  const { db, force, rest } = fileOptions('export', cfg, args);
   const dest = rest[0];
-  if (!dest) throw new CliError(USAGE, 2);
-  let dump: Dump;
+  if (!dest) throw usageError('export: missing FILE (where to write the state)');
+  if (rest.length > 1) throw usageError('export: one FILE only');
   const url = usePostgres(cfg, args);
+  checkOutput('export', dest, force, url === null ? db : null);
+  let dump: Dump;
   try {
     if (url === null) {
-      dump = exportSqliteFile(db, systemTimeSource.wall());
+      dump = exportSqliteFile(db, systemTimeSource);
     } else {
-      const store = await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg' });
+      const store = await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg', clockRole: 'tool' });
       try {
         dump = await store.dump();
       } finally {
@@ -242,50 +361,60 @@ async function exportState(cfg: CliConfig, args: string[]): Promise<string> {
       }
     }
   } catch (e) {
-    throw new CliError(`error: ${url === null ? db : 'DATABASE_URL'}: ${e instanceof Error ? e.message : String(e)}`, 3);
+    throw failure(`${url === null ? db : 'DATABASE_URL'}: ${e instanceof Error ? e.message : String(e)}`, 3);
   }
-  // Written beside, then renamed: a failed export never leaves a truncated file under the name.
-  const out = createWriteStream(`${dest}.partial`, { mode: 0o600 });
-  for (const line of dumpLines(dump)) {
-    if (!out.write(`${line}\n`)) await once(out, 'drain');
+  // Written beside, then put in place: a failed export never leaves a truncated file under the name.
+  const partial = `${dest}.partial`;
+  try {
+    const lines = function* (): Generator<string> {
+      for (const line of dumpLines(dump)) yield `${line}\n`;
+    };
+    await pipeline(Readable.from(lines()), createWriteStream(partial, { mode: 0o600 }));
+    place('export', partial, dest, force);
+  } catch (e) {
+    discard(partial);
+    if (e instanceof CliError) throw e;
+    throw failure(`export: cannot write ${dest}: ${e instanceof Error ? e.message : String(e)}`, 3);
   }
-  out.end();
-  await once(out, 'finish');
-  renameSync(`${dest}.partial`, dest);
   return `exported ${summary(dump)} from ${dump.engine} to ${dest}`;
 }
 
 async function importState(cfg: CliConfig, args: string[]): Promise<string> {
-  const { db, rest } = fileOptions(cfg, args);
+  const { db, rest } = fileOptions('import', cfg, args);
   const src = rest[0];
-  if (!src) throw new CliError(USAGE, 2);
+  if (!src) throw usageError('import: missing FILE (an export to load)');
+  if (rest.length > 1) throw usageError('import: one FILE only');
   let dump: Dump;
   try {
     dump = parseDump(readFileSync(src, 'utf8').split('\n'));
   } catch (e) {
-    throw new CliError(`error: ${src}: ${e instanceof Error ? e.message : String(e)}; nothing imported`, 1);
+    throw failure(`${src}: ${e instanceof Error ? e.message : String(e)}; nothing imported`, 1);
   }
   const url = usePostgres(cfg, args);
+  let moved: Translation;
   try {
     if (url === null) {
-      importSqliteFile(db, dump);
+      moved = await importSqliteFile(db, dump, systemTimeSource);
     } else {
-      const store = await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg' });
+      const store = await openPostgresStore({ url, poolSize: 2, applicationName: 'idreg', clockRole: 'tool' });
       try {
-        await store.load(dump);
+        moved = await store.load(dump);
       } finally {
         await store.close();
       }
     }
   } catch (e) {
-    if (e instanceof DumpError) throw new CliError(`error: ${e.message}; nothing imported`, 1);
-    throw new CliError(`error: ${e instanceof Error ? e.message : String(e)}; nothing imported`, 3);
+    if (e instanceof DumpError) throw failure(`${e.message}; nothing imported`, 1);
+    throw failure(`${e instanceof Error ? e.message : String(e)}; nothing imported`, 3);
   }
-  return `imported ${summary(dump)} into ${url === null ? db : 'PostgreSQL (DATABASE_URL)'}`;
+  const shift = `${moved.shiftMs >= 0 ? '+' : ''}${moved.shiftMs} ms`;
+  const base = dump.legacyExportTime ? ' (a version 1 dump: measured from the latest time written in it)' : '';
+  return `imported ${summary(dump)} into ${url === null ? db : 'PostgreSQL (DATABASE_URL)'}; ` +
+    `times moved ${shift} onto the target's clock, each lease and cool-down keeping what it had left${base}`;
 }
 
 async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
-  const { db, pool, force, create } = fileOptions(cfg, args);
+  const { db, pool, force, create } = fileOptions('pool sync', cfg, args);
   let names: string[];
   let fingerprint: string;
   try {
@@ -293,7 +422,7 @@ async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
     fingerprint = file.fingerprint;
     names = parsePoolFile(pool, file);
   } catch (e) {
-    throw new CliError(`error: ${e instanceof Error ? e.message : String(e)}; the database is unchanged`, 1);
+    throw failure(`${e instanceof Error ? e.message : String(e)}; the database is unchanged`, 1);
   }
   if (usePostgres(cfg, args) === null) mustExist(db, create);
   const store = await openStore(cfg, args, db);
@@ -302,11 +431,11 @@ async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
     const registry = new Registry({
       store,
       rules: {
-        ttlMs: c.leaseTtlSeconds * 1000, cooldownMs: 0, graceMs: 0, maxFraction: 1, minHold: 0, reapBatchSize: 1, guardedRatePerMinute: 0,
+        ttlMs: c.leaseTtlMs, cooldownMs: 0, graceMs: 0, maxFraction: 1, minHold: 0, reapBatchSize: 1, guardedRatePerMinute: 0,
       },
     });
     const r = await registry.syncPool(names, fingerprint, { force }).catch((e: unknown) => {
-      if (isRegistryError(e) && e.code === 'pool_sync_refused') throw new CliError(`error: ${e.message}`, 1);
+      if (isRegistryError(e) && e.code === 'pool_sync_refused') throw failure(e.message, 1);
       throw e;
     });
     return `pool synced: ${r.total} identifiers in the file; ${r.added} added, ${r.retired} retired, ${r.restored} restored`;
@@ -316,16 +445,23 @@ async function poolSync(cfg: CliConfig, args: string[]): Promise<string> {
 }
 
 async function backup(cfg: CliConfig, args: string[]): Promise<string> {
-  const { db, rest } = fileOptions(cfg, args);
+  const { db, force, rest } = fileOptions('backup', cfg, args);
   const dest = rest[0];
   if (!dest) throw usageError('backup: missing FILE (where to write the copy)');
   if (rest.length > 1) throw usageError('backup: one FILE only');
-  if (!existsSync(db)) throw new CliError(`error: database ${resolve(db)} does not exist (check --db or DB_PATH)`, 3);
+  if (!existsSync(db)) throw failure(`database ${resolve(db)} does not exist (check --db or DB_PATH)`, 3);
+  checkOutput('backup', dest, force, db);
+  // Copied beside, checked, then put in place: a failed backup never replaces a good one.
+  const partial = `${dest}.partial`;
+  discard(partial);
   try {
-    const pages = await backupDatabase(db, dest);
+    const pages = await backupDatabase(db, partial);
+    place('backup', partial, dest, force);
     return `backed up ${db} to ${dest} (${pages} pages, integrity ok)`;
   } catch (e) {
-    throw new CliError(`error: ${e instanceof Error ? e.message : String(e)}`, 3);
+    discard(partial);
+    if (e instanceof CliError) throw e;
+    throw failure(`backup: ${e instanceof Error ? e.message : String(e)}`, 3);
   }
 }
 
@@ -353,18 +489,36 @@ function splitGlobal(argv: readonly string[]): GlobalFlags {
   return out;
 }
 
+/** The commands that talk HTTP to the registry: they need a usable URL before anything is sent. */
+const HTTP_COMMANDS = new Set(['list', 'show', 'history', 'release', 'reap']);
+
+/** The settings from the environment and the global flags; a malformed one is a usage error naming it. */
+function settings(g: GlobalFlags, env: Parameters<typeof loadCliConfig>[0], cmd: string | undefined): CliConfig {
+  try {
+    const base = loadCliConfig(env);
+    const url = g.url ?? base.url;
+    return {
+      ...base,
+      url: cmd !== undefined && HTTP_COMMANDS.has(cmd) ? checkRegistryUrl(url, g.url !== undefined ? '--url' : 'IDREG_URL') : url,
+      token: g.token ?? base.token,
+    };
+  } catch (e) {
+    if (e instanceof ConfigError) throw usageError(e.message);
+    throw e;
+  }
+}
+
 export async function run(argv: readonly string[], env = processEnv()): Promise<string> {
   const g = splitGlobal(argv);
-  const base = loadCliConfig(env);
-  const cfg: CliConfig = { ...base, url: g.url ?? base.url, token: g.token ?? base.token };
   const [cmd, ...rest] = g.rest;
+  if (g.help || cmd === 'help') throw new CliError(USAGE, 0);
+  if (g.version) throw new CliError(`idreg ${packageVersion()}`, 0);
+  const cfg = settings(g, env, cmd);
   const arg = (what: string): string => {
     const a = rest.find((x) => !x.startsWith('-'));
     if (!a) throw usageError(`${cmd ?? ''}: missing ${what}`);
     return a;
   };
-  if (g.help || cmd === 'help') throw new CliError(USAGE, 0);
-  if (g.version) throw new CliError(`idreg ${packageVersion()}`, 0);
   switch (cmd) {
     case 'list': return list(cfg, rest);
     case 'show': return show(cfg, arg('IDENTIFIER or CLIENT_ID'));
@@ -391,9 +545,9 @@ async function main(): Promise<void> {
       process.exitCode = e.status;
       return;
     }
-    const usage = e instanceof Error && 'code' in e && String(e.code).startsWith('ERR_PARSE_ARGS');
-    process.stderr.write(`${usage ? 'idreg' : 'error'}: ${e instanceof Error ? e.message : String(e)}\n${usage ? `${USAGE}\n` : ''}`);
-    process.exitCode = usage ? 2 : 3;
+    const err = parseArgsError(process.argv[2] ?? 'idreg', e) ?? failure(e instanceof Error ? e.message : String(e), 3);
+    process.stderr.write(`${err.message}\n`);
+    process.exitCode = err.status;
   }
 }
 

@@ -10,6 +10,19 @@ export interface LeaseRules {
   readonly cooldownMs: number;
 }
 
+/**
+ * Why timing rules cannot be used, or null. The store keeps times as integer milliseconds, so a
+ * deadline computed from a fractional duration (2000.5 ms) could not be written: every sweep and
+ * force release would fail. Configuration reads durations as whole milliseconds; this is the
+ * second line of that defence, for every other way rules are built.
+ */
+export function timingProblem(durations: Readonly<Record<string, number>>): string | null {
+  for (const [name, ms] of Object.entries(durations)) {
+    if (!Number.isSafeInteger(ms) || ms < 0) return `${name} must be a whole number of milliseconds ≥ 0, not ${ms}`;
+  }
+  return null;
+}
+
 /** The status of an identifier that is held or not, retired or not, allocatable from `availableAt`. */
 export function statusFrom(held: boolean, retired: boolean, availableAt: number, now: number): Status {
   if (held) return 'leased';
@@ -28,28 +41,41 @@ export function expiresAt(lastSeen: number, rules: LeaseRules): number {
 
 /** The record a tuple holds. */
 export function recordOf(t: RecordTuple): IdentifierRecord {
-  const [rowId, name, poolOrder, retired, epoch, clientId, allocatedAt, lastSeen, availableAt, watermark, instance] = t;
+  const [rowId, name, poolOrder, retired, epoch, clientId, allocatedAt, lastSeen, availableAt, fenceCooldownMs, watermark, instance] = t;
   return {
     rowId, name, poolOrder, epoch,
     retired: retired === 1,
     holder: clientId !== null && allocatedAt !== null && lastSeen !== null
-      ? { clientId, allocatedAt, lastSeen, instance: instance === null ? null : parseInstanceJson(instance) }
+      ? { clientId, allocatedAt, lastSeen, fenceCooldownMs, instance: instance === null ? null : parseInstanceJson(instance) }
       : null,
     availableAt,
     watermark,
   };
 }
 
-/** Margin for clock-rate drift between the registry and a VM (SPEC.md: 1 %). */
-const DRIFT_MARGIN = 0.01;
+/** Margin for clock-rate drift between the registry and a VM: 1 %. */
+const DRIFT_MARGIN_PERCENT = 1;
 
 /**
  * The fence window: nobody else can be granted an identifier sooner than one cool-down after
  * the owner's last acknowledged renewal (a force release right after it, then the cool-down),
- * so the owner may keep using it that long after *sending* that renewal, less drift.
+ * so the owner may keep using it that long after *sending* that renewal, less drift. Integer
+ * arithmetic: the same value whichever engine or language writes it.
  */
-export function fenceAfterMs(rules: LeaseRules): number {
-  return Math.floor(rules.cooldownMs * (1 - DRIFT_MARGIN));
+export function fenceAfterMs(terms: { readonly cooldownMs: number }): number {
+  return Math.floor((terms.cooldownMs * (100 - DRIFT_MARGIN_PERCENT)) / 100);
+}
+
+/**
+ * The cool-down behind a lease's fence window: the longer of what its holder was told (kept with
+ * the lease) and the setting of the instance answering now. A window once announced is kept:
+ * a lower REUSE_COOLDOWN_SECONDS (a restart, another instance) never shortens it, and a higher
+ * one lengthens it from the next answer on. The holder's views and answers announce
+ * `fenceAfterMs` of it, the store records it with each grant and renewal, and an identifier
+ * taken from its holder (reclaimed, force released) cools this long.
+ */
+export function leaseCooldownMs(holder: Holder, rules: LeaseRules): number {
+  return Math.max(holder.fenceCooldownMs ?? 0, rules.cooldownMs);
 }
 
 export function leaseOf(rec: IdentifierRecord, rules: LeaseRules): Lease | null {
@@ -62,7 +88,7 @@ export function leaseOf(rec: IdentifierRecord, rules: LeaseRules): Lease | null 
     allocatedAt: h.allocatedAt,
     lastSeen: h.lastSeen,
     expiresAt: expiresAt(h.lastSeen, rules),
-    fenceAfterMs: fenceAfterMs(rules),
+    fenceAfterMs: fenceAfterMs({ cooldownMs: leaseCooldownMs(h, rules) }),
     watermark: rec.watermark ?? null,
     instance: h.instance ?? null,
   };
@@ -134,15 +160,42 @@ export interface GuardRules {
   readonly guardedRatePerMinute: number;
 }
 
+/**
+ * What the store keeps of the mass-expiry guard between sweeps, for every instance: once
+ * tripped, it stays tripped until a sweep finds no expired lease left.
+ */
+export interface GuardMemory {
+  /** The trip in force (when, and the count that tripped it), or null. */
+  readonly tripped: GuardTrip | null;
+  /** Reclaims before this registry time do not count toward tripping it: those made while it was tripped. */
+  readonly countFrom: number;
+}
+
+export interface GuardTrip {
+  readonly at: number;
+  /** Expired within the last TTL when it tripped, and the leases they were among. */
+  readonly expired: number;
+  readonly of: number;
+}
+
+export const GUARD_AT_REST: GuardMemory = { tripped: null, countFrom: 0 };
+
+/** Reclaims at or after this registry time count toward tripping the guard: the last TTL, less any part of it spent tripped. */
+export function guardCountFrom(now: number, ttlMs: number, memory: GuardMemory): number {
+  return Math.max(now - ttlMs, memory.countFrom);
+}
+
 /** What a sweep knows when it decides, all read in its transaction. */
 export interface SweepFacts {
   readonly force: boolean;
+  /** Registry time of the decision. */
+  readonly now: number;
   /** Start-up grace still to run for the service, in ms (<= 0: over). */
   readonly graceLeftMs: number;
   /** Leases past their TTL, not yet reclaimed. */
   readonly expired: number;
   readonly leased: number;
-  /** Reclaims by the reaper within the last TTL, by any sweep of any process. */
+  /** Reclaims by the reaper, by any sweep of any process, since guardCountFrom. */
   readonly reclaimedInTtl: number;
   /** Reclaims by the reaper within the last minute: what the guarded rate has spent. */
   readonly reclaimedInMinute: number;
@@ -153,6 +206,8 @@ export interface SweepFacts {
   /** Since a step of a clock was last seen; null if never. */
   readonly clockStepAgoMs: number | null;
   readonly ttlMs: number;
+  /** The guard as the last sweep left it. */
+  readonly guard: GuardMemory;
 }
 
 export interface SweepDecision {
@@ -161,49 +216,69 @@ export interface SweepDecision {
   /** The mass-expiry guard limits this sweep: the registry reports degraded. */
   readonly held: boolean;
   readonly reason: string | null;
+  /** The guard as this sweep leaves it, for the next. */
+  readonly guard: GuardMemory;
 }
 
 const OVERRIDE = '(POST /admin/reap?force=true reclaims them anyway)';
 
 /**
  * The reaper's rules (after the Kubernetes node lifecycle controller: a normal eviction rate,
- * a slower one under partial disruption, none under full disruption).
- * - Forced: everything expired.
+ * a slower one under partial disruption, none under full disruption, and a zone stays
+ * disrupted as long as its nodes stay down).
+ * - Forced: everything expired. The guard's memory is left as it is: the next sweep finds
+ *   nothing expired and lets it rest, or finds more and holds.
  * - Start-up grace: nothing; VMs could not renew while the service was down.
  * - More than `maxFraction` (and more than `minHold`) of the leases expired within the last TTL,
- *   counted across sweeps so a cut spread over several sweeps still counts: the guard trips.
- *   Then nothing if the registry shows signs of having lost its fleet (no VM request for a TTL)
- *   or its time (a clock step within a TTL); otherwise `guardedRatePerMinute`, raised to the
- *   demand of clients being refused for want of an identifier, so a churning fleet (VMs that
- *   vanish while new ones arrive) never stalls the pool. Oldest first (the store's order).
+ *   counted across sweeps so a cut spread over several sweeps still counts: the guard trips,
+ *   and stays tripped until a sweep finds no expired lease (each reclaimed at the guarded rate
+ *   or renewed by its VM); a cut is not forgotten a TTL later. Reclaims made while tripped do
+ *   not count toward tripping it again. While tripped: nothing if the registry shows signs of
+ *   having lost its fleet (no VM request for a TTL) or its time (a clock step within a TTL);
+ *   otherwise `guardedRatePerMinute`, raised to the demand of clients being refused for want of
+ *   an identifier, so a churning fleet (VMs that vanish while new ones arrive) never stalls the
+ *   pool. Oldest first (the store's order).
  */
 export function decideSweep(f: SweepFacts, rules: GuardRules): SweepDecision {
-  if (f.force) return { allowance: Infinity, held: false, reason: null };
+  const memory = f.guard;
+  if (f.force) return { allowance: Infinity, held: false, reason: null, guard: memory };
   if (f.graceLeftMs > 0) {
-    return { allowance: 0, held: false, reason: `startup grace: no reclaim for another ${Math.ceil(f.graceLeftMs / 1000)}s` };
+    return { allowance: 0, held: false, reason: `startup grace: no reclaim for another ${Math.ceil(f.graceLeftMs / 1000)}s`, guard: memory };
   }
-  const inWindow = f.expired + f.reclaimedInTtl;
-  const population = f.leased + f.reclaimedInTtl;
-  if (f.expired === 0 || inWindow <= rules.minHold || inWindow <= rules.maxFraction * population) {
-    return { allowance: Infinity, held: false, reason: null };
+  if (f.expired === 0) {
+    // Nothing left expired: a trip is over, and what was reclaimed under it never counts again.
+    return { allowance: Infinity, held: false, reason: null, guard: memory.tripped ? { tripped: null, countFrom: f.now } : memory };
   }
-  const pct = population === 0 ? 100 : Math.round((inWindow / population) * 100);
-  const what = `mass expiry: ${inWindow} of ${population} leases (${pct}%) expired within the last TTL, over the limit of ` +
-    `${Math.round(rules.maxFraction * 100)}% and ${rules.minHold} leases`;
+  let trip = memory.tripped;
+  if (!trip) {
+    const inWindow = f.expired + f.reclaimedInTtl;
+    const population = f.leased + f.reclaimedInTtl;
+    if (inWindow <= rules.minHold || inWindow <= rules.maxFraction * population) {
+      return { allowance: Infinity, held: false, reason: null, guard: memory };
+    }
+    trip = { at: f.now, expired: inWindow, of: population };
+  }
+  const guard: GuardMemory = { tripped: trip, countFrom: memory.countFrom };
+  const pct = trip.of === 0 ? 100 : Math.round((trip.expired / trip.of) * 100);
+  const ago = Math.round((f.now - trip.at) / 1000);
+  const what = `mass expiry: ${trip.expired} of ${trip.of} leases (${pct}%) expired within the last TTL` +
+    (ago > 0 ? ` before the guard tripped ${ago}s ago` : '') +
+    `, over the limit of ${Math.round(rules.maxFraction * 100)}% and ${rules.minHold} leases; ` +
+    `${f.expired} still expired (it holds until none is)`;
   const ttlS = Math.round(f.ttlMs / 1000);
   if (f.fleetSilentMs === null || f.fleetSilentMs >= f.ttlMs) {
-    return { allowance: 0, held: true, reason: `${what}, and no VM has reached the registry for ${ttlS}s or more: it may have lost its fleet, not the fleet died; nothing reclaimed ${OVERRIDE}` };
+    return { allowance: 0, held: true, guard, reason: `${what}, and no VM has reached the registry for ${ttlS}s or more: it may have lost its fleet, not the fleet died; nothing reclaimed ${OVERRIDE}` };
   }
   if (f.clockStepAgoMs !== null && f.clockStepAgoMs < f.ttlMs) {
-    return { allowance: 0, held: true, reason: `${what}, within a TTL of a clock step: the registry may have lost its time; nothing reclaimed ${OVERRIDE}` };
+    return { allowance: 0, held: true, guard, reason: `${what}, within a TTL of a clock step: the registry may have lost its time; nothing reclaimed ${OVERRIDE}` };
   }
   if (rules.guardedRatePerMinute === 0) {
-    return { allowance: 0, held: true, reason: `${what}; REAPER_GUARDED_RATE=0 holds every reclaim ${OVERRIDE}` };
+    return { allowance: 0, held: true, guard, reason: `${what}; REAPER_GUARDED_RATE=0 holds every reclaim ${OVERRIDE}` };
   }
   const perMinute = Math.max(rules.guardedRatePerMinute, f.refusedClientsInMinute);
   const allowance = Math.max(0, perMinute - f.reclaimedInMinute);
   return {
-    allowance, held: true,
+    allowance, held: true, guard,
     reason: `${what}; reclaiming at most ${perMinute} a minute, oldest first` +
       (f.refusedClientsInMinute > rules.guardedRatePerMinute ? ` (raised to meet ${f.refusedClientsInMinute} refused clients)` : '') +
       ` ${OVERRIDE}`,

@@ -26,6 +26,12 @@ export interface Holder {
   readonly keyHash?: string | null;
   /** What the claim's identity document proved; null or absent: not attested. */
   readonly instance?: InstanceInfo | null;
+  /**
+   * The cool-down whose fence window (`fence_after_ms`) this holder was told, the longest told
+   * during this lease, kept with it so no later setting shortens it; null for a lease granted
+   * before it was kept (until its next renewal).
+   */
+  readonly fenceCooldownMs: number | null;
 }
 
 /** One identifier as stored. */
@@ -46,7 +52,8 @@ export interface IdentifierRecord {
 /**
  * One identifier as stored, as a tuple: what a listing reads. A listing reads a pool a page at
  * a time, up to a million rows, and an object per row (and one for its holder) was most of its
- * cost. The holder's three columns are all null or all set, as in the store.
+ * cost. The holder's three columns are all null or all set, as in the store (its fence cool-down
+ * may be null either way).
  */
 export type RecordTuple = readonly [
   rowId: number,
@@ -59,6 +66,8 @@ export type RecordTuple = readonly [
   lastSeen: number | null,
   /** As IdentifierRecord.availableAt. */
   availableAt: number,
+  /** As Holder.fenceCooldownMs; null when nobody holds it. */
+  fenceCooldownMs: number | null,
   watermark: number | null,
   /** The holder's instance facts as canonical JSON (store/columns.ts, instanceJson), or null. */
   instance: string | null,

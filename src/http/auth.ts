@@ -26,16 +26,18 @@ function bearer(ctx: Context): string | null {
 }
 
 /**
- * With no tokens at all, every route is open. Agent routes are open while AGENT_TOKENS is
- * unset, and also take admin tokens. Auth on one side means auth on both: with agent tokens
- * set and no admin tokens, admin routes refuse every caller (403) rather than stand open.
- * An agent token on an admin route is 403; anything else missing or wrong is 401.
+ * With no tokens at all, every route is open. Auth on one side means auth on both: with agent
+ * tokens set and no admin tokens, admin routes refuse every caller (403) rather than stand
+ * open; with admin tokens set and no agent tokens, agent routes take admin tokens only (an
+ * operator who set tokens did not mean the fleet's routes to stay open). Agent routes take
+ * admin tokens too. An agent token on an admin route is 403; anything else missing or wrong
+ * is 401.
  */
 export function createAuth(opts: AuthOptions): (role: Role) => (ctx: Context, next: Next) => Promise<void> {
   const agent = opts.agentTokens.map(digest);
   const admin = opts.adminTokens.map(digest);
   return function requireRole(role: Role) {
-    const open = role === 'agent' ? agent.length === 0 : admin.length === 0 && agent.length === 0;
+    const open = admin.length === 0 && agent.length === 0;
     const closed = role === 'admin' && admin.length === 0 && agent.length > 0;
     return async function authMiddleware(ctx: Context, next: Next): Promise<void> {
       if (closed) throw new RegistryError('forbidden', 'admin routes are closed: AGENT_TOKENS is set and ADMIN_TOKENS is not');

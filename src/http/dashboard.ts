@@ -22,6 +22,11 @@ export const DASHBOARD_HTML = `<!doctype html>
   main { padding: 16px 24px; }
   #grid { display: flex; flex-wrap: wrap; gap: 3px; }
   .cell { width: 14px; height: 14px; border-radius: 2px; cursor: default; }
+  /* A small pool: each cell says its identifier. */
+  #grid.labelled { gap: 4px; }
+  #grid.labelled .cell { width: auto; height: auto; padding: 2px 6px; font: 11px/16px ui-monospace, SFMono-Regular, Menlo, monospace; color: #1f2933; }
+  #grid.labelled .cell.leased, #grid.labelled .cell.retired, #grid.labelled .cell.expired { color: #fff; text-shadow: 0 0 2px rgba(0, 0, 0, .6); }
+  #grid.labelled .cell.retired-held { padding: 2px 8px; }
   .cell.leased { background: var(--leased); } .cell.free { background: var(--free); }
   .cell.cooling { background: var(--cooling); } .cell.retired { background: var(--retired); }
   /* Expired but not reclaimed yet: still the owner's (it may renew), but the reaper will take it. */
@@ -39,13 +44,13 @@ export const DASHBOARD_HTML = `<!doctype html>
 <header>
   <h1>asg-id-registry</h1>
   <div class="counts" id="counts"></div>
-  <div class="muted" id="reaper"></div>
+  <div class="muted"><span id="reaper"></span><span id="reaper-reason"></span></div>
   <div class="muted" id="updated"></div>
 </header>
 <div class="banner" id="banner"></div>
 <form id="login"><label>Admin token <input id="token" type="password" autocomplete="off"></label> <button>Use</button><div id="login-error" role="alert"></div></form>
 <main>
-  <div id="grid" aria-label="identifiers"></div>
+  <div id="grid" role="list" aria-label="identifiers"></div>
   <p class="muted" id="more"></p>
 </main>
 <div id="tip"></div>
@@ -53,11 +58,15 @@ export const DASHBOARD_HTML = `<!doctype html>
 (function () {
   'use strict';
   var PAGE = 10000, REFRESH_MS = 5000;
+  /** Up to this many identifiers, each cell shows its name; above, the cells are squares (the name is in its label and tooltip). */
+  var LABELLED_MAX = 256;
   var COLORS = { leased: 'var(--leased)', free: 'var(--free)', cooling: 'var(--cooling)', retired: 'var(--retired)' };
   var $ = function (id) { return document.getElementById(id); };
   var token = localStorage.getItem('idreg-token') || '';
   var lastOk = 0;
-  var marks = { expired: 0, retiredHeld: 0 };
+  /** Counted from the listing, which needs an admin token: null (shown as a dash) until it is read, never a 0 that may be false. */
+  var marks = null;
+  var UNKNOWN = '\u2014';
 
   function human(s) {
     s = Math.max(0, Math.floor(s));
@@ -78,14 +87,18 @@ export const DASHBOARD_HTML = `<!doctype html>
     if (b.status === 'degraded') { banner.className = 'banner degraded'; banner.textContent = 'Degraded: ' + ((b.pool_file && b.pool_file.reason) || b.reaper.reason || 'the reaper is held'); }
     if (b.status === 'unhealthy') { banner.className = 'banner unhealthy'; banner.textContent = 'Unhealthy: ' + (b.error || 'the database cannot be read'); }
     if (b.pool) {
+      var unknownTitle = marks ? '' : ' title="counted from the listing, which needs an admin token"';
       $('counts').innerHTML = ['leased', 'free', 'cooling', 'retired'].map(function (s) {
         return '<span data-count="' + s + '"><i class="dot" style="background:' + COLORS[s] + '"></i>' + s + ' <b>' + b.pool[s] + '</b></span>';
       }).join('') + '<span>total <b>' + b.pool.total + '</b></span>' +
-        '<span data-count="expired"><i class="dot expired"></i>expired, not reclaimed <b>' + marks.expired + '</b></span>' +
-        '<span data-count="retired-held"><i class="dot retired-held" style="background:var(--leased)"></i>retired, still held <b>' + marks.retiredHeld + '</b></span>';
+        '<span data-count="expired"' + unknownTitle + '><i class="dot expired"></i>expired, not reclaimed <b>' + (marks ? marks.expired + marks.more : UNKNOWN) + '</b></span>' +
+        '<span data-count="retired-held"' + unknownTitle + '><i class="dot retired-held" style="background:var(--leased)"></i>retired, still held <b>' + (marks ? marks.retiredHeld + marks.more : UNKNOWN) + '</b></span>';
     }
     var r = b.reaper;
     $('reaper').textContent = 'up ' + b.uptime + ' · reaper: ' + (r.last_run_at ? 'last sweep ' + human((h.date - Date.parse(r.last_run_at)) / 1000) + ' ago, reclaimed ' + r.last_reclaimed : 'not run yet') + (r.held ? ' · HELD' : '');
+    // Why the last sweep reclaimed nothing of what has expired (the startup grace, say): the
+    // banner says it when the guard holds; otherwise it is said here.
+    $('reaper-reason').textContent = r.reason && !r.held ? ' · ' + r.reason : '';
   }
 
   function until(iso, now) { return human((Date.parse(iso) - now) / 1000); }
@@ -108,10 +121,18 @@ export const DASHBOARD_HTML = `<!doctype html>
     return lines.join('\\n');
   }
 
+  /** What a cell is, in words: its accessible name (and what a test or a screen reader reads). */
+  function labelOf(x, expired) {
+    return x.identifier + ': ' + x.status + (x.retired ? ' (retired)' : '') + (x.client_id ? ', held by ' + x.client_id : '') +
+      (expired ? ', expired, not reclaimed yet' : '');
+  }
+
   function renderGrid(res) {
     // "Now" is the registry's (its Date header), so expiry does not depend on this machine's clock.
     var now = res.date || Date.now(), grid = $('grid'), frag = document.createDocumentFragment();
-    marks = { expired: 0, retiredHeld: 0 };
+    var labelled = res.body.length <= LABELLED_MAX;
+    // Only the first page is listed: beyond it there may be more ("3+").
+    marks = { expired: 0, retiredHeld: 0, more: res.body.length >= PAGE ? '+' : '' };
     res.body.forEach(function (x) {
       var c = document.createElement('div');
       var expired = x.status === 'leased' && !!x.expires_at && Date.parse(x.expires_at) <= now;
@@ -119,6 +140,9 @@ export const DASHBOARD_HTML = `<!doctype html>
       if (expired) marks.expired++;
       if (retiredHeld) marks.retiredHeld++;
       c.className = 'cell ' + x.status + (expired ? ' expired' : '') + (retiredHeld ? ' retired-held' : '');
+      c.setAttribute('role', 'listitem');
+      c.setAttribute('aria-label', labelOf(x, expired));
+      if (labelled) c.textContent = x.identifier;
       c.dataset.identifier = x.identifier;
       c.dataset.status = x.status;
       c.dataset.owner = x.client_id || '';
@@ -128,6 +152,7 @@ export const DASHBOARD_HTML = `<!doctype html>
       c.dataset.tip = tipOf(x, now, expired);
       frag.appendChild(c);
     });
+    grid.className = labelled ? 'labelled' : '';
     grid.replaceChildren(frag);
     $('more').textContent = res.body.length >= PAGE ? 'Showing the first ' + PAGE + ' identifiers.' : '';
   }
@@ -135,7 +160,7 @@ export const DASHBOARD_HTML = `<!doctype html>
   /** Asks for a token, saying why: none yet, refused, or not an admin token. */
   function askForToken(status) {
     $('grid').replaceChildren();
-    marks = { expired: 0, retiredHeld: 0 };
+    marks = null;
     $('login').style.display = 'block';
     $('login-error').textContent = !token ? ''
       : status === 403 ? 'That token is not an admin token (403): listing needs one of the registry\\'s ADMIN_TOKENS.'

@@ -31,6 +31,7 @@ import { identifierViewsJson } from './views.js';
  */
 export const LISTING_PAGE_SIZE = 2000;
 
+/** Resolves after a turn of the event loop: what is waiting (requests, timers) runs first. */
 const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 const OPEN = Buffer.from('[');
@@ -38,16 +39,22 @@ const COMMA = Buffer.from(',');
 const CLOSE = Buffer.from(']');
 const EMPTY = Buffer.from('[]');
 
-async function* chunks(registry: Registry, status: Status | null, first: ListedPage): AsyncGenerator<Buffer> {
+/**
+ * A JSON array written page by page: the members of `first`, then of each page `rest` yields,
+ * with a turn of the event loop after each page, so no page's work joins another's in one turn.
+ * The array is closed only after the last page: a failure on the way cuts the response short
+ * (the client sees an aborted, unterminated array, never a complete-looking one).
+ */
+async function* arrayChunks<P>(first: P, rest: AsyncIterable<P> | null, members: (page: P) => Buffer): AsyncGenerator<Buffer> {
   let open = OPEN;
-  const body = identifierViewsJson(first);
+  const body = members(first);
   if (body.length > 0) {
     yield Buffer.concat([open, body]);
     open = COMMA;
   }
-  if (first.next !== null) {
-    for await (const page of registry.pagesAfter(status, first.next.cursor, { limit: LISTING_PAGE_SIZE })) {
-      const json = identifierViewsJson(page);
+  if (rest !== null) {
+    for await (const page of rest) {
+      const json = members(page);
       if (json.length > 0) {
         yield open; // the page itself is not copied to put a comma before it
         yield json;
@@ -60,12 +67,63 @@ async function* chunks(registry: Registry, status: Status | null, first: ListedP
 }
 
 /**
+ * A response body streaming the JSON array of `first`'s members and then those of the pages
+ * `rest` reads as the client takes them (null: `first` is the only page). Whatever is paged
+ * this way (the listing, a history) costs the event loop one page at a time.
+ */
+export function streamJsonArray<P>(first: P, rest: AsyncIterable<P> | null, members: (page: P) => Buffer): Readable {
+  return Readable.from(arrayChunks(first, rest, members), { objectMode: false });
+}
+
+/**
+ * One page of up to `limit` members as a JSON array, read in parts of at most `part` members,
+ * each its own read with a turn of the event loop between (a page of 10,000 written at once
+ * held the loop 20-50 ms), and where the page after it starts. `read` answers the members
+ * after a position (null: from `after` as the request gave it) and where the next part starts,
+ * which it says only when more follow (so a part that says it was full).
+ */
+export async function pageInParts<C>(
+  limit: number, part: number, read: (after: C | null, limit: number) => Promise<{ members: Buffer; next: C | null }>,
+): Promise<{ json: Buffer; next: C | null }> {
+  const parts: Buffer[] = [OPEN];
+  let left = limit;
+  let cursor: C | null = null;
+  for (;;) {
+    const n = Math.min(left, part);
+    const got = await read(cursor, n);
+    if (got.members.length > 0) parts.push(...(parts.length > 1 ? [COMMA, got.members] : [got.members]));
+    left -= n;
+    if (got.next === null || left <= 0) {
+      parts.push(CLOSE);
+      return { json: Buffer.concat(parts), next: got.next };
+    }
+    cursor = got.next;
+    await nextTurn();
+  }
+}
+
+/**
+ * A page of the listing (`GET /identifiers?limit=`), in parts of at most LISTING_PAGE_SIZE
+ * (see pageInParts), and the identifier the next page starts after. Errors: invalid_request
+ * when `after` names no identifier.
+ */
+export async function listingPageJson(
+  registry: Registry, status: Status | null, after: string | null, limit: number,
+): Promise<{ json: Buffer; next: string | null }> {
+  const page = await pageInParts<NonNullable<ListedPage['next']>>(limit, LISTING_PAGE_SIZE, async (from, n) => {
+    const p = await registry.listPage({ status, after: from?.cursor ?? after, limit: n });
+    return { members: identifierViewsJson(p), next: p.next };
+  });
+  return { json: page.json, next: page.next?.name ?? null };
+}
+
+/**
  * Every identifier (with `status`, of that status) after `after`, as a JSON array. The first
  * page is read before anything is sent, so an unknown `after` is still a 400 and a failing
- * database a 503; a failure on a later page can only cut the response short (the client
- * sees an aborted, unterminated array, never a complete-looking one).
+ * database a 503; a failure on a later page can only cut the response short.
  */
 export async function streamListing(registry: Registry, status: Status | null, after: string | null): Promise<Readable> {
   const first = await registry.listPage({ status, after, limit: LISTING_PAGE_SIZE });
-  return Readable.from(chunks(registry, status, first), { objectMode: false });
+  const rest = first.next === null ? null : registry.pagesAfter(status, first.next.cursor, { limit: LISTING_PAGE_SIZE });
+  return streamJsonArray(first, rest, identifierViewsJson);
 }

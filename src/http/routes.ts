@@ -13,14 +13,15 @@ import type { Metrics } from '../metrics.js';
 import type { Registry } from '../registry.js';
 import type { Role } from './auth.js';
 import { jsonBody } from './body.js';
-import { streamListing } from './listing.js';
+import { historyPageJson, streamHistory } from './history.js';
+import { listingPageJson, streamListing } from './listing.js';
 import { DASHBOARD_HTML } from './dashboard.js';
 import { buildOpenApi } from './openapi.js';
 import {
-  allocateBodySchema, clientIdSchema, healthSchema, historySchema, identifierListSchema, identifierSchema,
+  allocateBodySchema, clientIdSchema, healthSchema, historyQuerySchema, historySchema, identifierListSchema, identifierSchema,
   identifierViewSchema, leaseBodySchema, leaseViewSchema, listQuerySchema, parse, reapQuerySchema, reapResultSchema,
 } from './schemas.js';
-import { healthView, historyView, identifierView, identifierViewsJson, leaseView, unhealthyView } from './views.js';
+import { healthView, identifierView, leaseView, unhealthyView } from './views.js';
 
 /** Who may claim: whether a holder key is required, and whether claims must be attested. */
 export interface ClaimPolicy {
@@ -54,9 +55,6 @@ export interface RouteSpec {
   readonly errors: readonly ErrorCode[];
   readonly handle: (ctx: Context, deps: RouteDeps) => Promise<void>;
 }
-
-const OPEN = Buffer.from('[');
-const CLOSE = Buffer.from(']');
 
 function nextLink(ctx: Context, after: string): string {
   const q = new URLSearchParams();
@@ -143,10 +141,10 @@ export const ROUTES: readonly RouteSpec[] = [
         ctx.body = await streamListing(registry, q.status ?? null, q.after ?? null);
         return;
       }
-      const page = await registry.listPage({ status: q.status ?? null, after: q.after ?? null, limit: q.limit ?? null });
-      if (page.next !== null) ctx.set('Link', nextLink(ctx, page.next.name));
-      ctx.body = Buffer.concat([OPEN, identifierViewsJson(page), CLOSE]);
+      const page = await listingPageJson(registry, q.status ?? null, q.after ?? null, q.limit);
+      if (page.next !== null) ctx.set('Link', nextLink(ctx, page.next));
       ctx.type = 'application/json; charset=utf-8';
+      ctx.body = page.json;
     },
   },
   {
@@ -173,12 +171,22 @@ export const ROUTES: readonly RouteSpec[] = [
   },
   {
     method: 'get', path: '/identifier/:identifier/history', name: 'showHistory', access: 'admin',
-    summary: 'Ownership changes of an identifier, oldest first',
+    summary: 'Ownership changes of an identifier, oldest first; with limit, the next page is in the Link header; without, all of them, streamed',
     params: { identifier: identifierSchema },
+    query: historyQuerySchema,
     response: { description: 'the history', schema: historySchema },
     errors: ['invalid_request', 'unauthorized', 'forbidden', 'identifier_not_found'],
     async handle(ctx, { registry }) {
-      ctx.body = (await registry.history(parse.identifierParam(ctx.params['identifier']))).map(historyView);
+      const name = parse.identifierParam(ctx.params['identifier']);
+      const q = parse.historyQuery(ctx.query);
+      ctx.type = 'application/json; charset=utf-8';
+      if (q.limit === undefined) {
+        ctx.body = await streamHistory(registry, name, q.after ?? null);
+        return;
+      }
+      const page = await historyPageJson(registry, name, q.after ?? null, q.limit);
+      if (page.next !== null) ctx.set('Link', nextLink(ctx, String(page.next)));
+      ctx.body = page.json;
     },
   },
   {

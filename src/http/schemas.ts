@@ -81,6 +81,18 @@ export const listQuerySchema = {
   },
 } as const;
 
+export const historyQuerySchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    limit: { type: 'integer', minimum: 1, maximum: MAX_PAGE, description: `page size, 1-${MAX_PAGE}; without it, the whole history` },
+    after: {
+      type: 'integer', minimum: 0, maximum: Number.MAX_SAFE_INTEGER,
+      description: 'start after this position (an opaque cursor: take it from the Link header of the previous page)',
+    },
+  },
+} as const;
+
 export const reapQuerySchema = {
   type: 'object',
   additionalProperties: false,
@@ -90,6 +102,7 @@ export const reapQuerySchema = {
 export interface AllocateBody { client_id: string; key?: string; identity?: string }
 export interface LeaseBody { client_id: string; identifier: string; epoch?: number; key?: string; watermark?: number }
 export interface ListQuery { status?: Status; limit?: number; after?: string }
+export interface HistoryQuery { limit?: number; after?: number }
 export interface ReapQuery { force?: 'true' | 'false' }
 
 const bodies = new Ajv({ allErrors: false, verbose: true, strict: true });
@@ -100,6 +113,7 @@ const validators = {
   allocate: bodies.compile<AllocateBody>(allocateBodySchema),
   lease: bodies.compile<LeaseBody>(leaseBodySchema),
   list: queries.compile<ListQuery>(listQuerySchema),
+  history: queries.compile<HistoryQuery>(historyQuerySchema),
   reap: queries.compile<ReapQuery>(reapQuerySchema),
   clientId: bodies.compile<string>(clientIdSchema),
   identifier: bodies.compile<string>(identifierSchema),
@@ -138,6 +152,7 @@ export const parse = {
   allocateBody: (data: unknown): AllocateBody => check(validators.allocate, data, 'body'),
   leaseBody: (data: unknown): LeaseBody => check(validators.lease, data, 'body'),
   listQuery: (query: Readonly<Record<string, unknown>>): ListQuery => check(validators.list, { ...query }, 'query'),
+  historyQuery: (query: Readonly<Record<string, unknown>>): HistoryQuery => check(validators.history, { ...query }, 'query'),
   reapQuery: (query: Readonly<Record<string, unknown>>): ReapQuery => check(validators.reap, { ...query }, 'query'),
   clientIdParam: (v: unknown): string => check(validators.clientId, v, 'client_id'),
   identifierParam: (v: unknown): string => check(validators.identifier, v, 'identifier'),
@@ -185,7 +200,8 @@ export const leaseViewSchema = {
     fence_after_ms: {
       type: 'integer', minimum: 0,
       description: 'the owner stops using the identifier this long after it sent its last successful allocate/liveness: ' +
-        'nobody else can be granted it sooner (the cool-down less 1 % for clock-rate drift)',
+        'nobody else can be granted it sooner (the cool-down less 1 % for clock-rate drift; a window once announced is kept ' +
+        'with the lease, so a lower REUSE_COOLDOWN_SECONDS never shortens it)',
     },
     watermark: watermarkViewSchema,
     instance: instanceSchema,

@@ -92,15 +92,14 @@ function jsonString(s: string): string {
  * those objects and stringifying them was most of a listing's cost.
  */
 export function identifierViewsText(rows: readonly RecordTuple[], now: number, rules: LeaseRules): string {
-  const fence = fenceAfterMs(rules);
   let out = '';
-  for (const [, name, , retired, epoch, clientId, allocatedAt, lastSeen, availableAt, watermark, instance] of rows) {
+  for (const [, name, , retired, epoch, clientId, allocatedAt, lastSeen, availableAt, fenceCooldownMs, watermark, instance] of rows) {
     if (out !== '') out += ',';
     // The stored instance text is the view's JSON already (domain/instance.ts).
     if (clientId !== null && allocatedAt !== null && lastSeen !== null) {
       out += `{"identifier":${jsonString(name)},"status":"leased","client_id":${jsonString(clientId)},"epoch":${epoch},` +
         `"allocated_at":"${iso(allocatedAt)}","last_seen":"${iso(lastSeen)}","expires_at":"${iso(expiresAt(lastSeen, rules))}",` +
-        `"fence_after_ms":${fence},"available_at":null,"watermark":${watermark ?? 'null'},"instance":${instance ?? 'null'}` +
+        `"fence_after_ms":${fenceAfterMs({ cooldownMs: Math.max(fenceCooldownMs ?? 0, rules.cooldownMs) })},"available_at":null,"watermark":${watermark ?? 'null'},"instance":${instance ?? 'null'}` +
         `${retired === 1 ? ',"retired":true}' : '}'}`;
     } else {
       const status = statusFrom(false, retired === 1, availableAt, now);

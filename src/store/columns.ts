@@ -8,7 +8,7 @@ import { HISTORY_EVENTS } from '../domain/types.js';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord, InstanceInfo, RecordTuple } from '../domain/types.js';
 
 /** The columns of a RecordTuple, in its order (a listing reads them as arrays). */
-export const ROW_COLUMNS = 'id, name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at, watermark, instance';
+export const ROW_COLUMNS = 'id, name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at, fence_cooldown_ms, watermark, instance';
 /** The columns of a record: a tuple's, and the holder's key hash (never listed, never shown). */
 export const RECORD_COLUMNS = `${ROW_COLUMNS}, key_hash`;
 
@@ -80,7 +80,10 @@ export function recordFrom(c: Columns): IdentifierRecord {
     epoch: c.int('epoch'),
     retired: c.bool('retired'),
     holder: clientId !== null && allocatedAt !== null && lastSeen !== null
-      ? { clientId, allocatedAt, lastSeen, keyHash: c.textOrNull('key_hash'), instance: instance === null ? null : parseInstanceJson(instance) }
+      ? {
+          clientId, allocatedAt, lastSeen, fenceCooldownMs: c.intOrNull('fence_cooldown_ms'),
+          keyHash: c.textOrNull('key_hash'), instance: instance === null ? null : parseInstanceJson(instance),
+        }
       : null,
     availableAt: c.int('available_at'),
     watermark: c.intOrNull('watermark'),
@@ -97,6 +100,20 @@ export function historyEntryFrom(c: Columns): HistoryEntry {
   return { at: c.int('at'), event: historyEvent(c.text('event')), clientId: c.textOrNull('client_id'), epoch: c.int('epoch') };
 }
 
+/** The SELECT list of a history page: the entry and its position. */
+export const HISTORY_PAGE_COLUMNS = 'id, at, event, client_id, epoch';
+
+/**
+ * A history page from the rows read for it: `limit` entries and one more when another page
+ * follows (that one tells only that it does). The position of the page's last entry is where
+ * the next page starts.
+ */
+export function historyRowsFrom(raw: readonly unknown[], limit: number, types: ColumnTypes): { entries: HistoryEntry[]; next: number | null } {
+  const page = raw.slice(0, limit).map((r) => columns(r, types));
+  const last = page[page.length - 1];
+  return { entries: page.map(historyEntryFrom), next: raw.length > limit && last ? last.int('id') : null };
+}
+
 const isInt = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v);
 
 /**
@@ -105,13 +122,13 @@ const isInt = (v: unknown): v is number => typeof v === 'number' && Number.isSaf
  * not copied: a listing reads a million of them.
  */
 export function isRecordTuple(r: unknown): r is RecordTuple {
-  if (!Array.isArray(r) || r.length !== 11) return false;
+  if (!Array.isArray(r) || r.length !== 12) return false;
   const c: unknown[] = r; // indexed, not destructured: this runs once a row
   const retired = c[3];
   const clientId = c[5];
   return isInt(c[0]) && typeof c[1] === 'string' && isInt(c[2]) && (retired === 0 || retired === 1) && isInt(c[4]) &&
     (clientId === null ? c[6] === null && c[7] === null : typeof clientId === 'string' && isInt(c[6]) && isInt(c[7])) &&
-    isInt(c[8]) && (c[9] === null || isInt(c[9])) && (c[10] === null || typeof c[10] === 'string');
+    isInt(c[8]) && (c[9] === null || isInt(c[9])) && (c[10] === null || isInt(c[10])) && (c[11] === null || typeof c[11] === 'string');
 }
 
 export function recordTuples(rows: unknown[]): RecordTuple[] {

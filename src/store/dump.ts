@@ -2,19 +2,28 @@
  * The registry's whole state as a file, to move it between stores and engines (`idreg export`,
  * `idreg import`): identifiers with their leases, epochs and cool-downs, the history, the meta
  * values. Engine-neutral: identifiers are named, not numbered, and history entries name their
- * identifier; times are registry-time epoch milliseconds as stored.
+ * identifier; times are the source's registry time, epoch milliseconds as stored.
  *
- * Format (version 1): JSON lines. The first line is the header
- *   {"format":"asg-id-registry-dump","version":1,"engine":"sqlite","exported_at":…,"identifiers":n,"history":n,"meta":n}
- * then one line per record, identifiers (in pool order) first, then history (oldest first),
- * then meta:
- *   {"identifier":{"name","pool_order","retired","epoch","client_id","allocated_at","last_seen","available_at",
+ * Format (version 2): JSON lines. The first line is the header
+ *   {"format":"asg-id-registry-dump","version":2,"engine":"sqlite","exported_at":…,"identifiers":n,"history":n,"meta":n}
+ * where `exported_at` is the source's registry time at the export (the time every other time
+ * in the file is measured against), then one line per record, identifiers (in pool order)
+ * first, then history (oldest first), then meta:
+ *   {"identifier":{"name","pool_order","retired","epoch","client_id","allocated_at","last_seen","available_at","fence_cooldown_ms",
  *                  "key_hash","instance","watermark","last_client_id","last_granted_at"}}
  * (the last five optional, null when absent: a file from before holder keys loads as it did).
  *   {"history":{"identifier","at","event","client_id","epoch"}}
  *   {"meta":{"key","value"}}
  * Lines, so a large registry streams instead of living in one string. The counts in the
  * header let a truncated file be told from a whole one.
+ *
+ * Two registries' times differ (a host clock behind, another engine's clock), so an import
+ * translates every time: it moves the whole timeline by the target's registry time at the import
+ * less the source's at the export (`translateDump`), and each running lease and cool-down keeps
+ * the length it had left; the time the move took is added to none of them as spent. Version 1
+ * files (no `fence_cooldown_ms`, and an `exported_at` that was the exporting host's wall clock
+ * on SQLite, not its registry time) are read as if exported at the latest time written in them:
+ * never shorter, each at most its full length.
  *
  * Loading is only into a store with no identifiers and no history: a second import is refused,
  * so no epoch can go back.
@@ -25,7 +34,9 @@ import { HISTORY_EVENTS } from '../domain/types.js';
 import type { HistoryEvent, InstanceInfo } from '../domain/types.js';
 
 export const DUMP_FORMAT = 'asg-id-registry-dump';
-export const DUMP_VERSION = 1;
+export const DUMP_VERSION = 2;
+/** Versions this registry reads. */
+const READABLE_VERSIONS: readonly number[] = [1, 2];
 
 export interface DumpIdentifier {
   readonly name: string;
@@ -36,6 +47,8 @@ export interface DumpIdentifier {
   readonly allocatedAt: number | null;
   readonly lastSeen: number | null;
   readonly availableAt: number;
+  /** As Holder.fenceCooldownMs: the fence window its holder was told; null when free or not recorded. */
+  readonly fenceCooldownMs: number | null;
   /** The hash of the holder's key (never the key); null or absent: none. */
   readonly keyHash?: string | null;
   readonly instance?: InstanceInfo | null;
@@ -61,18 +74,24 @@ export interface DumpMeta {
 
 export interface Dump {
   readonly engine: 'sqlite' | 'postgres';
-  /** Registry time of the export. */
+  /** The source's registry time at the export: every time in the dump is measured against it. */
   readonly exportedAt: number;
+  /** Set when read from a version 1 file, whose `exported_at` cannot be trusted as registry time. */
+  readonly legacyExportTime?: true;
   readonly identifiers: readonly DumpIdentifier[];
   readonly history: readonly DumpHistory[];
   readonly meta: readonly DumpMeta[];
 }
 
 /**
- * Meta values that belong to one engine's file, not to the registry's state: SQLite's clock
- * anchor is per machine boot and means nothing in another store.
+ * Meta values that belong to the store or the registry that wrote them, not to the state that
+ * moves: SQLite's clock anchor is per machine boot and means nothing in another store; the
+ * reaper's report of its last sweep (`reaper_state`: when, how many, held and why) is that
+ * registry's, and carried over it would show on the new one's /health (an old last sweep, a
+ * guard it is not under) until its own first sweep. Neither is exported, and neither is
+ * loaded from a file that still has them (exports made before this rule).
  */
-const ENGINE_PRIVATE_META = new Set(['clock_anchor']);
+const ENGINE_PRIVATE_META = new Set(['clock_anchor', 'reaper_state']);
 
 export function isPortableMeta(m: DumpMeta): boolean {
   return !ENGINE_PRIVATE_META.has(m.key);
@@ -103,6 +122,11 @@ function integer(f: Fields, k: string, what: string): number {
 
 function integerOrNull(f: Fields, k: string, what: string): number | null {
   return f[k] === null ? null : integer(f, k, what);
+}
+
+/** A field version 1 files do not have: absent reads as null. */
+function integerOrAbsent(f: Fields, k: string, what: string): number | null {
+  return f[k] === undefined ? null : integerOrNull(f, k, what);
 }
 
 function str(f: Fields, k: string, what: string): string {
@@ -161,6 +185,7 @@ export function toDumpIdentifier(raw: unknown, what = 'identifier'): DumpIdentif
     allocatedAt: integerOrNull(f, 'allocated_at', what),
     lastSeen: integerOrNull(f, 'last_seen', what),
     availableAt: integer(f, 'available_at', what),
+    fenceCooldownMs: integerOrAbsent(f, 'fence_cooldown_ms', what),
     keyHash: optional(f, 'key_hash', keyHashOf, what),
     instance: optional(f, 'instance', instanceOf, what),
     watermark: optional(f, 'watermark', watermarkOf, what),
@@ -198,7 +223,7 @@ function identifierLine(d: DumpIdentifier): string {
   return JSON.stringify({
     identifier: {
       name: d.name, pool_order: d.poolOrder, retired: d.retired, epoch: d.epoch, client_id: d.clientId,
-      allocated_at: d.allocatedAt, last_seen: d.lastSeen, available_at: d.availableAt,
+      allocated_at: d.allocatedAt, last_seen: d.lastSeen, available_at: d.availableAt, fence_cooldown_ms: d.fenceCooldownMs,
       key_hash: d.keyHash ?? null, instance: d.instance ? instanceView(d.instance) : null, watermark: d.watermark ?? null,
       last_client_id: d.lastClientId ?? null, last_granted_at: d.lastGrantedAt ?? null,
     },
@@ -244,7 +269,9 @@ export function parseDump(lines: Iterable<string>): Dump {
     const f = fields(value, `line ${n}`);
     if (header === null) {
       if (f['format'] !== DUMP_FORMAT) throw new DumpError(`line ${n}: not an asg-id-registry dump (no "format":"${DUMP_FORMAT}" header)`);
-      if (f['version'] !== DUMP_VERSION) throw new DumpError(`line ${n}: dump version ${String(f['version'])} is not one this registry reads (${DUMP_VERSION})`);
+      if (!READABLE_VERSIONS.some((v) => v === f['version'])) {
+        throw new DumpError(`line ${n}: dump version ${String(f['version'])} is not one this registry reads (${READABLE_VERSIONS.join(', ')})`);
+      }
       header = f;
     } else if ('identifier' in f) identifiers.push(toDumpIdentifier(f['identifier'], `line ${n}`));
     else if ('history' in f) history.push(toDumpHistory(f['history'], `line ${n}`));
@@ -258,7 +285,8 @@ export function parseDump(lines: Iterable<string>): Dump {
   expect('identifiers', identifiers.length);
   expect('history', history.length);
   expect('meta', meta.length);
-  const dump: Dump = { engine: engineOf(header['engine']), exportedAt: integer(header, 'exported_at', 'header'), identifiers, history, meta };
+  const base = { engine: engineOf(header['engine']), exportedAt: integer(header, 'exported_at', 'header'), identifiers, history, meta };
+  const dump: Dump = header['version'] === 1 ? { ...base, legacyExportTime: true } : base;
   checkConsistent(dump);
   return dump;
 }
@@ -282,7 +310,7 @@ export function checkConsistent(d: Dump): void {
 
 /** The columns an export reads and an import writes, in both engines. */
 export const DUMP_IDENTIFIER_COLUMNS =
-  'name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at, key_hash, instance, watermark, last_client_id, last_granted_at';
+  'name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at, fence_cooldown_ms, key_hash, instance, watermark, last_client_id, last_granted_at';
 
 /** The refusal for a target store that already holds state. */
 export function notEmptyError(identifiers: number, history: number): DumpError {
@@ -290,4 +318,106 @@ export function notEmptyError(identifiers: number, history: number): DumpError {
     `the target store already holds ${identifiers} identifiers and ${history} history entries; ` +
       'import only into a new, empty database (a second import could take epochs back)',
   );
+}
+
+/**
+ * Meta values that hold registry times, and how to move one: the time of the service's start
+ * (the start-up grace), of the last clock step seen (the guard), of the last sweep. A meta value
+ * of another key is carried as it is: a new key that holds a time must be added here.
+ */
+const META_TIMES: Readonly<Record<string, (value: string, move: (t: number) => number) => string>> = {
+  service_up_since: movedNumber,
+  clock_step_at: movedNumber,
+  reaper_state: (value, move) => {
+    try {
+      const v: unknown = JSON.parse(value);
+      if (!isFields(v) || typeof v['lastRunAt'] !== 'number') return value;
+      return JSON.stringify({ ...v, lastRunAt: move(v['lastRunAt']) });
+    } catch {
+      return value;
+    }
+  },
+};
+
+function movedNumber(value: string, move: (t: number) => number): string {
+  const n = Number(value);
+  return Number.isSafeInteger(n) && value.trim() !== '' ? String(move(n)) : value;
+}
+
+/** The meta key an import records what it did under: the source, its time base, and the shift. */
+export const IMPORT_META = 'imported_from';
+
+/** The latest registry time written in the dump (every one was written as "now"), or null with none. */
+export function latestTimeIn(d: Dump): number | null {
+  let latest: number | null = null;
+  const see = (t: number | null): void => { if (t !== null && (latest === null || t > latest)) latest = t; };
+  for (const i of d.identifiers) {
+    see(i.allocatedAt);
+    see(i.lastSeen);
+    see(i.lastGrantedAt ?? null);
+  }
+  for (const h of d.history) see(h.at);
+  for (const m of d.meta) {
+    const read = META_TIMES[m.key];
+    if (read) read(m.value, (t) => { see(t); return t; });
+  }
+  return latest;
+}
+
+/**
+ * The source's registry time the dump's times are measured against: its export time; for a
+ * version 1 file, whose `exported_at` was on SQLite the exporting host's wall clock (not registry
+ * time: 10 minutes ahead of a registry anchored while its clock was behind), the latest time
+ * written in it, which is never after the export, so every lease and cool-down comes out at least
+ * as long as it was, and at most its full length (it started at or before that time).
+ */
+export function timeBase(d: Dump): number {
+  return d.legacyExportTime ? latestTimeIn(d) ?? d.exportedAt : d.exportedAt;
+}
+
+export interface Translation {
+  /** The dump with every time moved onto the target's timeline, and the import recorded in meta. */
+  readonly dump: Dump;
+  /** How far every time moved: the target's registry time at the import less the time base. */
+  readonly shiftMs: number;
+}
+
+/**
+ * Moves every time of `d` onto the target's timeline, `targetNow` being the target's registry
+ * time at the import: each time keeps its distance to the export, so a lease or a cool-down
+ * running at the export keeps the length it had left (the move itself counts as no time), one
+ * that had ended stays ended, and the history keeps its order and spacing (its times then read
+ * on the target's clock). Epochs and durations (fence_cooldown_ms) are not times and stay as they are,
+ * nor is the watermark (a time on the holders' clocks, which the move does not change);
+ * `available_at` 0 (never used) stays 0. The import is recorded in meta (IMPORT_META).
+ */
+export function translateDump(d: Dump, targetNow: number): Translation {
+  const base = timeBase(d);
+  const shiftMs = targetNow - base;
+  const move = (t: number): number => Math.max(0, t + shiftMs);
+  const identifiers = d.identifiers.map((i): DumpIdentifier => ({
+    ...i,
+    allocatedAt: i.allocatedAt === null ? null : move(i.allocatedAt),
+    lastSeen: i.lastSeen === null ? null : move(i.lastSeen),
+    // 0 is "never used" (allocated first): a used one never becomes that.
+    availableAt: i.availableAt === 0 ? 0 : Math.max(1, move(i.availableAt)),
+    // When the last holder was granted it (sticky identity's order) is a registry time too.
+    lastGrantedAt: i.lastGrantedAt == null ? null : move(i.lastGrantedAt),
+  }));
+  const history = d.history.map((h): DumpHistory => ({ ...h, at: move(h.at) }));
+  const record: DumpMeta = {
+    key: IMPORT_META,
+    value: JSON.stringify({
+      engine: d.engine, exported_at: d.exportedAt, time_base: base,
+      time_base_from: d.legacyExportTime ? 'latest time in a version 1 dump' : 'export', imported_at: targetNow, shift_ms: shiftMs,
+    }),
+  };
+  const meta = [
+    ...d.meta.filter((m) => m.key !== IMPORT_META).map((m): DumpMeta => {
+      const moveValue = META_TIMES[m.key];
+      return moveValue ? { key: m.key, value: moveValue(m.value, move) } : m;
+    }),
+    record,
+  ];
+  return { dump: { engine: d.engine, exportedAt: targetNow, identifiers, history, meta }, shiftMs };
 }

@@ -5,7 +5,8 @@
  *  - sqlite/: one connection, the writes of one tick in one BEGIN IMMEDIATE (group commit),
  *    a savepoint per use case, time from the host's clock anchored once per boot in the file;
  *  - postgres/: a pool, one transaction per use case, row locks (FOR UPDATE / SKIP LOCKED),
- *    retried on serialization failures and unique violations, time from the server's clock;
+ *    retried on serialization failures and unique violations, time from the server's clock
+ *    plus an offset kept in the database (its steps absorbed: see postgres/clock.ts);
  *    a renewal, a release by its holder and allocate's common case (a grant to a client that
  *    holds nothing) are each one statement, shared by those queued meanwhile.
  *
@@ -55,10 +56,14 @@ export interface ListQuery {
   readonly limit: number | null;
 }
 
-/** What an identifier view shows beyond the row: `expires_at` is `last_seen` + ttlMs; `fence_after_ms`. */
+/**
+ * What an identifier view shows beyond the row: `expires_at` is `last_seen` + ttlMs;
+ * `fence_after_ms` is domain fenceAfterMs of the longer of the row's fence_cooldown_ms and
+ * cooldownMs (domain leaseCooldownMs).
+ */
 export interface ViewRules {
   readonly ttlMs: number;
-  readonly fenceAfterMs: number;
+  readonly cooldownMs: number;
 }
 
 /** A page of the listing written by the store as JSON. */
@@ -71,11 +76,19 @@ export interface ListJson {
 
 /**
  * The listing's pages read off the event loop (SQLite on a file: worker threads, each with its
- * own connection), each in a read transaction of its own, as `Reader.listJson` writes them.
+ * own connection), each in a read transaction of its own, as `Reader.listJson` writes them; and
+ * the other reads whose work grows with the pool.
  */
 export interface ListingReader {
   /** Whether it can take a page now (a worker still starting cannot: read the page in-process meanwhile). */
   readonly ready: boolean;
+  /** Resolves true once it can take pages, false when it cannot be started (read them in-process). */
+  whenReady(): Promise<boolean>;
+  /**
+   * Reader.counts off the event loop, from one read snapshot of its own: the counting's work
+   * grows with the pool. Rejects when the reader failed (count in-process then).
+   */
+  counts(now: number): Promise<RawCounts>;
   /**
    * The page `q` lists, from one read snapshot: written as JSON, or as its rows when SQL could
    * not write them. `onNext` is told where the page ends (null: the last page) as soon as that
@@ -108,6 +121,13 @@ export interface FreeEntry {
   readonly epoch: number;
 }
 
+/** A page of one identifier's history, oldest first. */
+export interface HistoryRows {
+  readonly entries: HistoryEntry[];
+  /** Where the next page starts (the position of this page's last entry) when more follow, else null. */
+  readonly next: number | null;
+}
+
 /** One registry process, as the others see it through the store. */
 export interface InstanceBeat {
   readonly id: string;
@@ -125,6 +145,11 @@ export interface Reader {
   byName(name: string): Promise<IdentifierRecord | null>;
   byClient(clientId: string): Promise<IdentifierRecord | null>;
   history(rowId: number): Promise<HistoryEntry[]>;
+  /**
+   * Up to `limit` entries of one identifier's history, oldest first, after the position `after`
+   * (an entry's position: increasing in the order entries were written; null: from the first).
+   */
+  historyPage(rowId: number, after: number | null, limit: number): Promise<HistoryRows>;
   /** Rows in pool order (pool_order, then row id). */
   list(q: ListQuery): Promise<IdentifierRecord[]>;
   /** `list` as tuples: what a listing reads, up to the whole pool, without an object per row. */
@@ -158,18 +183,20 @@ export interface Tx extends Reader {
    */
   claimFor(clientId: string, now: number): Promise<{ readonly rec: IdentifierRecord; readonly held: boolean } | null>;
   /**
-   * Grants a free row to `clientId` under `epoch` (with the claim's key hash and instance facts,
-   * none when absent; the row remembers `clientId` as its last holder) and appends its
-   * `allocated` history entry; refuses (throws) unless the row is free.
+   * Grants a free row to `clientId` under `epoch`, its fence window announced from
+   * `fenceCooldownMs` (kept with the lease), with the claim's key hash and instance facts (none
+   * when absent; the row remembers `clientId` as its last holder), and appends its `allocated`
+   * history entry; refuses (throws) unless the row is free.
    */
-  grant(rowId: number, clientId: string, epoch: number, now: number, claim?: GrantClaim): Promise<void>;
+  grant(rowId: number, clientId: string, epoch: number, now: number, fenceCooldownMs: number, claim?: GrantClaim): Promise<void>;
   /**
-   * The renewal rule, the one place each engine writes it: last_seen = max(last_seen, now) and
-   * the watermark raised to the proof's if `clientId` holds `name` (under `epoch`, when given)
-   * with the proof's key (none when absent). The record as renewed, or null when the client
-   * does not hold it so (then nothing changed).
+   * The renewal rule, the one place each engine writes it: last_seen = max(last_seen, now),
+   * fence_cooldown_ms = max(fence_cooldown_ms, fenceCooldownMs) (the window announced never
+   * shrinks during a lease) and the watermark raised to the proof's if `clientId` holds `name`
+   * (under `epoch`, when given) with the proof's key (none when absent). The record as renewed,
+   * or null when the client does not hold it so (then nothing changed).
    */
-  renewHeld(name: string, clientId: string, epoch: number | null, now: number, proof?: HeldProof): Promise<IdentifierRecord | null>;
+  renewHeld(name: string, clientId: string, epoch: number | null, now: number, fenceCooldownMs: number, proof?: HeldProof): Promise<IdentifierRecord | null>;
   /**
    * The release rule, the one place each engine writes it: if `clientId` holds `name` (under
    * `epoch`, when given) with the proof's key, it is freed, allocatable at once (available_at =
@@ -177,9 +204,17 @@ export interface Tx extends Reader {
    * freed, or null when the client does not hold it so (then nothing changed).
    */
   releaseHeld(name: string, clientId: string, epoch: number | null, now: number, proof?: HeldProof): Promise<IdentifierRecord | null>;
-  /** Frees the row whoever holds it (allocatable from `availableAt`) and appends the history entry that says why: an ownership change never goes unrecorded. */
+  /** Frees the row whoever holds it (allocatable from `availableAt`, its fence record cleared) and appends the history entry that says why: an ownership change never goes unrecorded. */
   free(rowId: number, availableAt: number, entry: FreeEntry): Promise<void>;
   appendHistory(rowId: number, at: number, event: HistoryEvent, clientId: string | null, epoch: number): Promise<void>;
+  /**
+   * Deletes history entries written before `before`, at most `limit` of them: the oldest, found
+   * by their position (the order they were written, which their times follow), so the work is
+   * bounded by `limit` whatever the history's length, without an index of every entry by time.
+   * The store's newest entry is never deleted (it is a floor of registry time). Returns how
+   * many were deleted: 0 when none of the oldest `limit` is due.
+   */
+  pruneHistory(before: number, limit: number): Promise<number>;
 
   // ---- the sweep
   /** Whether this transaction may run the sweep now (one sweeper at a time across instances). */
@@ -190,9 +225,10 @@ export interface Tx extends Reader {
   countEvents(event: HistoryEvent, since: number): Promise<number>;
   /**
    * Reclaims up to `limit` leases whose last liveness is at or before `cutoff`, oldest first,
-   * into cooling until `availableAt`, with their history; returns them as they were.
+   * each into cooling for the longer of `cooldownMs` and its own fence_cooldown_ms (domain
+   * leaseCooldownMs) from `now`, with their history; returns them as they were.
    */
-  reclaimExpired(cutoff: number, limit: number, now: number, availableAt: number): Promise<IdentifierRecord[]>;
+  reclaimExpired(cutoff: number, limit: number, now: number, cooldownMs: number): Promise<IdentifierRecord[]>;
   /** An allocation refused for want of an identifier: demand the guarded reaper must meet. */
   recordRefusal(clientId: string, at: number): Promise<void>;
   /** Distinct clients refused at or after `since`. */
@@ -211,6 +247,14 @@ export interface Tx extends Reader {
   beat(b: InstanceBeat): Promise<void>;
   /** An instance stopping cleanly: its beat no longer counts as the service being up. */
   forgetInstance(id: string): Promise<void>;
+  /**
+   * Whether the store may have lost writes it had acknowledged since any process last asked
+   * (renewals are committed without waiting for the disk). PostgreSQL: a row of an UNLOGGED
+   * table, which a crash recovery empties and a promoted standby never held, put back by the
+   * call that finds it missing (true the first time on a new database). SQLite: false (a
+   * crashed process loses nothing committed; a reboot of the host is found when the file opens).
+   */
+  lostAcknowledgedWrites(): Promise<boolean>;
 }
 
 export interface WriteOptions {
@@ -243,7 +287,7 @@ export interface Store {
    * disk) before it resolves; null when the client does not hold `name` (under `epoch`) and
    * nothing changed. Engines may commit several renewals in one statement.
    */
-  renewHeld(name: string, clientId: string, epoch: number | null, proof?: HeldProof): Promise<IdentifierRecord | null>;
+  renewHeld(name: string, clientId: string, epoch: number | null, fenceCooldownMs: number, proof?: HeldProof): Promise<IdentifierRecord | null>;
   /**
    * A release by its holder as one write: Tx.releaseHeld at the store's time, on disk before it
    * resolves; null when the client does not hold `name` (under `epoch`) and nothing changed.
@@ -255,7 +299,8 @@ export interface Store {
    * use case's transaction (PostgreSQL: one statement, shared by the allocations queued beside
    * it). If `clientId` holds no identifier, the allocatable one free the longest (as `claimFor`
    * picks it, skipping rows others are changing) is granted to it under its next epoch with its
-   * `allocated` history entry, on disk before it resolves, and returned as granted. The same
+   * `allocated` history entry and its fence cool-down (as Tx.grant), on disk before it resolves,
+   * and returned as granted. The same
    * client asking again before that grant is answered gets the same record, not granted (as the
    * full use case answers a held lease). Null when it cannot decide (the client holds one, none
    * is allocatable now, or the statement lost a race) and nothing changed: the caller then runs
@@ -264,7 +309,7 @@ export interface Store {
    * differs from that of the same client's ask before it in the batch (the full use case
    * answers it: holder_conflict). The grant records `claim` (none when absent).
    */
-  grantNext?(clientId: string, claim?: GrantClaim): Promise<GrantAnswer | null>;
+  grantNext?(clientId: string, fenceCooldownMs: number, claim?: GrantClaim): Promise<GrantAnswer | null>;
   /** Runs `fn` with read access; never waits for another process's write lock. */
   read<T>(fn: (r: Reader) => Promise<T>): Promise<T>;
   /**

@@ -1,11 +1,11 @@
 import { expect } from 'chai';
-import { assertOwner, decideSweep, fenceAfterMs, statusOf } from '../../src/domain/lease.js';
-import type { SweepFacts } from '../../src/domain/lease.js';
+import { GUARD_AT_REST, assertOwner, decideSweep, fenceAfterMs, guardCountFrom, statusOf } from '../../src/domain/lease.js';
+import type { GuardMemory, SweepFacts } from '../../src/domain/lease.js';
 import { RegistryError } from '../../src/domain/errors.js';
 import type { IdentifierRecord } from '../../src/domain/types.js';
 
 const base: IdentifierRecord = { rowId: 1, name: 'w-1', poolOrder: 0, epoch: 3, retired: false, holder: null, availableAt: 0 };
-const held: IdentifierRecord = { ...base, holder: { clientId: 'vm-a', allocatedAt: 100, lastSeen: 200 } };
+const held: IdentifierRecord = { ...base, holder: { clientId: 'vm-a', allocatedAt: 100, lastSeen: 200, fenceCooldownMs: null } };
 
 function codeOf(fn: () => void): string | null {
   try {
@@ -35,20 +35,21 @@ describe('lease rules', () => {
   });
 
   it('the fence window is the cool-down less 1 % for clock-rate drift', () => {
-    expect(fenceAfterMs({ ttlMs: 90_000, cooldownMs: 90_000 })).to.equal(89_100);
-    expect(fenceAfterMs({ ttlMs: 90_000, cooldownMs: 0 })).to.equal(0);
+    expect(fenceAfterMs({ cooldownMs: 90_000 })).to.equal(89_100);
+    expect(fenceAfterMs({ cooldownMs: 0 })).to.equal(0);
   });
 
   describe('the sweep decision', () => {
     const rules = { maxFraction: 0.5, minHold: 10, guardedRatePerMinute: 2 };
+    const NOW = 1_000_000;
     const calm: SweepFacts = {
-      force: false, graceLeftMs: 0, expired: 0, leased: 40, reclaimedInTtl: 0, reclaimedInMinute: 0,
-      refusedClientsInMinute: 0, fleetSilentMs: 1000, clockStepAgoMs: null, ttlMs: 90_000,
+      force: false, now: NOW, graceLeftMs: 0, expired: 0, leased: 40, reclaimedInTtl: 0, reclaimedInMinute: 0,
+      refusedClientsInMinute: 0, fleetSilentMs: 1000, clockStepAgoMs: null, ttlMs: 90_000, guard: GUARD_AT_REST,
     };
     const decide = (f: Partial<SweepFacts>, r = rules) => decideSweep({ ...calm, ...f }, r);
 
     it('reclaims every expired lease when few expire', () => {
-      expect(decide({ expired: 10 })).to.deep.equal({ allowance: Infinity, held: false, reason: null }); // not more than minHold
+      expect(decide({ expired: 10 })).to.deep.equal({ allowance: Infinity, held: false, reason: null, guard: GUARD_AT_REST }); // not more than minHold
       expect(decide({ expired: 20 })).to.include({ allowance: Infinity, held: false }); // exactly half
       expect(decide({ expired: 1000, leased: 1000 }, { ...rules, maxFraction: 1 })).to.include({ held: false }); // 1 turns it off
     });
@@ -58,6 +59,34 @@ describe('lease rules', () => {
       const d = decide({ expired: 10, leased: 20, reclaimedInTtl: 20 }); // 30 of 40
       expect(d).to.include({ held: true, allowance: 2 });
       expect(d.reason).to.match(/30 of 40 leases \(75%\)/);
+      expect(d.guard).to.deep.equal({ tripped: { at: NOW, expired: 30, of: 40 }, countFrom: 0 });
+    });
+
+    describe('once tripped', () => {
+      const tripped: GuardMemory = { tripped: { at: NOW - 200_000, expired: 30, of: 40 }, countFrom: 0 };
+
+      it('stays tripped while any lease is left expired, though the cut is more than a TTL old and the counts are low now', () => {
+        const d = decide({ guard: tripped, expired: 2, leased: 12, reclaimedInTtl: 0 }); // 2 of 12: would not trip it
+        expect(d).to.include({ held: true, allowance: 2 });
+        expect(d.guard).to.deep.equal(tripped);
+        expect(d.reason).to.match(/^mass expiry: 30 of 40 leases \(75%\) expired within the last TTL before the guard tripped 200s ago.*2 still expired/);
+        expect(decide({ guard: tripped, expired: 2, reclaimedInMinute: 2 })).to.include({ held: true, allowance: 0 }); // the guarded rate, spent
+        expect(decide({ guard: tripped, expired: 2, fleetSilentMs: 90_000 })).to.include({ held: true, allowance: 0 }); // lost its fleet
+      });
+
+      it('rests once a sweep finds no expired lease left; what was reclaimed while tripped never counts again', () => {
+        const d = decide({ guard: tripped, expired: 0 });
+        expect(d).to.deep.equal({ allowance: Infinity, held: false, reason: null, guard: { tripped: null, countFrom: NOW } });
+        // The count of reclaims toward the next trip starts there, not a TTL back.
+        expect(guardCountFrom(NOW + 10_000, 90_000, d.guard)).to.equal(NOW);
+        expect(guardCountFrom(NOW + 200_000, 90_000, d.guard)).to.equal(NOW + 110_000);
+      });
+
+      it('a forced sweep and the start-up grace leave it as it is', () => {
+        expect(decide({ guard: tripped, expired: 5, force: true })).to.include({ allowance: Infinity, held: false, guard: tripped });
+        expect(decide({ guard: tripped, expired: 5, graceLeftMs: 10 })).to.include({ allowance: 0, guard: tripped });
+        expect(decide({ guard: tripped, expired: 0, graceLeftMs: 10 })).to.include({ guard: tripped });
+      });
     });
 
     it('when tripped, reclaims at the guarded rate, less what the last minute already took', () => {
@@ -82,7 +111,7 @@ describe('lease rules', () => {
     });
 
     it('grace holds everything without degrading; force takes everything', () => {
-      expect(decide({ expired: 1, graceLeftMs: 1500 })).to.deep.equal({ allowance: 0, held: false, reason: 'startup grace: no reclaim for another 2s' });
+      expect(decide({ expired: 1, graceLeftMs: 1500 })).to.deep.equal({ allowance: 0, held: false, reason: 'startup grace: no reclaim for another 2s', guard: GUARD_AT_REST });
       expect(decide({ expired: 40, leased: 40, fleetSilentMs: null, graceLeftMs: 5, force: true })).to.include({ allowance: Infinity, held: false });
     });
   });

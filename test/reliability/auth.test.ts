@@ -59,7 +59,7 @@ describe('auth matrix', () => {
   it('with only AGENT_TOKENS set, admin routes refuse every caller (403) and change nothing; agent routes need a token', async () => {
     const h = await makeRegistry({ auth: { agentTokens: AGENTS, adminTokens: [] } });
     await h.registry.allocate('vm-a');
-    const before = JSON.stringify(h.row('w-0'));
+    const before = JSON.stringify(await h.row('w-0'));
     for (const route of ROUTES.filter((r) => r.access === 'admin')) {
       for (const who of Object.keys(HEADER) as Who[]) {
         const got = await call(h, route.method, route.path, HEADER[who]);
@@ -67,7 +67,7 @@ describe('auth matrix', () => {
         expect(got.code).to.equal('forbidden');
       }
     }
-    expect(JSON.stringify(h.row('w-0'))).to.equal(before);
+    expect(JSON.stringify(await h.row('w-0'))).to.equal(before);
     expect((await h.http.post('/allocate').send({ client_id: 'vm-b' })).status).to.equal(401);
     expect((await h.http.post('/allocate').set('Authorization', HEADER.agent ?? '').send({ client_id: 'vm-b' })).status).to.equal(200);
     expect((await h.http.get('/health')).status).to.equal(200);
@@ -80,10 +80,39 @@ describe('auth matrix', () => {
     expect((await h.http.delete('/identifier/w-0')).status).to.equal(200);
   });
 
-  it('with only ADMIN_TOKENS set, agent routes are open and admin routes are not', async () => {
+  it('with only ADMIN_TOKENS set, agent routes take admin tokens only (401 without one) and a refused call changes nothing', async () => {
     const h = await makeRegistry({ auth: { agentTokens: [], adminTokens: ADMINS } });
-    expect((await h.http.post('/allocate').send({ client_id: 'vm-a' })).status).to.equal(200);
-    expect((await h.http.get('/identifiers')).status).to.equal(401);
+    await h.registry.allocate('vm-a'); // vm-a holds w-0
+    for (const route of ROUTES.filter((r) => r.access !== 'open')) {
+      for (const who of Object.keys(HEADER) as Who[]) {
+        const before = JSON.stringify(await h.row('w-0'));
+        const got = await call(h, route.method, route.path, HEADER[who]);
+        if (who === 'admin' || who === 'admin2') {
+          expect([401, 403].includes(got.status), `${route.method} ${route.path} as ${who}: ${got.status}`).to.equal(false);
+          continue;
+        }
+        // No agent token is configured: an "agent" token is as unknown as any other.
+        expect(got.status, `${route.method} ${route.path} as ${who}`).to.equal(401);
+        expect(got.code).to.equal('unauthorized');
+        expect(got.www).to.equal('Bearer');
+        expect(JSON.stringify(await h.row('w-0')), `${route.method} ${route.path} as ${who} changed state`).to.equal(before);
+      }
+    }
+  });
+
+  it('with only ADMIN_TOKENS set, a tokenless caller cannot release another VM\'s identifier and take it (issue 21, finding 8)', async () => {
+    const h = await makeRegistry({ pool: 'w-0', auth: { agentTokens: [], adminTokens: ADMINS } });
+    const lease = await h.registry.allocate('vm-a');
+    const released = await h.http.post('/release').send({ client_id: 'vm-a', identifier: 'w-0' });
+    expect(released.status).to.equal(401);
+    const taken = await h.http.post('/allocate').send({ client_id: 'intruder' });
+    expect(taken.status).to.equal(401);
+    const row = await h.row('w-0');
+    expect(row).to.include({ client_id: 'vm-a', epoch: lease.epoch });
+    // The fleet runs with an admin token instead.
+    const renewed = await h.http.post('/liveness').set('Authorization', HEADER.admin ?? '').send({ client_id: 'vm-a', identifier: 'w-0' });
+    expect(renewed.status).to.equal(200);
+    expect((await h.http.get('/health')).status).to.equal(200);
   });
 });
 

@@ -18,6 +18,7 @@ import { openPostgresStore } from '../../src/store/postgres/store.js';
 import type { PostgresStore, PostgresStoreOptions } from '../../src/store/postgres/store.js';
 import { parseBigint } from '../../src/store/postgres/rows.js';
 import { grantNextAlone } from '../../src/store/postgres/tx.js';
+import type { StatementTime } from '../../src/store/postgres/tx.js';
 import type { Reader, Store, Tx, WriteOptions } from '../../src/store/types.js';
 import { DEFAULT_RULES, heldLanes } from '../helpers.js';
 import { sharedPostgres } from '../support/postgres.js';
@@ -26,6 +27,8 @@ import type { TestPostgres } from '../support/postgres.js';
 const T = Date.parse('2026-01-08T10:00:00.000Z');
 const SEC = 1000;
 const RULES: RegistryRules = { ...DEFAULT_RULES, ttlMs: 30 * SEC, cooldownMs: 20 * SEC };
+/** The statement's time: the server's clock as it is (no bounds). */
+const SERVER_TIME: StatementTime = { now: null, lo: 0, hi: Number.MAX_SAFE_INTEGER };
 
 /** The same store without the one-statement grant: every allocate runs the full use case. */
 function fullUseCaseOnly(store: PostgresStore): Store {
@@ -33,7 +36,7 @@ function fullUseCaseOnly(store: PostgresStore): Store {
     engine: store.engine,
     clock: store.clock,
     write<T>(fn: (tx: Tx) => Promise<T>, opts: WriteOptions): Promise<T> { return store.write(fn, opts); },
-    renewHeld: (n, c, e) => store.renewHeld(n, c, e),
+    renewHeld: (n, c, e, f) => store.renewHeld(n, c, e, f),
     releaseHeld: (n, c, e) => store.releaseHeld(n, c, e),
     read<T>(fn: (r: Reader) => Promise<T>): Promise<T> { return store.read(fn); },
     healthProblem: () => store.healthProblem(),
@@ -113,7 +116,7 @@ describe('postgres: allocate in one statement', function () {
     await settle(registry.syncPool(['a', 'b', 'c', 'd'])); // e retired
     clock.advance(1000);
     const before = { ...store.grantStats };
-    const answers = await settle(Promise.all(['vm-3', 'vm-7', 'vm-5', 'vm-4', 'vm-4', 'vm-6'].map((c) => store.grantNext(c))));
+    const answers = await settle(Promise.all(['vm-3', 'vm-7', 'vm-5', 'vm-4', 'vm-4', 'vm-6'].map((c) => store.grantNext(c, 0))));
     expect(store.grantStats.statements - before.statements, 'one statement for the lot').to.equal(1);
     expect(store.grantStats.asks - before.asks, 'one row per distinct client').to.equal(5);
     // In arrival order: vm-3 holds c; vm-7 takes d (never used), vm-5 a (free since T+1000);
@@ -144,12 +147,12 @@ describe('postgres: allocate in one statement', function () {
       hold.arrive();
       await hold.opened;
       if (!claim) throw new Error('nothing claimed');
-      await tx.grant(claim.rec.rowId, 'vm-a', claim.rec.epoch + 1, tx.now);
+      await tx.grant(claim.rec.rowId, 'vm-a', claim.rec.epoch + 1, tx.now, 0);
       return claim.rec.name;
     }, { durable: true });
     await hold.reached;
     const started = performance.now();
-    const second = await b.grantNext('vm-b');
+    const second = await b.grantNext('vm-b', 0);
     const waited = performance.now() - started;
     hold.open();
     expect(await first).to.equal('x');
@@ -169,7 +172,7 @@ describe('postgres: allocate in one statement', function () {
     const first = a.write(async (tx) => {
       const claim = await tx.claimFor('vm-1', tx.now);
       if (!claim) throw new Error('nothing claimed');
-      await tx.grant(claim.rec.rowId, 'vm-1', claim.rec.epoch + 1, tx.now);
+      await tx.grant(claim.rec.rowId, 'vm-1', claim.rec.epoch + 1, tx.now, 0);
       hold.arrive();
       await hold.opened;
       return claim.rec.name;
@@ -312,13 +315,13 @@ describe('postgres: allocate in one statement', function () {
       await o.query('BEGIN');
       await o.query(`UPDATE identifiers SET client_id = 'x', epoch = epoch + 1, allocated_at = 1, last_seen = 1 WHERE name = 'b'`);
       const started = performance.now();
-      const err = await grantNextAlone(q as unknown as PoolClient, ['x'], null, 0).then(() => null, (e: unknown) => (e as { code?: string }).code);
+      const err = await grantNextAlone(q as unknown as PoolClient, [{ clientId: 'x', fenceCooldownMs: 0 }], SERVER_TIME).then(() => null, (e: unknown) => (e as { code?: string }).code);
       const waited = performance.now() - started;
       expect(err, 'lock_timeout').to.equal('55P03');
       expect(waited, 'not the session\'s 7 s').to.be.below(2000);
       expect((await q.query('SHOW lock_timeout')).rows, 'the next statement on the connection has its own limit back').to.deep.equal([{ lock_timeout: '7s' }]);
       await o.query('ROLLBACK');
-      expect((await grantNextAlone(q as unknown as PoolClient, ['x'], null, 0)).map((r) => r.rec.name)).to.deep.equal(['a']);
+      expect((await grantNextAlone(q as unknown as PoolClient, [{ clientId: 'x', fenceCooldownMs: 0 }], SERVER_TIME)).map((r) => r.rec.name)).to.deep.equal(['a']);
       expect((await q.query('SHOW lock_timeout')).rows, 'after a statement that granted, too').to.deep.equal([{ lock_timeout: '7s' }]);
     } finally {
       await o.end().catch(() => undefined);

@@ -9,7 +9,7 @@ import { expect } from 'chai';
 import { join } from 'node:path';
 import { FakeClock } from '../../src/clock.js';
 import { RegistryError } from '../../src/domain/errors.js';
-import { DumpError, dumpLines, parseDump } from '../../src/store/dump.js';
+import { DumpError, dumpLines, parseDump, translateDump } from '../../src/store/dump.js';
 import type { Dump } from '../../src/store/dump.js';
 import { parsePool } from '../../src/pool/parse.js';
 import { Registry } from '../../src/registry.js';
@@ -57,13 +57,13 @@ function allocate(store: Store, clientId: string, pause?: { afterGrant?: () => P
   return store.write(async (tx) => {
     const claim = await tx.claimFor(clientId, tx.now);
     if (claim?.held) {
-      await tx.renewHeld(claim.rec.name, clientId, claim.rec.epoch, tx.now);
+      await tx.renewHeld(claim.rec.name, clientId, claim.rec.epoch, tx.now, 0);
       return { identifier: claim.rec.name, epoch: claim.rec.epoch };
     }
     const next = claim?.rec;
     if (!next) throw new RegistryError('pool_exhausted', 'nothing free');
     await pause?.afterPick?.();
-    await tx.grant(next.rowId, clientId, next.epoch + 1, tx.now);
+    await tx.grant(next.rowId, clientId, next.epoch + 1, tx.now, 0);
     await pause?.afterGrant?.();
     return { identifier: next.name, epoch: next.epoch + 1 };
   }, { durable: true });
@@ -267,7 +267,7 @@ describe('postgres store', function () {
         for (let i = 0; i < n; i++) {
           const rec = await tx.byName(`w-${i}`);
           if (!rec) throw new Error('missing');
-          await tx.grant(rec.rowId, `vm-${i}`, 1, T + i);
+          await tx.grant(rec.rowId, `vm-${i}`, 1, T + i, 0);
         }
       }, { durable: true });
     }
@@ -279,14 +279,14 @@ describe('postgres store', function () {
       const cutoff = T + 1000;
       const hold = gate();
       const first = a.write(async (tx) => {
-        const recs = await tx.reclaimExpired(cutoff, 30, T + 5000, T + 9000);
+        const recs = await tx.reclaimExpired(cutoff, 30, T + 5000, 4000);
         hold.arrive();
         await hold.opened;
         return recs;
       }, { durable: true });
       await hold.reached;
       // While the first sweep holds its 30 rows, the second takes the other 70 without waiting.
-      const rb = await b.write((tx) => tx.reclaimExpired(cutoff, 1000, T + 5000, T + 9000), { durable: true });
+      const rb = await b.write((tx) => tx.reclaimExpired(cutoff, 1000, T + 5000, 4000), { durable: true });
       hold.open();
       const ra = await first;
       expect(ra.map((r) => r.name)).to.deep.equal(names(30)); // oldest first
@@ -306,13 +306,13 @@ describe('postgres store', function () {
       const renewal = a.write(async (tx) => {
         const rec = await tx.byName('w-0');
         if (!rec) throw new Error('missing');
-        await tx.renewHeld(rec.name, 'vm-0', null, T + 50_000);
+        await tx.renewHeld(rec.name, 'vm-0', null, T + 50_000, 0);
         hold.arrive();
         await hold.opened;
       }, { durable: false });
       await hold.reached;
       let sweepDone = false;
-      const sweep = b.write((tx) => tx.reclaimExpired(T + 1000, 10, T + 5000, T + 9000), { durable: true });
+      const sweep = b.write((tx) => tx.reclaimExpired(T + 1000, 10, T + 5000, 4000), { durable: true });
       void sweep.finally(() => { sweepDone = true; }).catch(() => undefined);
       await until(async () => sweepDone || (await waitingOnLock('sweeper')), 5000, 'the sweep to finish or wait for the renewal');
       hold.open();
@@ -347,7 +347,7 @@ describe('postgres store', function () {
       const refusal = new RegistryError('not_owner', 'refused after writing');
       const err = await store.write(async (tx) => {
         const rec = await tx.byName('a');
-        if (rec) await tx.grant(rec.rowId, 'vm-1', 1, tx.now);
+        if (rec) await tx.grant(rec.rowId, 'vm-1', 1, tx.now, 0);
         throw refusal;
       }, { durable: true }).then(() => null, (e: unknown) => e);
       expect(err).to.equal(refusal);
@@ -363,7 +363,7 @@ describe('postgres store', function () {
         const rec = await tx.byName('a');
         if (!rec) throw new Error('missing');
         await tx.free(rec.rowId, 0, { at: tx.now, event: 'force_released', clientId: 'vm-1', epoch: rec.epoch });
-        await tx.grant(rec.rowId, 'vm-2', rec.epoch, tx.now); // the same epoch again: the database refuses
+        await tx.grant(rec.rowId, 'vm-2', rec.epoch, tx.now, 0); // the same epoch again: the database refuses
       }, { durable: true }).then(() => null, (e: unknown) => e);
       expect(err).to.be.instanceOf(RegistryError).with.property('code', 'internal');
       expect(String(err)).not.to.match(/UPDATE|identifiers|SELECT/);
@@ -378,7 +378,7 @@ describe('postgres store', function () {
       const err = await store.write(async (tx) => {
         attempts++;
         const rec = await tx.byName('b');
-        if (rec) await tx.grant(rec.rowId, 'vm-1', rec.epoch + 1, tx.now); // vm-1 holds a: the one-client index refuses
+        if (rec) await tx.grant(rec.rowId, 'vm-1', rec.epoch + 1, tx.now, 0); // vm-1 holds a: the one-client index refuses
       }, { durable: true }).then(() => null, (e: unknown) => e);
       expect(attempts, 'run again each time').to.be.above(1);
       expect(err).to.be.instanceOf(RegistryError).with.property('code', 'unavailable');
@@ -494,12 +494,12 @@ describe('postgres store', function () {
       clock.advance(5000);
       const before = { ...store.heldStats.renew };
       const answers = await settle(Promise.all([
-        store.renewHeld('a', 'vm-1', 1),
-        store.renewHeld('b', 'vm-2', 2), // a stale epoch
-        store.renewHeld('c', 'vm-1', null), // not its lease
-        store.renewHeld('d', 'vm-4', null), // free
-        store.renewHeld('zz', 'vm-1', null), // no such identifier
-        store.renewHeld('c', 'vm-3', null), // its lease, no epoch sent
+        store.renewHeld('a', 'vm-1', 1, 0),
+        store.renewHeld('b', 'vm-2', 2, 0), // a stale epoch
+        store.renewHeld('c', 'vm-1', null, 0), // not its lease
+        store.renewHeld('d', 'vm-4', null, 0), // free
+        store.renewHeld('zz', 'vm-1', null, 0), // no such identifier
+        store.renewHeld('c', 'vm-3', null, 0), // its lease, no epoch sent
       ]));
       expect(store.heldStats.renew.statements - before.statements).to.equal(1);
       expect(store.heldStats.renew.asks - before.asks).to.equal(6);
@@ -592,7 +592,7 @@ describe('postgres store', function () {
       return dump;
     }
 
-    const state = (d: Dump): unknown => ({ identifiers: d.identifiers, history: d.history, meta: d.meta });
+    const state = (d: Dump): unknown => ({ identifiers: d.identifiers, history: d.history, meta: [...d.meta].sort((a, b) => (a.key < b.key ? -1 : 1)) });
 
     it('SQLite -> PostgreSQL -> SQLite keeps every lease, epoch, cool-down and history entry', async () => {
       const t = tempDir();
@@ -606,19 +606,23 @@ describe('postgres store', function () {
         expect(state(carried)).to.deep.equal(state(original));
 
         const pgStore = await open();
-        await pgStore.load(carried);
+        // PostgreSQL's registry time is its server's clock, not the SQLite registry's (a fake
+        // clock here): every time moves by the difference, and nothing else changes.
+        const moved = await pgStore.load(carried);
+        expect(moved.shiftMs).to.equal(moved.dump.exportedAt - original.exportedAt);
+        expect(state(moved.dump)).to.deep.equal(state(translateDump(original, moved.dump.exportedAt).dump));
         const fromPg = await pgStore.dump();
         expect(fromPg.engine).to.equal('postgres');
-        expect(state(fromPg)).to.deep.equal(state(original));
+        expect(state(fromPg)).to.deep.equal(state(moved.dump));
 
         const db = openDatabase({ path: join(t.dir, 'back.db') });
         loadSqlite(db, parseDump(dumpLines(fromPg)));
-        expect(state(dumpSqlite(db, 0))).to.deep.equal(state(original));
+        expect(state(dumpSqlite(db, 0))).to.deep.equal(state(moved.dump));
 
         // A second import is refused on both engines, and changes nothing.
         expect(await pgStore.load(carried).then(() => null, (e: unknown) => e)).to.be.instanceOf(DumpError);
         expect(() => loadSqlite(db, carried)).to.throw(DumpError, /already holds/);
-        expect(state(await pgStore.dump())).to.deep.equal(state(original));
+        expect(state(await pgStore.dump())).to.deep.equal(state(moved.dump));
         db.close();
       } finally {
         t.cleanup();

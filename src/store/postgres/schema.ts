@@ -89,6 +89,47 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX refusals_by_at ON refusals (at);
   `,
   `
+  -- The fence window announced to a holder is kept with its lease: the cool-down it was derived
+  -- from, the longest announced during the lease (null: a lease granted before this was kept,
+  -- until its next renewal). An identifier taken from its holder cools at least this long, so a
+  -- lower REUSE_COOLDOWN_SECONDS (a restart, another instance) never shortens a window announced.
+  ALTER TABLE identifiers ADD COLUMN fence_cooldown_ms BIGINT CHECK (fence_cooldown_ms IS NULL OR fence_cooldown_ms >= 0);
+  `,
+  `
+  -- The store's incarnation: one row in an UNLOGGED table, which PostgreSQL empties in crash
+  -- recovery (and which a promoted standby never held). Found empty, acknowledged renewals
+  -- (committed without waiting for the disk) may be lost, and the start-up grace runs again.
+  CREATE UNLOGGED TABLE incarnation (
+    id INTEGER PRIMARY KEY CHECK (id = 1)
+  );
+  `,
+  `
+  -- Registry time is the server's clock plus offset_ms (see src/store/postgres/clock.ts). A step of
+  -- the server's clock is absorbed by changing the offset, as a compare-and-set on gen, so every
+  -- instance takes the same offset once; floor_ms is the latest registry time a step or a start
+  -- with nothing to go by set.
+  CREATE TABLE registry_clock (
+    id           INTEGER PRIMARY KEY CHECK (id = 1),
+    offset_ms    BIGINT  NOT NULL DEFAULT 0,
+    gen          BIGINT  NOT NULL DEFAULT 0 CHECK (gen >= 0),
+    floor_ms     BIGINT  NOT NULL DEFAULT 0,
+    last_step_ms BIGINT,
+    stepped_at   BIGINT
+  );
+  INSERT INTO registry_clock (id) VALUES (1);
+
+  -- Per host (per boot: one monotonic clock), the last thing known: at monotonic time mono (ms),
+  -- registry time was within [lo, hi]. An instance restarting on the same boot finds how much
+  -- time really passed, whatever the server's clock did meanwhile.
+  CREATE TABLE clock_hosts (
+    boot_id TEXT             PRIMARY KEY,
+    mono    DOUBLE PRECISION NOT NULL,
+    lo      BIGINT           NOT NULL,
+    hi      BIGINT           NOT NULL,
+    gen     BIGINT           NOT NULL
+  );
+  `,
+  `
   -- Who holds a lease, and what the next holder must know (as the SQLite schema's migration of
   -- the same name): the key's hash and the attested instance facts go with the lease; the
   -- watermark stays with the identifier and never goes down; the last holder makes the

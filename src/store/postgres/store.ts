@@ -11,18 +11,21 @@ import type { CustomTypesConfig, Pool, PoolClient, PoolConfig } from 'pg';
 import { systemTimeSource } from '../../clock.js';
 import type { Clock } from '../../clock.js';
 import { RegistryError, isRegistryError } from '../../domain/errors.js';
-import { DumpError } from '../dump.js';
-import type { Dump } from '../dump.js';
+import { DumpError, translateDump } from '../dump.js';
+import type { Dump, Translation } from '../dump.js';
 import type { IdentifierRecord } from '../../domain/types.js';
 import { NO_CLAIM, NO_PROOF } from '../types.js';
 import type { GrantAnswer, GrantClaim, HeldProof, Reader, Store, Tx, WriteOptions } from '../types.js';
-import { ServerClock } from './clock.js';
+import { ServerTime } from './clock.js';
+import type { ClockReading, Correction, Settled } from './clock.js';
 import { dumpFrom, loadInto } from './dump.js';
 import { isConnectionLoss, isGrantUndecided, isRetryable, toRegistryError, unavailableReason } from './errors.js';
 import { migrate } from './migrate.js';
-import { asRow, int, parseBigint } from './rows.js';
-import { PgReader, PgTx, SERVER_MS, grantNextAlone, heldAlone } from './tx.js';
-import type { HeldAsk, HeldKind, HeldRow } from './tx.js';
+import { parseBigint } from './rows.js';
+import { CLOCK_READING, PgReader, PgTx, grantNextAlone, heldAlone, readingOf } from './tx.js';
+import type { HeldAsk, HeldKind, HeldRow, HostClock, StatementTime } from './tx.js';
+import { recordStep, startTime, writeHostMark } from './time.js';
+import type { ClockRole, ClockStepEvent } from './time.js';
 
 export interface PostgresStoreOptions {
   /** postgres://user:password@host:port/database?… (libpq-style parameters as node-postgres reads them). */
@@ -41,8 +44,17 @@ export interface PostgresStoreOptions {
   readonly applicationName?: string;
   /** Failures of idle connections (the server went away between requests), for the logs. */
   readonly onConnectionError?: (reason: string) => void;
-  /** The local monotonic clock the server-time estimate runs on. */
+  /** The local monotonic clock the server's clock is measured against (see clock.ts). */
   readonly monotonic?: () => number;
+  /** Names this host's boot (the monotonic clock's timeline); null: unknown, no host mark is kept. */
+  readonly bootId?: string | null;
+  /**
+   * 'instance' (default): a registry instance, which records the steps of the server's clock it
+   * sees. 'tool' (`idreg`): reads registry time, never records a step nor waits at start.
+   */
+  readonly clockRole?: ClockRole;
+  /** A step of the server's clock seen and absorbed (or found to be this host's own), for the logs. */
+  readonly onClockStep?: (e: ClockStepEvent) => void;
   /**
    * How a free lane starts its next batch (default: at once). Interleaving tests hand it to
    * fast-check's scheduler, so the work queued meanwhile is batched in the orders it picks.
@@ -95,6 +107,7 @@ interface QueuedGrant {
   readonly seq: number;
   readonly clientId: string;
   readonly claim: GrantClaim;
+  readonly fenceCooldownMs: number;
   readonly resolve: (v: GrantAnswer | null) => void;
   readonly reject: (e: unknown) => void;
 }
@@ -113,25 +126,24 @@ const TYPES: CustomTypesConfig = {
   getTypeParser: (oid, format) => (oid === INT8_OID && format !== 'binary' ? parseBigint : pg.types.getTypeParser(oid, format)),
 };
 
-/** Server time in epoch milliseconds, read in the transaction (clock_timestamp: not frozen at its start). */
-const SERVER_NOW = `SELECT ${SERVER_MS} AS now`;
-
 function begin(durable: boolean, readClock: boolean): string {
   // Ownership changes wait for the commit to be flushed (and replicated to a synchronous
-  // standby); a renewal only needs to be visible to every instance, as SPEC.md allows.
+  // standby); a renewal only needs to be visible to every instance, as the README's
+  // durability section allows.
   const parts = ['BEGIN', `SET LOCAL synchronous_commit = ${durable ? 'on' : 'off'}`];
-  if (readClock) parts.push(SERVER_NOW);
+  // The server's clock in the transaction (clock_timestamp: not frozen at its start), with the offset.
+  if (readClock) parts.push(CLOCK_READING);
   return parts.join('; ');
 }
 
-/** The `now` column of the last result of a multi-statement query. */
-function serverNowOf(res: unknown): number {
+/** The clock reading in the last result of a (multi-statement) query. */
+function readingOfResult(res: unknown): ClockReading {
   const results: unknown[] = Array.isArray(res) ? res : [res];
-  const last = asRow(results[results.length - 1]);
-  const rowList = last['rows'];
-  if (!Array.isArray(rowList)) throw new Error('no rows in the clock read');
-  const row: unknown = rowList[0];
-  return int(asRow(row), 'now');
+  const last: unknown = results[results.length - 1];
+  const rowList = typeof last === 'object' && last !== null && 'rows' in last ? last.rows : null;
+  const reading = Array.isArray(rowList) ? readingOf(rowList[0]) : null;
+  if (reading === null) throw new Error('no clock reading in the answer');
+  return reading;
 }
 
 function delay(ms: number): Promise<void> {
@@ -160,10 +172,12 @@ function poolConfig(opts: PostgresStoreOptions, max: number, connectTimeoutMs: n
 export class PostgresStore implements Store {
   readonly engine = 'postgres' as const;
   readonly clock: Clock;
-  private readonly serverClock: ServerClock | null;
+  /** Registry time measured on the server's clock; null when injected. */
+  private readonly time: ServerTime | null;
   private readonly injectedClock: Clock | null;
   private readonly monotonic: () => number;
-  private lastTxNow = 0;
+  /** A step of the server's clock being recorded (one at a time). */
+  private recording = false;
   private closed = false;
   private ended = false;
   private drained: (() => void) | null = null;
@@ -190,26 +204,29 @@ export class PostgresStore implements Store {
     private readonly pool: Pool,
     private readonly healthPool: Pool,
     clock: Clock | null,
+    time: ServerTime | null,
     monotonic: () => number,
-    serverNow: number,
-    sentAt: number,
     poolSize: number,
     defer: ((run: () => void) => void) | null,
+    private readonly clockOpts: { readonly bootId: string | null; readonly role: ClockRole; readonly onStep: ((e: ClockStepEvent) => void) | null },
   ) {
     this.defer = defer;
     // Lanes leave connections for reads, so a queue of writes never starves /identifier or /health.
     this.maxLanes = Math.max(1, Math.ceil(poolSize / 2));
     this.injectedClock = clock;
     this.monotonic = monotonic;
-    this.serverClock = clock ? null : new ServerClock(monotonic, serverNow, sentAt);
-    this.clock = clock ?? this.serverClock ?? { now: () => serverNow };
-    this.lastTxNow = serverNow;
+    this.time = time;
+    const fixed = clock ?? time;
+    if (fixed === null) throw new Error('a PostgreSQL store needs a clock');
+    this.clock = fixed;
   }
 
   /**
    * Connects, migrates the schema (safely alongside other instances starting at once) and
-   * reads the server's clock. Rejects with RegistryError `unavailable` when the database cannot
-   * be reached, and with the migration's error when the schema cannot be brought up to date.
+   * resumes registry time from the store (see time.ts: this may wait up to a few seconds for the
+   * running instances, on a host new to the store). Rejects with RegistryError `unavailable`
+   * when the database cannot be reached, and with the migration's error when the schema cannot
+   * be brought up to date.
    */
   static async open(opts: PostgresStoreOptions): Promise<PostgresStore> {
     const connectTimeoutMs = opts.connectTimeoutMs ?? 5_000;
@@ -226,15 +243,16 @@ export class PostgresStore implements Store {
     pool.on('connect', quiet);
     healthPool.on('connect', quiet);
     const monotonic = opts.monotonic ?? systemTimeSource.monotonic;
+    const bootId = opts.bootId === undefined ? knownBootId(systemTimeSource.bootId()) : opts.bootId;
+    const clockOpts = { bootId, role: opts.clockRole ?? 'instance', onStep: opts.onClockStep ?? null } as const;
     let client: PoolClient | null = null;
     try {
       client = await pool.connect();
       await migrate(client);
-      const sentAt = monotonic();
-      const serverNow = int(asRow((await client.query(SERVER_NOW)).rows[0]), 'now');
+      const time = opts.clock ? null : await startTime(client, { monotonic, ...clockOpts });
       client.release();
       client = null;
-      return new PostgresStore(pool, healthPool, opts.clock ?? null, monotonic, serverNow, sentAt, opts.poolSize ?? 10, opts.defer ?? null);
+      return new PostgresStore(pool, healthPool, opts.clock ?? null, time, monotonic, opts.poolSize ?? 10, opts.defer ?? null, clockOpts);
     } catch (e) {
       client?.release(e instanceof Error ? e : true);
       await Promise.all([pool.end(), healthPool.end()]).catch(() => undefined);
@@ -263,13 +281,13 @@ export class PostgresStore implements Store {
    * renewals that queue while it runs go out together, up to MAX_HELD_BATCH in one statement:
    * one round trip for the lot instead of four for each.
    */
-  renewHeld(name: string, clientId: string, epoch: number | null, proof: HeldProof = NO_PROOF): Promise<IdentifierRecord | null> {
-    return this.ask('renew', { name, clientId, epoch, proof });
+  renewHeld(name: string, clientId: string, epoch: number | null, fenceCooldownMs: number, proof: HeldProof = NO_PROOF): Promise<IdentifierRecord | null> {
+    return this.ask('renew', { name, clientId, epoch, fenceCooldownMs, proof });
   }
 
   /** A release by its holder, batched as renewals are (committed with `synchronous_commit` on). */
   releaseHeld(name: string, clientId: string, epoch: number | null, proof: HeldProof = NO_PROOF): Promise<IdentifierRecord | null> {
-    return this.ask('release', { name, clientId, epoch, proof });
+    return this.ask('release', { name, clientId, epoch, fenceCooldownMs: null, proof });
   }
 
   /**
@@ -280,10 +298,10 @@ export class PostgresStore implements Store {
    * statement runs go out together in the next, up to MAX_GRANT_BATCH: one round trip and one
    * fsync for the lot.
    */
-  grantNext(clientId: string, claim: GrantClaim = NO_CLAIM): Promise<GrantAnswer | null> {
+  grantNext(clientId: string, fenceCooldownMs: number, claim: GrantClaim = NO_CLAIM): Promise<GrantAnswer | null> {
     return new Promise((resolve, reject) => {
       if (this.closed) return reject(new RegistryError('unavailable', 'the store is closed'));
-      this.grants.push({ seq: this.seq++, clientId, claim, resolve, reject });
+      this.grants.push({ seq: this.seq++, clientId, fenceCooldownMs, claim, resolve, reject });
       this.pump();
     });
   }
@@ -297,7 +315,7 @@ export class PostgresStore implements Store {
   }
 
   private idle(): boolean {
-    return this.lanes === 0 && this.queue.length === 0 && this.held.renew.length === 0 && this.held.release.length === 0 &&
+    return this.lanes === 0 && !this.recording && this.queue.length === 0 && this.held.renew.length === 0 && this.held.release.length === 0 &&
       this.grants.length === 0;
   }
 
@@ -366,7 +384,12 @@ export class PostgresStore implements Store {
         else g.resolve(null);
       }
       const clients = [...byClient.keys()];
-      const claims = clients.map((id) => byClient.get(id)?.[0]?.claim ?? NO_CLAIM);
+      // A client asking twice announces the longer window (the same registry asks with one);
+      // its first ask's claim (the others share its key) is the one granted.
+      const asks = clients.map((clientId) => ({
+        clientId, fenceCooldownMs: Math.max(...(byClient.get(clientId) ?? []).map((g) => g.fenceCooldownMs)),
+        claim: byClient.get(clientId)?.[0]?.claim ?? NO_CLAIM,
+      }));
       const waiters: Waiter[] = clients.map((id) => {
         const list = byClient.get(id) ?? [];
         return {
@@ -376,7 +399,7 @@ export class PostgresStore implements Store {
       });
       this.grantStats.statements++;
       this.grantStats.asks += clients.length;
-      await this.statementTogether(waiters, (client) => grantNextAlone(client, clients, this.injectedClock?.now() ?? null, this.lastTxNow, claims),
+      await this.statementTogether(waiters, (client, time) => grantNextAlone(client, asks, time),
         (n) => { this.grantStats.granted += n; }, isGrantUndecided);
     } finally {
       this.grantLanes--;
@@ -398,8 +421,7 @@ export class PostgresStore implements Store {
     const sorted = [...batch].sort((a, b) => (a.ask.name < b.ask.name ? -1 : a.ask.name > b.ask.name ? 1 : 0));
     this.heldStats[kind].statements++;
     this.heldStats[kind].asks += sorted.length;
-    await this.statementTogether(sorted, (client) =>
-      heldAlone(client, kind, sorted.map((r) => r.ask), this.injectedClock?.now() ?? null, this.lastTxNow));
+    await this.statementTogether(sorted, (client, time) => heldAlone(client, kind, sorted.map((r) => r.ask), time));
   }
 
   /**
@@ -410,7 +432,7 @@ export class PostgresStore implements Store {
    */
   private async statementTogether(
     waiters: readonly Waiter[],
-    send: (client: PoolClient) => Promise<HeldRow[]>,
+    send: (client: PoolClient, time: StatementTime) => Promise<HeldRow[]>,
     onDone?: (rows: number) => void,
     undecided?: (e: unknown) => boolean,
   ): Promise<void> {
@@ -426,14 +448,15 @@ export class PostgresStore implements Store {
       let retry = false;
       try {
         const sentAt = this.monotonic();
-        const done = await send(client);
+        const done = await send(client, this.statementTime(sentAt));
+        const receivedAt = this.monotonic();
         const answers: Array<IdentifierRecord | null> = waiters.map(() => null);
+        // Every row carries the statement's one reading of the server's clock.
+        const reading = done[0]?.reading;
+        if (reading) this.observe(reading, sentAt, receivedAt);
         for (const r of done) {
           answers[r.index] = r.rec;
-          if (this.serverClock) {
-            this.serverClock.anchor(r.now, sentAt);
-            this.lastTxNow = Math.max(this.lastTxNow, r.now);
-          }
+          this.time?.saw(r.now);
         }
         onDone?.(done.length);
         waiters.forEach((item, i) => item.resolve(answers[i] ?? null));
@@ -496,10 +519,10 @@ export class PostgresStore implements Store {
     const client = await this.connect();
     let broken: Error | undefined;
     try {
-      const now = await this.begin(client, batch.some((b) => b.durable));
+      const { now, host } = await this.begin(client, batch.some((b) => b.durable));
       const outcomes: Outcome[] = [];
       for (const item of batch) {
-        const tx = new PgTx(client, now);
+        const tx = new PgTx(client, now, host);
         try {
           outcomes.push({ ok: true, value: await item.fn(tx) });
         } catch (e) {
@@ -535,8 +558,8 @@ export class PostgresStore implements Store {
       const client = await this.connect();
       let broken: Error | undefined;
       try {
-        const now = await this.begin(client, durable);
-        const value = await fn(new PgTx(client, now));
+        const { now, host } = await this.begin(client, durable);
+        const value = await fn(new PgTx(client, now, host));
         const done = await client.query('COMMIT');
         // A transaction that failed inside `fn` (an error swallowed there) commits as a ROLLBACK.
         if (done.command !== 'COMMIT') throw new Error(`the transaction ended in ${done.command}, not COMMIT`);
@@ -581,22 +604,44 @@ export class PostgresStore implements Store {
     }
   }
 
-  /** The whole state, from one snapshot (`idreg export`). */
+  /**
+   * The whole state, from one snapshot (`idreg export`), its times measured against this store's
+   * registry time read (in a transaction of its own) before the snapshot: a time written
+   * meanwhile is later, so what it starts comes out longer, never shorter.
+   */
   async dump(): Promise<Dump> {
-    return this.withClient((client) => dumpFrom(client, this.clock.now()));
+    const exportedAt = await this.registryTime();
+    return this.withClient((client) => dumpFrom(client, exportedAt));
   }
 
-  /** Loads a dump into this store, which must hold no identifiers and no history (`idreg import`). */
-  async load(d: Dump): Promise<void> {
-    await this.withClient((client) => loadInto(client, d));
+  /**
+   * Loads a dump into this store, which must hold no identifiers and no history (`idreg import`),
+   * its times moved onto this store's registry time (see ../dump.ts, translateDump). The import
+   * starts the store's past: this host's mark of registry time is left with it, so an instance
+   * started here next resumes on it (not as after an outage: see time.ts).
+   */
+  async load(d: Dump): Promise<Translation> {
+    const moved = translateDump(d, await this.registryTime());
+    await this.withClient(async (client) => {
+      await loadInto(client, moved.dump);
+      const { bootId } = this.clockOpts;
+      if (bootId !== null && this.time) await writeHostMark(client, bootId, this.time);
+    });
+    return moved;
+  }
+
+  /** Registry time as a transaction reads it. */
+  private registryTime(): Promise<number> {
+    return this.write(async (tx) => tx.now, { durable: false });
   }
 
   async healthProblem(): Promise<string | null> {
     if (this.closed) return 'the store is closed';
     try {
       const sentAt = this.monotonic();
-      const res = await this.healthPool.query(SERVER_NOW);
-      this.serverClock?.anchor(int(asRow(res.rows[0]), 'now'), sentAt);
+      const res = await this.healthPool.query(CLOCK_READING);
+      const reading = readingOf(res.rows[0]);
+      if (reading) this.observe(reading, sentAt, this.monotonic());
       return null;
     } catch (e) {
       return unavailableReason(e) ?? 'the database check failed';
@@ -637,18 +682,80 @@ export class PostgresStore implements Store {
   }
 
   /** Opens the transaction and reads its time: one round trip. */
-  private async begin(client: PoolClient, durable: boolean): Promise<number> {
+  private async begin(client: PoolClient, durable: boolean): Promise<{ now: number; host: HostClock | null }> {
     if (this.injectedClock) {
       await client.query(begin(durable, false));
-      return this.injectedClock.now();
+      return { now: this.injectedClock.now(), host: null };
     }
     const sentAt = this.monotonic();
-    const serverNow = serverNowOf(await client.query(begin(durable, true)));
-    this.serverClock?.anchor(serverNow, sentAt);
-    // Per process, registry time never goes back even if the server's clock is stepped back.
-    this.lastTxNow = Math.max(this.lastTxNow, serverNow);
-    return this.lastTxNow;
+    const res = await client.query(begin(durable, true));
+    const now = this.observe(readingOfResult(res), sentAt, this.monotonic());
+    return { now, host: this.hostClock() };
   }
+
+  /** The time a one-statement write sent now runs at (see ServerTime.bounds). */
+  private statementTime(sentAt: number): StatementTime {
+    if (this.injectedClock || !this.time) return { now: this.injectedClock?.now() ?? this.clock.now(), lo: 0, hi: 0 };
+    return { now: null, ...this.time.bounds(sentAt) };
+  }
+
+  /** A reading of the server's clock: the registry time it stands for; a step seen in it is recorded. */
+  private observe(reading: ClockReading, sentAt: number, receivedAt: number): number {
+    if (!this.time) return this.clock.now();
+    const { now, step } = this.time.observe({ ...reading, sentAt, receivedAt });
+    if (step) this.recordSteps();
+    return now;
+  }
+
+  /** What this host knows of registry time, for its beat (see clock_hosts). */
+  private hostClock(): HostClock | null {
+    const { bootId } = this.clockOpts;
+    if (bootId === null || !this.time) return null;
+    return { bootId, mark: { ...this.time.currentMark(), gen: this.time.generation } };
+  }
+
+  /**
+   * Records the step this instance's readings show (one at a time, off the request's path: the
+   * request already runs on this instance's estimate). Another instance recording the same step
+   * first makes this one's compare-and-set change nothing; it then takes that instance's offset.
+   */
+  private recordSteps(): void {
+    const time = this.time;
+    if (!time || this.clockOpts.role !== 'instance' || this.recording || this.ended) return;
+    const c = time.proposal();
+    if (!c) return;
+    this.recording = true;
+    void this.recordOne(c).then((outcome) => {
+      time.settled(c, outcome);
+      this.clockOpts.onStep?.({ stepMs: c.stepMs, outcome: outcome.kind, atStart: false, shiftMs: null });
+      this.recording = false;
+      if (outcome.kind !== 'failed') this.recordSteps();
+      if (this.idle()) this.drained?.();
+    });
+  }
+
+  private async recordOne(c: Correction): Promise<Settled> {
+    let client: PoolClient;
+    try {
+      client = await this.connect();
+    } catch {
+      return { kind: 'failed' };
+    }
+    let broken: Error | undefined;
+    try {
+      return await recordStep(client, c, this.clockOpts.bootId);
+    } catch (e) {
+      if (isConnectionLoss(e)) broken = e instanceof Error ? e : new Error(String(e));
+      return { kind: 'failed' };
+    } finally {
+      client.release(broken);
+    }
+  }
+}
+
+/** A boot id that names this boot; the stand-in of a system without one names nothing. */
+function knownBootId(id: string): string | null {
+  return id === 'unknown-boot' ? null : id;
 }
 
 export const openPostgresStore = (opts: PostgresStoreOptions): Promise<PostgresStore> => PostgresStore.open(opts);

@@ -10,8 +10,9 @@ import { recordOf } from '../../domain/lease.js';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple, Status } from '../../domain/types.js';
 import { instanceColumn } from '../columns.js';
 import { NO_CLAIM, NO_PROOF } from '../types.js';
-import type { FreeEntry, GrantClaim, HeldProof, InstanceBeat, ListQuery, PoolRow, RawCounts, Reader, Tx } from '../types.js';
-import { RECORD_COLUMNS, TUPLE_COLUMNS, asRow, bool, int, recordTuples, scalar, toBeat, toHistoryEntry, toPoolRow, toRecord } from './rows.js';
+import type { FreeEntry, GrantClaim, HeldProof, HistoryRows, InstanceBeat, ListQuery, PoolRow, RawCounts, Reader, Tx } from '../types.js';
+import type { ClockReading, HostMark } from './clock.js';
+import { HISTORY_PAGE_COLUMNS, RECORD_COLUMNS, TUPLE_COLUMNS, asRow, bool, int, recordTuples, scalar, toBeat, toHistoryEntry, toHistoryRows, toPoolRow, toRecord } from './rows.js';
 
 /** The advisory-lock namespace of this registry ("idrg"), and the locks in it. */
 export const LOCK_NAMESPACE = 0x69647267;
@@ -36,6 +37,28 @@ const STATUS_WHERE: Readonly<Record<Status | 'all', string>> = {
 /** The server's clock in epoch milliseconds (clock_timestamp: not frozen at the transaction's start). */
 export const SERVER_MS = 'floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint';
 
+/**
+ * One reading of the server's clock with the stored offset and its generation (see clock.ts):
+ * registry time is `clock_raw + clock_offset`. The row always exists (the migration made it);
+ * were it missing, the offset would read as 0 rather than the statement doing nothing.
+ */
+export const CLOCK_READING = `SELECT ${SERVER_MS} AS clock_raw, coalesce(k.offset_ms, 0) AS clock_offset, coalesce(k.gen, 0) AS clock_gen
+  FROM (SELECT 1) AS one LEFT JOIN registry_clock k ON k.id = 1`;
+
+/** The reading in a row that carries one (see CLOCK_READING); null when it does not. */
+export function readingOf(raw: unknown): ClockReading | null {
+  const r = asRow(raw);
+  if (r['clock_raw'] === undefined || r['clock_raw'] === null) return null;
+  return { raw: int(r, 'clock_raw'), offset: int(r, 'clock_offset'), gen: int(r, 'clock_gen') };
+}
+
+/** The time a one-statement write runs at: `now` when injected (tests), else the server's, held within [lo, hi]. */
+export interface StatementTime {
+  readonly now: number | null;
+  readonly lo: number;
+  readonly hi: number;
+}
+
 const RECORD_COLUMNS_OF_I = RECORD_COLUMNS.split(', ').map((c) => `i.${c}`).join(', ');
 
 /**
@@ -44,52 +67,59 @@ const RECORD_COLUMNS_OF_I = RECORD_COLUMNS.split(', ').map((c) => `i.${c}`).join
  * the key it was granted with (as its hash; none for none). The WHERE is re-checked on the
  * newest version of a row another transaction changed meanwhile (READ COMMITTED), so a lease
  * reclaimed, released or granted again since is never touched. `idx` (from 1) says which ask a
- * row answers; an ask without a row changed nothing. The key hashes and watermarks are the
- * parameters `more` and `more + 1`.
+ * row answers; an ask without a row changed nothing. $1-$3 the names, clients and epochs, $4 the
+ * cool-down of the fence window a renewal announces, $5 the key hashes, $6 the watermarks.
  */
-function heldAsks(more: number): string {
-  return `unnest($1::text[], $2::text[], $3::bigint[], $${more}::text[], $${more + 1}::bigint[])
-        WITH ORDINALITY AS r(name, client_id, epoch, key_hash, watermark, idx)`;
-}
+const HELD_ASKS = `unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[])
+        WITH ORDINALITY AS r(name, client_id, epoch, fence, key_hash, watermark, idx)`;
+/** How many parameters HELD_ASKS takes: a statement's time comes after them. */
+const HELD_ASK_ARRAYS = 6;
 const HELD_WHERE = 'i.name = r.name AND i.client_id = r.client_id AND (r.epoch IS NULL OR i.epoch = r.epoch) AND i.key_hash IS NOT DISTINCT FROM r.key_hash';
 /** A watermark only ever raises the identifier's (greatest ignores NULL). */
 const RAISE_WATERMARK = 'watermark = greatest(i.watermark, r.watermark)';
 
-/** A statement's time: $4 inside a use case's transaction; alone, see `alone`. `more`: the first parameter after those. */
-interface StatementClock { readonly with: string; readonly now: string; readonly from: string; readonly more: number }
-const IN_TX: StatementClock = { with: 'WITH ', now: '$4::bigint', from: '', more: 5 };
+/** A statement's time: $7 (after the six ask arrays) inside a use case's transaction; alone, see `alone`. */
+interface StatementClock { readonly with: string; readonly now: string; readonly from: string; readonly reading: string }
+const IN_TX: StatementClock = { with: 'WITH ', now: `$${HELD_ASK_ARRAYS + 1}::bigint`, from: '', reading: '' };
 
 /**
- * A statement of its own, so its own transaction: one round trip. Its time is the server's clock,
- * never below this instance's latest ($5, or the parameter after `nowParam`), or $4 (`nowParam`)
- * when the registry's time is injected (tests).
+ * A statement of its own, so its own transaction: one round trip. Its time is registry time read
+ * on the server (its clock plus the stored offset), held between this instance's bounds (the two
+ * parameters after `nowParam`: see ServerTime.bounds), or `nowParam` (by default $7, after the
+ * six HELD_ASKS arrays) when the registry's time is injected (tests). Its rows carry the reading, so the instance checks it.
  * `synchronous_commit` is set for this statement's transaction only: on for an ownership change,
  * off for a liveness, which must be visible to every instance before its answer, not fsynced (SPEC.md);
  * so is `lockTimeout` when given (`set_config(..., true)` is SET LOCAL: in autocommit the
  * statement is its own transaction, and the pooled connection's next use has its own setting
  * back — test/store/postgres-allocate.test.ts holds it to that).
  */
-function alone(durable: boolean, nowParam = 4, lockTimeout?: string): StatementClock {
+function alone(durable: boolean, nowParam = HELD_ASK_ARRAYS + 1, lockTimeout?: string): StatementClock {
   const lockLimit = lockTimeout === undefined ? '' : `,
              set_config('lock_timeout', '${lockTimeout}', true) AS lock_limit`;
   return {
-    with: `WITH t AS MATERIALIZED (
-      SELECT coalesce($${nowParam}::bigint, greatest($${nowParam + 1}::bigint, ${SERVER_MS})) AS now,
+    with: `WITH c AS MATERIALIZED (${CLOCK_READING}), t AS MATERIALIZED (
+      SELECT coalesce($${nowParam}::bigint, greatest($${nowParam + 1}::bigint, least($${nowParam + 2}::bigint, c.clock_raw + c.clock_offset))) AS now,
+             c.clock_raw, c.clock_offset, c.clock_gen,
              set_config('synchronous_commit', '${durable ? 'on' : 'off'}', true) AS commit_mode${lockLimit}
+      FROM c
     ), `,
     now: 't.now',
     from: ', t',
-    more: nowParam + 2,
+    reading: ', t.clock_raw, t.clock_offset, t.clock_gen',
   };
 }
 
-/** The renewal rule on PostgreSQL, written once: last_seen = max(last_seen, now) where the client holds the lease. */
+/**
+ * The renewal rule on PostgreSQL, written once: last_seen = max(last_seen, now) where the client
+ * holds the lease, and the fence window kept with it never shorter than the one announced now.
+ */
 function renewHeldSql(clock: StatementClock): string {
   return `${clock.with}renewed AS (
-      UPDATE identifiers i SET last_seen = greatest(i.last_seen, ${clock.now}), ${RAISE_WATERMARK}
-      FROM ${heldAsks(clock.more)}${clock.from}
+      UPDATE identifiers i SET last_seen = greatest(i.last_seen, ${clock.now}), fence_cooldown_ms = greatest(i.fence_cooldown_ms, r.fence),
+        ${RAISE_WATERMARK}
+      FROM ${HELD_ASKS}${clock.from}
       WHERE ${HELD_WHERE}
-      RETURNING ${RECORD_COLUMNS_OF_I}, r.idx, ${clock.now} AS now
+      RETURNING ${RECORD_COLUMNS_OF_I}, r.idx, ${clock.now} AS now${clock.reading}
     )
     SELECT * FROM renewed`;
 }
@@ -97,11 +127,11 @@ function renewHeldSql(clock: StatementClock): string {
 /** The release rule on PostgreSQL, written once: the holder frees it, allocatable at once, with its history entry. */
 function releaseHeldSql(clock: StatementClock): string {
   return `${clock.with}released AS (
-      UPDATE identifiers i SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = ${clock.now},
+      UPDATE identifiers i SET client_id = NULL, allocated_at = NULL, last_seen = NULL, fence_cooldown_ms = NULL, available_at = ${clock.now},
         key_hash = NULL, instance = NULL, ${RAISE_WATERMARK}
-      FROM ${heldAsks(clock.more)}${clock.from}
+      FROM ${HELD_ASKS}${clock.from}
       WHERE ${HELD_WHERE}
-      RETURNING ${RECORD_COLUMNS_OF_I}, r.idx, r.client_id AS released_by, ${clock.now} AS now
+      RETURNING ${RECORD_COLUMNS_OF_I}, r.idx, r.client_id AS released_by, ${clock.now} AS now${clock.reading}
     ), logged AS (
       INSERT INTO history (identifier_id, at, event, client_id, epoch)
       SELECT id, now, 'released', released_by, epoch FROM released ORDER BY idx
@@ -120,6 +150,8 @@ export interface HeldAsk {
   readonly name: string;
   readonly clientId: string;
   readonly epoch: number | null;
+  /** A renewal: the cool-down of the fence window it announces (see Tx.renewHeld); null for a release. */
+  readonly fenceCooldownMs: number | null;
   readonly proof: HeldProof;
 }
 
@@ -130,27 +162,25 @@ export interface HeldRow {
   readonly rec: IdentifierRecord;
   /** The time the statement ran at. */
   readonly now: number;
+  /** What it read of the server's clock (a statement alone); null in a transaction. */
+  readonly reading: ClockReading | null;
 }
 
 function heldRowOf(raw: unknown): HeldRow {
   const r = asRow(raw);
-  return { index: int(r, 'idx') - 1, rec: toRecord(raw), now: int(r, 'now') };
+  return { index: int(r, 'idx') - 1, rec: toRecord(raw), now: int(r, 'now'), reading: readingOf(raw) };
 }
 
 function askArrays(asks: readonly HeldAsk[]): unknown[] {
-  return [asks.map((a) => a.name), asks.map((a) => a.clientId), asks.map((a) => a.epoch)];
+  return [
+    asks.map((a) => a.name), asks.map((a) => a.clientId), asks.map((a) => a.epoch), asks.map((a) => a.fenceCooldownMs),
+    asks.map((a) => a.proof.keyHash), asks.map((a) => a.proof.watermark),
+  ];
 }
 
-function proofArrays(asks: readonly HeldAsk[]): unknown[] {
-  return [asks.map((a) => a.proof.keyHash), asks.map((a) => a.proof.watermark)];
-}
-
-/**
- * Renews or releases a batch of leases in one statement outside any transaction; `now` is the
- * injected registry time, or null for the server's clock not below `floor`.
- */
-export async function heldAlone(client: PoolClient, kind: HeldKind, asks: readonly HeldAsk[], now: number | null, floor: number): Promise<HeldRow[]> {
-  return (await rows(client, `${kind}_held_alone`, HELD_SQL[kind].alone, [...askArrays(asks), now, floor, ...proofArrays(asks)])).map(heldRowOf);
+/** Renews or releases a batch of leases in one statement outside any transaction, at `time`. */
+export async function heldAlone(client: PoolClient, kind: HeldKind, asks: readonly HeldAsk[], time: StatementTime): Promise<HeldRow[]> {
+  return (await rows(client, `${kind}_held_alone`, HELD_SQL[kind].alone, [...askArrays(asks), time.now, time.lo, time.hi])).map(heldRowOf);
 }
 
 /**
@@ -187,11 +217,14 @@ const GRANT_LOCK_TIMEOUT = '50ms';
  * case, which says pool_exhausted or renews the held lease.
  * The k-th client of $1 that holds nothing is paired with the k-th row picked (the join on k),
  * so the clients are served in the order of the list.
- * $1: the clients (distinct), `idx` (from 1) says which each returned row answers.
+ * $1: the clients (distinct), `idx` (from 1) says which each returned row answers; $2 the
+ * cool-down of the fence window each grant announces (kept with the lease, as Tx.grant); $3 the
+ * hash of each client's key and $4 its instance facts (as Tx.grant); $5-$7 the statement's time
+ * (see `alone`).
  */
-const GRANT_NEXT_SQL = `${alone(true, 2, GRANT_LOCK_TIMEOUT).with}asks AS MATERIALIZED (
-      SELECT a.client_id, a.key_hash, a.instance, a.idx, row_number() OVER (ORDER BY a.idx) AS k
-      FROM unnest($1::text[], $4::text[], $5::text[]) WITH ORDINALITY AS a(client_id, key_hash, instance, idx)
+const GRANT_NEXT_SQL = `${alone(true, 5, GRANT_LOCK_TIMEOUT).with}asks AS MATERIALIZED (
+      SELECT a.client_id, a.fence, a.key_hash, a.instance, a.idx, row_number() OVER (ORDER BY a.idx) AS k
+      FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) WITH ORDINALITY AS a(client_id, fence, key_hash, instance, idx)
       WHERE NOT EXISTS (SELECT FROM identifiers h WHERE h.client_id = a.client_id)
         -- A client whose sticky identifier is allocatable is left to the full use case, which grants it that one.
         AND NOT EXISTS (
@@ -211,10 +244,10 @@ const GRANT_NEXT_SQL = `${alone(true, 2, GRANT_LOCK_TIMEOUT).with}asks AS MATERI
       ) f
     ), granted AS (
       UPDATE identifiers i SET client_id = a.client_id, epoch = i.epoch + 1, allocated_at = t.now, last_seen = t.now,
-        key_hash = a.key_hash, instance = a.instance, last_client_id = a.client_id, last_granted_at = t.now
+        fence_cooldown_ms = a.fence, key_hash = a.key_hash, instance = a.instance, last_client_id = a.client_id, last_granted_at = t.now
       FROM picked p JOIN asks a ON a.k = p.k, t
       WHERE i.id = p.id AND i.client_id IS NULL
-      RETURNING ${RECORD_COLUMNS_OF_I}, a.idx, t.now AS now
+      RETURNING ${RECORD_COLUMNS_OF_I}, a.idx, t.now AS now, t.clock_raw, t.clock_offset, t.clock_gen
     ), logged AS (
       INSERT INTO history (identifier_id, at, event, client_id, epoch)
       SELECT id, now, 'allocated', client_id, epoch FROM granted ORDER BY idx
@@ -223,19 +256,25 @@ const GRANT_NEXT_SQL = `${alone(true, 2, GRANT_LOCK_TIMEOUT).with}asks AS MATERI
 
 /**
  * Grants each of `clientIds` (distinct) that holds nothing the next allocatable identifier, in
- * one statement outside any transaction (see GRANT_NEXT_SQL); `now` is the injected registry
- * time, or null for the server's clock not below `floor`. Rows only for the clients granted.
+ * one statement outside any transaction (see GRANT_NEXT_SQL), at `time`. Rows only for the
+ * clients granted.
  */
 export async function grantNextAlone(
-  client: PoolClient, clientIds: readonly string[], now: number | null, floor: number, claims: readonly GrantClaim[] = [],
+  client: PoolClient,
+  asks: readonly { readonly clientId: string; readonly fenceCooldownMs: number; readonly claim?: GrantClaim }[],
+  time: StatementTime,
 ): Promise<HeldRow[]> {
-  const claim = (i: number): GrantClaim => claims[i] ?? NO_CLAIM;
-  const values = [clientIds, now, floor, clientIds.map((_, i) => claim(i).keyHash), clientIds.map((_, i) => instanceColumn(claim(i).instance))];
+  const claim = (a: { readonly claim?: GrantClaim }): GrantClaim => a.claim ?? NO_CLAIM;
+  const values = [
+    asks.map((a) => a.clientId), asks.map((a) => a.fenceCooldownMs),
+    asks.map((a) => claim(a).keyHash), asks.map((a) => instanceColumn(claim(a).instance)),
+    time.now, time.lo, time.hi,
+  ];
   return (await rows(client, 'grant_next_alone', GRANT_NEXT_SQL, values)).map(heldRowOf);
 }
 
 async function heldInTx(client: PoolClient, kind: HeldKind, ask: HeldAsk, now: number): Promise<IdentifierRecord | null> {
-  const r = await first(client, `${kind}_held`, HELD_SQL[kind].inTx, [...askArrays([ask]), now, ...proofArrays([ask])]);
+  const r = await first(client, `${kind}_held`, HELD_SQL[kind].inTx, [...askArrays([ask]), now]);
   return r === undefined ? null : toRecord(r);
 }
 
@@ -288,6 +327,13 @@ export class PgReader implements Reader {
   async history(rowId: number): Promise<HistoryEntry[]> {
     const rs = await rows(this.client, 'history', 'SELECT at, event, client_id, epoch FROM history WHERE identifier_id = $1 ORDER BY id', [rowId]);
     return rs.map(toHistoryEntry);
+  }
+
+  async historyPage(rowId: number, after: number | null, limit: number): Promise<HistoryRows> {
+    // One row past the page tells whether another follows.
+    const rs = await rows(this.client, 'history_page',
+      `SELECT ${HISTORY_PAGE_COLUMNS} FROM history WHERE identifier_id = $1 AND id > $2 ORDER BY id LIMIT $3`, [rowId, after ?? 0, limit + 1]);
+    return toHistoryRows(rs, limit);
   }
 
   async list(q: ListQuery): Promise<IdentifierRecord[]> {
@@ -343,11 +389,20 @@ export class PgReader implements Reader {
   }
 }
 
+/** This host's mark of registry time, stored with each beat (see clock_hosts). */
+export interface HostClock {
+  readonly bootId: string;
+  readonly mark: HostMark;
+}
+
+/** A host forgotten this long after its last mark (an instance that never came back). */
+const HOST_FORGOTTEN_MS = 7 * 24 * 3600_000;
+
 export class PgTx extends PgReader implements Tx {
   /** Whether this use case has written (or taken a lock past its rows): see store.ts, group commit. */
   wrote = false;
 
-  constructor(client: PoolClient, now: number) {
+  constructor(client: PoolClient, now: number, private readonly host: HostClock | null = null) {
     super(client, now, 'FOR UPDATE');
   }
 
@@ -373,35 +428,36 @@ export class PgTx extends PgReader implements Tx {
     return r === undefined ? null : { rec: toRecord(r), held: bool(asRow(r), 'held') };
   }
 
-  async grant(rowId: number, clientId: string, epoch: number, now: number, claim: GrantClaim = NO_CLAIM): Promise<void> {
+  async grant(rowId: number, clientId: string, epoch: number, now: number, fenceCooldownMs: number, claim: GrantClaim = NO_CLAIM): Promise<void> {
     this.wrote = true;
     // The grant and its history entry in one statement: one round trip, never one without the other.
     const n = await changes(this.client, 'grant',
       `WITH granted AS (
-         UPDATE identifiers SET client_id = $2, epoch = $3, allocated_at = $4, last_seen = $4,
-           key_hash = $5, instance = $6, last_client_id = $2, last_granted_at = $4
+         UPDATE identifiers SET client_id = $2, epoch = $3, allocated_at = $4, last_seen = $4, fence_cooldown_ms = $5,
+           key_hash = $6, instance = $7, last_client_id = $2, last_granted_at = $4
          WHERE id = $1 AND client_id IS NULL RETURNING id
        )
        INSERT INTO history (identifier_id, at, event, client_id, epoch) SELECT id, $4, 'allocated', $2, $3 FROM granted`,
-      [rowId, clientId, epoch, now, claim.keyHash, instanceColumn(claim.instance)]);
+      [rowId, clientId, epoch, now, fenceCooldownMs, claim.keyHash, instanceColumn(claim.instance)]);
     if (n !== 1) throw new Error(`grant of row ${rowId} changed ${n} rows`);
   }
 
-  async renewHeld(name: string, clientId: string, epoch: number | null, now: number, proof: HeldProof = NO_PROOF): Promise<IdentifierRecord | null> {
+  async renewHeld(name: string, clientId: string, epoch: number | null, now: number, fenceCooldownMs: number, proof: HeldProof = NO_PROOF): Promise<IdentifierRecord | null> {
     this.wrote = true;
-    return heldInTx(this.client, 'renew', { name, clientId, epoch, proof }, now);
+    return heldInTx(this.client, 'renew', { name, clientId, epoch, fenceCooldownMs, proof }, now);
   }
 
   async releaseHeld(name: string, clientId: string, epoch: number | null, now: number, proof: HeldProof = NO_PROOF): Promise<IdentifierRecord | null> {
     this.wrote = true;
-    return heldInTx(this.client, 'release', { name, clientId, epoch, proof }, now);
+    return heldInTx(this.client, 'release', { name, clientId, epoch, fenceCooldownMs: null, proof }, now);
   }
 
   async free(rowId: number, availableAt: number, entry: FreeEntry): Promise<void> {
     this.wrote = true;
     await changes(this.client, 'free',
       `WITH freed AS (
-         UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = $2, key_hash = NULL, instance = NULL
+         UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, fence_cooldown_ms = NULL, available_at = $2,
+           key_hash = NULL, instance = NULL
          WHERE id = $1 RETURNING id
        )
        INSERT INTO history (identifier_id, at, event, client_id, epoch) SELECT id, $3::bigint, $4::text, $5::text, $6::bigint FROM freed`,
@@ -413,6 +469,17 @@ export class PgTx extends PgReader implements Tx {
     await changes(this.client, 'history_append',
       'INSERT INTO history (identifier_id, at, event, client_id, epoch) VALUES ($1, $2, $3, $4, $5)',
       [rowId, at, event, clientId, epoch]);
+  }
+
+  async pruneHistory(before: number, limit: number): Promise<number> {
+    this.wrote = true;
+    // As SQLite's: the oldest `limit` entries by position (never the newest of all), those written
+    // before `before`. SKIP LOCKED: two instances pruning at once take different entries.
+    return changes(this.client, 'history_prune',
+      `WITH oldest AS (
+         SELECT id FROM history WHERE id < (SELECT max(id) FROM history) ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
+       )
+       DELETE FROM history h USING oldest WHERE h.id = oldest.id AND h.at < $1`, [before, limit]);
   }
 
   async trySweepLock(): Promise<boolean> {
@@ -433,10 +500,11 @@ export class PgTx extends PgReader implements Tx {
     return count(this.client, 'count_events', 'SELECT count(*) AS n FROM history WHERE event = $1 AND at >= $2', [event, since]);
   }
 
-  async reclaimExpired(cutoff: number, limit: number, now: number, availableAt: number): Promise<IdentifierRecord[]> {
+  async reclaimExpired(cutoff: number, limit: number, now: number, cooldownMs: number): Promise<IdentifierRecord[]> {
     this.wrote = true;
     // One statement: lock the oldest expired leases no other sweep holds, append their history,
-    // free them. A lease renewed since this statement's snapshot is re-checked on its newest
+    // free them, each cooling for the longer of the setting and the window its holder was told
+    // (domain leaseCooldownMs). A lease renewed since this statement's snapshot is re-checked on its newest
     // version by the row lock (READ COMMITTED), so it is not taken; one freed by another sweep
     // no longer matches. Set-based whatever the batch size.
     const rs = await rows(this.client, 'reclaim_expired',
@@ -448,10 +516,11 @@ export class PgTx extends PgReader implements Tx {
          INSERT INTO history (identifier_id, at, event, client_id, epoch)
          SELECT id, $3, 'reclaimed', client_id, epoch FROM picked ORDER BY last_seen, id
        ), freed AS (
-         UPDATE identifiers i SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = $4, key_hash = NULL, instance = NULL
+         UPDATE identifiers i SET client_id = NULL, allocated_at = NULL, last_seen = NULL, fence_cooldown_ms = NULL,
+           available_at = $3::bigint + greatest(picked.fence_cooldown_ms, $4::bigint), key_hash = NULL, instance = NULL
          FROM picked WHERE i.id = picked.id
        )
-       SELECT * FROM picked ORDER BY last_seen, id`, [cutoff, limit, now, availableAt]);
+       SELECT * FROM picked ORDER BY last_seen, id`, [cutoff, limit, now, cooldownMs]);
     return rs.map(toRecord);
   }
 
@@ -507,7 +576,9 @@ export class PgTx extends PgReader implements Tx {
   async beat(b: InstanceBeat): Promise<void> {
     this.wrote = true;
     // One statement: the beat, the fleet's latest request (kept when instances come and go),
-    // and instances that stopped beating a day ago (crashed long since) dropped.
+    // this host's mark of registry time (the newest reading of its monotonic clock wins), and
+    // instances that stopped beating a day ago (crashed long since) dropped.
+    const h = this.host;
     await changes(this.client, 'beat',
       `WITH beat AS (
          INSERT INTO instances (id, started_at, at, fleet_seen_at) VALUES ($1, $2, $3, $4)
@@ -516,13 +587,29 @@ export class PgTx extends PgReader implements Tx {
        ), fleet AS (
          INSERT INTO fleet (id, seen_at) SELECT 1, $4 WHERE $4::bigint IS NOT NULL
          ON CONFLICT (id) DO UPDATE SET seen_at = greatest(fleet.seen_at, excluded.seen_at)
+       ), host AS (
+         INSERT INTO clock_hosts (boot_id, mono, lo, hi, gen) SELECT $6::text, $7::float8, $8::bigint, $9::bigint, $10::bigint WHERE $6::text IS NOT NULL
+         ON CONFLICT (boot_id) DO UPDATE SET mono = excluded.mono, lo = excluded.lo, hi = excluded.hi, gen = excluded.gen
+         WHERE excluded.mono >= clock_hosts.mono
+       ), hosts_gone AS (
+         DELETE FROM clock_hosts WHERE hi < $3::bigint - $11::bigint AND boot_id IS DISTINCT FROM $6::text
        )
        DELETE FROM instances WHERE at < $3::bigint - $5::bigint AND id <> $1`,
-      [b.id, b.startedAt, b.at, b.fleetSeenAt, INSTANCE_FORGOTTEN_MS]);
+      [b.id, b.startedAt, b.at, b.fleetSeenAt, INSTANCE_FORGOTTEN_MS,
+        h?.bootId ?? null, h?.mark.mono ?? null, h ? Math.floor(h.mark.lo) : null, h ? Math.ceil(h.mark.hi) : null, h?.mark.gen ?? null,
+        HOST_FORGOTTEN_MS]);
   }
 
   async forgetInstance(id: string): Promise<void> {
     this.wrote = true;
     await changes(this.client, 'forget_instance', 'DELETE FROM instances WHERE id = $1', [id]);
+  }
+
+  async lostAcknowledgedWrites(): Promise<boolean> {
+    // Found missing, the mark is put back in this transaction: a concurrent check-in waits for
+    // its commit at the primary key, then finds it there (and reads what this one recorded).
+    const put = await changes(this.client, 'incarnation_mark', 'INSERT INTO incarnation (id) VALUES (1) ON CONFLICT (id) DO NOTHING', []);
+    if (put > 0) this.wrote = true;
+    return put > 0;
   }
 }

@@ -4,10 +4,11 @@
  * import is one write transaction into a database with no identifiers and no history.
  */
 import type Database from 'better-sqlite3';
+import type { TimeSource } from '../../clock.js';
 import { instanceColumn } from '../columns.js';
-import { DUMP_IDENTIFIER_COLUMNS, isPortableMeta, notEmptyError, toDumpHistory, toDumpIdentifier, toDumpMeta } from '../dump.js';
-import type { Dump } from '../dump.js';
-import { openDatabase } from './store.js';
+import { DUMP_IDENTIFIER_COLUMNS, isPortableMeta, notEmptyError, toDumpHistory, toDumpIdentifier, toDumpMeta, translateDump } from '../dump.js';
+import type { Dump, Translation } from '../dump.js';
+import { SqliteStore, openDatabase, registryTimeOf } from './store.js';
 
 function count(db: Database.Database, table: 'identifiers' | 'history'): number {
   const r: unknown = db.prepare(`SELECT count(*) AS n FROM ${table}`).get();
@@ -17,11 +18,16 @@ function count(db: Database.Database, table: 'identifiers' | 'history'): number 
 
 /** The whole state, read in one transaction. `exportedAt` is the registry time of the export. */
 export function dumpSqlite(db: Database.Database, exportedAt: number): Dump {
+  // A file not yet migrated (idreg export opens it read-only) has no fence windows, key hashes,
+  // watermarks or last holders to export: those columns read as NULL.
+  const present = new Set(db.prepare('SELECT name FROM pragma_table_info(?)').all('identifiers')
+    .map((c) => (typeof c === 'object' && c !== null && 'name' in c ? c.name : null)));
+  const select = DUMP_IDENTIFIER_COLUMNS.split(', ').map((c) => (present.has(c) ? c : `NULL AS ${c}`)).join(', ');
   const read = db.transaction((): Dump => ({
     engine: 'sqlite',
     exportedAt,
     identifiers: db.prepare(
-      `SELECT ${DUMP_IDENTIFIER_COLUMNS} FROM identifiers ORDER BY pool_order, id`,
+      `SELECT ${select} FROM identifiers ORDER BY pool_order, id`,
     ).all().map((r) => toDumpIdentifier(r)),
     history: db.prepare(
       `SELECT i.name AS identifier, h.at, h.event, h.client_id, h.epoch
@@ -32,31 +38,56 @@ export function dumpSqlite(db: Database.Database, exportedAt: number): Dump {
   return read.deferred();
 }
 
-/** `idreg export` on a database file: read-only, safe with a registry running on it. */
-export function exportSqliteFile(path: string, exportedAt: number): Dump {
+/**
+ * `idreg export` on a database file: read-only, safe with a registry running on it. The dump's
+ * times are measured against the file's registry time now (its clock anchor, see store.ts
+ * registryTimeOf), not this host's wall clock, which may be far from it.
+ */
+export function exportSqliteFile(path: string, source: TimeSource): Dump {
   const db = openDatabase({ path, readonly: true });
   try {
-    return dumpSqlite(db, exportedAt);
+    // Read before the export's snapshot: a time written meanwhile is later, so what it starts
+    // comes out longer, never shorter.
+    return dumpSqlite(db, registryTimeOf(db, source));
   } finally {
     db.close();
   }
 }
 
-/** `idreg import` into a database file, created and migrated if need be. */
-export function importSqliteFile(path: string, d: Dump): void {
+/**
+ * `idreg import` into a database file, created and migrated if need be: its registry clock is
+ * anchored as a registry starting on it would be (and kept for the registry that starts there
+ * on this boot), and the dump's times are moved onto it (see ../dump.ts, translateDump).
+ */
+export async function importSqliteFile(path: string, d: Dump, source: TimeSource): Promise<Translation> {
+  // Refused before the store is opened: opening one may record a clock anchor, and a refused
+  // import changes nothing.
   const db = openDatabase({ path });
   try {
-    loadSqlite(db, d);
+    const held = count(db, 'identifiers');
+    const logged = count(db, 'history');
+    if (held > 0 || logged > 0) throw notEmptyError(held, logged);
   } finally {
     db.close();
   }
+  const store = new SqliteStore({ path, source, listingWorker: false });
+  try {
+    const moved = translateDump(d, store.clock.now());
+    loadSqlite(store.db, moved.dump);
+    return moved;
+  } finally {
+    await store.close();
+  }
 }
 
-/** Loads `d` in one transaction; refused (DumpError) when the database already holds state. */
+/**
+ * Loads `d` as it is, times included, in one transaction; refused (DumpError) when the database
+ * already holds state. An import translates the times first (importSqliteFile).
+ */
 export function loadSqlite(db: Database.Database, d: Dump): void {
   const insertIdentifier = db.prepare(
     `INSERT INTO identifiers (${DUMP_IDENTIFIER_COLUMNS})
-     VALUES (@name, @poolOrder, @retired, @epoch, @clientId, @allocatedAt, @lastSeen, @availableAt,
+     VALUES (@name, @poolOrder, @retired, @epoch, @clientId, @allocatedAt, @lastSeen, @availableAt, @fenceCooldownMs,
              @keyHash, @instance, @watermark, @lastClientId, @lastGrantedAt)`,
   );
   const insertHistory = db.prepare(

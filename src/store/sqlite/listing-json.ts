@@ -18,6 +18,7 @@
 import type Database from 'better-sqlite3';
 import type { Statement } from 'better-sqlite3';
 import { ROW_COLUMNS } from '../columns.js';
+import { fenceAfterMs } from '../../domain/lease.js';
 import type { ListJson, ListQuery, ViewRules } from '../types.js';
 
 const DAY_MS = 86_400_000;
@@ -39,12 +40,19 @@ const inRange = (ms: string): string => `${ms} BETWEEN 0 AND ${MAX_PLAIN_ISO_MS}
 /** The watermark as a JSON number (an INTEGER prints as one), or null. */
 const WATERMARK = `coalesce(watermark, 'null')`;
 
+/**
+ * A leased row's fence_after_ms: domain fenceAfterMs of leaseCooldownMs (the longer of the window
+ * kept with the lease and today's cool-down, less 1 %), in integer arithmetic as there; @fence
+ * is today's, computed once a page (the common case: no longer window kept).
+ */
+const FENCE = 'CASE WHEN fence_cooldown_ms > @cooldown THEN fence_cooldown_ms * 99 / 100 ELSE @fence END';
+
 /** One row's identifier view as JSON text, or NULL when a time of it is out of range. Same keys, same order as identifierView. */
 const ROW_JSON = `CASE
   WHEN client_id IS NOT NULL THEN CASE WHEN ${inRange('allocated_at')} AND ${inRange('last_seen')} AND ${inRange('last_seen + @ttl')} THEN
     printf('{"identifier":%s,"status":"leased","client_id":%s,"epoch":%d,"allocated_at":${ISO},"last_seen":${ISO},"expires_at":${ISO},"fence_after_ms":%d,"available_at":null,"watermark":%s,"instance":%s%s}',
       json_quote(name), json_quote(client_id), epoch, ${isoArgs('allocated_at')}, ${isoArgs('last_seen')}, ${isoArgs('(last_seen + @ttl)')},
-      @fence, ${WATERMARK}, coalesce(instance, 'null'), CASE WHEN retired = 1 THEN ',"retired":true' ELSE '' END) END
+      ${FENCE}, ${WATERMARK}, coalesce(instance, 'null'), CASE WHEN retired = 1 THEN ',"retired":true' ELSE '' END) END
   WHEN retired = 0 AND available_at > @now THEN CASE WHEN ${inRange('available_at')} THEN
     printf('{"identifier":%s,"status":"cooling","client_id":null,"epoch":%d,"allocated_at":null,"last_seen":null,"expires_at":null,"fence_after_ms":null,"available_at":${ISO},"watermark":%s,"instance":null}',
       json_quote(name), epoch, ${isoArgs('available_at')}, ${WATERMARK}) END
@@ -142,9 +150,9 @@ export class ListingJson {
 /** The statements and parameters that write `q`; null when it cannot be written in SQL (see above). */
 export function planPage(q: ListQuery, view: ViewRules): PagePlan | null {
   const { now } = q;
-  const { ttlMs, fenceAfterMs } = view;
+  const { ttlMs, cooldownMs } = view;
   if (!Number.isSafeInteger(now) || now < 0 || now > MAX_PLAIN_ISO_MS) return null;
-  if (!Number.isSafeInteger(ttlMs) || ttlMs < 0 || !Number.isSafeInteger(fenceAfterMs)) return null;
+  if (!Number.isSafeInteger(ttlMs) || ttlMs < 0 || !Number.isSafeInteger(cooldownMs) || cooldownMs < 0) return null;
   const today = Math.floor(now / DAY_MS);
   const day = (d: number): string => new Date(d * DAY_MS).toISOString().slice(0, 10);
   const keyset = q.after ? { afterOrder: q.after.poolOrder, afterId: q.after.rowId } : {};
@@ -154,7 +162,7 @@ export function planPage(q: ListQuery, view: ViewRules): PagePlan | null {
     limit,
     // Integers bound as BigInt are SQLite INTEGERs: the arithmetic on times stays integer.
     body: {
-      ...keyset, limit, now: BigInt(now), ttl: BigInt(ttlMs), fence: BigInt(fenceAfterMs),
+      ...keyset, limit, now: BigInt(now), ttl: BigInt(ttlMs), cooldown: BigInt(cooldownMs), fence: BigInt(fenceAfterMs({ cooldownMs })),
       day0: BigInt(today - 1), date0: day(today - 1), day1: BigInt(today), date1: day(today), day2: BigInt(today + 1), date2: day(today + 1),
     },
     edge: { ...keyset, limit, now },

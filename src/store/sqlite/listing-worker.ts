@@ -1,8 +1,10 @@
 /**
- * The full listing's pages written on worker threads: each has a read-only connection of its
- * own to the same WAL database file and runs a page's statements (listing-json.ts, planned on
- * the main thread), so the event loop only relays the page's Buffer, and the SQLite work of
- * the next pages overlaps the sending of this one.
+ * The listing's pages written on worker threads: each has a read-only connection of its own to
+ * the same WAL database file and runs a page's statements (listing-json.ts, planned on the
+ * main thread), so the event loop only relays the page's Buffer, and the SQLite work of the
+ * next pages overlaps the sending of this one. The same threads run the other reads whose work
+ * grows with the pool (the counts behind /health and /metrics: a million identifiers, most of
+ * them cooling, took 16-60 ms to count), one statement in a read transaction of its own.
  *
  * A page is one message (its plan) and two answers, both from one read transaction: first
  * where the page ends (the edge statement, cheap: an index walk), so the next page can be
@@ -24,6 +26,17 @@ const db = new Database(workerData.path, { readonly: true, fileMustExist: true, 
 const begin = db.prepare('BEGIN');
 const commit = db.prepare('COMMIT');
 const prepared = new Map();
+const reads = new Map();
+function readStatement(key) {
+  let s = reads.get(key);
+  if (!s) {
+    const sql = workerData.reads[key];
+    if (!sql) throw new Error('no read statement ' + key);
+    s = db.prepare(sql).raw();
+    reads.set(key, s);
+  }
+  return s;
+}
 function statements(key) {
   let s = prepared.get(key);
   if (!s) {
@@ -38,6 +51,24 @@ parentPort.on('message', (m) => {
   if (m.stop) {
     db.close();
     parentPort.close();
+    return;
+  }
+  if (m.read) {
+    let one;
+    try {
+      const s = readStatement(m.read);
+      begin.run();
+      try {
+        one = s.get(m.params);
+      } finally {
+        if (db.inTransaction) commit.run();
+      }
+    } catch (e) {
+      try { if (db.inTransaction) db.exec('ROLLBACK'); } catch {}
+      parentPort.postMessage({ id: m.id, error: String((e && e.message) || e), code: (e && e.code) || null });
+      return;
+    }
+    parentPort.postMessage({ id: m.id, row: one === undefined ? null : one });
     return;
   }
   let row;
@@ -66,6 +97,9 @@ parentPort.on('message', (m) => {
 parentPort.postMessage({ ready: true });
 `;
 
+/** SQL of the reads beside the pages, by name: one statement each, named parameters, one row. */
+export type ReadSql = Readonly<Record<string, string>>;
+
 export interface ListingWorkerStats {
   /** Worker threads running (started, not stopped or failed). */
   readonly running: number;
@@ -73,6 +107,8 @@ export interface ListingWorkerStats {
   readonly pending: number;
   /** Pages they answered. */
   readonly pages: number;
+  /** Other reads (the counts) they answered. */
+  readonly reads: number;
 }
 
 /** A page as a worker read it: the statements' results, and the rows when SQL could not write one. */
@@ -81,6 +117,8 @@ export interface WorkerPage extends PageResult {
 }
 
 interface Waiting {
+  /** A page (counted in the stats), or one of the other reads. */
+  readonly page: boolean;
   readonly onEdge: (edge: unknown[] | null) => void;
   /** The edge statement's rows, once posted (they come before the page). */
   edge: unknown[] | null | undefined;
@@ -100,10 +138,11 @@ class ListingThread {
   ready = false;
   everReady = false;
   pages = 0;
+  reads = 0;
 
-  constructor(path: string, sql: PageSql, private readonly onEnd: (t: ListingThread, failure: Error) => void) {
+  constructor(path: string, sql: PageSql, reads: ReadSql, private readonly onEnd: (t: ListingThread, failure: Error) => void) {
     const driver = createRequire(import.meta.url).resolve('better-sqlite3');
-    const worker = new Worker(WORKER, { eval: true, workerData: { path, driver, sql } });
+    const worker = new Worker(WORKER, { eval: true, workerData: { path, driver, sql, reads } });
     this.worker = worker;
     worker.unref(); // the registry's server keeps the process alive, not the listing's threads
     worker.on('message', (m: unknown) => this.onMessage(m));
@@ -125,8 +164,18 @@ class ListingThread {
     return new Promise<WorkerPage>((resolve, reject) => {
       if (this.ended || !this.worker) return reject(this.ended ?? new Error('the listing worker is stopped'));
       const id = this.nextId++;
-      this.waiting.set(id, { onEdge, edge: undefined, resolve, reject });
+      this.waiting.set(id, { page: true, onEdge, edge: undefined, resolve, reject });
       this.worker.postMessage({ id, key: plan.key, body: plan.body, edge: plan.edge, limit: plan.limit });
+    });
+  }
+
+  /** Runs the read statement `key` with `params`, in a read transaction of its own: its one row (an array), or null for none. */
+  read(key: string, params: Readonly<Record<string, unknown>>): Promise<unknown> {
+    return new Promise<unknown>((resolve, reject) => {
+      if (this.ended || !this.worker) return reject(this.ended ?? new Error('the listing worker is stopped'));
+      const id = this.nextId++;
+      this.waiting.set(id, { page: false, onEdge: () => {}, edge: undefined, resolve: (r) => resolve(r.row), reject });
+      this.worker.postMessage({ id, read: key, params });
     });
   }
 
@@ -172,7 +221,8 @@ class ListingThread {
       return w.onEdge(edge);
     }
     this.waiting.delete(m.id);
-    this.pages++;
+    if (w.page) this.pages++;
+    else this.reads++;
     const row = Array.isArray(m.row) ? [...(m.row as unknown[])] : null;
     // A Buffer crosses threads as a plain Uint8Array: the same memory, seen as a Buffer again.
     const blob = row?.[0];
@@ -211,12 +261,15 @@ export class ListingWorkers {
   private threads: ListingThread[] = [];
   private idle: NodeJS.Timeout | null = null;
   private pagesBefore = 0;
+  private readsBefore = 0;
   /** Threads that failed before opening the database: they would again, for a while. */
   private failure: { readonly error: Error; readonly at: number } | null = null;
 
   constructor(
     private readonly path: string, private readonly sql: PageSql, private readonly size: number, private readonly idleMs: number,
     private readonly now: () => number = () => performance.now(),
+    /** The other reads the threads may run (see ListingThread.read), by name. */
+    private readonly reads: ReadSql = {},
   ) {}
 
   get ready(): boolean {
@@ -247,13 +300,14 @@ export class ListingWorkers {
       running: this.threads.filter((t) => t.running).length,
       pending: this.threads.reduce((n, t) => n + t.pending, 0),
       pages: this.pagesBefore + this.threads.reduce((n, t) => n + t.pages, 0),
+      reads: this.readsBefore + this.threads.reduce((n, t) => n + t.reads, 0),
     };
   }
 
   /** Starts the threads if none run, and keeps them from stopping for idleness a while longer. */
   start(): void {
     while (this.threads.length < this.size && this.failed === null) {
-      this.threads.push(new ListingThread(this.path, this.sql, (t, failure) => this.forget(t, failure)));
+      this.threads.push(new ListingThread(this.path, this.sql, this.reads, (t, failure) => this.forget(t, failure)));
     }
     this.keep();
   }
@@ -263,10 +317,24 @@ export class ListingWorkers {
     // in-process meanwhile).
     if (!this.threads.some((t) => t.running)) this.start();
     this.keep();
-    let best: ListingThread | null = null;
-    for (const t of this.threads) if (t.ready && (best === null || t.pending < best.pending)) best = t;
+    const best = this.leastBusy();
     if (best === null) return Promise.reject(this.failed ?? new Error('no listing worker is ready'));
     return best.run(plan, onEdge);
+  }
+
+  /** Runs the read statement `key` (one of `reads`) on the ready thread with the least waiting; its one row, or null. */
+  read(key: string, params: Readonly<Record<string, unknown>>): Promise<unknown> {
+    if (!this.threads.some((t) => t.running)) this.start();
+    this.keep();
+    const best = this.leastBusy();
+    if (best === null) return Promise.reject(this.failed ?? new Error('no listing worker is ready'));
+    return best.read(key, params);
+  }
+
+  private leastBusy(): ListingThread | null {
+    let best: ListingThread | null = null;
+    for (const t of this.threads) if (t.ready && (best === null || t.pending < best.pending)) best = t;
+    return best;
   }
 
   /** Stops every thread; pages waiting are refused with `reason`. */
@@ -275,7 +343,10 @@ export class ListingWorkers {
     this.idle = null;
     const threads = this.threads;
     this.threads = [];
-    for (const t of threads) this.pagesBefore += t.pages;
+    for (const t of threads) {
+      this.pagesBefore += t.pages;
+      this.readsBefore += t.reads;
+    }
     await Promise.all(threads.map((t) => t.stop(reason)));
   }
 
@@ -283,6 +354,7 @@ export class ListingWorkers {
     if (!this.threads.includes(t)) return;
     this.threads = this.threads.filter((x) => x !== t);
     this.pagesBefore += t.pages;
+    this.readsBefore += t.reads;
     if (!t.everReady) this.failure = { error: failure, at: this.now() };
   }
 

@@ -121,6 +121,21 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX history_reclaimed_at ON history (at) WHERE event = 'reclaimed';
   `,
   `
+  -- The fence window announced to a holder is kept with its lease: the cool-down it was derived
+  -- from, the longest announced during the lease (null: a lease granted before this was kept,
+  -- until its next renewal). An identifier taken from its holder cools at least this long, so a
+  -- lower REUSE_COOLDOWN_SECONDS (a restart, another process) never shortens a window announced.
+  ALTER TABLE identifiers ADD COLUMN fence_cooldown_ms INTEGER CHECK (fence_cooldown_ms IS NULL OR fence_cooldown_ms >= 0);
+  `,
+  `
+  -- A filtered page of free or cooling identifiers walks the pool order through an index that
+  -- holds available_at as well, so whether a row is free or cooling now is read from the index,
+  -- not from each row: the walk past 250,000 free ones to the first cooling one read every row.
+  -- (The allocatable index, by available_at, gives them in the wrong order: a sort of them all.)
+  DROP INDEX IF EXISTS identifiers_unheld_by_order;
+  CREATE INDEX identifiers_unheld_by_order_at ON identifiers (pool_order, id, available_at) WHERE client_id IS NULL AND retired = 0;
+  `,
+  `
   -- Who holds a lease, and what the next holder must know (docs/api.md, "Holder keys",
   -- "Sticky identity", "Watermark"; docs/_pending/holder.md).
   -- The hash of the key a lease was granted with (never the key), and what an attested claim

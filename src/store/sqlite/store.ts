@@ -17,7 +17,7 @@ import { recordOf } from '../../domain/lease.js';
 import { HISTORY_EVENTS } from '../../domain/types.js';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple } from '../../domain/types.js';
 import { NO_CLAIM, NO_PROOF } from '../types.js';
-import type { FreeEntry, GrantClaim, HeldProof, InstanceBeat, ListJson, ListQuery, ListingReader, OffLoopPage, PoolRow, RawCounts, Reader, Store, Tx, ViewRules, WriteOptions } from '../types.js';
+import type { FreeEntry, GrantClaim, HeldProof, HistoryRows, InstanceBeat, ListJson, ListQuery, ListingReader, OffLoopPage, PoolRow, RawCounts, Reader, Store, Tx, ViewRules, WriteOptions } from '../types.js';
 import { startCheckpointer } from './checkpointer.js';
 import type { Checkpointer } from './checkpointer.js';
 import { toRegistryError } from './errors.js';
@@ -25,7 +25,7 @@ import { ListingJson, edgeNext, finishPage, pageSql, planPage } from './listing-
 import { ListingWorkers } from './listing-worker.js';
 import type { ListingWorkerStats } from './listing-worker.js';
 import { instanceColumn } from '../columns.js';
-import { RECORD_COLUMNS, ROW_COLUMNS, asRow, intColumn, recordTuples, scalar, toHistoryEntry, toRecord } from './rows.js';
+import { HISTORY_PAGE_COLUMNS, RECORD_COLUMNS, ROW_COLUMNS, asRow, intColumn, recordTuples, scalar, toHistoryEntry, toHistoryRows, toRecord } from './rows.js';
 import { MIGRATIONS } from './schema.js';
 
 export interface SqliteStoreOptions {
@@ -65,13 +65,28 @@ interface QueuedRead {
 
 type Outcome = { ok: true; value: unknown } | { ok: false; error: RegistryError };
 
+/**
+ * Each status filter of a listing, which pages it in pool order. Free and cooling compare
+ * `+available_at`: the unary plus keeps SQLite from serving the time test with the allocatable
+ * index (available_at first, so every match, then a sort of them all); the pool-order index of
+ * unheld identifiers (identifiers_unheld_by_order_at) holds the time, so a page stops as soon
+ * as it has its rows.
+ */
 export const STATUS_WHERE: Readonly<Record<string, string>> = {
   all: '1 = 1',
   leased: 'client_id IS NOT NULL',
-  free: 'client_id IS NULL AND retired = 0 AND available_at <= @now',
-  cooling: 'client_id IS NULL AND retired = 0 AND available_at > @now',
+  free: 'client_id IS NULL AND retired = 0 AND +available_at <= @now',
+  cooling: 'client_id IS NULL AND retired = 0 AND +available_at > @now',
   retired: 'retired = 1',
 };
+
+/**
+ * The pool's counts (Reader.counts): the totals a grant, a free or a retirement changes are kept
+ * by triggers; cooling is time-dependent, so it is counted, through the allocatable index.
+ */
+const COUNTS_SQL = `SELECT total, leased, retired,
+         (SELECT count(*) FROM identifiers WHERE client_id IS NULL AND retired = 0 AND available_at > @now) AS cooling
+  FROM pool_counts WHERE id = 1`;
 
 const CLOCK_KEY = 'clock_anchor';
 /** An instance that has not beaten for this long (crashed long ago) is dropped from the table. */
@@ -88,6 +103,13 @@ const LISTING_IDLE_MS = 60_000;
 const LISTING_WORKERS = 2;
 /** Identifiers a bulk insert sends per statement. */
 const INSERT_CHUNK = 10_000;
+
+/** A count a worker read (a number, or a bigint from a very large table). */
+function countOf(v: unknown): number {
+  const n = typeof v === 'bigint' ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) throw new Error(`counts: expected a count, got ${typeof v}`);
+  return n;
+}
 
 function isBusy(e: unknown): boolean {
   return e instanceof Database.SqliteError && /^SQLITE_(BUSY|LOCKED)/.test(e.code);
@@ -119,6 +141,39 @@ function migrate(db: Database.Database): void {
   run.immediate();
 }
 
+/** Every time the store holds that a process wrote as "now": registry time must not go back below any. */
+function floorOf(db: Database.Database): number {
+  // A table a file not yet migrated lacks (idreg export opens it read-only, without migrating) holds no time.
+  const latest = (table: string, sql: string): number =>
+    db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(table) === undefined ? 0 : scalar(db.prepare(sql).get()) ?? 0;
+  return Math.max(
+    latest('identifiers', `SELECT max(last_seen) AS n FROM identifiers WHERE client_id IS NOT NULL`),
+    latest('history', `SELECT at AS n FROM history ORDER BY id DESC LIMIT 1`),
+    latest('instances', `SELECT max(at) AS n FROM instances`),
+    latest('fleet', `SELECT seen_at AS n FROM fleet WHERE id = 1`),
+    latest('refusals', `SELECT max(at) AS n FROM refusals`),
+  );
+}
+
+function storedAnchor(db: Database.Database): ClockAnchor | null {
+  const row: unknown = db.prepare('SELECT value FROM meta WHERE key = ?').get(CLOCK_KEY);
+  return parseAnchor(row === undefined ? null : String(asRow(row)['value']));
+}
+
+/**
+ * A database file's registry time now, as a registry running on it on this machine computes it,
+ * read without writing anything (idreg export): the anchor the first process of this boot
+ * recorded, driven by the monotonic clock, never below the floor. On another boot (or with no
+ * anchor) a registry would resume cool-downs from the floor, the latest time written (see
+ * SqliteStore.anchor): so does this, which makes each at least as long as it was.
+ */
+export function registryTimeOf(db: Database.Database, source: TimeSource): number {
+  const floor = floorOf(db);
+  const d = resumeAnchor(storedAnchor(db), floor, source);
+  if (d.fresh) return floor > 0 ? floor : Math.floor(source.wall());
+  return anchorClock(source, d.anchor, floor).now();
+}
+
 function parseAnchor(raw: string | null): ClockAnchor | null {
   if (raw === null) return null;
   try {
@@ -145,6 +200,8 @@ class Statements {
   readonly free: Statement;
   readonly historyInsert: Statement;
   readonly history: Statement;
+  readonly historyPage: Statement;
+  readonly historyPrune: Statement;
   readonly expired: Statement;
   readonly countExpired: Statement;
   readonly countLeased: Statement;
@@ -175,7 +232,6 @@ class Statements {
   readonly refusalInsert: Statement;
   readonly refusedClients: Statement;
   readonly refusalsPrune: Statement;
-  readonly latestRefusal: Statement;
   readonly addToTotal: Statement;
   /** Transaction control, prepared once: db.exec parses its SQL on every call, twice per use case. */
   readonly begin: Statement;
@@ -200,7 +256,7 @@ class Statements {
        ) WHERE client_id IS NULL AND retired = 0 AND available_at <= @now`,
     );
     this.grant = p(
-      `UPDATE identifiers SET client_id = @clientId, epoch = @epoch, allocated_at = @now, last_seen = @now,
+      `UPDATE identifiers SET client_id = @clientId, epoch = @epoch, allocated_at = @now, last_seen = @now, fence_cooldown_ms = @fence,
          key_hash = @keyHash, instance = @instance, last_client_id = @clientId, last_granted_at = @now
        WHERE id = @rowId AND client_id IS NULL`,
     );
@@ -208,18 +264,18 @@ class Statements {
     const raiseWatermark = 'watermark = max(coalesce(watermark, @watermark), coalesce(@watermark, watermark))';
     const held = 'name = @name AND client_id = @clientId AND (@epoch IS NULL OR epoch = @epoch) AND key_hash IS @keyHash';
     this.renewHeld = p(
-      `UPDATE identifiers SET last_seen = max(last_seen, @now), ${raiseWatermark}
+      `UPDATE identifiers SET last_seen = max(last_seen, @now), fence_cooldown_ms = max(coalesce(fence_cooldown_ms, 0), @fence), ${raiseWatermark}
        WHERE ${held}
        RETURNING ${RECORD_COLUMNS}`,
     );
     this.releaseHeld = p(
-      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = @now,
+      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, fence_cooldown_ms = NULL, available_at = @now,
          key_hash = NULL, instance = NULL, ${raiseWatermark}
        WHERE ${held}
        RETURNING ${RECORD_COLUMNS}`,
     );
     this.free = p(
-      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = @availableAt,
+      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, fence_cooldown_ms = NULL, available_at = @availableAt,
          key_hash = NULL, instance = NULL
        WHERE id = @rowId`,
     );
@@ -227,6 +283,13 @@ class Statements {
       `INSERT INTO history (identifier_id, at, event, client_id, epoch) VALUES (@rowId, @at, @event, @clientId, @epoch)`,
     );
     this.history = p(`SELECT at, event, client_id, epoch FROM history WHERE identifier_id = ? ORDER BY id`);
+    // The oldest `limit` entries by position (never the newest of all), those written before `before`.
+    this.historyPrune = p(
+      `DELETE FROM history WHERE id IN (
+         SELECT id FROM history WHERE id < (SELECT max(id) FROM history) ORDER BY id LIMIT @limit
+       ) AND at < @before`,
+    );
+    this.historyPage = p(`SELECT ${HISTORY_PAGE_COLUMNS} FROM history WHERE identifier_id = @rowId AND id > @after ORDER BY id LIMIT @limit`);
     this.expired = p(
       `SELECT ${RECORD_COLUMNS} FROM identifiers WHERE client_id IS NOT NULL AND last_seen <= @cutoff
        ORDER BY last_seen, id LIMIT @limit`,
@@ -236,11 +299,7 @@ class Statements {
     // The event is written into the SQL, not bound: the statement is planned once on the
     // partial index of reclaims (with a bound event SQLite plans it again at every new value).
     this.countEvents = Object.fromEntries(HISTORY_EVENTS.map((e) => [e, p(`SELECT count(*) AS n FROM history WHERE event = '${e}' AND at >= ?`)])) as Record<HistoryEvent, Statement>;
-    this.counts = p(
-      `SELECT total, leased, retired,
-              (SELECT count(*) FROM identifiers WHERE client_id IS NULL AND retired = 0 AND available_at > @now) AS cooling
-       FROM pool_counts WHERE id = 1`,
-    );
+    this.counts = p(COUNTS_SQL);
     const lists = new Map<string, Statement>();
     for (const [status, where] of Object.entries(STATUS_WHERE)) {
       const base = `SELECT ${ROW_COLUMNS} FROM identifiers WHERE ${where}`;
@@ -278,16 +337,16 @@ class Statements {
       `INSERT INTO history (identifier_id, at, event, client_id, epoch)
        SELECT id, @now, 'reclaimed', client_id, epoch FROM identifiers WHERE id IN (SELECT value FROM json_each(@ids))`,
     );
+    // Each cools for the longer of the setting and the window its holder was told (domain leaseCooldownMs).
     this.reclaimFree = p(
-      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, available_at = @availableAt,
-         key_hash = NULL, instance = NULL
+      `UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL, fence_cooldown_ms = NULL,
+         available_at = @now + max(coalesce(fence_cooldown_ms, 0), @cooldown), key_hash = NULL, instance = NULL
        WHERE id IN (SELECT value FROM json_each(@ids))`,
     );
     this.shiftCooldowns = p(`UPDATE identifiers SET available_at = available_at + @shift WHERE client_id IS NULL AND available_at > @floor`);
     this.refusalInsert = p(`INSERT INTO refusals (client_id, at) VALUES (?, ?)`);
     this.refusedClients = p(`SELECT count(DISTINCT client_id) AS n FROM refusals WHERE at >= ?`);
     this.refusalsPrune = p(`DELETE FROM refusals WHERE at < ?`);
-    this.latestRefusal = p(`SELECT max(at) AS n FROM refusals`);
     this.addToTotal = p(`UPDATE pool_counts SET total = total + ?`);
     this.begin = p('BEGIN');
     this.beginImmediate = p('BEGIN IMMEDIATE');
@@ -326,6 +385,11 @@ class SqliteReader implements Reader {
 
   async history(rowId: number): Promise<HistoryEntry[]> {
     return this.s.history.all(rowId).map(toHistoryEntry);
+  }
+
+  async historyPage(rowId: number, after: number | null, limit: number): Promise<HistoryRows> {
+    // One row past the page tells whether another follows.
+    return toHistoryRows(this.s.historyPage.all({ rowId, after: after ?? 0, limit: limit + 1 }), limit);
   }
 
   async list(q: ListQuery): Promise<IdentifierRecord[]> {
@@ -389,14 +453,14 @@ class SqliteTx extends SqliteReader implements Tx {
     return next === undefined ? null : { rec: toRecord(next), held: false };
   }
 
-  async grant(rowId: number, clientId: string, epoch: number, now: number, claim: GrantClaim = NO_CLAIM): Promise<void> {
-    const r = this.s.grant.run({ rowId, clientId, epoch, now, keyHash: claim.keyHash, instance: instanceColumn(claim.instance) });
+  async grant(rowId: number, clientId: string, epoch: number, now: number, fenceCooldownMs: number, claim: GrantClaim = NO_CLAIM): Promise<void> {
+    const r = this.s.grant.run({ rowId, clientId, epoch, now, fence: fenceCooldownMs, keyHash: claim.keyHash, instance: instanceColumn(claim.instance) });
     if (r.changes !== 1) throw new Error(`grant of row ${rowId} changed ${r.changes} rows`);
     this.s.historyInsert.run({ rowId, at: now, event: 'allocated', clientId, epoch });
   }
 
-  async renewHeld(name: string, clientId: string, epoch: number | null, now: number, proof: HeldProof = NO_PROOF): Promise<IdentifierRecord | null> {
-    const r: unknown = this.s.renewHeld.get({ name, clientId, epoch, now, keyHash: proof.keyHash, watermark: proof.watermark });
+  async renewHeld(name: string, clientId: string, epoch: number | null, now: number, fenceCooldownMs: number, proof: HeldProof = NO_PROOF): Promise<IdentifierRecord | null> {
+    const r: unknown = this.s.renewHeld.get({ name, clientId, epoch, now, fence: fenceCooldownMs, keyHash: proof.keyHash, watermark: proof.watermark });
     return r === undefined ? null : toRecord(r);
   }
 
@@ -417,6 +481,10 @@ class SqliteTx extends SqliteReader implements Tx {
     this.s.historyInsert.run({ rowId, at, event, clientId, epoch });
   }
 
+  async pruneHistory(before: number, limit: number): Promise<number> {
+    return this.s.historyPrune.run({ before, limit }).changes;
+  }
+
   async trySweepLock(): Promise<boolean> {
     return true; // BEGIN IMMEDIATE: this transaction is the only writer of the file
   }
@@ -433,12 +501,12 @@ class SqliteTx extends SqliteReader implements Tx {
     return scalar(this.s.countEvents[event].get(since)) ?? 0;
   }
 
-  async reclaimExpired(cutoff: number, limit: number, now: number, availableAt: number): Promise<IdentifierRecord[]> {
+  async reclaimExpired(cutoff: number, limit: number, now: number, cooldownMs: number): Promise<IdentifierRecord[]> {
     const recs = this.s.expired.all({ cutoff, limit }).map(toRecord);
     if (recs.length === 0) return recs;
     const ids = JSON.stringify(recs.map((r) => r.rowId));
     this.s.reclaimHistory.run({ ids, now });
-    this.s.reclaimFree.run({ ids, availableAt });
+    this.s.reclaimFree.run({ ids, now, cooldown: cooldownMs });
     return recs;
   }
 
@@ -496,6 +564,10 @@ class SqliteTx extends SqliteReader implements Tx {
 
   async forgetInstance(id: string): Promise<void> {
     this.s.forgetInstance.run(id);
+  }
+
+  async lostAcknowledgedWrites(): Promise<boolean> {
+    return false; // a commit is in the WAL before it is acknowledged: only the host can lose it, and a reboot is found at open
   }
 }
 
@@ -574,16 +646,8 @@ export class SqliteStore implements Store {
   private anchor(source: TimeSource): { clock: Clock; rebooted: boolean } {
     const s = this.s;
     const run = this.db.transaction(() => {
-      // Every time the store holds that a process wrote as "now": time must not go back below any.
-      const floor = Math.max(
-        scalar(s.latestLastSeen.get()) ?? 0,
-        scalar(s.latestHistory.get()) ?? 0,
-        toBeat(s.latestBeatAny.get())?.at ?? 0,
-        scalar(s.fleetSeenAt.get()) ?? 0,
-        scalar(s.latestRefusal.get()) ?? 0,
-      );
-      const metaRow: unknown = s.metaGet.get(CLOCK_KEY);
-      const stored = parseAnchor(metaRow === undefined ? null : String(asRow(metaRow)['value']));
+      const floor = floorOf(this.db);
+      const stored = storedAnchor(this.db);
       const d = resumeAnchor(stored, floor, source);
       const clock = anchorClock(source, d.anchor, floor);
       if (d.fresh) {
@@ -605,8 +669,8 @@ export class SqliteStore implements Store {
   }
 
   /** A write like the others: SQLite commits the writes of a tick together anyway. */
-  renewHeld(name: string, clientId: string, epoch: number | null, proof: HeldProof = NO_PROOF): Promise<IdentifierRecord | null> {
-    return this.write((tx) => tx.renewHeld(name, clientId, epoch, tx.now, proof), { durable: false });
+  renewHeld(name: string, clientId: string, epoch: number | null, fenceCooldownMs: number, proof: HeldProof = NO_PROOF): Promise<IdentifierRecord | null> {
+    return this.write((tx) => tx.renewHeld(name, clientId, epoch, tx.now, fenceCooldownMs, proof), { durable: false });
   }
 
   releaseHeld(name: string, clientId: string, epoch: number | null, proof: HeldProof = NO_PROOF): Promise<IdentifierRecord | null> {
@@ -872,12 +936,19 @@ export class SqliteStore implements Store {
    */
   listingReader(): ListingReader | null {
     if (this.closed || !this.listingOffLoop || !this.file || this.fileProblem()) return null;
-    this.listing ??= new ListingWorkers(this.file.path, pageSql(STATUS_WHERE), LISTING_WORKERS, LISTING_IDLE_MS);
+    this.listing ??= new ListingWorkers(this.file.path, pageSql(STATUS_WHERE), LISTING_WORKERS, LISTING_IDLE_MS, undefined, { counts: COUNTS_SQL });
     const workers = this.listing;
     if (workers.failed) return null;
     workers.start();
     return {
       get ready() { return workers.ready; },
+      whenReady: () => workers.whenReady(),
+      counts: async (now: number): Promise<RawCounts> => {
+        const row = await workers.read('counts', { now });
+        if (!Array.isArray(row)) throw new Error('counts: expected one row');
+        const [total, leased, retired, cooling]: unknown[] = row;
+        return { total: countOf(total), leased: countOf(leased), retired: countOf(retired), cooling: countOf(cooling) };
+      },
       page: async (q: ListQuery, view: ViewRules, onNext: (next: ListJson['next']) => void): Promise<OffLoopPage | null> => {
         const plan = planPage(q, view);
         if (plan === null) return null;
@@ -895,9 +966,9 @@ export class SqliteStore implements Store {
     return this.listing.whenReady();
   }
 
-  /** For tests and the bench: the listing workers' state, and the pages they wrote so far. */
+  /** For tests and the bench: the listing workers' state, and the pages and other reads they answered so far. */
   listingWorkerStats(): ListingWorkerStats {
-    return this.listing?.stats ?? { running: 0, pending: 0, pages: 0 };
+    return this.listing?.stats ?? { running: 0, pending: 0, pages: 0, reads: 0 };
   }
 
   /** Stops the listing workers, as if they failed: pages waiting are refused (tests: workers gone mid-listing). */
