@@ -21,10 +21,23 @@ const source: Dump = {
   engine: 'sqlite',
   exportedAt: T,
   identifiers: [
-    { name: 'w-0', poolOrder: 0, retired: false, epoch: 3, clientId: 'vm-a', allocatedAt: T - 5 * MIN, lastSeen: T - 10_000, availableAt: T - 6 * MIN, fenceCooldownMs: 300_000 },
-    { name: 'w-1', poolOrder: 1, retired: false, epoch: 1, clientId: null, allocatedAt: null, lastSeen: null, availableAt: T + 4 * MIN, fenceCooldownMs: null },
-    { name: 'w-2', poolOrder: 2, retired: true, epoch: 2, clientId: null, allocatedAt: null, lastSeen: null, availableAt: T - 60 * MIN, fenceCooldownMs: null },
-    { name: 'w-3', poolOrder: 3, retired: false, epoch: 0, clientId: null, allocatedAt: null, lastSeen: null, availableAt: 0, fenceCooldownMs: null },
+    {
+      name: 'w-0', poolOrder: 0, retired: false, epoch: 3, clientId: 'vm-a', allocatedAt: T - 5 * MIN, lastSeen: T - 10_000, availableAt: T - 6 * MIN, fenceCooldownMs: 300_000,
+      keyHash: `sha256:${'ab'.repeat(32)}`, instance: { accountId: '123456789012', region: 'eu-west-1', availabilityZone: 'eu-west-1a', instanceType: 't3.micro', imageId: 'ami-0123456789abcdef0' },
+      watermark: T + 3 * MIN, lastClientId: 'vm-a', lastGrantedAt: T - 5 * MIN,
+    },
+    {
+      name: 'w-1', poolOrder: 1, retired: false, epoch: 1, clientId: null, allocatedAt: null, lastSeen: null, availableAt: T + 4 * MIN, fenceCooldownMs: null,
+      keyHash: null, instance: null, watermark: T - MIN, lastClientId: 'vm-b', lastGrantedAt: T - 2 * MIN,
+    },
+    {
+      name: 'w-2', poolOrder: 2, retired: true, epoch: 2, clientId: null, allocatedAt: null, lastSeen: null, availableAt: T - 60 * MIN, fenceCooldownMs: null,
+      keyHash: null, instance: null, watermark: null, lastClientId: null, lastGrantedAt: null,
+    },
+    {
+      name: 'w-3', poolOrder: 3, retired: false, epoch: 0, clientId: null, allocatedAt: null, lastSeen: null, availableAt: 0, fenceCooldownMs: null,
+      keyHash: null, instance: null, watermark: null, lastClientId: null, lastGrantedAt: null,
+    },
   ],
   history: [
     { identifier: 'w-1', at: T - 2 * MIN, event: 'allocated', clientId: 'vm-b', epoch: 1 },
@@ -50,6 +63,11 @@ describe('dump: times translated on import', () => {
       expect(w3?.availableAt, 'never used stays never used').to.equal(0);
       expect(dump.identifiers.map((i) => [i.name, i.epoch, i.clientId, i.retired, i.fenceCooldownMs])).to.deep.equal(
         source.identifiers.map((i) => [i.name, i.epoch, i.clientId, i.retired, i.fenceCooldownMs]));
+      // The last holder's grant time is registry time and moves; the key hash, the instance facts
+      // and the watermark (a time on the holders' clocks, not the registry's) are carried as they are.
+      expect(dump.identifiers.map((i) => i.lastGrantedAt)).to.deep.equal([T + skew - 5 * MIN, T + skew - 2 * MIN, null, null]);
+      expect(dump.identifiers.map((i) => [i.keyHash, i.instance, i.watermark, i.lastClientId])).to.deep.equal(
+        source.identifiers.map((i) => [i.keyHash, i.instance, i.watermark, i.lastClientId]));
       expect(dump.history.map((h) => h.at)).to.deep.equal([T + skew - 2 * MIN, T + skew - MIN]);
       const meta = Object.fromEntries(dump.meta.map((m) => [m.key, m.value]));
       expect(meta['pool_fingerprint']).to.equal('abc');
