@@ -26,9 +26,13 @@ two live VMs at once. Configured by environment variables (defaults in brackets)
   AGENT_TOKENS, ADMIN_TOKENS  comma-separated bearer tokens, 16+ characters [unset: open]
   ALLOW_OPEN                  true: serve a non-loopback HOST with no tokens (protected mode's way out) [false]
   TLS_CERT_FILE, TLS_KEY_FILE HTTPS with this PEM certificate chain and key, re-read on SIGHUP [unset: HTTP]
+  HOLDER_KEYS                 required: allocate must carry the VM's holder key [optional]
+  AWS_IID_CERT_FILE           AWS's RSA-2048 identity certificates (PEM): claims must be attested [unset]
+  AWS_ACCOUNT_IDS, AWS_REGIONS with attestation: accounts (required) and regions whose instances may claim [unset]
+  AWS_IID_MATCH_SOURCE_IP     true: an attested claim must come from its document's privateIp [false]
   LOG_LEVEL                   fatal error warn info debug trace silent [info]
 
-signals: SIGHUP re-reads the pool file; SIGTERM or SIGINT finish in-flight requests and stop.
+signals: SIGHUP re-reads the pool file (and the certificate files); SIGTERM or SIGINT finish in-flight requests and stop.
 exit status: 0 stopped by a signal; 2 bad command line; 78 a bad setting, pool file,
 database path, or a database URL unreachable for 30 s (restarting will not mend it); 1 anything else.`;
 
