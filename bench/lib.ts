@@ -13,6 +13,8 @@ export interface Server {
   /** Milliseconds from spawn to the first answer. */
   readonly startMs: number;
   rssMb(): number;
+  /** CPU time (user + system) the process has used so far, in milliseconds (10 ms ticks). */
+  cpuMs(): number;
   stop(): Promise<void>;
 }
 
@@ -48,6 +50,12 @@ export async function startServer(script: string, env: Record<string, string>, p
       const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
       const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
       return kb / 1024;
+    },
+    cpuMs() {
+      // /proc/PID/stat: fields 14 and 15 (utime, stime) in clock ticks, after the command in parentheses.
+      const stat = readFileSync(`/proc/${child.pid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      return (Number(fields[11]) + Number(fields[12])) * 10;
     },
     stop() {
       return new Promise((resolve) => {

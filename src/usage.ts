@@ -32,9 +32,13 @@ variables only (defaults in brackets):
   ALLOW_OPEN                  true: serve a non-loopback HOST with no tokens (protected mode's way out) [false]
   TLS_CERT_FILE, TLS_KEY_FILE HTTPS with this PEM certificate chain and key, re-read on SIGHUP [unset: HTTP]
   HISTORY_RETENTION_DAYS      ownership history older than this many whole days is pruned; 0 keeps it [90]
+  HOLDER_KEYS                 required: allocate must carry the VM's holder key [optional]
+  AWS_IID_CERT_FILE           AWS's RSA-2048 identity certificates (PEM): claims must be attested [unset]
+  AWS_ACCOUNT_IDS, AWS_REGIONS with attestation: accounts (required) and regions whose instances may claim [unset]
+  AWS_IID_MATCH_SOURCE_IP     true: an attested claim must come from its document's privateIp [false]
   LOG_LEVEL                   fatal error warn info debug trace silent [info]
 
-signals: SIGHUP re-reads the pool file; SIGTERM or SIGINT finish in-flight requests and stop.
+signals: SIGHUP re-reads the pool file (and the certificate files); SIGTERM or SIGINT finish in-flight requests and stop.
 exit status:
   0   stopped by a signal, or --help / --version answered
   78  a bad setting, pool file or database path, a database URL unreachable for 30 s,

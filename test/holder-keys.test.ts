@@ -253,3 +253,15 @@ for (const engine of ENGINES) describe(`[${engine}] sticky identity`, () => {
     expect(await take('vm-d')).to.equal('w-0');
   });
 });
+
+describe('sticky identity is one index lookup', () => {
+  it('SQLite finds a client\'s last identifier through the index of last holders, not a scan of the pool', async () => {
+    const h = await makeRegistry({ pool: 'w-[0-9]', engine: 'sqlite' });
+    const db = h.sqlite?.db;
+    if (!db) throw new Error('expected SQLite');
+    const sticky = `SELECT * FROM identifiers WHERE last_client_id = ? ORDER BY last_granted_at DESC, id DESC LIMIT 1`;
+    const plan = (db.prepare(`EXPLAIN QUERY PLAN ${sticky}`).all('vm-a') as { detail: string }[]).map((r) => r.detail).join('; ');
+    expect(plan).to.match(/SEARCH identifiers USING INDEX identifiers_by_last_client \(last_client_id=\?\)/);
+    expect(plan).to.not.match(/TEMP B-TREE/); // ordered by the index too
+  });
+});

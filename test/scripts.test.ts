@@ -188,8 +188,11 @@ describe('VM scripts against a live registry', function () {
 
   it('sidecar: a stale epoch (an older incarnation) is fenced off, exit 3', async () => {
     expect((await script('asg-id-claim', env).done).code).to.equal(0);
-    await json(reg!.base, 'POST', '/release', { client_id: 'vm-test-1', identifier: 'worker-00' });
-    await json(reg!.base, 'POST', '/allocate', { client_id: 'vm-test-1' }); // worker-01 now, epoch 1
+    // The lease is the claim's key's (holder.key: the boot id, then the key).
+    const key = readFileSync(join(t.dir, 'run', 'holder.key'), 'utf8').trim().split('\n')[1];
+    expect((await json(reg!.base, 'POST', '/release', { client_id: 'vm-test-1', identifier: 'worker-00', key })).status).to.equal(200);
+    // A new incarnation, with a key of its own: worker-01 now, epoch 1.
+    expect((await json(reg!.base, 'POST', '/allocate', { client_id: 'vm-test-1', key: 'a-new-boot-key-0123456789' })).status).to.equal(200);
     // The identity file still says worker-00 epoch 1: not ours.
     const r = await script('asg-id-sidecar', { ...env, ASG_ID_INTERVAL: '0.2' }).done;
     expect(r.code).to.equal(3);
@@ -237,7 +240,7 @@ describe('VM scripts against a live registry', function () {
       for (const m of readFileSync(join(ROOT, 'scripts', f), 'utf8').matchAll(/\$\{(ASG_ID_[A-Z_]+):[-+=]/g)) read.add(m[1] ?? '');
     }
     // What the claim writes to identity.env, taken from the registry's answer: not settings.
-    for (const k of ['IDENTIFIER', 'EPOCH', 'TTL_SECONDS', 'TTL_MS', 'FENCE_AFTER_MS', 'CLAIMED_AT_MS']) read.delete(`ASG_ID_${k}`);
+    for (const k of ['IDENTIFIER', 'EPOCH', 'TTL_SECONDS', 'TTL_MS', 'FENCE_AFTER_MS', 'CLAIMED_AT_MS', 'WATERMARK']) read.delete(`ASG_ID_${k}`);
     const example = readFileSync(join(ROOT, 'systemd', 'agent.env.example'), 'utf8');
     expect([...read].filter((k) => !new RegExp(`^#? ?${k}=`, 'm').test(example))).to.deep.equal([]);
     expect(read.size).to.be.at.least(11);

@@ -85,6 +85,8 @@ describe('systemd units', function () {
     // With the placeholders replaced, the shipped settings start.
     const real = loadConfig({ ...shipped, AGENT_TOKENS: 'a-real-agent-secret-0123456789', ADMIN_TOKENS: 'a-real-admin-secret-0123456789' });
     expect(real).to.include({ host: '0.0.0.0', port: 8080, dbPath: '/var/lib/asg-id-registry/registry.db', tls: null });
+    // The shipped scripts always send a holder key: the shipped registry requires one.
+    expect(real).to.include({ holderKeys: 'required', attestation: null });
     // Without the file (or with its tokens deleted) the unit's own settings would not serve open.
     expect(loadConfig(unitEnvironment(u)).host).to.equal('127.0.0.1');
     expect(refusal({ ...shipped, AGENT_TOKENS: '', ADMIN_TOKENS: '' })?.variable).to.equal('HOST');
