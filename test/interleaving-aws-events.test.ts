@@ -130,6 +130,8 @@ async function runRace(s: fc.Scheduler, steps: readonly (readonly Op[])[], setup
     /** When AWS said an attested instance terminated: it uses nothing from then on. */
     const goneAt = new Map<string, number>();
     const answered = new Map<string, { released: number; noted: number }>();
+    /** Event ids answered with an effect: a redelivery must have none. */
+    const acted = new Set<string>();
     const check = async (where: string, complete = false): Promise<void> => {
       // The answers so far, before history is read: an event answered while the check reads is
       // committed, but may be missing from what it already read.
@@ -183,8 +185,13 @@ async function runRace(s: fc.Scheduler, steps: readonly (readonly Op[])[], setup
                 held.delete(client);
               }
             }
-            const r = await registry.awsEvent(awsEvent(client, op.n, op.gone));
+            const event = awsEvent(client, op.n, op.gone);
+            const r = await registry.awsEvent(event);
             expect(r.released + r.noted, `op ${i}: an event did two things`).to.be.at.most(1);
+            if (r.released + r.noted > 0) {
+              expect(acted.has(event.eventId), `op ${i}: event ${event.eventId} acted on twice (a redelivery must change nothing)`).to.equal(false);
+              acted.add(event.eventId);
+            }
             const t = answered.get(client) ?? { released: 0, noted: 0 };
             answered.set(client, { released: t.released + r.released, noted: t.noted + r.noted });
             return;
