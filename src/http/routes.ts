@@ -217,7 +217,6 @@ export const ROUTES: readonly RouteSpec[] = [
         metrics.onAwsEventInvalid('unknown');
         throw new RegistryError('invalid_request', e.message);
       }
-      ctx.state['reason'] = e.type;
       if (e.instanceId !== undefined) about(ctx, e.instanceId);
       const r = await registry.awsEvent(e);
       ctx.body = { released: r.released, noted: r.noted };
