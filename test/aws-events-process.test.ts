@@ -42,7 +42,6 @@ describe('AWS events in a real registry process', function () {
     const res = await call(reg.base, EVENT, 'POST', '/events/aws', event);
     expect(res).to.deep.equal({ status: 200, body: { released: 1, noted: 0 } });
     await reg.stop('SIGKILL');
-    expect(reg.output()).to.match(/"msg":"aws event released"/);
     reg = await startProcess({ dir, env });
     const view = await call(reg.base, ADMIN, 'GET', '/identifier/w-0');
     expect(view.body).to.include({ status: 'cooling', client_id: null });
@@ -50,5 +49,12 @@ describe('AWS events in a real registry process', function () {
     expect(history.map((h) => h.event)).to.deep.equal(['allocated', 'terminated']);
     // The event id survived the kill too: a redelivery changes nothing.
     expect((await call(reg.base, EVENT, 'POST', '/events/aws', event)).body).to.deep.equal({ released: 0, noted: 0 });
+    // The line an operator greps for (logs are buffered: flushed by a clean stop, not a SIGKILL).
+    const other = 'i-0fedcba9876543210';
+    expect((await call(reg.base, AGENT, 'POST', '/allocate', { client_id: other })).status).to.equal(200);
+    expect((await call(reg.base, EVENT, 'POST', '/events/aws', { ...event, id: 'another-event', detail: { ...event.detail, EC2InstanceId: other } })).body)
+      .to.deep.equal({ released: 1, noted: 0 });
+    await reg.stop('SIGTERM');
+    expect(reg.output()).to.match(/"msg":"aws event released"/).and.match(/"instance_id":"i-0fedcba9876543210"/);
   });
 });
