@@ -30,6 +30,8 @@ export interface Config {
   readonly dbBusyTimeoutMs: number;
   readonly agentTokens: readonly string[];
   readonly adminTokens: readonly string[];
+  /** EVENT_TOKENS: bearer tokens for POST /events/aws only (an EventBridge connection's). */
+  readonly eventTokens: readonly string[];
   /** Both set or both null: HTTPS with this certificate chain and key (PEM files). */
   readonly tls: { readonly certFile: string; readonly keyFile: string } | null;
   /** The explicit way out of protected mode: serve a non-loopback address with no tokens. */
@@ -216,6 +218,10 @@ export function loadConfig(env: Env): Config {
   const adminTokens = tokens(env, 'ADMIN_TOKENS');
   const shared = agentTokens.find((t) => adminTokens.includes(t));
   if (shared !== undefined) throw new ConfigError('AGENT_TOKENS', 'a token may not be both an agent and an admin token');
+  const eventTokens = tokens(env, 'EVENT_TOKENS');
+  if (eventTokens.some((t) => agentTokens.includes(t) || adminTokens.includes(t))) {
+    throw new ConfigError('EVENT_TOKENS', 'a token may not be both an event token and an agent or admin token');
+  }
   const tls = tlsFiles(env);
   const allowOpen = bool(env, 'ALLOW_OPEN');
   // Protected mode (as Redis has it): an open registry on the network is a mistake far more
@@ -246,6 +252,7 @@ export function loadConfig(env: Env): Config {
     dbBusyTimeoutMs: number(env, 'DB_BUSY_TIMEOUT_MS', 2000, { min: 0, max: 60_000, integer: true }),
     agentTokens: Object.freeze(agentTokens),
     adminTokens: Object.freeze(adminTokens),
+    eventTokens: Object.freeze(eventTokens),
     tls,
     allowOpen,
     historyRetentionDays: number(env, 'HISTORY_RETENTION_DAYS', 90, { min: 0, max: MAX_RETENTION_DAYS, integer: true }),

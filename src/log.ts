@@ -91,5 +91,11 @@ export function logRegistryEvent(log: Logger, e: RegistryEvent): void {
     case 'pool_synced':
       log.info({ ...e.result }, 'pool synced');
       return;
+    case 'aws_event': {
+      const fields = { aws_event: e.eventType, outcome: e.outcome, event_id: e.eventId, instance_id: e.instanceId, identifier: e.identifier, early_ms: e.earlyMs };
+      if (e.outcome === 'released' || e.outcome === 'noted') log.info(fields, `aws event ${e.outcome}`);
+      else log.debug(fields, `aws event ${e.outcome}`);
+      return;
+    }
   }
 }

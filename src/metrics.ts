@@ -25,13 +25,15 @@ export class Metrics {
   private readonly reaperRuns: client.Counter<'result'>;
   private readonly holderConflicts: client.Counter<'reason'>;
   private readonly attestationRefusals: client.Counter<'reason'>;
+  private readonly awsEvents: client.Counter<'type' | 'outcome'>;
+  private readonly awsEarly: client.Histogram;
 
   constructor(opts: MetricsOptions = {}) {
     const registers = [this.register];
     this.allocations = new client.Counter({ name: `${P}allocations_total`, help: 'New grants of an identifier to a client', registers });
     this.renewals = new client.Counter({ name: `${P}renewals_total`, help: 'Successful liveness renewals', registers });
     this.releases = new client.Counter({
-      name: `${P}releases_total`, help: 'Identifiers freed by their owner (kind=owner) or by an operator (kind=forced)', labelNames: ['kind'], registers,
+      name: `${P}releases_total`, help: 'Identifiers freed by their owner (kind=owner), by an operator (kind=forced) or because AWS said their instance terminated (kind=terminated)', labelNames: ['kind'], registers,
     });
     this.reclaims = new client.Counter({ name: `${P}reclaims_total`, help: 'Leases reclaimed by the reaper', registers });
     this.poolChanges = new client.Counter({ name: `${P}pool_changes_total`, help: 'Identifiers retired or restored by a pool sync', labelNames: ['event'], registers });
@@ -56,11 +58,23 @@ export class Metrics {
       help: 'Allocates refused because their identity document did not verify (401) or did not match the claim (403), by reason',
       labelNames: ['reason'], registers,
     });
+    this.awsEvents = new client.Counter({
+      name: `${P}aws_events_total`,
+      help: 'AWS events received on POST /events/aws by type (terminate_successful, state_change, spot_interruption, terminate_lifecycle, unknown) ' +
+        'and outcome (released, noted, no_lease, duplicate, ignored, invalid)',
+      labelNames: ['type', 'outcome'], registers,
+    });
+    this.awsEarly = new client.Histogram({
+      name: `${P}aws_early_release_seconds`,
+      help: 'Identifiers released on an AWS event: how much sooner they were allocatable than the reaper would have made them (last liveness + TTL + cool-down)',
+      buckets: [0, 5, 15, 30, 60, 90, 120, 180, 300, 600, 1800],
+      registers,
+    });
     for (const reason of ['other_key', 'no_key', 'key_on_keyless']) this.holderConflicts.inc({ reason }, 0);
     for (const reason of ['missing', 'unreadable', 'unknown_signer', 'bad_signature', 'account', 'region', 'instance_id', 'source_address']) {
       this.attestationRefusals.inc({ reason }, 0);
     }
-    for (const kind of ['owner', 'forced']) this.releases.inc({ kind }, 0);
+    for (const kind of ['owner', 'forced', 'terminated']) this.releases.inc({ kind }, 0);
     for (const result of ['reclaimed', 'idle', 'held', 'grace']) this.reaperRuns.inc({ result }, 0);
     if (opts.processMetrics) client.collectDefaultMetrics({ register: this.register, prefix: P });
   }
@@ -144,6 +158,8 @@ export class Metrics {
         if (e.event === 'allocated') this.allocations.inc();
         else if (e.event === 'released') this.releases.inc({ kind: 'owner' });
         else if (e.event === 'force_released') this.releases.inc({ kind: 'forced' });
+        else if (e.event === 'terminated') this.releases.inc({ kind: 'terminated' });
+        else if (e.event === 'terminating') return;
         else if (e.event === 'reclaimed') this.reclaims.inc();
         else this.poolChanges.inc({ event: e.event });
         return;
@@ -158,12 +174,21 @@ export class Metrics {
         return;
       case 'pool_synced':
         return;
+      case 'aws_event':
+        this.awsEvents.inc({ type: e.eventType, outcome: e.outcome });
+        if (e.earlyMs !== null) this.awsEarly.observe(Math.max(0, e.earlyMs) / 1000);
+        return;
     }
   }
 
   /** An attested claim refused: `reason` is one of aws/identity.ts's fixed words. */
   onAttestationRefused(reason: string): void {
     this.attestationRefusals.inc({ reason });
+  }
+
+  /** An AWS event refused as malformed (400): counted by the type it claimed, when it got that far. */
+  onAwsEventInvalid(type: string): void {
+    this.awsEvents.inc({ type, outcome: 'invalid' });
   }
 
   /** Label children by "method route status": resolving labels on every request is not free. */

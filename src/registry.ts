@@ -17,6 +17,7 @@ import { retirePlan, retireRefusal } from './domain/pool-sync.js';
 import type {
   HistoryEntry, HistoryEvent, IdentifierInfo, IdentifierRecord, InstanceInfo, Lease, PoolCounts, ReaperState, RecordTuple, Status, SyncResult,
 } from './domain/types.js';
+import type { AwsEvent, AwsEventType } from './aws/events.js';
 import type { FreeEntry, GrantClaim, HeldProof, ListJson, ListingReader, OffLoopPage, RawCounts, Reader, Store, Tx } from './store/types.js';
 
 export interface RegistryRules extends LeaseRules, GuardRules {
@@ -34,6 +35,11 @@ export type RegistryEvent =
   | { readonly type: 'holder_conflict'; readonly identifier: string; readonly clientId: string; readonly reason: ConflictReason }
   | { readonly type: 'sweep'; readonly reclaimed: number; readonly expired: number; readonly leased: number; readonly held: boolean; readonly reason: string | null; readonly forced: boolean; readonly durationMs: number }
   | { readonly type: 'clock_step'; readonly stepMs: number }
+  /** An AWS event acted on or acknowledged (POST /events/aws); `earlyMs`: how much sooner than the reaper a released identifier is allocatable. */
+  | {
+    readonly type: 'aws_event'; readonly eventType: AwsEventType; readonly outcome: AwsEventOutcome; readonly eventId: string;
+    readonly instanceId: string | null; readonly identifier: string | null; readonly earlyMs: number | null;
+  }
   | { readonly type: 'pool_synced'; readonly result: SyncResult };
 
 export type RegistryObserver = (e: RegistryEvent) => void;
@@ -108,6 +114,22 @@ export interface HistoryPage {
   /** Where the next page starts (`after` in a URL and here) when more follow, else null. */
   readonly next: number | null;
 }
+
+/**
+ * What an AWS event did: `released` (a lease ended: its instance terminated), `noted` (its
+ * instance is about to go: history only), `no_lease` (the instance holds nothing), `duplicate`
+ * (this event id was acted on already: nothing changed), `ignored` (an event that ends nothing).
+ */
+export type AwsEventOutcome = 'released' | 'noted' | 'no_lease' | 'duplicate' | 'ignored';
+
+export interface AwsEventResult {
+  readonly released: number;
+  readonly noted: number;
+  readonly outcome: AwsEventOutcome;
+}
+
+/** How long an event id is remembered, so a redelivery changes nothing (EventBridge retries for up to 24 hours). */
+export const AWS_EVENT_RETENTION_MS = 24 * 60 * 60 * 1000;
 
 export interface ReapResult {
   readonly reclaimed: number;
@@ -380,6 +402,46 @@ export class Registry {
     }, { durable: true });
     if (holder !== null) this.emitOwnership('force_released', identifier, holder, info.epoch);
     return info;
+  }
+
+  /**
+   * An EventBridge event about an EC2 instance (docs/operations.md, "AWS events"). `terminated`:
+   * the lease its instance id holds (as client id) ends now, history `terminated`; free at once
+   * when the claim was attested (that instance provably never runs again), cooling as after a
+   * force release otherwise (the registry cannot know the client id named that instance).
+   * `terminating`: history `terminating`, nothing released. An event id seen before changes
+   * nothing (EventBridge delivers at least once); an instance that holds nothing counts 0.
+   * One durable transaction: answered once on disk.
+   */
+  async awsEvent(e: AwsEvent): Promise<AwsEventResult> {
+    const instanceId = e.instanceId ?? null;
+    if (e.kind === 'other' || instanceId === null) {
+      this.observeAws(e, 'ignored', null, null);
+      return { released: 0, noted: 0, outcome: 'ignored' };
+    }
+    const out = await this.store.write(async (tx) => {
+      if (!await tx.noteAwsEvent(e.eventId, tx.now)) return { outcome: 'duplicate' as const, rec: null, earlyMs: null };
+      await tx.pruneAwsEvents(tx.now - AWS_EVENT_RETENTION_MS);
+      const rec = await tx.byClient(instanceId);
+      if (!rec?.holder) return { outcome: 'no_lease' as const, rec: null, earlyMs: null };
+      if (e.kind === 'terminating') {
+        await tx.appendHistory(rec.rowId, tx.now, 'terminating', rec.holder.clientId, rec.epoch);
+        return { outcome: 'noted' as const, rec, earlyMs: null };
+      }
+      const attested = rec.holder.instance !== null && rec.holder.instance !== undefined;
+      const availableAt = attested ? tx.now : tx.now + this.rules.cooldownMs;
+      await this.freeRecord(tx, rec, availableAt, 'terminated');
+      // When the reaper would have made it allocatable: a TTL after its last liveness, then a cool-down.
+      const reaperAt = rec.holder.lastSeen + this.rules.ttlMs + this.rules.cooldownMs;
+      return { outcome: 'released' as const, rec, earlyMs: reaperAt - availableAt };
+    }, { durable: true });
+    if (out.outcome === 'released' && out.rec?.holder) this.emitOwnership('terminated', out.rec.name, out.rec.holder.clientId, out.rec.epoch);
+    this.observeAws(e, out.outcome, out.rec?.name ?? null, out.earlyMs);
+    return { released: out.outcome === 'released' ? 1 : 0, noted: out.outcome === 'noted' ? 1 : 0, outcome: out.outcome };
+  }
+
+  private observeAws(e: AwsEvent, outcome: AwsEventOutcome, identifier: string | null, earlyMs: number | null): void {
+    this.observe({ type: 'aws_event', eventType: e.type, outcome, eventId: e.eventId, instanceId: e.instanceId ?? null, identifier, earlyMs });
   }
 
   /**

@@ -270,7 +270,7 @@ export async function serve(signals: Signals): Promise<void> {
 
   const app = createApp({
     registry,
-    auth: { agentTokens: config.agentTokens, adminTokens: config.adminTokens },
+    auth: { agentTokens: config.agentTokens, adminTokens: config.adminTokens, eventTokens: config.eventTokens },
     metrics,
     log,
     claims: { holderKeys: config.holderKeys, attestation },

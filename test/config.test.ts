@@ -71,6 +71,7 @@ describe('config', () => {
     ['REAPER_MAX_FRACTION', '1.5'], ['REAPER_MAX_FRACTION', '0'], ['REAPER_MIN_HOLD', '2.5'],
     ['LOG_LEVEL', 'loud'], ['AGENT_TOKENS', 'short'], ['ADMIN_TOKENS', 'admin-token-cccccccc,,x'],
     ['DB_BUSY_TIMEOUT_MS', 'forever'], ['HISTORY_RETENTION_DAYS', '1.5'], ['HISTORY_RETENTION_DAYS', '-1'], ['HISTORY_RETENTION_DAYS', '36501'], ['AGENT_TOKENS', 'replace-me-agent-token-0000'], ['ADMIN_TOKENS', 'REPLACE-ME-admin-token-0000'],
+    ['EVENT_TOKENS', 'short'], ['EVENT_TOKENS', 'event-token-cccccccc,'], ['EVENT_TOKENS', 'replace-me-event-token-0000'],
   ];
   for (const [name, value] of bad) {
     it(`refuses ${name}=${JSON.stringify(value)}, naming it on one line`, () => {
@@ -119,6 +120,13 @@ describe('config', () => {
       expect(e.message).to.not.include('\n');
     });
   }
+
+  it('reads EVENT_TOKENS, and refuses an event token that is also an agent or admin token', () => {
+    expect(loadConfig({ EVENT_TOKENS: 'event-token-aaaaaaaa,event-token-bbbbbbbb' }).eventTokens).to.deep.equal(['event-token-aaaaaaaa', 'event-token-bbbbbbbb']);
+    expect(loadConfig({}).eventTokens).to.deep.equal([]);
+    expect(failure({ AGENT_TOKENS: 'same-token-0123456789', EVENT_TOKENS: 'same-token-0123456789' }).variable).to.equal('EVENT_TOKENS');
+    expect(failure({ ADMIN_TOKENS: 'same-token-0123456789', EVENT_TOKENS: 'other-token-0123456789,same-token-0123456789' }).variable).to.equal('EVENT_TOKENS');
+  });
 
   it('refuses a token that is both an agent and an admin token', () => {
     expect(failure({ AGENT_TOKENS: 'same-token-0123456789', ADMIN_TOKENS: 'same-token-0123456789' }).variable).to.equal('AGENT_TOKENS');

@@ -64,7 +64,7 @@ const instanceIdSchema = {
 const text = (description: string) => ({ type: 'string', minLength: 1, maxLength: 1024, description }) as const;
 
 /** The envelope every EventBridge event has; other top-level fields (version, account, ...) may come. */
-const envelopeSchema = {
+export const envelopeSchema = {
   type: 'object',
   required: ['id', 'detail-type', 'source', 'time', 'detail'],
   properties: {

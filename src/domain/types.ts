@@ -3,9 +3,10 @@
 export type Status = 'leased' | 'free' | 'cooling' | 'retired';
 export const STATUSES: readonly Status[] = ['leased', 'free', 'cooling', 'retired'];
 
-export type HistoryEvent = 'allocated' | 'released' | 'reclaimed' | 'force_released' | 'retired' | 'restored';
+/** `terminated`, `terminating`: AWS said the holder's instance is gone, or about to go (POST /events/aws). */
+export type HistoryEvent = 'allocated' | 'released' | 'reclaimed' | 'force_released' | 'retired' | 'restored' | 'terminated' | 'terminating';
 export const HISTORY_EVENTS: readonly HistoryEvent[] = [
-  'allocated', 'released', 'reclaimed', 'force_released', 'retired', 'restored',
+  'allocated', 'released', 'reclaimed', 'force_released', 'retired', 'restored', 'terminated', 'terminating',
 ];
 
 /** What an attested claim proved about the instance that holds a lease (see aws/identity.ts). */

@@ -1,13 +1,15 @@
-/** Bearer tokens: agent tokens for the fleet's routes, admin tokens for everything. */
+/** Bearer tokens: agent tokens for the fleet's routes, event tokens for AWS's events, admin tokens for everything. */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Context, Next } from 'koa';
 import { RegistryError } from '../domain/errors.js';
 
-export type Role = 'agent' | 'admin';
+export type Role = 'agent' | 'admin' | 'event';
 
 export interface AuthOptions {
   readonly agentTokens: readonly string[];
   readonly adminTokens: readonly string[];
+  /** EVENT_TOKENS: POST /events/aws only (an EventBridge connection's token opens nothing else). */
+  readonly eventTokens?: readonly string[];
 }
 
 const digest = (t: string): Buffer => createHash('sha256').update(t, 'utf8').digest();
@@ -32,14 +34,22 @@ function bearer(ctx: Context): string | null {
  * operator who set tokens did not mean the fleet's routes to stay open). Agent routes take
  * admin tokens too. An agent token on an admin route is 403; anything else missing or wrong
  * is 401.
+ * The event route takes event tokens and admin tokens; it is open only when no tokens at all
+ * are set, and closed (403) like the admin routes when only agent tokens are. An agent token
+ * on it is 403. An event token is unknown everywhere else (401).
  */
 export function createAuth(opts: AuthOptions): (role: Role) => (ctx: Context, next: Next) => Promise<void> {
   const agent = opts.agentTokens.map(digest);
   const admin = opts.adminTokens.map(digest);
+  const event = (opts.eventTokens ?? []).map(digest);
   return function requireRole(role: Role) {
-    const open = admin.length === 0 && agent.length === 0;
-    const closed = role === 'admin' && admin.length === 0 && agent.length > 0;
+    const open = role === 'event'
+      ? admin.length === 0 && agent.length === 0 && event.length === 0
+      : admin.length === 0 && agent.length === 0;
+    const closed = (role === 'admin' && admin.length === 0 && agent.length > 0) ||
+      (role === 'event' && admin.length === 0 && event.length === 0 && agent.length > 0);
     return async function authMiddleware(ctx: Context, next: Next): Promise<void> {
+      if (closed && role === 'event') throw new RegistryError('forbidden', 'the event route is closed: AGENT_TOKENS is set and neither EVENT_TOKENS nor ADMIN_TOKENS is');
       if (closed) throw new RegistryError('forbidden', 'admin routes are closed: AGENT_TOKENS is set and ADMIN_TOKENS is not');
       if (!open) {
         const token = bearer(ctx);
@@ -47,6 +57,11 @@ export function createAuth(opts: AuthOptions): (role: Role) => (ctx: Context, ne
         const d = digest(token);
         const isAdmin = matchesAny(d, admin);
         const isAgent = matchesAny(d, agent);
+        if (role === 'event') {
+          if (matchesAny(d, event) || isAdmin) return next();
+          if (isAgent) throw new RegistryError('forbidden', 'this route needs an event token (EVENT_TOKENS) or an admin token');
+          throw new RegistryError('unauthorized', 'invalid bearer token');
+        }
         if (role === 'admin' && !isAdmin) {
           if (isAgent) throw new RegistryError('forbidden', 'this route needs an admin token');
           throw new RegistryError('unauthorized', 'invalid bearer token');

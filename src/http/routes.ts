@@ -6,6 +6,7 @@ import Router from '@koa/router';
 import type Koa from 'koa';
 import type { Context } from 'koa';
 import type { Attestation } from '../aws/attestation.js';
+import { envelopeSchema, parseAwsEvent } from '../aws/events.js';
 import { RegistryError, isRegistryError } from '../domain/errors.js';
 import type { InstanceInfo } from '../domain/types.js';
 import type { ErrorCode } from '../domain/errors.js';
@@ -19,7 +20,7 @@ import { DASHBOARD_HTML } from './dashboard.js';
 import { buildOpenApi } from './openapi.js';
 import {
   allocateBodySchema, clientIdSchema, healthSchema, historyQuerySchema, historySchema, identifierListSchema, identifierSchema,
-  identifierViewSchema, leaseBodySchema, leaseViewSchema, listQuerySchema, parse, reapQuerySchema, reapResultSchema,
+  identifierViewSchema, leaseBodySchema, leaseViewSchema, listQuerySchema, parse, reapQuerySchema, reapResultSchema, awsEventResultSchema,
 } from './schemas.js';
 import { healthView, identifierView, leaseView, unhealthyView } from './views.js';
 
@@ -212,6 +213,24 @@ export const ROUTES: readonly RouteSpec[] = [
     },
   },
   {
+    method: 'post', path: '/events/aws', name: 'awsEvent', access: 'event',
+    summary: 'One Amazon EventBridge event about an EC2 instance, as an API destination delivers it: a terminated instance\'s lease ends ' +
+      '(free at once when attested, cooling otherwise), a terminating one is noted in the history; any other event is acknowledged',
+    body: envelopeSchema,
+    response: { description: 'what the event did', schema: awsEventResultSchema },
+    errors: [...BODY_ERRORS, 'unauthorized', 'forbidden', 'unavailable'],
+    async handle(ctx, { registry, metrics }) {
+      const e = parseAwsEvent(ctx.request.body);
+      if (!e.ok) {
+        metrics.onAwsEventInvalid('unknown');
+        throw new RegistryError('invalid_request', e.message);
+      }
+      if (e.instanceId !== undefined) about(ctx, e.instanceId);
+      const r = await registry.awsEvent(e);
+      ctx.body = { released: r.released, noted: r.noted };
+    },
+  },
+  {
     method: 'get', path: '/health', name: 'health', access: 'open',
     summary: 'Status, uptime, pool counts and the reaper (503 unhealthy when the database fails)',
     response: { description: 'healthy or degraded', schema: healthSchema },
@@ -272,7 +291,7 @@ export function createRouter(deps: RouteDeps, auth: (role: Role) => Koa.Middlewa
     deps.registry.noteFleetRequest();
     await next();
   };
-  const guards: Record<Access, Koa.Middleware[]> = { agent: [fleet, auth('agent')], admin: [auth('admin')], open: [] };
+  const guards: Record<Access, Koa.Middleware[]> = { agent: [fleet, auth('agent')], admin: [auth('admin')], event: [auth('event')], open: [] };
   const body = jsonBody();
   for (const r of ROUTES) {
     const handler = async (ctx: Context): Promise<void> => r.handle(ctx, deps);

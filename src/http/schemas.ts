@@ -9,7 +9,7 @@ import { IDENTITY_MAX_CHARS } from '../aws/identity.js';
 import { RegistryError } from '../domain/errors.js';
 import { HOLDER_KEY_DESCRIPTION, HOLDER_KEY_PATTERN } from '../domain/holder-key.js';
 import { CLIENT_ID_PATTERN, IDENTIFIER_PATTERN } from '../domain/identifiers.js';
-import { STATUSES } from '../domain/types.js';
+import { HISTORY_EVENTS, STATUSES } from '../domain/types.js';
 import type { Status } from '../domain/types.js';
 
 export const MAX_PAGE = 10_000;
@@ -238,10 +238,20 @@ export const historySchema = {
     additionalProperties: false,
     properties: {
       at: isoTime,
-      event: { type: 'string', enum: ['allocated', 'released', 'reclaimed', 'force_released', 'retired', 'restored'] },
+      event: { type: 'string', enum: [...HISTORY_EVENTS] },
       client_id: { ...clientIdSchema, type: ['string', 'null'] },
       epoch: { type: 'integer', minimum: 0 },
     },
+  },
+} as const;
+
+export const awsEventResultSchema = {
+  type: 'object',
+  required: ['released', 'noted'],
+  additionalProperties: false,
+  properties: {
+    released: { type: 'integer', minimum: 0, maximum: 1, description: '1 when a terminated instance\'s lease ended, else 0' },
+    noted: { type: 'integer', minimum: 0, maximum: 1, description: '1 when a terminating instance\'s lease got its history entry, else 0' },
   },
 } as const;
 

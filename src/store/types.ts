@@ -116,7 +116,7 @@ export interface RawCounts {
 /** The history entry of a row being freed by a release or a force release (the reaper frees its own, see reclaimExpired). */
 export interface FreeEntry {
   readonly at: number;
-  readonly event: 'released' | 'force_released';
+  readonly event: 'released' | 'force_released' | 'terminated';
   readonly clientId: string | null;
   readonly epoch: number;
 }
@@ -215,6 +215,16 @@ export interface Tx extends Reader {
    * many were deleted: 0 when none of the oldest `limit` is due.
    */
   pruneHistory(before: number, limit: number): Promise<number>;
+
+  // ---- AWS events (POST /events/aws)
+  /**
+   * Records an EventBridge event id as seen at `at`: true the first time, false when it was
+   * seen already (a redelivery: nothing else may change). Concurrent callers with one id: one
+   * gets true (PostgreSQL: the second waits for the first to commit).
+   */
+  noteAwsEvent(eventId: string, at: number): Promise<boolean>;
+  /** Forgets the event ids seen before `before` (the retention of redelivery detection). */
+  pruneAwsEvents(before: number): Promise<void>;
 
   // ---- the sweep
   /** Whether this transaction may run the sweep now (one sweeper at a time across instances). */

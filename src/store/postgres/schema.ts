@@ -158,4 +158,17 @@ export const MIGRATIONS: readonly string[] = [
     FOR EACH ROW WHEN (OLD.watermark IS NOT NULL AND (NEW.watermark IS NULL OR NEW.watermark < OLD.watermark))
     EXECUTE FUNCTION identifiers_watermark_rule();
   `,
+  `
+  -- AWS events (as the SQLite schema's migration of the same purpose): history may say a lease
+  -- ended because AWS said its instance terminated, or note that it is about to; the ids of
+  -- the events acted on are kept a day, so a redelivery changes nothing.
+  ALTER TABLE history DROP CONSTRAINT history_event_check;
+  ALTER TABLE history ADD CONSTRAINT history_event_check
+    CHECK (event IN ('allocated', 'released', 'reclaimed', 'force_released', 'retired', 'restored', 'terminated', 'terminating'));
+  CREATE TABLE aws_events (
+    id TEXT   PRIMARY KEY,
+    at BIGINT NOT NULL
+  );
+  CREATE INDEX aws_events_by_at ON aws_events (at);
+  `,
 ];

@@ -482,6 +482,17 @@ export class PgTx extends PgReader implements Tx {
        DELETE FROM history h USING oldest WHERE h.id = oldest.id AND h.at < $1`, [before, limit]);
   }
 
+  async noteAwsEvent(eventId: string, at: number): Promise<boolean> {
+    this.wrote = true;
+    // A concurrent transaction inserting the same id makes this one wait for its end: then no row.
+    return await changes(this.client, 'aws_event_note', 'INSERT INTO aws_events (id, at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING', [eventId, at]) === 1;
+  }
+
+  async pruneAwsEvents(before: number): Promise<void> {
+    this.wrote = true;
+    await changes(this.client, 'aws_events_prune', 'DELETE FROM aws_events WHERE at < $1', [before]);
+  }
+
   async trySweepLock(): Promise<boolean> {
     this.wrote = true;
     const r = asRow(await first(this.client, 'sweep_lock', 'SELECT pg_try_advisory_xact_lock($1, $2) AS ok', [LOCK_NAMESPACE, LOCK_SWEEP]));

@@ -159,4 +159,30 @@ export const MIGRATIONS: readonly string[] = [
   WHEN OLD.watermark IS NOT NULL AND (NEW.watermark IS NULL OR NEW.watermark < OLD.watermark)
   BEGIN SELECT RAISE(ABORT, 'watermark may not decrease'); END;
   `,
+  `
+  -- AWS events (docs/operations.md, "AWS events"): a lease can end because AWS said its
+  -- instance terminated, and a history entry can note that it is about to. SQLite cannot
+  -- change a CHECK in place: the history table is rebuilt with the wider one, rows and ids kept.
+  CREATE TABLE history_new (
+    id            INTEGER PRIMARY KEY,
+    identifier_id INTEGER NOT NULL REFERENCES identifiers (id),
+    at            INTEGER NOT NULL,
+    event         TEXT    NOT NULL CHECK (event IN ('allocated', 'released', 'reclaimed', 'force_released', 'retired', 'restored', 'terminated', 'terminating')),
+    client_id     TEXT,
+    epoch         INTEGER NOT NULL
+  ) STRICT;
+  INSERT INTO history_new (id, identifier_id, at, event, client_id, epoch) SELECT id, identifier_id, at, event, client_id, epoch FROM history;
+  DROP TABLE history;
+  ALTER TABLE history_new RENAME TO history;
+  CREATE INDEX history_by_identifier ON history (identifier_id, id);
+  CREATE INDEX history_reclaimed_at ON history (at) WHERE event = 'reclaimed';
+
+  -- EventBridge delivers at least once: the ids of the events acted on, so a redelivery
+  -- changes nothing; kept a day (pruned by age through the index).
+  CREATE TABLE aws_events (
+    id TEXT    PRIMARY KEY,
+    at INTEGER NOT NULL
+  ) STRICT;
+  CREATE INDEX aws_events_by_at ON aws_events (at);
+  `,
 ];

@@ -232,6 +232,8 @@ class Statements {
   readonly refusalInsert: Statement;
   readonly refusedClients: Statement;
   readonly refusalsPrune: Statement;
+  readonly awsEventInsert: Statement;
+  readonly awsEventsPrune: Statement;
   readonly addToTotal: Statement;
   /** Transaction control, prepared once: db.exec parses its SQL on every call, twice per use case. */
   readonly begin: Statement;
@@ -347,6 +349,8 @@ class Statements {
     this.refusalInsert = p(`INSERT INTO refusals (client_id, at) VALUES (?, ?)`);
     this.refusedClients = p(`SELECT count(DISTINCT client_id) AS n FROM refusals WHERE at >= ?`);
     this.refusalsPrune = p(`DELETE FROM refusals WHERE at < ?`);
+    this.awsEventInsert = p(`INSERT INTO aws_events (id, at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING`);
+    this.awsEventsPrune = p(`DELETE FROM aws_events WHERE at < ?`);
     this.addToTotal = p(`UPDATE pool_counts SET total = total + ?`);
     this.begin = p('BEGIN');
     this.beginImmediate = p('BEGIN IMMEDIATE');
@@ -483,6 +487,14 @@ class SqliteTx extends SqliteReader implements Tx {
 
   async pruneHistory(before: number, limit: number): Promise<number> {
     return this.s.historyPrune.run({ before, limit }).changes;
+  }
+
+  async noteAwsEvent(eventId: string, at: number): Promise<boolean> {
+    return this.s.awsEventInsert.run(eventId, at).changes === 1;
+  }
+
+  async pruneAwsEvents(before: number): Promise<void> {
+    this.s.awsEventsPrune.run(before);
   }
 
   async trySweepLock(): Promise<boolean> {
