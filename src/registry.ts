@@ -429,10 +429,12 @@ export class Registry {
         return { outcome: 'noted' as const, rec, earlyMs: null };
       }
       const attested = rec.holder.instance !== null && rec.holder.instance !== undefined;
-      const availableAt = attested ? tx.now : tx.now + this.rules.cooldownMs;
+      // Cooling as a force release does: the longer of the setting and the window its holder was told.
+      const cooldownMs = leaseCooldownMs(rec.holder, this.rules);
+      const availableAt = attested ? tx.now : tx.now + cooldownMs;
       await this.freeRecord(tx, rec, availableAt, 'terminated');
       // When the reaper would have made it allocatable: a TTL after its last liveness, then a cool-down.
-      const reaperAt = rec.holder.lastSeen + this.rules.ttlMs + this.rules.cooldownMs;
+      const reaperAt = rec.holder.lastSeen + this.rules.ttlMs + cooldownMs;
       return { outcome: 'released' as const, rec, earlyMs: reaperAt - availableAt };
     }, { durable: true });
     if (out.outcome === 'released' && out.rec?.holder) this.emitOwnership('terminated', out.rec.name, out.rec.holder.clientId, out.rec.epoch);
