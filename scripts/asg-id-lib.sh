@@ -293,7 +293,8 @@ asg_json_lease() {
   [ -n "${ASG_KEY:-}" ] && extra=",\"key\":\"$ASG_KEY\""
   asg_watermark
   [ -n "$ASG_WM" ] && extra="$extra,\"watermark\":$ASG_WM"
-  ASG_LEASE_JSON=$(printf '{"client_id":"%s","identifier":"%s","epoch":%s%s}' "$ASG_ID_CLIENT_ID" "$ASG_ID_IDENTIFIER" "$ASG_ID_EPOCH" "$extra")
+  # Built in the shell, not in a subshell: a renewal forks nothing it need not.
+  ASG_LEASE_JSON="{\"client_id\":\"$ASG_ID_CLIENT_ID\",\"identifier\":\"$ASG_ID_IDENTIFIER\",\"epoch\":$ASG_ID_EPOCH$extra}"
 }
 
 # Gives the identifier back; a 409 or 404 means it is not ours any more, which is what we wanted.

@@ -340,7 +340,8 @@ export class Registry {
     const retryAfterSeconds = Math.max(1, Math.ceil((lastSeen + this.rules.ttlMs - now) / 1000));
     this.observe({ type: 'holder_conflict', identifier: rec.name, clientId, reason });
     return new RegistryError('holder_conflict',
-      `client ${clientId} holds ${rec.name} ${CONFLICT_WHY[reason]}: two claimants present one client id, and only the one ` +
+      // Not which identifier: the claimant that was not granted it is told nothing of the lease but when it may end.
+      `client ${clientId} holds a lease ${CONFLICT_WHY[reason]}: two claimants present one client id, and only the one ` +
         `granted it holds it (it may end in ${retryAfterSeconds}s if its holder stays silent)`, { retryAfterSeconds });
   }
 

@@ -70,6 +70,7 @@ for (const engine of ENGINES) describe(`[${engine}] holder keys`, () => {
       expectError(res, 409, 'holder_conflict');
       expect(res.headers['retry-after']).to.equal(String(wait));
       expect(JSON.stringify(res.body)).to.not.include('"epoch"');
+      expect(JSON.stringify(res.body), 'the other claimant is not told which identifier').to.not.include('w-0');
     }
     // Retry-After: the seconds until that lease could end if its holder stays silent.
     h.clock.advance(30_500);

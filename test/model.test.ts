@@ -40,6 +40,8 @@ interface MIdent {
   epoch: number;
   holder: { client: string; allocatedAt: number; lastSeen: number } | null;
   availableAt: number;
+  /** The client granted it last, and when (sticky identity). */
+  last?: { client: string; at: number };
 }
 
 type Outcome = { ok: true; value: unknown } | { ok: false; code: string };
@@ -117,9 +119,18 @@ class Model {
         return ok({ identifier: name, epoch: i.epoch });
       }
     }
-    let best: [string, MIdent] | null = null;
+    const allocatable = (i: MIdent): boolean => !i.holder && !i.retired && i.availableAt <= t;
+    // Sticky identity: the identifier it was granted last, if nobody was granted it since, and only if allocatable now.
+    let sticky: [string, MIdent] | null = null;
     for (const [name, i] of this.ids) {
-      if (i.holder || i.retired || i.availableAt > t) continue;
+      const mine = i.last?.client === client ? i.last.at : null;
+      const theirs = sticky?.[1].last?.at ?? -Infinity;
+      if (mine !== null && (!sticky || mine > theirs || (mine === theirs && i.rowId > sticky[1].rowId))) sticky = [name, i];
+    }
+    let best: [string, MIdent] | null = sticky && allocatable(sticky[1]) ? sticky : null;
+    for (const [name, i] of this.ids) {
+      if (sticky && best === sticky) break;
+      if (!allocatable(i)) continue;
       if (!best || i.availableAt < best[1].availableAt || (i.availableAt === best[1].availableAt && i.order < best[1].order)) best = [name, i];
     }
     if (!best) {
@@ -129,6 +140,7 @@ class Model {
     const [name, i] = best;
     i.epoch += 1;
     i.holder = { client, allocatedAt: t, lastSeen: t };
+    i.last = { client, at: t };
     this.history();
     return ok({ identifier: name, epoch: i.epoch });
   }
