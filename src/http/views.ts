@@ -1,4 +1,4 @@
-/** JSON representations of SPEC.md: snake_case, ISO 8601 UTC times with milliseconds. */
+/** JSON representations of docs/api.md ("Views"): snake_case, ISO 8601 UTC times with milliseconds. */
 import { expiresAt, fenceAfterMs, statusFrom } from '../domain/lease.js';
 import type { LeaseRules } from '../domain/lease.js';
 import type { HistoryEntry, IdentifierInfo, Lease, PoolCounts, ReaperState, RecordTuple } from '../domain/types.js';
@@ -69,7 +69,7 @@ export function identifierView(i: IdentifierInfo) {
   };
 }
 
-/** Text that JSON.stringify writes as is between its quotes (every identifier and client id SPEC.md allows). */
+/** Text that JSON.stringify writes as is between its quotes (every identifier and client id docs/api.md "Names" allows). */
 const PLAIN = /^[A-Za-z0-9._:-]*$/;
 
 /** JSON.stringify(s), without its general machinery for the common case. */
