@@ -12,7 +12,7 @@ function failure(env: Record<string, string>): ConfigError {
 }
 
 describe('config', () => {
-  it('has the defaults of SPEC.md', () => {
+  it('has the defaults the README Configuration table lists', () => {
     const c = loadConfig({});
     expect(c).to.include({
       host: '127.0.0.1', port: 8080, dbPath: './data/registry.db', poolFile: 'seed/identifiers.txt',

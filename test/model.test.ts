@@ -1,9 +1,9 @@
 /**
  * Model-based property test. Random sequences of allocate, liveness, release, force release,
  * reaper sweeps, clock advances and wall-clock jumps, restarts and pool edits run against
- * the real registry on a real SQLite file and against a small in-memory model of SPEC.md.
+ * the real registry on a real SQLite file and against a small in-memory model of the lease rules (docs/safety.md, "The lease rules").
  * After every step the two agree on every identifier, and no identifier is believed held by
- * two live VMs (each VM fencing itself as SPEC.md tells it to).
+ * two live VMs (each VM fencing itself as docs/vm.md tells it to).
  *
  * The same histories run on PostgreSQL too, where registry time is the database server's
  * clock: real time, which neither the registry host's wall-clock jumps nor its reboots touch.
@@ -30,7 +30,7 @@ const UNIVERSE = Array.from({ length: 5 }, (_, i) => `u-${i}`);
 const INITIAL_POOL = UNIVERSE.slice(0, 3);
 const CLIENTS = Array.from({ length: 4 }, (_, i) => `vm-${i}`);
 
-// ---------------------------------------------------------------- the model of SPEC.md
+// ---------------------------------------------------------------- the model of the lease rules (docs/safety.md)
 
 interface MIdent {
   /** Insertion order, as the store's row id. */
@@ -460,11 +460,11 @@ const RUNS = Number(process.env['MODEL_RUNS'] ?? 250);
 const PG_RUNS = Number(process.env['MODEL_PG_RUNS'] ?? 40);
 
 for (const engine of ['sqlite', 'postgres'] as const) {
-  describe(`model [${engine}]: the registry agrees with SPEC.md under random histories`, function () {
+  describe(`model [${engine}]: the registry agrees with the lease rules under random histories`, function () {
     this.timeout(300_000);
     const numRuns = engine === 'sqlite' ? RUNS : PG_RUNS;
 
-    it('with SPEC.md defaults (cool-down and grace = TTL): agreement, and never two live holders', async () => {
+    it('with the documented defaults (cool-down and grace = TTL): agreement, and never two live holders', async () => {
       const rules: RegistryRules = {
         ttlMs: 30 * SEC, cooldownMs: 30 * SEC, graceMs: 30 * SEC, maxFraction: 0.5, minHold: 1, guardedRatePerMinute: 1, reapBatchSize: 2,
       };

@@ -290,19 +290,20 @@ describe('README.md', function () {
     const steps = codeBlocks(section('Install the registry as a service', OPERATIONS)).find((b) => b.lang === 'sh')?.body ?? '';
     const unit = readFileSync(join(ROOT, 'systemd/asg-id-registry.service'), 'utf8');
 
-    it('copy what the unit points at: its Documentation= file and the program it runs, with node at an absolute path', () => {
-      const copy = /^sudo cp -r (.*) \/opt\/asg-id-registry\/$/m.exec(steps);
-      expect(copy, 'a step copies the project to /opt/asg-id-registry').to.not.equal(null);
-      const copied = (copy?.[1] ?? '').split(/\s+/);
+    it('copy what the unit points at: the release tarball holds its Documentation= file and the program it runs, with node at an absolute path', () => {
+      expect(steps, 'a step unpacks the tarball into /opt/asg-id-registry').to.match(/^sudo tar -xzf asg-id-registry-\S+\.tgz -C \/opt\/asg-id-registry --strip-components=1$/m);
+      expect(steps, 'production dependencies only, from the shrinkwrap').to.match(/npm ci --omit=dev/);
+      const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { files?: string[] };
+      const files = (pkg.files ?? []).map((f) => f.replace(/\/$/, ''));
       const doc = /^Documentation=file:\/\/\/opt\/asg-id-registry\/(\S+)$/m.exec(unit);
       expect(doc, 'Documentation= names a file under /opt/asg-id-registry').to.not.equal(null);
-      expect(copied).to.include(doc?.[1]);
-      expect(copied, 'the README links into docs/, so docs/ is copied beside it').to.include('docs');
+      expect(files, 'the tarball carries the Documentation= file').to.include(doc?.[1]);
+      expect(files, 'the README links into docs/, so docs/ ships beside it').to.include('docs');
       const exec = /^ExecStart=(\S+) \/opt\/asg-id-registry\/(\S+)$/m.exec(unit);
       expect(exec?.[1], 'ExecStart runs node by its absolute path, not through /usr/bin/env and a PATH').to.equal('/usr/bin/node');
       expect(section('Install the registry as a service', OPERATIONS)).to.include('`/usr/bin/node`');
-      expect(exec?.[2]).to.equal('dist/main.js'); // built by the npm ci step from the copied src/
-      for (const needed of ['package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json', 'src', 'seed']) expect(copied).to.include(needed);
+      expect(exec?.[2]).to.equal('dist/main.js'); // in the tarball's dist/ (test/artifact.test.ts packs and runs it)
+      for (const needed of ['dist', 'seed', 'systemd', 'npm-shrinkwrap.json']) expect(files).to.include(needed);
     });
 
     it('put idreg on the PATH: the linked file is the package\'s bin, and it runs', async () => {

@@ -1,7 +1,7 @@
 /**
  * `npm start`, as a newcomer runs it: npm passes SIGTERM and SIGINT on, and the start script
  * execs node, so they reach the registry itself (with a shell between, dash would die and
- * leave node serving). npm does not pass SIGHUP on: the README says to send it to the pid
+ * leave node serving). npm does not pass SIGHUP on: docs/operations.md ("The registry's command line and signals") says to send it to the pid
  * that every log line carries, and that works.
  */
 import { expect } from 'chai';

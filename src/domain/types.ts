@@ -1,4 +1,4 @@
-/** The lease model of SPEC.md, free of storage and transport. Times are epoch milliseconds. */
+/** The lease model of docs/safety.md ("The lease rules"), free of storage and transport. Times are epoch milliseconds. */
 
 export type Status = 'leased' | 'free' | 'cooling' | 'retired';
 export const STATUSES: readonly Status[] = ['leased', 'free', 'cooling', 'retired'];

@@ -30,6 +30,12 @@ import { identifierViewsJson } from './views.js';
  * a page's turn with its size.
  */
 export const LISTING_PAGE_SIZE = 2000;
+/**
+ * The part a `?limit=` page is read in: on PostgreSQL each part's rows become views in
+ * JavaScript, and 2,000 of them measured 23-32 ms of CPU on a loaded 2-core machine; 1,000 keep
+ * the turn under 20 ms.
+ */
+export const PAGE_PART_SIZE = 1000;
 
 /** Resolves after a turn of the event loop: what is waiting (requests, timers) runs first. */
 const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
@@ -103,14 +109,14 @@ export async function pageInParts<C>(
 }
 
 /**
- * A page of the listing (`GET /identifiers?limit=`), in parts of at most LISTING_PAGE_SIZE
+ * A page of the listing (`GET /identifiers?limit=`), in parts of at most PAGE_PART_SIZE
  * (see pageInParts), and the identifier the next page starts after. Errors: invalid_request
  * when `after` names no identifier.
  */
 export async function listingPageJson(
   registry: Registry, status: Status | null, after: string | null, limit: number,
 ): Promise<{ json: Buffer; next: string | null }> {
-  const page = await pageInParts<NonNullable<ListedPage['next']>>(limit, LISTING_PAGE_SIZE, async (from, n) => {
+  const page = await pageInParts<NonNullable<ListedPage['next']>>(limit, PAGE_PART_SIZE, async (from, n) => {
     const p = await registry.listPage({ status, after: from?.cursor ?? after, limit: n });
     return { members: identifierViewsJson(p), next: p.next };
   });

@@ -1,5 +1,5 @@
 /**
- * The routes of SPEC.md, as one table: the router is built from it and so is /openapi.json,
+ * The routes of docs/api.md ("Routes"), as one table: the router is built from it and so is /openapi.json,
  * so the document cannot miss a route or disagree with the schemas a route validates with.
  */
 import Router from '@koa/router';

@@ -1,4 +1,4 @@
-/** JSON representations of SPEC.md: snake_case, ISO 8601 UTC times with milliseconds. */
+/** JSON representations of docs/api.md ("Views"): snake_case, ISO 8601 UTC times with milliseconds. */
 import { instanceView } from '../domain/instance.js';
 import { expiresAt, fenceAfterMs, statusFrom } from '../domain/lease.js';
 import type { LeaseRules } from '../domain/lease.js';
@@ -76,7 +76,7 @@ export function identifierView(i: IdentifierInfo) {
   };
 }
 
-/** Text that JSON.stringify writes as is between its quotes (every identifier and client id SPEC.md allows). */
+/** Text that JSON.stringify writes as is between its quotes (every identifier and client id docs/api.md "Names" allows). */
 const PLAIN = /^[A-Za-z0-9._:-]*$/;
 
 /** JSON.stringify(s), without its general machinery for the common case. */

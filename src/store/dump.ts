@@ -322,12 +322,33 @@ export function notEmptyError(identifiers: number, history: number): DumpError {
 
 /**
  * Meta values that hold registry times, and how to move one: the time of the service's start
- * (the start-up grace), of the last clock step seen (the guard), of the last sweep. A meta value
+ * (the start-up grace), of the last clock step seen (the guard), of the last sweep, and the
+ * mass-expiry guard's memory (when it tripped, where its reclaim count starts). A meta value
  * of another key is carried as it is: a new key that holds a time must be added here.
+ *
+ * The guard's memory is carried, not dropped: a guard tripped on the source stays tripped on
+ * the target until a sweep there finds no expired lease left (dropping it would forget a cut
+ * and let the target reclaim the rest of it at full speed), and its count keeps leaving out
+ * the guard's own reclaims. Both times move with the rest, so they keep their distance to the
+ * leases; `countFrom` 0 (never tripped) stays 0.
  */
 const META_TIMES: Readonly<Record<string, (value: string, move: (t: number) => number) => string>> = {
   service_up_since: movedNumber,
   clock_step_at: movedNumber,
+  guard_memory: (value, move) => {
+    try {
+      const v: unknown = JSON.parse(value);
+      if (!isFields(v)) return value;
+      const out: Record<string, unknown> = { ...v };
+      const countFrom = v['countFrom'];
+      if (typeof countFrom === 'number' && countFrom !== 0) out['countFrom'] = move(countFrom);
+      const tripped = v['tripped'];
+      if (isFields(tripped) && typeof tripped['at'] === 'number') out['tripped'] = { ...tripped, at: move(tripped['at']) };
+      return JSON.stringify(out);
+    } catch {
+      return value;
+    }
+  },
   reaper_state: (value, move) => {
     try {
       const v: unknown = JSON.parse(value);

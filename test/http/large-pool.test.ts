@@ -1,7 +1,7 @@
 /**
  * A pool of a million identifiers, 850,000 of them cooling, on a SQLite file: a filtered page
  * of any status, /health and /metrics each answer without holding the event loop for 20 ms at
- * a time (the rule of the README's API section), and answer right. The states lie in blocks
+ * a time (docs/api.md, "No request holds the event loop 20 ms"), and answer right. The states lie in blocks
  * of the pool order, the arrangement that costs a filtered page the most (14 % free first,
  * then 85 % cooling, then leased and retired ones): a page of cooling ones walks past every
  * free one, a page of free ones after the first block past every cooling one, and the counts

@@ -37,7 +37,7 @@ const DAY = 86_400_000;
 /** UTF-8 (both stores' text) cannot hold half of a surrogate pair, so no store holds one. */
 const LONE_SURROGATE = /\p{Cs}/u;
 
-/** What SPEC.md allows, and what it does not but a store may still hold (an import, an old pool file). */
+/** What docs/api.md "Names" allows, and what it does not but a store may still hold (an import, an old pool file). */
 function text(engine: EngineName): fc.Arbitrary<string> {
   return fc.oneof(
     fc.stringMatching(/^[A-Za-z0-9._:-]{1,30}$/),

@@ -53,7 +53,7 @@ describe('pool file', () => {
     expect(parseError('w-0-3]\n').line).to.equal(1);
   });
 
-  it('refuses characters SPEC.md does not allow in identifiers', () => {
+  it('refuses characters docs/api.md "Names" does not allow in identifiers', () => {
     const e = parseError('good\nhas space\n');
     expect(e.line).to.equal(2);
     expect(parseError('naïve\n').line).to.equal(1);

@@ -2,7 +2,7 @@
  * Hostile input against the real process: at least 10,000 generated requests, each wrong in
  * some way by construction (random bytes, wrong types, deep or huge JSON, odd unicode and
  * control characters, unknown fields, wrong methods and content types, oversized headers and
- * paths). Every answer is a 4xx from SPEC.md's list in SPEC.md's shape, the process stays up,
+ * paths). Every answer is a 4xx from docs/api.md "Errors", in its shape, the process stays up,
  * and the database is unchanged. FUZZ_SEED reproduces a run.
  */
 import { expect } from 'chai';

@@ -47,6 +47,8 @@ const source: Dump = {
     { key: 'pool_fingerprint', value: 'abc' },
     { key: 'reaper_state', value: JSON.stringify({ lastRunAt: T - 5000, lastReclaimed: 2, held: false, reason: null }) },
     { key: 'service_up_since', value: String(T - 30 * MIN) },
+    // The mass-expiry guard tripped 5 minutes ago on 30 of 40; its own reclaims counted out from 3 minutes ago.
+    { key: 'guard_memory', value: JSON.stringify({ tripped: { at: T - 5 * MIN, expired: 30, of: 40 }, countFrom: T - 3 * MIN }) },
   ],
 };
 
@@ -73,9 +75,21 @@ describe('dump: times translated on import', () => {
       expect(meta['pool_fingerprint']).to.equal('abc');
       expect(meta['service_up_since']).to.equal(String(T + skew - 30 * MIN));
       expect(JSON.parse(meta['reaper_state'] ?? '{}')).to.deep.equal({ lastRunAt: T + skew - 5000, lastReclaimed: 2, held: false, reason: null });
+      // A tripped guard stays tripped on the target, on the target's clock: it tripped 5 minutes
+      // before the export there too (a guard left on the source's clock would, 10 minutes behind,
+      // count reclaims the guard itself made; 10 minutes ahead, trip "in the future").
+      expect(JSON.parse(meta['guard_memory'] ?? '{}'), 'the guard memory moves with the leases').to.deep.equal(
+        { tripped: { at: T + skew - 5 * MIN, expired: 30, of: 40 }, countFrom: T + skew - 3 * MIN });
       expect(JSON.parse(meta[IMPORT_META] ?? '{}')).to.include({ engine: 'sqlite', exported_at: T, time_base: T, imported_at: T + skew, shift_ms: skew });
     });
   }
+
+  it('a guard at rest stays at rest (countFrom 0 is "never tripped", not a time)', () => {
+    const atRest: Dump = { ...source, meta: [{ key: 'guard_memory', value: JSON.stringify({ tripped: null, countFrom: 0 }) }] };
+    const { dump } = translateDump(atRest, T + 10 * MIN);
+    const meta = Object.fromEntries(dump.meta.map((m) => [m.key, m.value]));
+    expect(JSON.parse(meta['guard_memory'] ?? '{}')).to.deep.equal({ tripped: null, countFrom: 0 });
+  });
 
   it('the file carries the export time as version 2, and reads it back', () => {
     const lines = [...dumpLines(source)];

@@ -22,7 +22,7 @@ describe('[sqlite] the plans of filtered pages', () => {
     const store = new SqliteStore({ path: ':memory:', clock: new FakeClock() });
     try {
       const sql = pageSql(STATUS_WHERE);
-      const params = { now: 1, limit: 1, afterOrder: 0, afterId: 0, ttl: 1n, fence: 1n, day0: 1n, date0: 'd', day1: 1n, date1: 'd', day2: 1n, date2: 'd' };
+      const params = { now: 1, limit: 1, afterOrder: 0, afterId: 0, ttl: 1n, cooldown: 1n, fence: 1n, day0: 1n, date0: 'd', day1: 1n, date1: 'd', day2: 1n, date2: 'd' };
       for (const [status, index] of FILTERS) {
         for (const after of ['first', 'after']) {
           const statements = sql[`${status}:${after}`];

@@ -1,6 +1,6 @@
 /**
  * Row <-> domain mapping for PostgreSQL. Rows arrive as `unknown`; every column is checked,
- * never cast. BIGINT columns arrive as numbers through `parseBigint` (see pool.ts), which
+ * never cast. BIGINT columns arrive as numbers through `parseBigint` (installed as the pool's BIGINT parser in store.ts), which
  * refuses any value past Number.MAX_SAFE_INTEGER instead of rounding it.
  */
 import { HISTORY_PAGE_COLUMNS, RECORD_COLUMNS, ROW_COLUMNS, columns, historyEntryFrom, historyRowsFrom, recordFrom, recordTuples } from '../columns.js';

@@ -2,7 +2,7 @@
  * PostgreSQL migrations, applied in order at start-up (see migrate.ts); `schema_version` holds
  * one row per migration applied. Never edit a shipped migration: add the next one.
  *
- * The tables mirror the SQLite schema (src/store/schema.ts): the same columns, the same CHECKs,
+ * The tables mirror the SQLite schema (src/store/sqlite/schema.ts): the same columns, the same CHECKs,
  * the same rules as triggers, so that the database refuses a second holder or an epoch going
  * back whichever engine, instance or buggy caller writes. Times are epoch milliseconds in BIGINT.
  */

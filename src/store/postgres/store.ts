@@ -128,8 +128,8 @@ const TYPES: CustomTypesConfig = {
 
 function begin(durable: boolean, readClock: boolean): string {
   // Ownership changes wait for the commit to be flushed (and replicated to a synchronous
-  // standby); a renewal only needs to be visible to every instance, as the README's
-  // durability section allows.
+  // standby); a renewal only needs to be visible to every instance, as docs/safety.md
+  // ("What an answer means") allows.
   const parts = ['BEGIN', `SET LOCAL synchronous_commit = ${durable ? 'on' : 'off'}`];
   // The server's clock in the transaction (clock_timestamp: not frozen at its start), with the offset.
   if (readClock) parts.push(CLOCK_READING);

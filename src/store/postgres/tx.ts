@@ -88,7 +88,7 @@ const IN_TX: StatementClock = { with: 'WITH ', now: `$${HELD_ASK_ARRAYS + 1}::bi
  * parameters after `nowParam`: see ServerTime.bounds), or `nowParam` (by default $7, after the
  * six HELD_ASKS arrays) when the registry's time is injected (tests). Its rows carry the reading, so the instance checks it.
  * `synchronous_commit` is set for this statement's transaction only: on for an ownership change,
- * off for a liveness, which must be visible to every instance before its answer, not fsynced (SPEC.md);
+ * off for a liveness, which must be visible to every instance before its answer, not fsynced (docs/safety.md, "What an answer means");
  * so is `lockTimeout` when given (`set_config(..., true)` is SET LOCAL: in autocommit the
  * statement is its own transaction, and the pooled connection's next use has its own setting
  * back — test/store/postgres-allocate.test.ts holds it to that).

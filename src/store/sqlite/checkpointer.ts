@@ -22,7 +22,7 @@
  *   sequence unchanged): it copies the last frames under the lock, so the next write starts the
  *   log over. Writes wait for that copy only (the frames since the last pass). Rare on purpose:
  *   tried at every tick past 4,000 pages, it slowed a 100,000-reclaim sweep by a fifth.
- * Measured on this machine (README, "Performance"): the TRUNCATE the checkpointer used to run
+ * Measured on this machine (docs/adr/0005-wal-checkpoints-that-never-wait-holding-the-lock.md, "Context"): the TRUNCATE the checkpointer used to run
  * under load held the write lock 22–40 ms about every 2 s, and writers then retried after 2,
  * 4, 8, 16 ms; a RESTART with a 1 s busy timeout gave a 177 ms p99.
  */

@@ -116,7 +116,7 @@ export const MIGRATIONS: readonly string[] = [
   `
   -- The guard counts only reclaims: an index of just those. The index of every event by time
   -- was written by every grant and release (each writes a history row) and read by nothing
-  -- else; without it a durable allocate+release took 12 % less CPU (README, "Performance").
+  -- else; without it a durable allocate+release took 12 % less CPU (docs/adr/0009-history-indexes-only-the-reclaims-on-sqlite.md).
   DROP INDEX IF EXISTS history_by_event_at;
   CREATE INDEX history_reclaimed_at ON history (at) WHERE event = 'reclaimed';
   `,
