@@ -308,9 +308,6 @@ export function checkConsistent(d: Dump): void {
   }
 }
 
-/** The columns an export reads and an import writes, in both engines. */
-export const DUMP_IDENTIFIER_COLUMNS =
-  'name, pool_order, retired, epoch, client_id, allocated_at, last_seen, available_at, fence_cooldown_ms, key_hash, instance, watermark, last_client_id, last_granted_at';
 
 /** The refusal for a target store that already holds state. */
 export function notEmptyError(identifiers: number, history: number): DumpError {

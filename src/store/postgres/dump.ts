@@ -5,7 +5,8 @@
  */
 import type { PoolClient } from 'pg';
 import { instanceColumn } from '../columns.js';
-import { DUMP_IDENTIFIER_COLUMNS, isPortableMeta, notEmptyError, toDumpHistory, toDumpIdentifier, toDumpMeta } from '../dump.js';
+import { isPortableMeta, notEmptyError, toDumpHistory, toDumpIdentifier, toDumpMeta } from '../dump.js';
+import { DUMP_IDENTIFIER_COLUMNS, DUMP_SELECT } from '../sql.js';
 import type { Dump } from '../dump.js';
 import { asRow, int } from './rows.js';
 import { LOCK_IMPORT, LOCK_NAMESPACE } from './tx.js';
@@ -22,12 +23,9 @@ async function all(client: PoolClient, text: string): Promise<unknown[]> {
 export async function dumpFrom(client: PoolClient, exportedAt: number): Promise<Dump> {
   await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
   try {
-    const identifiers = (await all(client,
-      `SELECT ${DUMP_IDENTIFIER_COLUMNS} FROM identifiers ORDER BY pool_order, id`)).map((r) => toDumpIdentifier(r));
-    const history = (await all(client,
-      `SELECT i.name AS identifier, h.at, h.event, h.client_id, h.epoch
-       FROM history h JOIN identifiers i ON i.id = h.identifier_id ORDER BY h.id`)).map((r) => toDumpHistory(r));
-    const meta = (await all(client, 'SELECT key, value FROM meta ORDER BY key')).map((r) => toDumpMeta(r)).filter(isPortableMeta);
+    const identifiers = (await all(client, DUMP_SELECT.identifiers())).map((r) => toDumpIdentifier(r));
+    const history = (await all(client, DUMP_SELECT.history)).map((r) => toDumpHistory(r));
+    const meta = (await all(client, DUMP_SELECT.meta)).map((r) => toDumpMeta(r)).filter(isPortableMeta);
     await client.query('COMMIT');
     return { engine: 'postgres', exportedAt, identifiers, history, meta };
   } catch (e) {

@@ -6,7 +6,8 @@
 import type Database from 'better-sqlite3';
 import type { TimeSource } from '../../clock.js';
 import { instanceColumn } from '../columns.js';
-import { DUMP_IDENTIFIER_COLUMNS, isPortableMeta, notEmptyError, toDumpHistory, toDumpIdentifier, toDumpMeta, translateDump } from '../dump.js';
+import { isPortableMeta, notEmptyError, toDumpHistory, toDumpIdentifier, toDumpMeta, translateDump } from '../dump.js';
+import { DUMP_IDENTIFIER_COLUMNS, DUMP_SELECT } from '../sql.js';
 import type { Dump, Translation } from '../dump.js';
 import { SqliteStore, openDatabase, registryTimeOf } from './store.js';
 
@@ -26,14 +27,9 @@ export function dumpSqlite(db: Database.Database, exportedAt: number): Dump {
   const read = db.transaction((): Dump => ({
     engine: 'sqlite',
     exportedAt,
-    identifiers: db.prepare(
-      `SELECT ${select} FROM identifiers ORDER BY pool_order, id`,
-    ).all().map((r) => toDumpIdentifier(r)),
-    history: db.prepare(
-      `SELECT i.name AS identifier, h.at, h.event, h.client_id, h.epoch
-       FROM history h JOIN identifiers i ON i.id = h.identifier_id ORDER BY h.id`,
-    ).all().map((r) => toDumpHistory(r)),
-    meta: db.prepare('SELECT key, value FROM meta ORDER BY key').all().map((r) => toDumpMeta(r)).filter(isPortableMeta),
+    identifiers: db.prepare(DUMP_SELECT.identifiers(select)).all().map((r) => toDumpIdentifier(r)),
+    history: db.prepare(DUMP_SELECT.history).all().map((r) => toDumpHistory(r)),
+    meta: db.prepare(DUMP_SELECT.meta).all().map((r) => toDumpMeta(r)).filter(isPortableMeta),
   }));
   return read.deferred();
 }
