@@ -29,6 +29,7 @@ variables only (defaults in brackets):
   REAPER_BATCH_SIZE           leases reclaimed per transaction [750]
   DB_BUSY_TIMEOUT_MS          wait for another process's write lock before 503 [2000]
   AGENT_TOKENS, ADMIN_TOKENS  comma-separated bearer tokens, 16+ characters [unset: open]
+  EVENT_TOKENS                bearer tokens for POST /events/aws only (an EventBridge connection's) [unset]
   ALLOW_OPEN                  true: serve a non-loopback HOST with no tokens (protected mode's way out) [false]
   TLS_CERT_FILE, TLS_KEY_FILE HTTPS with this PEM certificate chain and key, re-read on SIGHUP [unset: HTTP]
   HISTORY_RETENTION_DAYS      ownership history older than this many whole days is pruned; 0 keeps it [90]
