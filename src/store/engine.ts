@@ -46,7 +46,6 @@ export interface OpenedStore {
 }
 
 export interface Engine {
-  readonly kind: 'sqlite' | 'postgres';
   /** The database file, for a store in one (SQLite); null for a server's. */
   readonly file: string | null;
   /** The store, as a message names it: the database file's path, or DATABASE_URL. */

@@ -48,7 +48,6 @@ async function withTool<T>(url: string, fn: (store: PostgresStore) => Promise<T>
 
 export function postgresEngine(url: string): Engine {
   return {
-    kind: 'postgres',
     file: null,
     setting: 'DATABASE_URL',
     title: 'PostgreSQL (DATABASE_URL)',

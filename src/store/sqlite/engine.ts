@@ -7,7 +7,6 @@ import { SqliteStore } from './store.js';
 
 export function sqliteEngine(path: string): Engine {
   return {
-    kind: 'sqlite',
     file: path,
     setting: path,
     title: path,
