@@ -5,6 +5,8 @@
  * all loaded before a module's first line runs, so nothing here may import it statically.
  * A SIGHUP before the registry is up is kept, and becomes one reload once it is.
  */
+import { errorMessage } from './domain/errors.js'; // a few lines with no imports of its own: loaded at once
+
 let reload: (() => void) | null = null;
 let reloadWanted = false;
 process.on('SIGHUP', () => {
@@ -24,6 +26,6 @@ try {
     },
   });
 } catch (e) {
-  process.stderr.write(`asg-id-registry: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.stderr.write(`asg-id-registry: ${errorMessage(e)}\n`);
   process.exit(1);
 }

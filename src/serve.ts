@@ -14,7 +14,7 @@ import { IidCertificateError } from './aws/identity.js';
 import { systemTimeSource } from './clock.js';
 import { ConfigError, loadConfig, processEnv } from './config.js';
 import type { Config } from './config.js';
-import { isRegistryError } from './domain/errors.js';
+import { errorMessage, isRegistryError } from './domain/errors.js';
 import { createApp } from './http/app.js';
 import { createHttpServer, DEFAULT_LIMITS } from './http/server.js';
 import { startReaper } from './jobs/reaper.js';
@@ -25,10 +25,8 @@ import { notifyReady } from './notify.js';
 import { parsePoolFile, readPoolText } from './pool/load.js';
 import type { PoolFile } from './pool/load.js';
 import { BEAT_INTERVAL_MS, Registry, storedPool } from './registry.js';
-import { explainDbOpenError, inspectDbPath } from './store/explain.js';
-import { openPostgresStore } from './store/postgres/store.js';
-import { SqliteStore } from './store/sqlite/store.js';
-import type { Store } from './store/types.js';
+import { engineFor } from './store/engine.js';
+import type { Engine, OpenedStore } from './store/engine.js';
 import { readTls } from './tls.js';
 import type { TlsMaterial } from './tls.js';
 import { REGISTRY_USAGE, USAGE_EXIT_STATUS, registryCommand } from './usage.js';
@@ -43,8 +41,6 @@ export interface Signals {
   /** `reload` runs on every SIGHUP from now on (and at once for one that came during start-up). */
   onReload(reload: () => void): void;
 }
-
-const messageOf = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 
 function die(message: string, status = 1): never {
   process.stderr.write(`asg-id-registry: ${message}\n`);
@@ -63,11 +59,8 @@ function answerCommandLine(): void {
 }
 
 /** A database that cannot be opened or written is a configuration problem: say why, exit 78. */
-function dieOnDatabase(e: unknown, config: Config): never {
-  if (config.databaseUrl !== null) {
-    die(`configuration error: DATABASE_URL: cannot use ${redact(config.databaseUrl)}: ${messageOf(e)}`, EX_CONFIG);
-  }
-  die(explainDbOpenError(e, inspectDbPath(config.dbPath)), EX_CONFIG);
+function dieOnDatabase(e: unknown, engine: Engine): never {
+  die(engine.explain(e), EX_CONFIG);
 }
 
 function configure(): { config: Config; tls: TlsMaterial | null; attestation: Attestation | null } {
@@ -88,7 +81,7 @@ function reloadIidCertificates(attestation: Attestation | null, log: Logger): vo
     attestation.reload();
     log.info({ cert_file: attestation.settings.certFile, certificates: attestation.certificates }, 'AWS instance identity certificates reloaded');
   } catch (e) {
-    log.error({ err: messageOf(e) }, 'AWS instance identity certificates reload failed; the previous certificates stay in use');
+    log.error({ err: errorMessage(e) }, 'AWS instance identity certificates reload failed; the previous certificates stay in use');
   }
 }
 
@@ -115,7 +108,7 @@ async function checkListen(config: Config): Promise<void> {
   try {
     await lookup(config.host);
   } catch (e) {
-    die(`configuration error: HOST: cannot resolve "${config.host}" (${messageOf(e)})`, EX_CONFIG);
+    die(`configuration error: HOST: cannot resolve "${config.host}" (${errorMessage(e)})`, EX_CONFIG);
   }
   if (config.port === 0) return; // any free port: nothing to check
   const probe = createNetServer();
@@ -123,44 +116,28 @@ async function checkListen(config: Config): Promise<void> {
   await new Promise<void>((resolve) => probe.close(() => resolve()));
 }
 
-/** A database URL fit for a log line: the password blanked. */
-function redact(url: string): string {
-  const u = new URL(url);
-  if (u.password) u.password = '***';
-  return u.toString();
-}
-
 /** How long start-up waits for an unreachable PostgreSQL (a failover in progress) before giving up. */
 const DATABASE_WAIT_MS = 30_000;
 
-/**
- * The PostgreSQL store, migrated. A database that does not answer may be failing over: start-up
- * waits for it (answering 503 meanwhile) up to DATABASE_WAIT_MS, then stops as for a bad setting.
- */
-async function openPostgres(config: Config, url: string, log: Logger): Promise<Store> {
-  const deadline = systemTimeSource.monotonic() + DATABASE_WAIT_MS;
-  for (let wait = 250; ; wait = Math.min(wait * 2, 4000)) {
-    try {
-      return await openPostgresStore({
-        url,
-        applicationName: `asg-id-registry ${config.host}:${config.port}`,
-        onConnectionError: (reason) => log.warn({ err: reason }, 'a database connection failed; it is replaced on next use'),
-        onClockStep: (e) => log.warn({ step_ms: e.stepMs, outcome: e.outcome, at_start: e.atStart, cooldowns_lengthened_ms: e.shiftMs },
-          e.outcome === 'refused'
-            ? "this host's monotonic clock lost time (a suspend?): the other instances agree with the database server's clock"
-            : e.shiftMs !== null
-              ? 'no instance was running to measure the time since the last one: cool-downs in progress resume from now'
-              : "the database server's clock stepped; registry time is unaffected"),
-      });
-    } catch (e) {
-      const unavailable = isRegistryError(e) && e.code === 'unavailable';
-      const reason = messageOf(e);
-      if (!unavailable || systemTimeSource.monotonic() + wait > deadline) {
-        die(`configuration error: DATABASE_URL: cannot use ${redact(url)}: ${reason}`, EX_CONFIG);
-      }
-      log.warn({ db: redact(url), err: reason }, 'waiting for the database');
-      await new Promise((r) => setTimeout(r, wait));
-    }
+/** The store, migrated; a store that cannot be opened stops start-up, saying why. */
+async function openStore(engine: Engine, config: Config, log: Logger): Promise<OpenedStore> {
+  try {
+    return await engine.open({
+      role: 'registry',
+      name: `asg-id-registry ${config.host}:${config.port}`,
+      busyTimeoutMs: config.dbBusyTimeoutMs,
+      waitMs: DATABASE_WAIT_MS,
+      onWait: (reason) => log.warn({ db: engine.location, err: reason }, 'waiting for the database'),
+      onConnectionError: (reason) => log.warn({ err: reason }, 'a database connection failed; it is replaced on next use'),
+      onClockStep: (e) => log.warn({ step_ms: e.stepMs, outcome: e.outcome, at_start: e.atStart, cooldowns_lengthened_ms: e.shiftMs },
+        e.outcome === 'refused'
+          ? "this host's monotonic clock lost time (a suspend?): the other instances agree with the database server's clock"
+          : e.shiftMs !== null
+            ? 'no instance was running to measure the time since the last one: cool-downs in progress resume from now'
+            : "the database server's clock stepped; registry time is unaffected"),
+    });
+  } catch (e) {
+    dieOnDatabase(e, engine);
   }
 }
 
@@ -183,10 +160,10 @@ async function reloadPool(registry: Registry, config: Config, log: Logger): Prom
     registry.notePoolReload(null);
   } catch (e) {
     const refused = isRegistryError(e) && e.code === 'pool_sync_refused';
-    const reason = `pool reload ${refused ? 'refused' : 'failed'}: ${messageOf(e)}`;
+    const reason = `pool reload ${refused ? 'refused' : 'failed'}: ${errorMessage(e)}`;
     registry.notePoolReload(reason);
     if (refused) log.warn({ pool: config.poolFile, reason }, 'pool reload refused; the pool is unchanged');
-    else log.error({ pool: config.poolFile, err: messageOf(e) }, 'pool reload failed; the pool is unchanged');
+    else log.error({ pool: config.poolFile, err: errorMessage(e) }, 'pool reload failed; the pool is unchanged');
   }
 }
 
@@ -198,7 +175,7 @@ function reloadTls(server: Server, config: Config, log: Logger): void {
     server.setSecureContext({ cert, key });
     log.info({ cert: config.tls.certFile }, 'TLS certificate reloaded');
   } catch (e) {
-    log.error({ err: messageOf(e) }, 'TLS certificate reload failed; the previous certificate stays in use');
+    log.error({ err: errorMessage(e) }, 'TLS certificate reload failed; the previous certificate stays in use');
   }
 }
 
@@ -211,23 +188,15 @@ export async function serve(signals: Signals): Promise<void> {
   try {
     pool = readPoolText(config.poolFile);
   } catch (e) {
-    die(messageOf(e), EX_CONFIG);
+    die(errorMessage(e), EX_CONFIG);
   }
   await checkListen(config);
-  let store: Store;
-  let sqlite: SqliteStore | null = null;
-  if (config.databaseUrl !== null) {
-    store = await openPostgres(config, config.databaseUrl, log);
-  } else {
-    try {
-      store = sqlite = new SqliteStore({ path: config.dbPath, busyTimeoutMs: config.dbBusyTimeoutMs, source: systemTimeSource });
-    } catch (e) {
-      dieOnDatabase(e, config);
-    }
-    if (sqlite.rebooted) log.warn('the machine rebooted since the registry last ran: cool-downs in progress resume from now');
-  }
+  const engine = engineFor(config);
+  const opened = await openStore(engine, config, log);
+  const store = opened.store;
+  if (opened.rebooted) log.warn('the machine rebooted since the registry last ran: cool-downs in progress resume from now');
   // The file is parsed only when it differs from the one last synced.
-  const stored = await storedPool(store).catch((e: unknown) => dieOnDatabase(e, config));
+  const stored = await storedPool(store).catch((e: unknown) => dieOnDatabase(e, engine));
   let names: string[] | null = null;
   if (stored.fingerprint === pool.fingerprint) {
     log.info({ pool: config.poolFile }, 'pool file unchanged since the last sync');
@@ -235,7 +204,7 @@ export async function serve(signals: Signals): Promise<void> {
     try {
       names = parsePoolFile(config.poolFile, pool);
     } catch (e) {
-      die(messageOf(e), EX_CONFIG);
+      die(errorMessage(e), EX_CONFIG);
     }
   }
   const poolSize = names?.length ?? stored.inService;
@@ -262,11 +231,11 @@ export async function serve(signals: Signals): Promise<void> {
     if (names) await registry.syncPool(names, pool.fingerprint);
   } catch (e) {
     logOut.flushSync();
-    if (isRegistryError(e) && e.code === 'unavailable') dieOnDatabase(e, config);
-    die(messageOf(e), EX_CONFIG); // a malformed file, or one that would retire more than half of the pool
+    if (isRegistryError(e) && e.code === 'unavailable') dieOnDatabase(e, engine);
+    die(errorMessage(e), EX_CONFIG); // a malformed file, or one that would retire more than half of the pool
   }
-  await registry.open({ serviceRestarted: sqlite?.rebooted ?? false }).catch((e: unknown) => dieOnDatabase(e, config));
-  sqlite?.checkpointInBackground((message) => log.warn({ err: message }, 'WAL checkpoint failed'));
+  await registry.open({ serviceRestarted: opened.rebooted }).catch((e: unknown) => dieOnDatabase(e, engine));
+  opened.upkeep((message) => log.warn({ err: message }, 'WAL checkpoint failed'));
 
   const app = createApp({
     registry,
@@ -295,12 +264,11 @@ export async function serve(signals: Signals): Promise<void> {
     log.warn('REUSE_COOLDOWN_SECONDS is 0: a reclaimed or force-released identifier can be handed out while its old holder ' +
       'still uses it (its fence window is 0); set a cool-down of at least the lease TTL');
   }
-  const db = config.databaseUrl === null ? config.dbPath : redact(config.databaseUrl);
-  log.info({ host: config.host, port: config.port, https: tls !== null, db, engine: store.engine, pool: config.poolFile }, 'asg-id-registry listening');
+  log.info({ host: config.host, port: config.port, https: tls !== null, db: engine.location, engine: store.engine, pool: config.poolFile }, 'asg-id-registry listening');
   logOut.flushSync(); // the start-up lines, with the pid to signal, are out before the first answer is read
 
   const beats = setInterval(() => {
-    registry.beat().catch((e: unknown) => log.warn({ err: e instanceof Error ? e.message : String(e) }, 'instance beat failed'));
+    registry.beat().catch((e: unknown) => log.warn({ err: errorMessage(e) }, 'instance beat failed'));
   }, BEAT_INTERVAL_MS);
   const retentionMs = config.historyRetentionDays * DAY_MS;
   const stopReaper = startReaper({
@@ -311,11 +279,11 @@ export async function serve(signals: Signals): Promise<void> {
       const swept = await registry.reap();
       await registry.pruneHistory({ retentionMs }).then(
         (pruned) => { if (pruned > 0) log.info({ pruned, retention_days: config.historyRetentionDays }, 'history pruned'); },
-        (e: unknown) => log.warn({ err: e instanceof Error ? e.message : String(e) }, 'history pruning failed; it is tried again after the next sweep'),
+        (e: unknown) => log.warn({ err: errorMessage(e) }, 'history pruning failed; it is tried again after the next sweep'),
       );
       return swept;
     },
-    onError: (e) => log.error({ err: e instanceof Error ? e.message : String(e) }, 'reaper sweep failed'),
+    onError: (e) => log.error({ err: errorMessage(e) }, 'reaper sweep failed'),
   });
 
   // Reloads run one after another, in the order the signals came.

@@ -1,18 +1,17 @@
-/** Every failure the registry can report. The HTTP layer alone maps these to statuses. */
+/**
+ * Every failure the registry itself can report. The HTTP layer alone maps these to statuses
+ * (src/http/errors.ts), and adds the failures only a transport has (a body that is not JSON,
+ * a path with no route).
+ */
 export type ErrorCode =
-  | 'invalid_json'
   | 'invalid_request'
   | 'unauthorized'
   | 'forbidden'
-  | 'not_found'
   | 'identifier_not_found'
   | 'client_not_found'
-  | 'method_not_allowed'
   | 'not_owner'
   | 'stale_epoch'
   | 'holder_conflict'
-  | 'payload_too_large'
-  | 'unsupported_media_type'
   | 'pool_exhausted'
   | 'pool_sync_refused'
   | 'unavailable'
@@ -32,4 +31,9 @@ export class RegistryError extends Error {
 
 export function isRegistryError(e: unknown): e is RegistryError {
   return e instanceof RegistryError;
+}
+
+/** What a thrown value says, for a message or a log line: an Error's message, anything else as a string. */
+export function errorMessage(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
 }

@@ -3,12 +3,11 @@ import Koa from 'koa';
 import type { Context, Next } from 'koa';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
-import { RegistryError } from '../domain/errors.js';
 import { Metrics } from '../metrics.js';
 import type { Registry } from '../registry.js';
 import { createAuth } from './auth.js';
 import type { AuthOptions } from './auth.js';
-import { errorHandler } from './errors.js';
+import { HttpError, errorHandler } from './errors.js';
 import { createRouter } from './routes.js';
 import type { ClaimPolicy } from './routes.js';
 import { telemetry } from './telemetry.js';
@@ -29,9 +28,9 @@ async function routeMisses(ctx: Context, next: Next): Promise<void> {
   await next();
   if (ctx.body !== undefined && ctx.body !== null) return;
   if (ctx.status === 405 || ctx.status === 501) {
-    throw new RegistryError('method_not_allowed', `${ctx.method} is not allowed on ${ctx.path} (allowed: ${ctx.response.get('Allow')})`);
+    throw new HttpError('method_not_allowed', `${ctx.method} is not allowed on ${ctx.path} (allowed: ${ctx.response.get('Allow')})`);
   }
-  if (ctx.status === 404) throw new RegistryError('not_found', `no route ${ctx.method} ${ctx.path}`);
+  if (ctx.status === 404) throw new HttpError('not_found', `no route ${ctx.method} ${ctx.path}`);
 }
 
 export function createApp(deps: AppDeps): Koa {

@@ -13,6 +13,7 @@ import type { IncomingMessage } from 'node:http';
 import bodyParser from 'koa-bodyparser';
 import type { Context, Next } from 'koa';
 import { RegistryError } from '../domain/errors.js';
+import { HttpError } from './errors.js';
 
 export const BODY_LIMIT_BYTES = 16 * 1024;
 
@@ -52,11 +53,11 @@ function readPlain(req: IncomingMessage, length: number): Promise<string> {
 
 function parseJson(text: string): unknown {
   if (text === '') return {};
-  if (PROTO_KEY.test(text)) throw new RegistryError('invalid_json', 'the request body is not valid JSON');
+  if (PROTO_KEY.test(text)) throw new HttpError('invalid_json', 'the request body is not valid JSON');
   try {
     return JSON.parse(text);
   } catch {
-    throw new RegistryError('invalid_json', 'the request body is not valid JSON');
+    throw new HttpError('invalid_json', 'the request body is not valid JSON');
   }
 }
 
@@ -87,14 +88,14 @@ export function jsonBody() {
     const length = plainLength(ctx.req);
     if (length === null) {
       if (hasBody(ctx) && !ctx.is('application/json')) {
-        throw new RegistryError('unsupported_media_type', 'the request body must be JSON (Content-Type: application/json)');
+        throw new HttpError('unsupported_media_type', 'the request body must be JSON (Content-Type: application/json)');
       }
       return parser(ctx, async () => {
         requireObject(ctx.request.body);
         await next();
       });
     }
-    if (length > BODY_LIMIT_BYTES) throw new RegistryError('payload_too_large', 'the request body is larger than 16 KiB');
+    if (length > BODY_LIMIT_BYTES) throw new HttpError('payload_too_large', 'the request body is larger than 16 KiB');
     const body = length === 0 ? {} : parseJson(await readPlain(ctx.req, length));
     requireObject(body);
     ctx.request.body = body;

@@ -9,11 +9,12 @@ import type { Attestation } from '../aws/attestation.js';
 import { envelopeSchema, parseAwsEvent } from '../aws/events.js';
 import { RegistryError, isRegistryError } from '../domain/errors.js';
 import type { InstanceInfo } from '../domain/types.js';
-import type { ErrorCode } from '../domain/errors.js';
 import type { Metrics } from '../metrics.js';
 import type { Registry } from '../registry.js';
 import type { Role } from './auth.js';
 import { jsonBody } from './body.js';
+import { errorAnswer } from './errors.js';
+import type { WireCode } from './errors.js';
 import { historyPageJson, streamHistory } from './history.js';
 import { listingPageJson, streamListing } from './listing.js';
 import { DASHBOARD_HTML } from './dashboard.js';
@@ -53,7 +54,7 @@ export interface RouteSpec {
   readonly query?: object;
   readonly params?: Readonly<Record<string, object>>;
   readonly response: { readonly description: string; readonly schema?: object; readonly contentType?: string };
-  readonly errors: readonly ErrorCode[];
+  readonly errors: readonly WireCode[];
   readonly handle: (ctx: Context, deps: RouteDeps) => Promise<void>;
 }
 
@@ -88,7 +89,7 @@ async function checkClaim(ctx: Context, deps: RouteDeps, clientId: string, key: 
   throw new RegistryError(r.code, r.message);
 }
 
-const BODY_ERRORS: readonly ErrorCode[] = ['invalid_json', 'invalid_request', 'payload_too_large', 'unsupported_media_type'];
+const BODY_ERRORS: readonly WireCode[] = ['invalid_json', 'invalid_request', 'payload_too_large', 'unsupported_media_type'];
 
 export const ROUTES: readonly RouteSpec[] = [
   {
@@ -240,7 +241,8 @@ export const ROUTES: readonly RouteSpec[] = [
         ctx.body = healthView(await registry.health());
       } catch (e) {
         if (!isRegistryError(e) || e.code !== 'unavailable') throw e;
-        ctx.status = 503;
+        // The status an `unavailable` has everywhere; the body says what the database failed with.
+        ctx.status = errorAnswer(e).status;
         ctx.body = unhealthyView(registry.uptimeMs(), registry.reaperState(), e.message);
       }
     },

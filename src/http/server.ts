@@ -3,11 +3,13 @@
  * sockets, and parser errors (oversized headers, a garbled request line) answered in the same
  * JSON shape as every other error instead of Node's bare 400/431.
  */
-import { createServer } from 'node:http';
+import { STATUS_CODES, createServer } from 'node:http';
 import type { RequestListener, Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
+import { RegistryError } from '../domain/errors.js';
 import type { TlsMaterial } from '../tls.js';
+import { errorAnswer } from './errors.js';
 
 export interface ServerLimits {
   /** The whole request line and headers must arrive within this. */
@@ -31,11 +33,12 @@ export const DEFAULT_LIMITS: ServerLimits = {
   maxRequestsPerSocket: 10_000,
 };
 
-/** A JSON error straight onto the socket; no body for a HEAD request, as HTTP requires. */
-function answer(socket: Duplex, head: boolean, status: number, reason: string, message: string): void {
-  const body = JSON.stringify({ error: { code: 'invalid_request', message } });
+/** An invalid_request, answered as the app would, straight onto the socket; no body for a HEAD request, as HTTP requires. */
+function answer(socket: Duplex, head: boolean, message: string): void {
+  const a = errorAnswer(new RegistryError('invalid_request', message));
+  const body = JSON.stringify(a.body);
   socket.end(
-    `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+    `HTTP/1.1 ${a.status} ${STATUS_CODES[a.status] ?? ''}\r\nContent-Type: application/json; charset=utf-8\r\n` +
       `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${head ? '' : body}`,
   );
 }
@@ -63,8 +66,8 @@ export function createHttpServer(listener: RequestListener, limits: ServerLimits
       return;
     }
     const head = err.rawPacket?.subarray(0, 5).toString('latin1') === 'HEAD ';
-    if (err.code === 'HPE_HEADER_OVERFLOW') return answer(socket, head, 400, 'Bad Request', 'the request line and headers are larger than 16 KiB');
-    answer(socket, head, 400, 'Bad Request', 'the request could not be parsed as HTTP/1.1');
+    if (err.code === 'HPE_HEADER_OVERFLOW') return answer(socket, head, 'the request line and headers are larger than 16 KiB');
+    answer(socket, head, 'the request could not be parsed as HTTP/1.1');
   });
   return server;
 }
