@@ -22,6 +22,7 @@ import { openDatabase } from '../../src/store/sqlite/store.js';
 import type { Store } from '../../src/store/types.js';
 import { DEFAULT_RULES, SECOND, errorCode, heldLanes, makeSqliteRegistry, tempDir } from '../support/helpers.js';
 import { TestPostgres, sharedPostgres } from '../support/postgres.js';
+import { until } from '../support/process-helpers.js';
 
 interface Grant { readonly identifier: string; readonly epoch: number }
 
@@ -38,15 +39,6 @@ function gate(): Gate {
   const g = { reached, arrive, opened, open };
   gates.push(g);
   return g;
-}
-
-async function until(probe: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (performance.now() < deadline) {
-    if (await probe()) return;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error(`timed out waiting for ${what}`);
 }
 
 /**

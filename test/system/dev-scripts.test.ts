@@ -10,7 +10,7 @@ import { existsSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { tempDir } from '../support/helpers.js';
-import { ROOT, eventually, freePort, json } from '../support/process-helpers.js';
+import { ROOT, alive, eventually, freePort, json } from '../support/process-helpers.js';
 
 interface Npm {
   readonly child: ChildProcess;
@@ -41,15 +41,6 @@ function listening(port: number): Promise<boolean> {
     s.once('connect', () => { s.destroy(); resolve(true); });
     s.once('error', () => resolve(false));
   });
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** The pids the registries logged (every line carries one), and the database's from dev:ha's own line. */
