@@ -3,7 +3,7 @@
  * A registry restarted with a lower REUSE_COOLDOWN_SECONDS, or another instance with another
  * value, never grants an identifier sooner than its last holder was told it could keep using it
  * (`fence_after_ms` after it sent its last successful allocate or liveness). On every engine;
- * the real-process restart is in test/fence-process.test.ts.
+ * the real-process restart is in test/system/fence-process.test.ts.
  */
 import { expect } from 'chai';
 import { fenceAfterMs } from '../../src/domain/lease.js';

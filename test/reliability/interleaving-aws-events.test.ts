@@ -3,7 +3,7 @@
  * two PostgreSQL instances sharing one database: "terminated" and "terminating" events (each
  * possibly delivered twice, through either instance) race allocations, liveness, releases and
  * sweeps of attested and unattested instances. After every request, besides the race
- * invariants of test/race-invariants.ts (no identifier granted while its previous holder may use
+ * invariants of test/support/race-invariants.ts (no identifier granted while its previous holder may use
  * it: an unattested instance named in an event is taken to keep running until a 409; an
  * attested one stopped when the event was sent):
  *  - nothing is released twice: a lease (identifier and epoch) ends at most once, by one of

@@ -1,7 +1,7 @@
 /**
  * The dump's time translation (store/dump.ts): an import moves every time of the source onto the
  * target's clock, each lease and cool-down keeping what it had left. The moves between real
- * registries through `idreg` are in test/cli.test.ts.
+ * registries through `idreg` are in test/system/cli.test.ts.
  */
 import { expect } from 'chai';
 import { join } from 'node:path';

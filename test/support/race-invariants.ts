@@ -1,5 +1,5 @@
 /**
- * The promise, checked after every step of a race (test/interleaving*.test.ts), from what the
+ * The promise, checked after every step of a race (test/reliability/interleaving*.test.ts), from what the
  * store holds and what each VM was told:
  *  - no acknowledged allocate/liveness is reclaimed less than a TTL after the last_seen it
  *    answered (SPEC: "no sweep ever reclaims a lease less than a TTL after a renewal it

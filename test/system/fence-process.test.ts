@@ -1,7 +1,7 @@
 /**
  * The fence window survives a real restart with a lower REUSE_COOLDOWN_SECONDS (SQLite file,
  * real processes): once, a VM told fence_after_ms 59400 had its identifier granted to another
- * 5.4 s after such a restart. The registry-level tests on both engines are in test/fence.test.ts.
+ * 5.4 s after such a restart. The registry-level tests on both engines are in test/contract/fence.ts.
  */
 import { expect } from 'chai';
 import { tempDir } from '../support/helpers.js';

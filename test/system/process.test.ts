@@ -39,7 +39,7 @@ describe('the registry process', function () {
     loadConfig(new Proxy({}, { get: (_, k) => { if (typeof k === 'string') read.add(k); return undefined; } }));
     expect(read.size).to.be.greaterThan(10);
     for (const name of read) expect(h.output(), name).to.include(name);
-    // Any other argument: test/start.test.ts.
+    // Any other argument: test/system/start.test.ts.
     expect(existsSync(join(t.dir, 'registry.db')), 'no database was created').to.equal(false);
   });
 

@@ -302,7 +302,7 @@ describe('README.md', function () {
       const exec = /^ExecStart=(\S+) \/opt\/asg-id-registry\/(\S+)$/m.exec(unit);
       expect(exec?.[1], 'ExecStart runs node by its absolute path, not through /usr/bin/env and a PATH').to.equal('/usr/bin/node');
       expect(section('Install the registry as a service', OPERATIONS)).to.include('`/usr/bin/node`');
-      expect(exec?.[2]).to.equal('dist/main.js'); // in the tarball's dist/ (test/artifact.test.ts packs and runs it)
+      expect(exec?.[2]).to.equal('dist/main.js'); // in the tarball's dist/ (test/system/artifact.test.ts packs and runs it)
       for (const needed of ['dist', 'seed', 'systemd', 'npm-shrinkwrap.json']) expect(files).to.include(needed);
     });
 

@@ -64,7 +64,7 @@ describe('systemd units', function () {
       'ExecReload=/bin/kill -HUP $MAINPID', 'Environment=DB_PATH=/var/lib/asg-id-registry/registry.db']) {
       expect(u).to.include(line);
     }
-    // No reload before the registry takes SIGHUP: it says READY=1 then (test/notify.test.ts),
+    // No reload before the registry takes SIGHUP: it says READY=1 then (test/system/notify.test.ts),
     // through systemd-notify, its child, which only NotifyAccess=all lets systemd hear.
     expect(u).to.match(/^Type=notify$/m).and.match(/^NotifyAccess=all$/m);
   });
