@@ -19,7 +19,7 @@ import { createHttpServer } from '../../src/http/server.js';
 import { Metrics } from '../../src/metrics.js';
 import { Registry } from '../../src/registry.js';
 import { SqliteStore } from '../../src/store/sqlite/store.js';
-import { DEFAULT_RULES, SECOND, makeRegistry, tempDir } from '../helpers.js';
+import { DEFAULT_RULES, SECOND, makeRegistry, tempDir } from '../support/helpers.js';
 import { longestHold } from '../support/event-loop.js';
 import { buildLargePool, poolName } from '../support/large-pool.js';
 

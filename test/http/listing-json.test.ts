@@ -22,9 +22,9 @@ import { PostgresStore } from '../../src/store/postgres/store.js';
 import { loadSqlite } from '../../src/store/sqlite/dump.js';
 import type { SqliteStore } from '../../src/store/sqlite/store.js';
 import type { Store } from '../../src/store/types.js';
-import { ENGINES, openTestStore, useEngine } from '../engines.js';
-import type { EngineName } from '../engines.js';
-import { DEFAULT_RULES } from '../helpers.js';
+import { ENGINES, openTestStore, useEngine } from '../support/engines.js';
+import type { EngineName } from '../support/engines.js';
+import { DEFAULT_RULES } from '../support/helpers.js';
 import request from 'supertest';
 
 /** The last millisecond toISOString can write at all (±8.64e15 ms is the Date range). */

@@ -24,8 +24,8 @@ import { FAILED_RETRY_MS, ListingWorkers } from '../../src/store/sqlite/listing-
 import { pageSql } from '../../src/store/sqlite/listing-json.js';
 import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { DEFAULT_RULES, SECOND, makeRegistry, tempDir } from '../helpers.js';
-import type { Harness } from '../helpers.js';
+import { DEFAULT_RULES, SECOND, makeRegistry, tempDir } from '../support/helpers.js';
+import type { Harness } from '../support/helpers.js';
 
 interface View { identifier: string; status: string }
 

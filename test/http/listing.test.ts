@@ -11,9 +11,9 @@ import { performance } from 'node:perf_hooks';
 import { LISTING_PAGE_SIZE } from '../../src/http/listing.js';
 import { createHttpServer } from '../../src/http/server.js';
 import { iso } from '../../src/http/views.js';
-import { SECOND, makeRegistry, tempDir } from '../helpers.js';
-import type { Harness } from '../helpers.js';
-import { call } from '../process-helpers.js';
+import { SECOND, makeRegistry, tempDir } from '../support/helpers.js';
+import type { Harness } from '../support/helpers.js';
+import { call } from '../support/process-helpers.js';
 
 interface View { identifier: string; status: string }
 

@@ -5,8 +5,8 @@ import { Validator } from '@seriousme/openapi-schema-validator';
 import { createLogger, isoTimeOncePerMs } from '../../src/log.js';
 import { ROUTES, createRouter } from '../../src/http/routes.js';
 import { healthSchema, historySchema, identifierListSchema, identifierViewSchema, leaseViewSchema } from '../../src/http/schemas.js';
-import { SECOND, makeRegistry } from '../helpers.js';
-import type { Harness } from '../helpers.js';
+import { SECOND, makeRegistry } from '../support/helpers.js';
+import type { Harness } from '../support/helpers.js';
 
 /** The value of one sample in Prometheus text, e.g. metric('x_total{kind="owner"}'). */
 function sample(text: string, name: string): number {

@@ -2,8 +2,8 @@
 import { expect } from 'chai';
 import { createAuth, matchesAny } from '../../src/http/auth.js';
 import { ROUTES } from '../../src/http/routes.js';
-import { makeRegistry } from '../helpers.js';
-import type { Harness } from '../helpers.js';
+import { makeRegistry } from '../support/helpers.js';
+import type { Harness } from '../support/helpers.js';
 
 const AGENTS = ['agent-token-one-0123456789', 'agent-token-two-0123456789'];
 const ADMINS = ['admin-token-one-0123456789', 'admin-token-two-0123456789'];

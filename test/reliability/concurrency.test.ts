@@ -6,9 +6,9 @@ import { expect } from 'chai';
 import { Agent } from 'node:http';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { tempDir } from '../helpers.js';
-import { call, startProcess } from '../process-helpers.js';
-import type { Reply, RunningRegistry } from '../process-helpers.js';
+import { tempDir } from '../support/helpers.js';
+import { call, startProcess } from '../support/process-helpers.js';
+import type { Reply, RunningRegistry } from '../support/process-helpers.js';
 
 const agent = new Agent({ keepAlive: true, maxSockets: 128 });
 

@@ -14,7 +14,7 @@ import { createHttpServer, DEFAULT_LIMITS } from '../../src/http/server.js';
 import { Registry } from '../../src/registry.js';
 import { SqliteStore } from '../../src/store/sqlite/store.js';
 import { FakeClock } from '../../src/clock.js';
-import { DEFAULT_RULES, makeRegistry, tempDir } from '../helpers.js';
+import { DEFAULT_RULES, makeRegistry, tempDir } from '../support/helpers.js';
 
 describe('faults: the database', () => {
   let t: ReturnType<typeof tempDir>;

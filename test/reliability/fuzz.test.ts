@@ -11,8 +11,8 @@ import net from 'node:net';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { STATUS_OF } from '../../src/http/errors.js';
-import { snapshotDb, tempDir } from '../helpers.js';
-import { startProcess } from '../process-helpers.js';
+import { snapshotDb, tempDir } from '../support/helpers.js';
+import { startProcess } from '../support/process-helpers.js';
 
 const SEED = Number(process.env['FUZZ_SEED'] ?? Date.now() % 1_000_000);
 const COUNT = Number(process.env['FUZZ_COUNT'] ?? 10_000);

@@ -15,10 +15,10 @@ import { FakeClock } from '../../src/clock.js';
 import type { Lease } from '../../src/domain/types.js';
 import { Registry } from '../../src/registry.js';
 import { openPostgresStore } from '../../src/store/postgres/store.js';
-import { ENGINES, useEngine } from '../engines.js';
-import { SECOND, errorCode, makeRegistry, tempDir } from '../helpers.js';
-import { builtMain, call, eventually, startProcess } from '../process-helpers.js';
-import type { Reply, RunningRegistry } from '../process-helpers.js';
+import { ENGINES, useEngine } from '../support/engines.js';
+import { SECOND, errorCode, makeRegistry, tempDir } from '../support/helpers.js';
+import { builtMain, call, eventually, startProcess } from '../support/process-helpers.js';
+import type { Reply, RunningRegistry } from '../support/process-helpers.js';
 import { TestPostgres } from '../support/postgres.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

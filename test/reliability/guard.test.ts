@@ -6,10 +6,10 @@
 import { expect } from 'chai';
 import type { Lease } from '../../src/domain/types.js';
 import type { RegistryRules } from '../../src/registry.js';
-import { ENGINES, useEngine } from '../engines.js';
-import { SECOND, makeRegistry, tempDir } from '../helpers.js';
-import { eventually, json, startProcess } from '../process-helpers.js';
-import type { RunningRegistry } from '../process-helpers.js';
+import { ENGINES, useEngine } from '../support/engines.js';
+import { SECOND, makeRegistry, tempDir } from '../support/helpers.js';
+import { eventually, json, startProcess } from '../support/process-helpers.js';
+import type { RunningRegistry } from '../support/process-helpers.js';
 
 type Body = Record<string, unknown>;
 const asBody = (b: unknown): Body => (typeof b === 'object' && b !== null ? Object.fromEntries(Object.entries(b)) : {});

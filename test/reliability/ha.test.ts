@@ -8,9 +8,9 @@ import { expect } from 'chai';
 import { spawn } from 'node:child_process';
 import { Agent, request } from 'node:http';
 import { join } from 'node:path';
-import { tempDir } from '../helpers.js';
-import { ROOT, WALL_CLOCK_PRELOAD, eventually, startProcess } from '../process-helpers.js';
-import type { RunningRegistry } from '../process-helpers.js';
+import { tempDir } from '../support/helpers.js';
+import { ROOT, WALL_CLOCK_PRELOAD, eventually, startProcess } from '../support/process-helpers.js';
+import type { RunningRegistry } from '../support/process-helpers.js';
 import { TestPostgres, freshDatabase, sharedPostgres } from '../support/postgres.js';
 
 const ENV = { LEASE_TTL_SECONDS: '3600', STARTUP_GRACE_SECONDS: '3600', REAPER_SCHEDULE: '0 0 1 1 *', LOG_LEVEL: 'warn' };

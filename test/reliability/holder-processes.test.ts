@@ -4,9 +4,9 @@
  * which one holds, and the other is refused, round after round.
  */
 import { expect } from 'chai';
-import { tempDir } from '../helpers.js';
-import { json, startProcess } from '../process-helpers.js';
-import type { RunningRegistry } from '../process-helpers.js';
+import { tempDir } from '../support/helpers.js';
+import { json, startProcess } from '../support/process-helpers.js';
+import type { RunningRegistry } from '../support/process-helpers.js';
 
 type Body = Record<string, unknown>;
 const asBody = (b: unknown): Body => (typeof b === 'object' && b !== null ? Object.fromEntries(Object.entries(b)) : {});

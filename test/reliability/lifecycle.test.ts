@@ -8,9 +8,9 @@ import { Agent } from 'node:http';
 import net from 'node:net';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { tempDir } from '../helpers.js';
-import { call, eventually, startProcess } from '../process-helpers.js';
-import type { RunningRegistry } from '../process-helpers.js';
+import { tempDir } from '../support/helpers.js';
+import { call, eventually, startProcess } from '../support/process-helpers.js';
+import type { RunningRegistry } from '../support/process-helpers.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const ENV = { LEASE_TTL_SECONDS: '3600', STARTUP_GRACE_SECONDS: '3600', REAPER_SCHEDULE: '0 0 1 1 *', LOG_LEVEL: 'warn' };

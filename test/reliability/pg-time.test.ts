@@ -13,9 +13,9 @@ import { join } from 'node:path';
 import { Registry } from '../../src/registry.js';
 import { openPostgresStore } from '../../src/store/postgres/store.js';
 import type { ClockStepEvent } from '../../src/store/postgres/time.js';
-import { DEFAULT_RULES, tempDir } from '../helpers.js';
-import { builtMain, eventually, json, startProcess } from '../process-helpers.js';
-import type { RunningRegistry } from '../process-helpers.js';
+import { DEFAULT_RULES, tempDir } from '../support/helpers.js';
+import { builtMain, eventually, json, startProcess } from '../support/process-helpers.js';
+import type { RunningRegistry } from '../support/process-helpers.js';
 import { LIBFAKETIME, TestPostgres, faketimeEnv } from '../support/postgres.js';
 
 const TTL_S = 8;

@@ -6,9 +6,9 @@
 import { expect } from 'chai';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { snapshotDb, tempDir } from '../helpers.js';
-import { WALL_CLOCK_PRELOAD, eventually, freePort, json, startProcess } from '../process-helpers.js';
-import type { RunningRegistry } from '../process-helpers.js';
+import { snapshotDb, tempDir } from '../support/helpers.js';
+import { WALL_CLOCK_PRELOAD, eventually, freePort, json, startProcess } from '../support/process-helpers.js';
+import type { RunningRegistry } from '../support/process-helpers.js';
 
 type Body = Record<string, unknown>;
 const asBody = (b: unknown): Body => (typeof b === 'object' && b !== null ? Object.fromEntries(Object.entries(b)) : {});

@@ -8,7 +8,7 @@ import { expect } from 'chai';
 import Database from 'better-sqlite3';
 import { statSync, writeFileSync } from 'node:fs';
 import { startCheckpointer } from '../../src/store/sqlite/checkpointer.js';
-import { tempDir } from '../helpers.js';
+import { tempDir } from '../support/helpers.js';
 
 const PAGE = 4096;
 

@@ -1,7 +1,7 @@
 /**
  * The dump's time translation (store/dump.ts): an import moves every time of the source onto the
  * target's clock, each lease and cool-down keeping what it had left. The moves between real
- * registries through `idreg` are in test/cli.test.ts.
+ * registries through `idreg` are in test/system/cli.test.ts.
  */
 import { expect } from 'chai';
 import { join } from 'node:path';
@@ -10,7 +10,7 @@ import { FakeTimeSource } from '../../src/clock.js';
 import { IMPORT_META, dumpLines, parseDump, translateDump } from '../../src/store/dump.js';
 import { exportSqliteFile } from '../../src/store/sqlite/dump.js';
 import { MIGRATIONS } from '../../src/store/sqlite/schema.js';
-import { tempDir } from '../helpers.js';
+import { tempDir } from '../support/helpers.js';
 import type { Dump } from '../../src/store/dump.js';
 
 const T = Date.parse('2026-03-01T12:00:00.000Z');

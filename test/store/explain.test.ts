@@ -4,7 +4,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { explainDbOpenError, inspectDbPath } from '../../src/store/explain.js';
 import type { DbPathFacts } from '../../src/store/explain.js';
-import { tempDir } from '../helpers.js';
+import { tempDir } from '../support/helpers.js';
 
 const facts = (over: Partial<DbPathFacts> = {}): DbPathFacts => ({
   dbPath: './data/registry.db', absolute: '/srv/app/data/registry.db', user: 'idreg (uid 990)',

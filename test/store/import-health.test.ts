@@ -12,8 +12,8 @@ import { Registry } from '../../src/registry.js';
 import { dumpLines, parseDump } from '../../src/store/dump.js';
 import type { Dump } from '../../src/store/dump.js';
 import { dumpSqlite, loadSqlite } from '../../src/store/sqlite/dump.js';
-import { ENGINES, openTestStore } from '../engines.js';
-import { DEFAULT_RULES, SECOND, makeSqliteRegistry } from '../helpers.js';
+import { ENGINES, openTestStore } from '../support/engines.js';
+import { DEFAULT_RULES, SECOND, makeSqliteRegistry } from '../support/helpers.js';
 
 /** A SQLite registry whose last sweep was held by the mass-expiry guard, exported through the file format. */
 async function heldRegistryDump(): Promise<{ dump: Dump; sweptAt: number }> {

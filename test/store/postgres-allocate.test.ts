@@ -20,7 +20,7 @@ import { parseBigint } from '../../src/store/postgres/rows.js';
 import { grantNextAlone } from '../../src/store/postgres/tx.js';
 import type { StatementTime } from '../../src/store/postgres/tx.js';
 import type { Reader, Store, Tx, WriteOptions } from '../../src/store/types.js';
-import { DEFAULT_RULES, heldLanes } from '../helpers.js';
+import { DEFAULT_RULES, heldLanes } from '../support/helpers.js';
 import { sharedPostgres } from '../support/postgres.js';
 import type { TestPostgres } from '../support/postgres.js';
 

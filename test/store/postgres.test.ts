@@ -20,8 +20,9 @@ import { parseBigint } from '../../src/store/postgres/rows.js';
 import { dumpSqlite, loadSqlite } from '../../src/store/sqlite/dump.js';
 import { openDatabase } from '../../src/store/sqlite/store.js';
 import type { Store } from '../../src/store/types.js';
-import { DEFAULT_RULES, SECOND, errorCode, heldLanes, makeSqliteRegistry, tempDir } from '../helpers.js';
+import { DEFAULT_RULES, SECOND, errorCode, heldLanes, makeSqliteRegistry, tempDir } from '../support/helpers.js';
 import { TestPostgres, sharedPostgres } from '../support/postgres.js';
+import { until } from '../support/process-helpers.js';
 
 interface Grant { readonly identifier: string; readonly epoch: number }
 
@@ -38,15 +39,6 @@ function gate(): Gate {
   const g = { reached, arrive, opened, open };
   gates.push(g);
   return g;
-}
-
-async function until(probe: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (performance.now() < deadline) {
-    if (await probe()) return;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error(`timed out waiting for ${what}`);
 }
 
 /**
@@ -146,24 +138,6 @@ describe('postgres store', function () {
       const store = await open();
       await seed(store, ['a', 'b']);
       await allocate(store, 'vm-1');
-    });
-
-    it('one client cannot hold two identifiers, even through raw SQL', async () => {
-      const err = await sql(`UPDATE identifiers SET client_id = 'vm-1', allocated_at = 1, last_seen = 1, epoch = epoch + 1 WHERE name = 'b'`)
-        .then(() => null, (e: unknown) => e);
-      expect(err).to.have.property('code', '23505');
-    });
-
-    it('an identifier cannot pass between holders without being freed', async () => {
-      const err = await sql(`UPDATE identifiers SET client_id = 'vm-2', epoch = epoch + 1 WHERE name = 'a'`).then(() => null, (e: unknown) => e);
-      expect(String(err)).to.match(/without being freed/);
-    });
-
-    it('epochs never go back, and a grant must take a new one', async () => {
-      expect(String(await sql(`UPDATE identifiers SET epoch = 0 WHERE name = 'a'`).then(() => null, (e: unknown) => e))).to.match(/may not decrease/);
-      await sql(`UPDATE identifiers SET client_id = NULL, allocated_at = NULL, last_seen = NULL WHERE name = 'a'`);
-      expect(String(await sql(`UPDATE identifiers SET client_id = 'vm-2', allocated_at = 1, last_seen = 1 WHERE name = 'a'`)
-        .then(() => null, (e: unknown) => e))).to.match(/new epoch/);
     });
 
     it('a value past 2^53 is refused as an internal error, never rounded', async () => {

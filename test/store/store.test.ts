@@ -8,7 +8,7 @@ import { MIGRATIONS } from '../../src/store/sqlite/schema.js';
 import { dumpSqlite, loadSqlite } from '../../src/store/sqlite/dump.js';
 import { FakeClock } from '../../src/clock.js';
 import { Registry } from '../../src/registry.js';
-import { DEFAULT_RULES, makeSqliteRegistry as makeRegistry, tempDir } from '../helpers.js';
+import { DEFAULT_RULES, makeSqliteRegistry as makeRegistry, tempDir } from '../support/helpers.js';
 
 function metaOf(store: SqliteStore, key: string): Promise<string | null> {
   return store.read((r) => r.meta(key));
@@ -23,30 +23,7 @@ async function waitFor(cond: () => boolean): Promise<void> {
   }
 }
 
-describe('store: the database refuses what the rules forbid', () => {
-  it('one client cannot hold two identifiers, even through raw SQL', async () => {
-    const { store, registry } = await makeRegistry({ pool: 'a\nb\n' });
-    await registry.allocate('vm-1');
-    expect(() => store.db.prepare(`UPDATE identifiers SET client_id = 'vm-1', allocated_at = 1, last_seen = 1, epoch = epoch + 1 WHERE name = 'b'`).run())
-      .to.throw(Database.SqliteError, /UNIQUE/);
-  });
-
-  it('an identifier cannot pass between holders without being freed', async () => {
-    const { store, registry } = await makeRegistry({ pool: 'a\n' });
-    await registry.allocate('vm-1');
-    expect(() => store.db.prepare(`UPDATE identifiers SET client_id = 'vm-2', epoch = epoch + 1 WHERE name = 'a'`).run())
-      .to.throw(/without being freed/);
-  });
-
-  it('epochs never go back, and a grant must take a new one', async () => {
-    const { store, registry } = await makeRegistry({ pool: 'a\n' });
-    await registry.allocate('vm-1');
-    expect(() => store.db.prepare(`UPDATE identifiers SET epoch = 0 WHERE name = 'a'`).run()).to.throw(/may not decrease/);
-    await registry.release('vm-1', 'a');
-    expect(() => store.db.prepare(`UPDATE identifiers SET client_id = 'vm-2', allocated_at = 1, last_seen = 1 WHERE name = 'a'`).run())
-      .to.throw(/new epoch/);
-  });
-
+describe('store: migrations', () => {
   it('migrations run once: reopening a database keeps its data and version', async () => {
     const t = tempDir();
     try {
