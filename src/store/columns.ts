@@ -135,3 +135,25 @@ export function recordTuples(rows: unknown[]): RecordTuple[] {
   if (!rows.every(isRecordTuple)) throw new Error(`expected rows of ${ROW_COLUMNS}`);
   return rows;
 }
+
+/** What an engine reads rows with: the mappers above, bound to its driver's column types. */
+export interface RowReaders {
+  toRecord(raw: unknown): IdentifierRecord;
+  toHistoryEntry(raw: unknown): HistoryEntry;
+  /** A history page from up to `limit` + 1 rows of HISTORY_PAGE_COLUMNS. */
+  toHistoryRows(raw: readonly unknown[], limit: number): { entries: HistoryEntry[]; next: number | null };
+  /** One integer column of a row. */
+  int(raw: unknown, k: string): number;
+  /** The single value of `SELECT … AS n` and the like; null stays null, no row is null. */
+  scalar(raw: unknown, k?: string): number | null;
+}
+
+export function rowReaders(types: ColumnTypes): RowReaders {
+  return {
+    toRecord: (raw) => recordFrom(columns(raw, types)),
+    toHistoryEntry: (raw) => historyEntryFrom(columns(raw, types)),
+    toHistoryRows: (raw, limit) => historyRowsFrom(raw, limit, types),
+    int: (raw, k) => columns(raw, types).int(k),
+    scalar: (raw, k = 'n') => (raw === undefined ? null : columns(raw, types).intOrNull(k)),
+  };
+}

@@ -4,6 +4,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { explainDbOpenError, inspectDbPath } from '../../src/store/explain.js';
 import type { DbPathFacts } from '../../src/store/explain.js';
+import { SchemaTooNewError } from '../../src/store/sqlite/migrate.js';
 import { tempDir } from '../support/helpers.js';
 
 const facts = (over: Partial<DbPathFacts> = {}): DbPathFacts => ({
@@ -58,6 +59,12 @@ describe('explainDbOpenError', () => {
       .to.match(/^DB_PATH=\.\/data\/registry\.db: \/srv\/app\/data\/registry\.db is not a usable SQLite database \(file is not a database\)/);
     expect(explainDbOpenError(sqliteError('SQLITE_IOERR', 'disk I/O error'), facts({ file: 'file', fileWritable: true })))
       .to.equal('DB_PATH=./data/registry.db: cannot open the database /srv/app/data/registry.db as user idreg (uid 990): disk I/O error');
+  });
+
+  it('a database a newer registry migrated names both schema versions (the registry exits as for any file it cannot open)', () => {
+    const e = new SchemaTooNewError('the database schema is at version 9, newer than this registry knows (8); upgrade the registry');
+    expect(explainDbOpenError(e, facts({ file: 'file', fileWritable: true })))
+      .to.equal('DB_PATH=./data/registry.db: cannot open the database /srv/app/data/registry.db as user idreg (uid 990): the database schema is at version 9, newer than this registry knows (8); upgrade the registry');
   });
 
   it('every explanation is one line', () => {

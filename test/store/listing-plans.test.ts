@@ -3,10 +3,12 @@
  * order: never a walk of the whole pool's order, never every match by time and a sort of them
  * all. Free and cooling ones share the index of unheld identifiers, which holds the time, so
  * the rows a page skips are never read. (What that buys: test/http/large-pool.test.ts.)
+ * A grant reads the allocatable index in allocation order, never a sort either.
  */
 import { expect } from 'chai';
 import { FakeClock } from '../../src/clock.js';
 import { pageSql } from '../../src/store/sqlite/listing-json.js';
+import { NEXT_ALLOCATABLE_SQL } from '../../src/store/sqlite/statements.js';
 import { STATUS_WHERE, SqliteStore } from '../../src/store/sqlite/store.js';
 import type { Status } from '../../src/domain/types.js';
 
@@ -34,6 +36,19 @@ describe('[sqlite] the plans of filtered pages', () => {
           }
         }
       }
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+describe('[sqlite] the plan of a grant', () => {
+  it('takes the next allocatable identifier from its index in allocation order, id tie-break included, without a sort', async () => {
+    const store = new SqliteStore({ path: ':memory:', clock: new FakeClock() });
+    try {
+      expect(NEXT_ALLOCATABLE_SQL).to.match(/ORDER BY available_at, pool_order, id LIMIT 1$/);
+      const plan = (store.db.prepare(`EXPLAIN QUERY PLAN ${NEXT_ALLOCATABLE_SQL}`).all({ now: 1 }) as { detail: string }[]).map((r) => r.detail).join('; ');
+      expect(plan).to.match(/identifiers_allocatable/).and.not.match(/TEMP B-TREE/);
     } finally {
       await store.close();
     }

@@ -1,12 +1,13 @@
 import { expect } from 'chai';
+import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { RegistryError } from '../../src/domain/errors.js';
-import { SqliteStore } from '../../src/store/sqlite/store.js';
+import { SchemaTooNewError, SqliteStore } from '../../src/store/sqlite/store.js';
 import type { Tx } from '../../src/store/types.js';
 import { MIGRATIONS } from '../../src/store/sqlite/schema.js';
-import { dumpSqlite, loadSqlite } from '../../src/store/sqlite/dump.js';
-import { FakeClock } from '../../src/clock.js';
+import { dumpSqlite, exportSqliteFile, importSqliteFile, loadSqlite } from '../../src/store/sqlite/dump.js';
+import { FakeClock, systemTimeSource } from '../../src/clock.js';
 import { Registry } from '../../src/registry.js';
 import { DEFAULT_RULES, makeSqliteRegistry as makeRegistry, tempDir } from '../support/helpers.js';
 
@@ -36,6 +37,39 @@ describe('store: migrations', () => {
       expect((await s2.read((r) => r.byName('x')))?.name).to.equal('x');
       expect(s2.db.pragma('journal_mode', { simple: true })).to.equal('wal');
       await s2.close();
+    } finally {
+      t.cleanup();
+    }
+  });
+
+  it('a schema newer than this registry refuses to open, names both versions, and changes nothing', async () => {
+    const t = tempDir();
+    try {
+      const path = join(t.dir, 'newer.db');
+      const s1 = new SqliteStore({ path });
+      s1.db.prepare(`INSERT INTO identifiers (name, pool_order) VALUES ('x', 0)`).run();
+      await s1.close();
+      // As a newer registry leaves it: one migration this build does not know.
+      const newer = new Database(path);
+      newer.pragma(`user_version = ${MIGRATIONS.length + 1}`);
+      newer.close();
+      const before = readFileSync(path);
+      const message = `the database schema is at version ${MIGRATIONS.length + 1}, newer than this registry knows (${MIGRATIONS.length}); upgrade the registry`;
+      expect(() => new SqliteStore({ path })).to.throw(SchemaTooNewError, message);
+      // Read-only (idreg export), and an import into it, are refused alike.
+      expect(() => exportSqliteFile(path, systemTimeSource)).to.throw(SchemaTooNewError, message);
+      const imported = await importSqliteFile(path, { engine: 'sqlite', exportedAt: 0, identifiers: [], history: [], meta: [] }, systemTimeSource)
+        .then(() => null, (e: unknown) => e);
+      expect(imported).to.be.instanceOf(SchemaTooNewError);
+      expect(readFileSync(path).equals(before), 'the file is unchanged').to.equal(true);
+      expect(readdirSync(t.dir)).to.deep.equal(['newer.db']);
+      const after = new Database(path, { readonly: true });
+      try {
+        expect(after.pragma('user_version', { simple: true })).to.equal(MIGRATIONS.length + 1);
+        expect(after.prepare('SELECT name FROM identifiers').all()).to.deep.equal([{ name: 'x' }]);
+      } finally {
+        after.close();
+      }
     } finally {
       t.cleanup();
     }

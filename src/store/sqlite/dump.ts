@@ -9,7 +9,9 @@ import { instanceColumn } from '../columns.js';
 import { isPortableMeta, notEmptyError, toDumpHistory, toDumpIdentifier, toDumpMeta, translateDump } from '../dump.js';
 import { DUMP_IDENTIFIER_COLUMNS, DUMP_SELECT } from '../sql.js';
 import type { Dump, Translation } from '../dump.js';
-import { SqliteStore, openDatabase, registryTimeOf } from './store.js';
+import { openDatabase } from './migrate.js';
+import { SqliteStore } from './store.js';
+import { registryTimeOf } from './time.js';
 
 function count(db: Database.Database, table: 'identifiers' | 'history'): number {
   const r: unknown = db.prepare(`SELECT count(*) AS n FROM ${table}`).get();
@@ -36,7 +38,7 @@ export function dumpSqlite(db: Database.Database, exportedAt: number): Dump {
 
 /**
  * `idreg export` on a database file: read-only, safe with a registry running on it. The dump's
- * times are measured against the file's registry time now (its clock anchor, see store.ts
+ * times are measured against the file's registry time now (its clock anchor, see time.ts
  * registryTimeOf), not this host's wall clock, which may be far from it.
  */
 export function exportSqliteFile(path: string, source: TimeSource): Dump {

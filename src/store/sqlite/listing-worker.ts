@@ -47,6 +47,21 @@ function statements(key) {
   }
   return s;
 }
+// Runs read() in a read transaction of its own; a failure is posted as the answer to message id.
+function inSnapshot(id, read) {
+  try {
+    begin.run();
+    try {
+      return { ok: true, value: read() };
+    } finally {
+      if (db.inTransaction) commit.run();
+    }
+  } catch (e) {
+    try { if (db.inTransaction) db.exec('ROLLBACK'); } catch {}
+    parentPort.postMessage({ id, error: String((e && e.message) || e), code: (e && e.code) || null });
+    return { ok: false };
+  }
+}
 parentPort.on('message', (m) => {
   if (m.stop) {
     db.close();
@@ -54,41 +69,19 @@ parentPort.on('message', (m) => {
     return;
   }
   if (m.read) {
-    let one;
-    try {
-      const s = readStatement(m.read);
-      begin.run();
-      try {
-        one = s.get(m.params);
-      } finally {
-        if (db.inTransaction) commit.run();
-      }
-    } catch (e) {
-      try { if (db.inTransaction) db.exec('ROLLBACK'); } catch {}
-      parentPort.postMessage({ id: m.id, error: String((e && e.message) || e), code: (e && e.code) || null });
-      return;
-    }
-    parentPort.postMessage({ id: m.id, row: one === undefined ? null : one });
+    const s = inSnapshot(m.id, () => readStatement(m.read).get(m.params));
+    if (s.ok) parentPort.postMessage({ id: m.id, row: s.value === undefined ? null : s.value });
     return;
   }
-  let row;
-  let rows = null;
-  try {
+  const page = inSnapshot(m.id, () => {
     const s = statements(m.key);
-    begin.run();
-    try {
-      if (m.limit >= 0) parentPort.postMessage({ id: m.id, edge: s.edge.all(m.edge) });
-      row = s.body.get(m.body);
-      // A row SQL could not write (a time outside years 0000-9999): the page's rows, from this snapshot.
-      if (!Array.isArray(row) || row[1] !== row[2]) rows = s.rows.all(m.edge);
-    } finally {
-      if (db.inTransaction) commit.run();
-    }
-  } catch (e) {
-    try { if (db.inTransaction) db.exec('ROLLBACK'); } catch {}
-    parentPort.postMessage({ id: m.id, error: String((e && e.message) || e), code: (e && e.code) || null });
-    return;
-  }
+    if (m.limit >= 0) parentPort.postMessage({ id: m.id, edge: s.edge.all(m.edge) });
+    const row = s.body.get(m.body);
+    // A row SQL could not write (a time outside years 0000-9999): the page's rows, from this snapshot.
+    return { row, rows: !Array.isArray(row) || row[1] !== row[2] ? s.rows.all(m.edge) : null };
+  });
+  if (!page.ok) return;
+  const { row, rows } = page.value;
   // The page's blob is handed over, not copied, when it owns its memory.
   const blob = Array.isArray(row) ? row[0] : null;
   const own = blob instanceof Uint8Array && blob.byteOffset === 0 && blob.byteLength === blob.buffer.byteLength;
