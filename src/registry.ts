@@ -67,15 +67,14 @@ export class Registry {
     if (problem !== null) throw new Error(`registry rules: ${problem}`);
     this.store = deps.store;
     this.rules = deps.rules;
-    const observe = this.observe = deps.observe ?? (() => {});
-    const beats = this.beats = new Beats(deps.store, graceMs);
-    this.instanceId = beats.instanceId;
-    this.startedAt = beats.startedAt;
-    const sweeper = this.sweeper = new Sweeper({ store: deps.store, rules: deps.rules, observe, beats, source: deps.source, wait: deps.wait ?? realWait });
-    const pool = this.pool = new PoolSync(deps.store, observe);
+    this.observe = deps.observe ?? (() => {});
+    this.beats = new Beats(deps.store, graceMs);
+    this.instanceId = this.beats.instanceId;
+    this.startedAt = this.beats.startedAt;
+    this.sweeper = new Sweeper({ ...deps, observe: this.observe, beats: this.beats, wait: deps.wait ?? realWait });
+    this.pool = new PoolSync(deps.store, this.observe);
     this.listing = new Listing({
-      store: deps.store, rules: deps.rules, startedAt: this.startedAt,
-      reaperState: (r) => sweeper.readState(r), poolProblem: () => pool.reloadProblem(),
+      store: deps.store, rules: deps.rules, startedAt: this.startedAt, reaperState: (r) => this.sweeper.readState(r), poolProblem: () => this.pool.reloadProblem(),
     });
   }
 

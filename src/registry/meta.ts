@@ -26,40 +26,39 @@ export function numberOrNull(raw: string | null): number | null {
   return Number.isFinite(n) ? n : null;
 }
 
-export function parseReaperState(raw: string | null): ReaperState {
-  if (raw === null) return NO_SWEEP;
+/** A stored JSON object's fields; null when missing, unreadable or not an object. */
+function storedFields(raw: string | null): Record<string, unknown> | null {
+  if (raw === null) return null;
   try {
     const v: unknown = JSON.parse(raw);
-    if (typeof v !== 'object' || v === null) return NO_SWEEP;
-    const o: Record<string, unknown> = { ...v };
-    return {
-      lastRunAt: typeof o['lastRunAt'] === 'number' ? o['lastRunAt'] : null,
-      lastReclaimed: typeof o['lastReclaimed'] === 'number' ? o['lastReclaimed'] : 0,
-      held: o['held'] === true,
-      reason: typeof o['reason'] === 'string' ? o['reason'] : null,
-    };
+    return typeof v === 'object' && v !== null ? { ...v } : null;
   } catch {
-    return NO_SWEEP;
+    return null;
   }
+}
+
+export function parseReaperState(raw: string | null): ReaperState {
+  const o = storedFields(raw);
+  if (o === null) return NO_SWEEP;
+  return {
+    lastRunAt: typeof o['lastRunAt'] === 'number' ? o['lastRunAt'] : null,
+    lastReclaimed: typeof o['lastReclaimed'] === 'number' ? o['lastReclaimed'] : 0,
+    held: o['held'] === true,
+    reason: typeof o['reason'] === 'string' ? o['reason'] : null,
+  };
 }
 
 /** The guard's memory as stored (JSON); at rest when missing or unreadable. */
 export function parseGuardMemory(raw: string | null): GuardMemory {
-  if (raw === null) return GUARD_AT_REST;
-  try {
-    const v: unknown = JSON.parse(raw);
-    if (typeof v !== 'object' || v === null) return GUARD_AT_REST;
-    const o: Record<string, unknown> = { ...v };
-    const countFrom = typeof o['countFrom'] === 'number' ? o['countFrom'] : 0;
-    const t = o['tripped'];
-    if (typeof t !== 'object' || t === null) return { tripped: null, countFrom };
-    const trip: Record<string, unknown> = { ...t };
-    const at = trip['at'];
-    const expired = trip['expired'];
-    const of = trip['of'];
-    if (typeof at !== 'number' || typeof expired !== 'number' || typeof of !== 'number') return { tripped: null, countFrom };
-    return { tripped: { at, expired, of }, countFrom };
-  } catch {
-    return GUARD_AT_REST;
-  }
+  const o = storedFields(raw);
+  if (o === null) return GUARD_AT_REST;
+  const countFrom = typeof o['countFrom'] === 'number' ? o['countFrom'] : 0;
+  const t = o['tripped'];
+  if (typeof t !== 'object' || t === null) return { tripped: null, countFrom };
+  const trip: Record<string, unknown> = { ...t };
+  const at = trip['at'];
+  const expired = trip['expired'];
+  const of = trip['of'];
+  if (typeof at !== 'number' || typeof expired !== 'number' || typeof of !== 'number') return { tripped: null, countFrom };
+  return { tripped: { at, expired, of }, countFrom };
 }
