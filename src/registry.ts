@@ -14,7 +14,7 @@
 import { RegistryError } from './domain/errors.js';
 import { hashHolderKey } from './domain/holder-key.js';
 import {
-  allocateConflict, assertOwner, expiresAt, fenceAfterMs, infoOf, leaseOf, reapedAvailableAt, takenAvailableAt, timingProblem,
+  allocateConflict, assertOwner, expiresAt, infoOf, leaseOf, reapedAvailableAt, takenAvailableAt, timingProblem,
 } from './domain/lease.js';
 import type { ConflictReason } from './domain/lease.js';
 import type { HistoryEntry, HistoryEvent, IdentifierInfo, IdentifierRecord, Lease, ReaperState, Status, SyncResult } from './domain/types.js';
@@ -142,11 +142,9 @@ export class Registry {
       }
       const epoch = next.epoch + 1;
       await tx.grant(next.rowId, clientId, epoch, now, fence, grantClaim);
-      const lease: Lease = {
-        identifier: next.name, clientId, epoch, allocatedAt: now, lastSeen: now, expiresAt: expiresAt(now, this.rules),
-        fenceAfterMs: fenceAfterMs({ cooldownMs: fence }), watermark: next.watermark ?? null, instance: grantClaim.instance,
-      };
-      return { lease, granted: true };
+      // The lease as the grant wrote it, read as every other one is (domain leaseOf).
+      const granted = { clientId, allocatedAt: now, lastSeen: now, fenceCooldownMs: fence, ...grantClaim };
+      return { lease: this.leaseOfRenewed({ ...next, epoch, holder: granted }), granted: true };
     }, { durable: true });
     if (!out) throw new RegistryError('pool_exhausted', 'no identifier is free: every one is leased, cooling down or retired');
     if ('conflict' in out) throw this.conflict(clientId, out.conflict, out.rec, out.now);
