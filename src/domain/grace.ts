@@ -37,6 +37,14 @@ export function graceRestarts(c: CheckIn): boolean {
   return c.lastBeatAt === null || c.now - c.lastBeatAt > SERVICE_GAP_MS;
 }
 
+/**
+ * When the service has been up since, as a check-in leaves it: from `now` (to be recorded) when
+ * no start is recorded or the grace restarts, else the start recorded.
+ */
+export function serviceUpSince(recorded: number | null, c: CheckIn): { readonly upSince: number; readonly restarted: boolean } {
+  return recorded === null || graceRestarts(c) ? { upSince: c.now, restarted: true } : { upSince: recorded, restarted: false };
+}
+
 /** Grace still to run at `now` for a service up since `upSince` (<= 0: over). */
 export function graceLeftMs(upSince: number, now: number, graceMs: number): number {
   return upSince + graceMs - now;

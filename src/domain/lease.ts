@@ -78,6 +78,20 @@ export function leaseCooldownMs(holder: Holder, rules: LeaseRules): number {
   return Math.max(holder.fenceCooldownMs ?? 0, rules.cooldownMs);
 }
 
+/**
+ * When an identifier taken from its holder at `now` (force released, or its unattested instance
+ * terminated) is allocatable: once the lease's cool-down has run, so its holder, which may still
+ * be running, is past the fence window it was told.
+ */
+export function takenAvailableAt(holder: Holder, now: number, rules: LeaseRules): number {
+  return now + leaseCooldownMs(holder, rules);
+}
+
+/** The soonest the reaper would make a lease's identifier allocatable: a TTL after its last liveness, then its cool-down. */
+export function reapedAvailableAt(holder: Holder, rules: LeaseRules): number {
+  return expiresAt(holder.lastSeen, rules) + leaseCooldownMs(holder, rules);
+}
+
 export function leaseOf(rec: IdentifierRecord, rules: LeaseRules): Lease | null {
   const h = rec.holder;
   if (!h) return null;
@@ -182,7 +196,15 @@ export const GUARD_AT_REST: GuardMemory = { tripped: null, countFrom: 0 };
 
 /** Reclaims at or after this registry time count toward tripping the guard: the last TTL, less any part of it spent tripped. */
 export function guardCountFrom(now: number, ttlMs: number, memory: GuardMemory): number {
-  return Math.max(now - ttlMs, memory.countFrom);
+  return Math.max(expiryCutoff(now, ttlMs), memory.countFrom);
+}
+
+/** The guarded rate's window: reclaims, and clients refused for want of an identifier, count over the last minute. */
+export const RATE_WINDOW_MS = 60_000;
+
+/** The least history a pruning keeps, whatever the retention: what the guard still counts (the last TTL, the rate's minute). */
+export function historyKeptMs(retentionMs: number, ttlMs: number): number {
+  return Math.max(retentionMs, ttlMs, RATE_WINDOW_MS);
 }
 
 /** What a sweep knows when it decides, all read in its transaction. */

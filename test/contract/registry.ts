@@ -2,7 +2,9 @@ import { expect } from 'chai';
 import { FakeClock } from '../../src/clock.js';
 import { parsePool } from '../../src/pool/parse.js';
 import { join } from 'node:path';
-import { SECOND, errorCode, makeRegistry, makeSqliteRegistry, snapshotDb, tempDir } from '../support/helpers.js';
+import { Registry } from '../../src/registry.js';
+import type { Store } from '../../src/store/types.js';
+import { DEFAULT_RULES, SECOND, errorCode, makeRegistry, makeSqliteRegistry, snapshotDb, tempDir } from '../support/helpers.js';
 
 export function registry(): void {
 
@@ -206,6 +208,39 @@ export function registry(): void {
       expect(batches).to.deep.equal([2, 8, 8, 2]);
       expect(await registry.list({ status: 'leased', after: null, limit: null })).to.have.property('items').that.is.empty;
       expect(events.filter((e) => e.type === 'ownership' && e.event === 'reclaimed')).to.have.length(20);
+    });
+
+    it('a forced sweep waits out another instance\'s sweep lock through the injected wait, and gives up after its bound', async () => {
+      const h = await makeRegistry({ pool: 'only' });
+      await h.registry.allocate('vm-a');
+      h.clock.advance(90 * SECOND);
+      // Another instance holds the sweep lock for the first `busy` looks.
+      let busy = Infinity;
+      let looks = 0;
+      const write = h.store.write.bind(h.store);
+      const store: Store = Object.assign(Object.create(h.store) as Store, {
+        write: ((fn, opts) => write((tx) => fn(Object.assign(Object.create(tx) as typeof tx, {
+          trySweepLock: async () => ++looks > busy && await tx.trySweepLock(),
+        })), opts)) satisfies Store['write'],
+      });
+      const waits: number[] = [];
+      const registry = new Registry({ store, rules: DEFAULT_RULES, wait: async (ms) => { waits.push(ms); } });
+      const started = performance.now();
+      expect(await registry.reap({ force: true })).to.deep.equal({ reclaimed: 0, held: false, reason: 'another instance is sweeping' });
+      expect(looks).to.equal(101);
+      expect(waits).to.deep.equal(Array(100).fill(50));
+      expect(performance.now() - started).to.be.below(100 * 50); // the bound's real time never passed
+      // A sweep that is not forced does not wait.
+      looks = 0;
+      waits.length = 0;
+      expect((await registry.reap()).reason).to.equal('another instance is sweeping');
+      expect([looks, waits.length]).to.deep.equal([1, 0]);
+      // Once the other sweep ends, the forced one runs.
+      looks = 0;
+      busy = 3;
+      expect(await registry.reap({ force: true })).to.deep.equal({ reclaimed: 1, held: false, reason: null });
+      expect(waits).to.deep.equal([50, 50, 50]);
+      expect((await h.registry.identifier('only')).status).to.equal('cooling');
     });
 
     it('reports its last run on health', async () => {

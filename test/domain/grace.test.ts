@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { SERVICE_GAP_MS, graceLeftMs, graceRestarts } from '../../src/domain/grace.js';
+import { SERVICE_GAP_MS, graceLeftMs, graceRestarts, serviceUpSince } from '../../src/domain/grace.js';
 import type { CheckIn } from '../../src/domain/grace.js';
 
 describe('grace rules', () => {
@@ -22,6 +22,13 @@ describe('grace rules', () => {
 
   it('starts again when every process on the store was down (a reboot), whatever the beats say', () => {
     expect(restarts({ serviceRestarted: true, lastBeatAt: 100_000 })).to.equal(true);
+  });
+
+  it('the service is up since the start recorded, or since now when none is or the grace starts again', () => {
+    expect(serviceUpSince(50_000, serving)).to.deep.equal({ upSince: 50_000, restarted: false });
+    expect(serviceUpSince(null, serving)).to.deep.equal({ upSince: 100_000, restarted: true });
+    expect(serviceUpSince(50_000, { ...serving, lastBeatAt: null })).to.deep.equal({ upSince: 100_000, restarted: true });
+    expect(serviceUpSince(50_000, { ...serving, storeLostWrites: true })).to.deep.equal({ upSince: 100_000, restarted: true });
   });
 
   it('runs for the grace from when the service came up', () => {

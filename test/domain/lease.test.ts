@@ -1,5 +1,7 @@
 import { expect } from 'chai';
-import { GUARD_AT_REST, assertOwner, decideSweep, fenceAfterMs, guardCountFrom, statusOf } from '../../src/domain/lease.js';
+import {
+  GUARD_AT_REST, assertOwner, decideSweep, expiryCutoff, fenceAfterMs, guardCountFrom, historyKeptMs, reapedAvailableAt, statusOf, takenAvailableAt,
+} from '../../src/domain/lease.js';
 import type { GuardMemory, SweepFacts } from '../../src/domain/lease.js';
 import { RegistryError } from '../../src/domain/errors.js';
 import type { IdentifierRecord } from '../../src/domain/types.js';
@@ -37,6 +39,28 @@ describe('lease rules', () => {
   it('the fence window is the cool-down less 1 % for clock-rate drift', () => {
     expect(fenceAfterMs({ cooldownMs: 90_000 })).to.equal(89_100);
     expect(fenceAfterMs({ cooldownMs: 0 })).to.equal(0);
+  });
+
+  it('a lease last seen at the cutoff has expired: the cutoff is a TTL before now', () => {
+    expect(expiryCutoff(100_000, 90_000)).to.equal(10_000);
+    expect(guardCountFrom(100_000, 90_000, GUARD_AT_REST)).to.equal(10_000);
+    expect(guardCountFrom(100_000, 90_000, { tripped: null, countFrom: 20_000 })).to.equal(20_000);
+  });
+
+  it('an identifier taken from its holder cools for the longer of the setting and the window its holder was told', () => {
+    const rules = { ttlMs: 90_000, cooldownMs: 30_000 };
+    const holder = { clientId: 'vm-a', allocatedAt: 100, lastSeen: 200, fenceCooldownMs: null };
+    expect(takenAvailableAt(holder, 1_000, rules)).to.equal(31_000);
+    expect(takenAvailableAt({ ...holder, fenceCooldownMs: 60_000 }, 1_000, rules)).to.equal(61_000);
+    // The reaper: a TTL after the last liveness, then that cool-down.
+    expect(reapedAvailableAt(holder, rules)).to.equal(200 + 90_000 + 30_000);
+    expect(reapedAvailableAt({ ...holder, fenceCooldownMs: 60_000 }, rules)).to.equal(200 + 90_000 + 60_000);
+  });
+
+  it('history pruning keeps what the guard counts whatever the retention: the last TTL and the last minute', () => {
+    expect(historyKeptMs(3_600_000, 90_000)).to.equal(3_600_000);
+    expect(historyKeptMs(1_000, 90_000)).to.equal(90_000);
+    expect(historyKeptMs(1_000, 10_000)).to.equal(60_000);
   });
 
   describe('the sweep decision', () => {
