@@ -7,6 +7,7 @@ import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import { ConfigError } from './config.js';
+import { errorMessage } from './domain/errors.js';
 
 export interface TlsFiles {
   readonly certFile: string;
@@ -27,7 +28,7 @@ function readPem(path: string, variable: string): Buffer {
   }
 }
 
-const reason = (e: unknown): string => (e instanceof Error ? e.message : String(e));
+const reason = errorMessage;
 
 /** Throws ConfigError naming TLS_CERT_FILE or TLS_KEY_FILE. */
 export function readTls(files: TlsFiles): TlsMaterial {

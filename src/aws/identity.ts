@@ -26,6 +26,7 @@ import { X509Certificate } from 'node:crypto';
 import { Ajv } from 'ajv';
 import * as asn1js from 'asn1js';
 import * as pkijs from 'pkijs';
+import { errorMessage } from '../domain/errors.js';
 
 /** Far above a real document (about 1.5 KB of base64); below it nothing is parsed twice. */
 export const IDENTITY_MAX_CHARS = 16 * 1024;
@@ -93,7 +94,7 @@ export function loadIidCertificates(pem: string): IidTrust {
     try {
       x509 = new X509Certificate(`-----BEGIN CERTIFICATE-----\n${body.trim()}\n-----END CERTIFICATE-----\n`);
     } catch (e) {
-      throw new IidCertificateError(`certificate ${n} does not parse (${e instanceof Error ? e.message : String(e)})`);
+      throw new IidCertificateError(`certificate ${n} does not parse (${errorMessage(e)})`);
     }
     const key = x509.publicKey;
     const bits = key.asymmetricKeyDetails?.modulusLength ?? 0;

@@ -2,6 +2,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { parsePool } from './parse.js';
+import { errorMessage } from '../domain/errors.js';
 
 export class PoolFileError extends Error {
   override readonly name = 'PoolFileError';
@@ -28,6 +29,6 @@ export function parsePoolFile(path: string, file: PoolFile): string[] {
   try {
     return parsePool(file.text);
   } catch (e) {
-    throw new PoolFileError(`pool file ${path}: ${e instanceof Error ? e.message : String(e)}`);
+    throw new PoolFileError(`pool file ${path}: ${errorMessage(e)}`);
   }
 }

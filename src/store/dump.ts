@@ -32,6 +32,7 @@ import { isHolderKeyHash } from '../domain/holder-key.js';
 import { instanceView, parseInstanceJson } from '../domain/instance.js';
 import { HISTORY_EVENTS } from '../domain/types.js';
 import type { HistoryEvent, InstanceInfo } from '../domain/types.js';
+import { errorMessage } from '../domain/errors.js';
 
 export const DUMP_FORMAT = 'asg-id-registry-dump';
 export const DUMP_VERSION = 2;
@@ -157,7 +158,7 @@ function instanceOf(f: Fields, k: string, what: string): InstanceInfo {
   try {
     return parseInstanceJson(typeof v === 'string' ? v : JSON.stringify(v));
   } catch (e) {
-    throw new DumpError(`${what}: ${k}: ${e instanceof Error ? e.message : String(e)}`);
+    throw new DumpError(`${what}: ${k}: ${errorMessage(e)}`);
   }
 }
 

@@ -8,6 +8,7 @@
 import { accessSync, constants, statSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
+import { errorMessage } from '../domain/errors.js';
 
 export interface DbPathFacts {
   /** DB_PATH as configured. */
@@ -83,7 +84,7 @@ function codeOf(e: unknown): string {
 
 function messageOf(e: unknown): string {
   const cause = e instanceof Error && e.cause instanceof Error ? ` (${e.cause.message})` : '';
-  return ((e instanceof Error ? e.message : String(e)) + cause).replace(/\s+/g, ' ').trim();
+  return (errorMessage(e) + cause).replace(/\s+/g, ' ').trim();
 }
 
 /** One line naming DB_PATH, the path and, for a permission problem, the user. */
