@@ -16,7 +16,7 @@
  *    store holds (a floor), the offset, and the last reading an instance on this host (this
  *    boot: the same monotonic clock) recorded. See `planStart`.
  *
- * The pieces here are pure (no I/O, no clock of their own): store.ts feeds them readings.
+ * The pieces here are pure (no I/O, no clock of their own): time.ts (StoreClock) feeds them readings.
  * Anchor for the idea of an explicit bound on clock uncertainty: CockroachDB's max-offset and
  * Spanner's TrueTime intervals; here each instance keeps registry time as an interval
  * [lo, hi] against its monotonic clock, and a reading outside it is a step.
@@ -327,7 +327,7 @@ export class ServerTime implements Clock {
   }
 }
 
-/** What a starting instance reads from the store, in one statement (see store.ts). */
+/** What a starting instance reads from the store, in one statement (see time.ts). */
 export interface StartRead extends ClockReading {
   /** The latest registry time the store holds (beats, renewals, history, marks, the stored floor). */
   readonly floor: number;
