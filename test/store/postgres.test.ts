@@ -385,6 +385,22 @@ describe('postgres store', function () {
       expect(await sql(`SELECT name, client_id FROM identifiers ORDER BY name`)).to.deep.equal([{ name: 'a', client_id: 'vm-1' }, { name: 'b', client_id: null }]);
     });
 
+    it('a lost race runs again after a random pause taken through the injected sleep, up to six attempts', async () => {
+      const pauses: number[] = [];
+      const store = await open({ sleep: async (ms) => { pauses.push(ms); } });
+      let attempts = 0;
+      const err = await store.write(async (tx) => {
+        attempts++;
+        await tx.setMeta('touched', 'yes');
+        throw Object.assign(new Error('could not serialize access'), { code: '40001' });
+      }, { durable: true }).then(() => null, (e: unknown) => e);
+      expect(attempts).to.equal(6);
+      expect(pauses, 'one pause between each two attempts').to.have.length(5);
+      pauses.forEach((ms, i) => expect(ms, `pause ${i + 1}: random below 2^${i + 1} ms`).to.be.at.least(0).and.below(2 ** (i + 1)));
+      expect(err).to.be.instanceOf(RegistryError).with.property('code', 'unavailable');
+      expect(await sql(`SELECT count(*)::int AS n FROM meta WHERE key = 'touched'`), 'every attempt rolled back').to.deep.equal([{ n: 0 }]);
+    });
+
     it('a use case that swallows a failed statement cannot commit half of itself', async () => {
       const store = await open();
       await seed(store, ['a']);
