@@ -1,18 +1,20 @@
 /**
- * The store's side of registry time on PostgreSQL (the rules are in clock.ts): what a starting
- * instance reads, and how a step of the server's clock is recorded, exactly once, in
- * `registry_clock`.
+ * The store's side of registry time on PostgreSQL (the rules are in clock.ts and start.ts): what
+ * a starting instance reads, how a step of the server's clock is recorded, exactly once, in
+ * `registry_clock`, and how a running store reads registry time (StoreClock).
  */
 import type { PoolClient } from 'pg';
 import type { Clock } from '../../clock.js';
 import { asRow, columns } from '../columns.js';
 import type { Columns } from '../columns.js';
-import { LINK_POLL_MS, ServerTime, planStart, sampleMark } from './clock.js';
-import type { ClockReading, Correction, HostMark, Settled, StartMemo, StartRead } from './clock.js';
+import { LINK_POLL_MS, ServerTime, sampleMark } from './clock.js';
+import type { ClockReading, Correction, HostMark, Settled } from './clock.js';
 import type { Connections } from './connection.js';
 import { readingOf } from './held.js';
 import type { StatementTime } from './held.js';
 import { POSTGRES_TYPES } from './rows.js';
+import { planStart } from './start.js';
+import type { StartMemo, StartRead } from './start.js';
 import { SERVER_MS, beginSql } from './statements.js';
 import type { HostClock } from './tx.js';
 
