@@ -109,8 +109,8 @@ export class PostgresStore implements Store {
   /**
    * Group commit: a write starts at once on a free lane (a connection of its own); writes that
    * arrive while every lane is busy queue, and the next free lane runs up to MAX_BATCH of them
-   * one after another in one transaction and one commit, as SQLite's engine does with the
-   * writes of a tick. Serial, so each sees the ones before it as if they had committed first.
+   * (lanes.ts) one after another in one transaction and one commit, as SQLite's engine does with
+   * the writes of a tick. Serial, so each sees the ones before it as if they had committed first.
    */
   write<T>(fn: (tx: Tx) => Promise<T>, opts: WriteOptions): Promise<T> {
     return this.lanes.write(fn, opts.durable);
@@ -118,8 +118,8 @@ export class PostgresStore implements Store {
 
   /**
    * A renewal starts at once on a free lane, as one statement in a transaction of its own; the
-   * renewals that queue while it runs go out together, up to MAX_HELD_BATCH in one statement:
-   * one round trip for the lot instead of four for each.
+   * renewals that queue while it runs go out together, up to MAX_HELD_BATCH (lanes.ts) in one
+   * statement: one round trip for the lot instead of four for each.
    */
   renewHeld(name: string, clientId: string, epoch: number | null, fenceCooldownMs: number, proof: HeldProof = NO_PROOF): Promise<IdentifierRecord | null> {
     return this.lanes.ask('renew', { name, clientId, epoch, fenceCooldownMs, proof });
@@ -135,8 +135,8 @@ export class PostgresStore implements Store {
    * identifier free the longest granted to `clientId`, on disk before it resolves; null when the
    * client already holds one, none was free and unlocked, or the statement lost a race, and
    * nothing changed (the caller then runs the full use case). Allocations queued while a grant
-   * statement runs go out together in the next, up to MAX_GRANT_BATCH: one round trip and one
-   * fsync for the lot.
+   * statement runs go out together in the next, up to MAX_GRANT_BATCH (lanes.ts): one round
+   * trip and one fsync for the lot.
    */
   grantNext(clientId: string, fenceCooldownMs: number, claim: GrantClaim = NO_CLAIM): Promise<GrantAnswer | null> {
     return this.lanes.grant(clientId, fenceCooldownMs, claim);
