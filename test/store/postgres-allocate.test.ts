@@ -1,5 +1,5 @@
 /**
- * Allocate's common case on PostgreSQL as one statement (PostgresStore.grantNext, tx.ts
+ * Allocate's common case on PostgreSQL as one statement (PostgresStore.grantNext, statements.ts
  * GRANT_NEXT_SQL), shared by the allocations queued beside it, against a real server: what one
  * statement grants, what it leaves to the full use case (a client that holds one, nothing
  * allocatable), rows other instances are changing, and — since the statement restates rules
@@ -17,8 +17,8 @@ import type { RegistryRules } from '../../src/registry.js';
 import { openPostgresStore } from '../../src/store/postgres/store.js';
 import type { PostgresStore, PostgresStoreOptions } from '../../src/store/postgres/store.js';
 import { parseBigint } from '../../src/store/postgres/rows.js';
-import { grantNextAlone } from '../../src/store/postgres/tx.js';
-import type { StatementTime } from '../../src/store/postgres/tx.js';
+import { grantNextAlone } from '../../src/store/postgres/held.js';
+import type { StatementTime } from '../../src/store/postgres/held.js';
 import type { Reader, Store, Tx, WriteOptions } from '../../src/store/types.js';
 import { DEFAULT_RULES, heldLanes } from '../support/helpers.js';
 import { sharedPostgres } from '../support/postgres.js';

@@ -1,12 +1,14 @@
 /**
- * Registry time on PostgreSQL, the rules alone (src/store/postgres/clock.ts): readings of a fake
+ * Registry time on PostgreSQL, the rules alone (src/store/postgres/clock.ts, start.ts): readings of a fake
  * server's clock taken on fake monotonic clocks. The real server with its clock stepped under
  * libfaketime is test/reliability/pg-time.test.ts.
  */
 import { expect } from 'chai';
 import fc from 'fast-check';
-import { LINK_POLL_MS, LINK_WAIT_MS, SEND_SLACK_MS, STEP_MS, ServerTime, planStart } from '../../src/store/postgres/clock.js';
-import type { ClockReading, Correction, HostMark, Settled, StartMemo, StartPlan, StartRead } from '../../src/store/postgres/clock.js';
+import { LINK_POLL_MS, LINK_WAIT_MS, SEND_SLACK_MS, STEP_MS, ServerTime } from '../../src/store/postgres/clock.js';
+import type { ClockReading, Correction, HostMark, Settled } from '../../src/store/postgres/clock.js';
+import { planStart } from '../../src/store/postgres/start.js';
+import type { StartMemo, StartPlan, StartRead } from '../../src/store/postgres/start.js';
 
 const T = Date.parse('2026-01-08T10:00:00.000Z');
 const MIN = 60_000;

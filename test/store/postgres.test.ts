@@ -13,6 +13,7 @@ import { DumpError, dumpLines, parseDump, translateDump } from '../../src/store/
 import type { Dump } from '../../src/store/dump.js';
 import { parsePool } from '../../src/pool/parse.js';
 import { Registry } from '../../src/registry.js';
+import { LINK_POLL_MS, LINK_WAIT_MS } from '../../src/store/postgres/clock.js';
 import { MIGRATIONS } from '../../src/store/postgres/schema.js';
 import { openPostgresStore } from '../../src/store/postgres/store.js';
 import type { PostgresStore, PostgresStoreOptions } from '../../src/store/postgres/store.js';
@@ -359,6 +360,22 @@ describe('postgres store', function () {
       expect(await sql(`SELECT name, client_id FROM identifiers ORDER BY name`)).to.deep.equal([{ name: 'a', client_id: 'vm-1' }, { name: 'b', client_id: null }]);
     });
 
+    it('a lost race runs again after a random pause taken through the injected sleep, up to six attempts', async () => {
+      const pauses: number[] = [];
+      const store = await open({ sleep: async (ms) => { pauses.push(ms); } });
+      let attempts = 0;
+      const err = await store.write(async (tx) => {
+        attempts++;
+        await tx.setMeta('touched', 'yes');
+        throw Object.assign(new Error('could not serialize access'), { code: '40001' });
+      }, { durable: true }).then(() => null, (e: unknown) => e);
+      expect(attempts).to.equal(6);
+      expect(pauses, 'one pause between each two attempts').to.have.length(5);
+      pauses.forEach((ms, i) => expect(ms, `pause ${i + 1}: random below 2^${i + 1} ms`).to.be.at.least(0).and.below(2 ** (i + 1)));
+      expect(err).to.be.instanceOf(RegistryError).with.property('code', 'unavailable');
+      expect(await sql(`SELECT count(*)::int AS n FROM meta WHERE key = 'touched'`), 'every attempt rolled back').to.deep.equal([{ n: 0 }]);
+    });
+
     it('a use case that swallows a failed statement cannot commit half of itself', async () => {
       const store = await open();
       await seed(store, ['a']);
@@ -543,6 +560,20 @@ describe('postgres store', function () {
       expect(await store.write(async (tx) => tx.now, { durable: false })).to.equal(clock.now());
       expect(await store.read(async (r) => r.now)).to.equal(clock.now());
       expect(store.clock.now()).to.equal(clock.now());
+    });
+
+    it('a host new to the store waits for the running instances through the injected sleep, not on real timers', async () => {
+      const running = await open({ bootId: 'host-a' });
+      await running.write(async (tx) => tx.beat({ id: 'instance-a', startedAt: tx.now, at: tx.now, fleetSeenAt: null }), { durable: true });
+      // The newcomer's monotonic clock moves only as far as it sleeps (and as real time moves).
+      let slept = 0;
+      const pauses: number[] = [];
+      const started = performance.now();
+      await open({ bootId: 'host-b', monotonic: () => performance.now() + slept, sleep: async (ms) => { pauses.push(ms); slept += ms; } });
+      expect(pauses.length, 'it looked again and again (no beat came)').to.be.above(1);
+      expect(new Set(pauses), `${LINK_POLL_MS} ms each`).to.deep.equal(new Set([LINK_POLL_MS]));
+      expect(slept, `until LINK_WAIT_MS had passed on its clock`).to.be.at.least(LINK_WAIT_MS);
+      expect(performance.now() - started, 'without waiting that long for real').to.be.below(LINK_WAIT_MS);
     });
   });
 

@@ -4,12 +4,12 @@
  * it; the import runs in one transaction into an empty database and is refused otherwise.
  */
 import type { PoolClient } from 'pg';
-import { instanceColumn } from '../columns.js';
+import { columns, instanceColumn } from '../columns.js';
 import { isPortableMeta, notEmptyError, toDumpHistory, toDumpIdentifier, toDumpMeta } from '../dump.js';
 import { DUMP_IDENTIFIER_COLUMNS, DUMP_SELECT } from '../sql.js';
 import type { Dump } from '../dump.js';
-import { asRow, int } from './rows.js';
-import { LOCK_IMPORT, LOCK_NAMESPACE } from './tx.js';
+import { POSTGRES_TYPES } from './rows.js';
+import { LOCK_IMPORT, LOCK_NAMESPACE } from './statements.js';
 
 /** Rows an import sends per statement. */
 const CHUNK = 5000;
@@ -47,10 +47,10 @@ export async function loadInto(client: PoolClient, d: Dump): Promise<void> {
     // Two imports at once: the second waits, then finds the first's rows and is refused.
     await client.query('SELECT pg_advisory_xact_lock($1, $2)', [LOCK_NAMESPACE, LOCK_IMPORT]);
     await client.query('LOCK TABLE identifiers, history IN EXCLUSIVE MODE');
-    const counts = asRow((await client.query(
-      'SELECT (SELECT count(*) FROM identifiers) AS identifiers, (SELECT count(*) FROM history) AS history')).rows[0]);
-    const held = int(counts, 'identifiers');
-    const logged = int(counts, 'history');
+    const counts = columns((await client.query(
+      'SELECT (SELECT count(*) FROM identifiers) AS identifiers, (SELECT count(*) FROM history) AS history')).rows[0], POSTGRES_TYPES);
+    const held = counts.int('identifiers');
+    const logged = counts.int('history');
     if (held > 0 || logged > 0) throw notEmptyError(held, logged);
     for (const part of chunks(d.identifiers)) {
       await client.query(

@@ -54,7 +54,7 @@ function codeOf(e: unknown): string | null {
 }
 
 /**
- * SQLSTATEs after which the batched grant statement (tx.ts, GRANT_NEXT_SQL) leaves its whole
+ * SQLSTATEs after which the batched grant statement (statements.ts, GRANT_NEXT_SQL) leaves its whole
  * batch undecided: it failed, so it changed nothing, and each client goes to the full use case.
  */
 const GRANT_UNDECIDED = new Set([

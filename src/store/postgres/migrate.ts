@@ -6,7 +6,7 @@
 import type { PoolClient } from 'pg';
 import { scalar } from './rows.js';
 import { MIGRATIONS } from './schema.js';
-import { LOCK_MIGRATE, LOCK_NAMESPACE } from './tx.js';
+import { LOCK_MIGRATE, LOCK_NAMESPACE } from './statements.js';
 
 export class SchemaTooNewError extends Error {
   override readonly name = 'SchemaTooNewError';

@@ -1,13 +1,22 @@
 /**
- * The store's side of registry time on PostgreSQL (the rules are in clock.ts): what a starting
- * instance reads, and how a step of the server's clock is recorded, exactly once, in
- * `registry_clock`.
+ * The store's side of registry time on PostgreSQL (the rules are in clock.ts and start.ts): what
+ * a starting instance reads, how a step of the server's clock is recorded, exactly once, in
+ * `registry_clock`, and how a running store reads registry time (StoreClock).
  */
 import type { PoolClient } from 'pg';
-import { LINK_POLL_MS, ServerTime, planStart, sampleMark } from './clock.js';
-import type { Correction, HostMark, Settled, StartMemo, StartRead } from './clock.js';
-import { asRow, int } from './rows.js';
-import { SERVER_MS } from './tx.js';
+import type { Clock } from '../../clock.js';
+import { asRow, columns } from '../columns.js';
+import type { Columns } from '../columns.js';
+import { LINK_POLL_MS, ServerTime, sampleMark } from './clock.js';
+import type { ClockReading, Correction, HostMark, Settled } from './clock.js';
+import type { Connections } from './connection.js';
+import { readingOf } from './held.js';
+import type { StatementTime } from './held.js';
+import { POSTGRES_TYPES } from './rows.js';
+import { planStart } from './start.js';
+import type { StartMemo, StartRead } from './start.js';
+import { SERVER_MS, beginSql } from './statements.js';
+import type { HostClock } from './tx.js';
 
 export type ClockRole = 'instance' | 'tool';
 
@@ -64,10 +73,9 @@ const RECORD_REFUSED_SQL = `SELECT gen, offset_ms,
 /** Cool-downs still running at the floor count their remaining part again from now. */
 const SHIFT_SQL = `UPDATE identifiers SET available_at = available_at + $2 WHERE client_id IS NULL AND available_at > $1`;
 
-function hostOf(r: Record<string, unknown>): HostMark | null {
-  const mono = r['host_mono'];
+function hostOf(mono: unknown, c: Columns): HostMark | null {
   if (typeof mono !== 'number') return null;
-  return { mono, lo: int(r, 'host_lo'), hi: int(r, 'host_hi'), gen: int(r, 'host_gen') };
+  return { mono, lo: c.int('host_lo'), hi: c.int('host_hi'), gen: c.int('host_gen') };
 }
 
 function beatsOf(raw: unknown): Map<string, number> {
@@ -81,14 +89,9 @@ function beatsOf(raw: unknown): Map<string, number> {
 
 function startReadOf(raw: unknown): StartRead {
   const r = asRow(raw);
-  return {
-    raw: int(r, 'clock_raw'),
-    offset: int(r, 'clock_offset'),
-    gen: int(r, 'clock_gen'),
-    floor: int(r, 'floor'),
-    host: hostOf(r),
-    beats: beatsOf(r['beats']),
-  };
+  const c = columns(r, POSTGRES_TYPES);
+  const reading = { raw: c.int('clock_raw'), offset: c.int('clock_offset'), gen: c.int('clock_gen') };
+  return { ...reading, floor: c.int('floor'), host: hostOf(r['host_mono'], c), beats: beatsOf(r['beats']) };
 }
 
 /** Records `c` (see RECORD_SQL) and, when it carries one, the shift of cool-downs, in one transaction. */
@@ -103,18 +106,33 @@ export async function recordStep(client: PoolClient, c: Correction, bootId: stri
     if (row === undefined) {
       const state = asRow((await client.query({ name: 'clock_record_refused', text: RECORD_REFUSED_SQL, values: [c.refuseIfOthersPast, bootId ?? ''] })).rows[0]);
       await client.query('ROLLBACK');
-      const gen = int(state, 'gen');
-      if (gen !== c.fromGen) return { kind: 'lost', gen, offset: int(state, 'offset_ms') };
+      const stored = columns(state, POSTGRES_TYPES);
+      const gen = stored.int('gen');
+      if (gen !== c.fromGen) return { kind: 'lost', gen, offset: stored.int('offset_ms') };
       return state['others_past'] === true ? { kind: 'refused' } : { kind: 'failed' };
     }
     if (c.shift) await client.query({ name: 'clock_shift', text: SHIFT_SQL, values: [c.shift.after, c.shift.by] });
     await client.query('COMMIT');
-    const r = asRow(row);
-    return { kind: 'applied', gen: int(r, 'gen'), offset: int(r, 'offset_ms') };
+    const r = columns(row, POSTGRES_TYPES);
+    return { kind: 'applied', gen: r.int('gen'), offset: r.int('offset_ms') };
   } catch (e) {
     await client.query('ROLLBACK').catch(() => undefined);
     throw e;
   }
+}
+
+/** How this instance keeps registry time (see PostgresStoreOptions). */
+export interface ClockOptions {
+  /** Names this host's boot; null: unknown, no host mark is kept. */
+  readonly bootId: string | null;
+  readonly role: ClockRole;
+  readonly onStep: ((e: ClockStepEvent) => void) | null;
+}
+
+interface StartOptions extends ClockOptions {
+  readonly monotonic: () => number;
+  /** How a start waits LINK_POLL_MS for the running instances (see ConnectionOptions.sleep). */
+  readonly sleep: (ms: number) => Promise<void>;
 }
 
 /** Looks a starting instance may take (LINK_POLL_MS apart) before it gives up: far past LINK_WAIT_MS. */
@@ -126,10 +144,7 @@ const MAX_START_LOOKS = 200;
  * this host's mark at once, so an instance starting beside it finds it. A tool takes the
  * reading as it is (never below the floor) and records nothing.
  */
-export async function startTime(
-  client: PoolClient,
-  o: { readonly monotonic: () => number; readonly bootId: string | null; readonly role: ClockRole; readonly onStep: ((e: ClockStepEvent) => void) | null },
-): Promise<ServerTime> {
+export async function startTime(client: PoolClient, o: StartOptions): Promise<ServerTime> {
   const time = await settleTime(client, o);
   if (o.role === 'instance' && o.bootId !== null) await writeHostMark(client, o.bootId, time);
   return time;
@@ -141,10 +156,7 @@ export async function writeHostMark(client: PoolClient, bootId: string, time: Se
   await client.query({ name: 'clock_host_mark', text: HOST_MARK_SQL, values: [bootId, m.mono, Math.floor(m.lo), Math.ceil(m.hi), time.generation] });
 }
 
-async function settleTime(
-  client: PoolClient,
-  o: { readonly monotonic: () => number; readonly bootId: string | null; readonly role: ClockRole; readonly onStep: ((e: ClockStepEvent) => void) | null },
-): Promise<ServerTime> {
+async function settleTime(client: PoolClient, o: StartOptions): Promise<ServerTime> {
   let memo: StartMemo | null = null;
   for (let look = 0; look < MAX_START_LOOKS; look++) {
     const sentAt = o.monotonic();
@@ -159,7 +171,7 @@ async function settleTime(
     if (plan.kind === 'accept') return new ServerTime(o.monotonic, { ...start, mark: plan.mark, floor: plan.floor });
     if (plan.kind === 'wait') {
       memo = plan.memo;
-      await new Promise((r) => setTimeout(r, LINK_POLL_MS));
+      await o.sleep(LINK_POLL_MS);
       continue;
     }
     const c = plan.correction;
@@ -173,4 +185,111 @@ async function settleTime(
     memo = null; // another instance changed the offset first: look again
   }
   throw new Error('registry time could not be settled: the stored clock kept changing');
+}
+
+/** What opens a use case's transaction: the time it runs at, and this host's mark for its beat. */
+export interface Begun {
+  readonly now: number;
+  readonly host: HostClock | null;
+}
+
+/**
+ * Registry time as a store keeps it: read in every transaction and one-statement write, each
+ * reading checked for a step of the server's clock, a step seen recorded (one at a time, off
+ * the request's path) — or a test's injected clock, with none of that.
+ */
+export class StoreClock {
+  /** Registry time: the server's (ServerTime), or the injected one. */
+  readonly clock: Clock;
+  /** A step of the server's clock being recorded (one at a time). */
+  recording = false;
+
+  constructor(
+    private readonly db: Connections,
+    /** Registry time measured on the server's clock; null when injected. */
+    readonly time: ServerTime | null,
+    private readonly injected: Clock | null,
+    readonly monotonic: () => number,
+    private readonly opts: ClockOptions,
+    /** Called when a recording ends (the store may be waiting for its work to finish). */
+    private readonly onRecorded: () => void,
+  ) {
+    const fixed = injected ?? time;
+    if (fixed === null) throw new Error('a PostgreSQL store needs a clock');
+    this.clock = fixed;
+  }
+
+  /** Opens the transaction and reads its time: one round trip. */
+  async begin(client: PoolClient, durable: boolean): Promise<Begun> {
+    if (this.injected) {
+      await client.query(beginSql(durable, false));
+      return { now: this.injected.now(), host: null };
+    }
+    const sentAt = this.monotonic();
+    const res = await client.query(beginSql(durable, true));
+    const now = this.observe(readingOfResult(res), sentAt, this.monotonic());
+    return { now, host: this.hostClock() };
+  }
+
+  /** The time a one-statement write sent now runs at (see ServerTime.bounds). */
+  statementTime(sentAt: number): StatementTime {
+    if (this.injected || !this.time) return { now: this.injected?.now() ?? this.clock.now(), lo: 0, hi: 0 };
+    return { now: null, ...this.time.bounds(sentAt) };
+  }
+
+  /** A reading of the server's clock: the registry time it stands for; a step seen in it is recorded. */
+  observe(reading: ClockReading, sentAt: number, receivedAt: number): number {
+    if (!this.time) return this.clock.now();
+    const { now, step } = this.time.observe({ ...reading, sentAt, receivedAt });
+    if (step) this.recordSteps();
+    return now;
+  }
+
+  /** A time a statement ran at (see ServerTime.saw). */
+  saw(now: number): void {
+    this.time?.saw(now);
+  }
+
+  /** Leaves this host's mark after an import (see PostgresStore.load); nothing when no mark is kept. */
+  async leaveMark(client: PoolClient): Promise<void> {
+    const { bootId } = this.opts;
+    if (bootId !== null && this.time) await writeHostMark(client, bootId, this.time);
+  }
+
+  /** What this host knows of registry time, for its beat (see clock_hosts). */
+  private hostClock(): HostClock | null {
+    const { bootId } = this.opts;
+    if (bootId === null || !this.time) return null;
+    return { bootId, mark: { ...this.time.currentMark(), gen: this.time.generation } };
+  }
+
+  /**
+   * Records the step this instance's readings show (one at a time, off the request's path: the
+   * request already runs on this instance's estimate). Another instance recording the same step
+   * first makes this one's compare-and-set change nothing; it then takes that instance's offset.
+   */
+  private recordSteps(): void {
+    const time = this.time;
+    if (!time || this.opts.role !== 'instance' || this.recording || this.db.ended) return;
+    const c = time.proposal();
+    if (!c) return;
+    this.recording = true;
+    void this.db.withClient((client) => recordStep(client, c, this.opts.bootId)).catch((): Settled => ({ kind: 'failed' })).then((outcome) => {
+      time.settled(c, outcome);
+      this.opts.onStep?.({ stepMs: c.stepMs, outcome: outcome.kind, atStart: false, shiftMs: null });
+      this.recording = false;
+      if (outcome.kind !== 'failed') this.recordSteps();
+      this.onRecorded();
+    });
+  }
+}
+
+/** The clock reading in the last result of a (multi-statement) query. */
+function readingOfResult(res: unknown): ClockReading {
+  const results: unknown[] = Array.isArray(res) ? res : [res];
+  const last: unknown = results[results.length - 1];
+  const rowList = typeof last === 'object' && last !== null && 'rows' in last ? last.rows : null;
+  const reading = Array.isArray(rowList) ? readingOf(rowList[0]) : null;
+  if (reading === null) throw new Error('no clock reading in the answer');
+  return reading;
 }
