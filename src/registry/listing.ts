@@ -1,12 +1,15 @@
 /**
- * The registry's listing and health reads. A page is read by the store's listing reader when it
- * has one (SQLite on a file: worker threads, off the event loop; docs/adr/0006), else here; the
- * full listing is read ahead of the caller a few pages at a time.
+ * The registry's listing and health reads. Where the store offers the listing capability
+ * (store/listing.ts: SQLite), a page is written as JSON by the engine, and read by its listing
+ * reader when it has one (SQLite on a file: worker threads, off the event loop; docs/adr/0006);
+ * otherwise pages are read here as rows. The full listing is read ahead of the caller a few
+ * pages at a time.
  */
 import { RegistryError } from '../domain/errors.js';
 import { infoOf, recordOf } from '../domain/lease.js';
 import type { ReaperState, Status } from '../domain/types.js';
-import type { ListJson, ListingReader, OffLoopPage, RawCounts, Reader, Store, ViewRules } from '../store/types.js';
+import type { ListJson, ListingReader, OffLoopPage, ViewRules } from '../store/listing.js';
+import type { RawCounts, Reader, Store } from '../store/types.js';
 import type { Health, ListCursor, ListFilter, ListPage, ListedPage, RegistryRules } from './types.js';
 
 export interface ListingDeps {
@@ -69,7 +72,7 @@ export class Listing {
 
   /** The listing reader, once it can take work; null when the store has none or it cannot start. */
   private async readyReader(): Promise<ListingReader | null> {
-    const reader = this.store.listingReader?.() ?? null;
+    const reader = this.store.listing?.offLoop() ?? null;
     if (reader === null) return null;
     return reader.ready || (await reader.whenReady()) ? reader : null;
   }
@@ -103,7 +106,7 @@ export class Listing {
    */
   async *pagesAfter(status: Status | null, after: ListCursor, opts: { limit: number; ahead?: number }): AsyncGenerator<ListedPage> {
     const ahead = opts.ahead ?? 2;
-    let reader = this.store.listingReader?.() ?? null;
+    let reader = this.store.listing?.offLoop() ?? null;
     type OnNext = (next: ListCursor | null) => void;
     const here = async (cursor: ListCursor, onNext: OnNext): Promise<ListedPage> => {
       const page = await this.readPage({ status, after: cursor, limit: opts.limit }, true);
@@ -168,7 +171,7 @@ export class Listing {
       const now = r.now;
       const after = await cursorOf(r, filter.after);
       const q = { status: filter.status, now, after, limit: filter.limit };
-      const json = written && r.listJson ? await r.listJson(q, this.view) : null;
+      const json = written && this.store.listing ? await this.store.listing.pageJson(r, q, this.view) : null;
       if (json) return { json: json.members, rows: [], now, rules: this.rules, next: nextOf(json.next) };
       // One row past the page tells whether there is a next page.
       const rows = await r.listRows({ ...q, limit: filter.limit === null ? null : filter.limit + 1 });

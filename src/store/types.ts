@@ -16,6 +16,7 @@
  */
 import type { Clock } from '../clock.js';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord, InstanceInfo, RecordTuple, Status } from '../domain/types.js';
+import type { ListingCapability } from './listing.js';
 
 /** What a grant records about its holder beyond its client id. */
 export interface GrantClaim {
@@ -54,56 +55,6 @@ export interface ListQuery {
   readonly after: { readonly poolOrder: number; readonly rowId: number } | null;
   /** At most this many rows; null for all. */
   readonly limit: number | null;
-}
-
-/**
- * What an identifier view shows beyond the row: `expires_at` is `last_seen` + ttlMs;
- * `fence_after_ms` is domain fenceAfterMs of the longer of the row's fence_cooldown_ms and
- * cooldownMs (domain leaseCooldownMs).
- */
-export interface ViewRules {
-  readonly ttlMs: number;
-  readonly cooldownMs: number;
-}
-
-/** A page of the listing written by the store as JSON. */
-export interface ListJson {
-  /** The page's identifier views as the members of a JSON array: UTF-8, no brackets, empty for none. */
-  readonly members: Buffer;
-  /** The page's last row when another follows it (only with a limit), else null. */
-  readonly next: { readonly name: string; readonly poolOrder: number; readonly rowId: number } | null;
-}
-
-/**
- * The listing's pages read off the event loop (SQLite on a file: worker threads, each with its
- * own connection), each in a read transaction of its own, as `Reader.listJson` writes them; and
- * the other reads whose work grows with the pool.
- */
-export interface ListingReader {
-  /** Whether it can take a page now (a worker still starting cannot: read the page in-process meanwhile). */
-  readonly ready: boolean;
-  /** Resolves true once it can take pages, false when it cannot be started (read them in-process). */
-  whenReady(): Promise<boolean>;
-  /**
-   * Reader.counts off the event loop, from one read snapshot of its own: the counting's work
-   * grows with the pool. Rejects when the reader failed (count in-process then).
-   */
-  counts(now: number): Promise<RawCounts>;
-  /**
-   * The page `q` lists, from one read snapshot: written as JSON, or as its rows when SQL could
-   * not write them. `onNext` is told where the page ends (null: the last page) as soon as that
-   * is known, before the page itself: the next page can be asked for meanwhile. Null when the
-   * page cannot be read there (read it in-process); rejects when the reader failed.
-   */
-  page(q: ListQuery, view: ViewRules, onNext: (next: ListJson['next']) => void): Promise<OffLoopPage | null>;
-}
-
-/** A page the listing reader read. */
-export interface OffLoopPage {
-  /** The views as JSON members, or null when SQL could not write them: then `rows`. */
-  readonly members: Buffer | null;
-  readonly rows: readonly RecordTuple[];
-  readonly next: ListJson['next'];
 }
 
 export interface RawCounts {
@@ -154,12 +105,6 @@ export interface Reader {
   list(q: ListQuery): Promise<IdentifierRecord[]>;
   /** `list` as tuples: what a listing reads, up to the whole pool, without an object per row. */
   listRows(q: ListQuery): Promise<RecordTuple[]>;
-  /**
-   * Optional: the rows `q` lists, already written as identifier views, byte for byte what
-   * http/views.ts writes for them (an engine that can do it faster than JavaScript: SQLite, in
-   * C). Null when it cannot for this page; the caller then writes `listRows` itself.
-   */
-  listJson?(q: ListQuery, view: ViewRules): Promise<ListJson | null>;
   counts(now: number): Promise<RawCounts>;
   /** The least recent liveness among leases, or null with none. */
   oldestLastSeen(): Promise<number | null>;
@@ -322,11 +267,8 @@ export interface Store {
   grantNext?(clientId: string, fenceCooldownMs: number, claim?: GrantClaim): Promise<GrantAnswer | null>;
   /** Runs `fn` with read access; never waits for another process's write lock. */
   read<T>(fn: (r: Reader) => Promise<T>): Promise<T>;
-  /**
-   * Where the full listing's pages after the first are read, off the event loop; null (or
-   * absent) when the store has no such reader: pages are read with `read`.
-   */
-  listingReader?(): ListingReader | null;
+  /** Optional: the listing's engine capability (store/listing.ts); absent, the listing reads rows with `read`. */
+  readonly listing?: ListingCapability;
   /** Why the store cannot serve, or null; never throws. */
   healthProblem(): Promise<string | null>;
   close(): Promise<void>;

@@ -19,7 +19,7 @@ import { Registry } from '../../src/registry.js';
 import type { ListedPage } from '../../src/registry.js';
 import type { Status } from '../../src/domain/types.js';
 import { STATUS_WHERE, SqliteStore } from '../../src/store/sqlite/store.js';
-import type { ListingReader } from '../../src/store/types.js';
+import type { ListingReader } from '../../src/store/listing.js';
 import { FAILED_RETRY_MS, ListingWorkers } from '../../src/store/sqlite/listing-worker.js';
 import { pageSql } from '../../src/store/sqlite/listing-json.js';
 import { spawnSync } from 'node:child_process';
@@ -212,7 +212,7 @@ describe('the listing read on worker threads', function () {
         counts: async () => { throw new Error('the reader failed'); },
       };
       const store = new Proxy(h.store, {
-        get: (target, key) => (key === 'listingReader' ? () => failing : Reflect.get(target, key, target)),
+        get: (target, key) => (key === 'listing' ? { ...target.listing, offLoop: () => failing } : Reflect.get(target, key, target)),
       });
       const registry = new Registry({ store, rules: { ...DEFAULT_RULES, cooldownMs: 60 * SECOND } });
       const health = await registry.health();
@@ -228,7 +228,7 @@ describe('the listing read on worker threads', function () {
     const mem = await makeRegistry({ pool: 'w-[000-999]\n' });
     for (let i = 0; i < 300; i++) await mem.registry.allocate(`vm-${i}`);
     const store = sqliteOf(mem);
-    expect(store.listingReader()).to.equal(null);
+    expect(store.listing.offLoop()).to.equal(null);
     expect(await store.startListingWorkers()).to.equal(false);
     const got = await listAll(mem.registry, null, 64);
     expect(got.pages).to.be.greaterThan(10);
@@ -241,7 +241,7 @@ describe('the listing read on worker threads', function () {
     try {
       const registry = new Registry({ store: off, rules: DEFAULT_RULES });
       await registry.syncPool(Array.from({ length: 500 }, (_, i) => `p-${i}`));
-      expect(off.listingReader()).to.equal(null);
+      expect(off.listing.offLoop()).to.equal(null);
       const all = await listAll(registry, null, 64);
       expect(all.text).to.equal(await reference(registry, null));
       expect(off.listingWorkerStats().pages).to.equal(0);

@@ -19,7 +19,8 @@ import type Database from 'better-sqlite3';
 import type { Statement } from 'better-sqlite3';
 import { ROW_COLUMNS } from '../columns.js';
 import { fenceAfterMs } from '../../domain/lease.js';
-import type { ListJson, ListQuery, ViewRules } from '../types.js';
+import type { ListJson, ViewRules } from '../listing.js';
+import type { ListQuery } from '../types.js';
 
 const DAY_MS = 86_400_000;
 /** The last millisecond toISOString writes in its plain 24-character form (9999-12-31T23:59:59.999Z). */

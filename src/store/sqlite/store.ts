@@ -14,7 +14,8 @@ import { RegistryError } from '../../domain/errors.js';
 import type { IdentifierRecord } from '../../domain/types.js';
 import { recordTuples } from '../columns.js';
 import { NO_PROOF } from '../types.js';
-import type { HeldProof, ListJson, ListQuery, ListingReader, OffLoopPage, RawCounts, Reader, Store, Tx, ViewRules, WriteOptions } from '../types.js';
+import type { ListJson, ListingCapability, ListingReader, OffLoopPage, ViewRules } from '../listing.js';
+import type { HeldProof, ListQuery, RawCounts, Reader, Store, Tx, WriteOptions } from '../types.js';
 import { startCheckpointer } from './checkpointer.js';
 import type { Checkpointer } from './checkpointer.js';
 import { CommitQueue } from './commit-queue.js';
@@ -28,6 +29,7 @@ import { openDatabase } from './migrate.js';
 import { scalar } from './rows.js';
 import { COUNTS_SQL, STATUS_WHERE, Statements } from './statements.js';
 import { anchorOn } from './time.js';
+import { SqliteReader } from './tx.js';
 
 export { openDatabase, SchemaTooNewError } from './migrate.js';
 export { STATUS_WHERE } from './statements.js';
@@ -82,7 +84,7 @@ export class SqliteStore implements Store {
   /** The database file as opened; null in memory. */
   private readonly file: DatabaseFile | null;
   /** The full listing's reader threads (listing-worker.ts), made at the first listing. */
-  private listing: ListingWorkers | null = null;
+  private workers: ListingWorkers | null = null;
   /** False: the listing's pages are read in-process (the store was opened so). */
   private readonly listingOffLoop: boolean;
 
@@ -161,13 +163,22 @@ export class SqliteStore implements Store {
   }
 
   /**
+   * The listing capability (store/listing.ts): pages written as JSON in SQL (listing-json.ts),
+   * in-process on this connection or off the event loop on the listing's worker threads.
+   */
+  readonly listing: ListingCapability = {
+    pageJson: async (r: Reader, q: ListQuery, view: ViewRules): Promise<ListJson | null> => (r instanceof SqliteReader ? r.listJson(q, view) : null),
+    offLoop: (): ListingReader | null => this.listingReader(),
+  };
+
+  /**
    * The listing's worker threads (listing-worker.ts; started now if none run), or null: in
    * memory, closed, the file replaced or removed, or workers that could not open the database.
    */
-  listingReader(): ListingReader | null {
+  private listingReader(): ListingReader | null {
     if (this.queue.isClosed || !this.listingOffLoop || !this.file || this.fileProblem()) return null;
-    this.listing ??= new ListingWorkers(this.file.path, pageSql(STATUS_WHERE), LISTING_WORKERS, LISTING_IDLE_MS, undefined, { counts: COUNTS_SQL });
-    const workers = this.listing;
+    this.workers ??= new ListingWorkers(this.file.path, pageSql(STATUS_WHERE), LISTING_WORKERS, LISTING_IDLE_MS, undefined, { counts: COUNTS_SQL });
+    const workers = this.workers;
     if (workers.failed) return null;
     workers.start();
     return {
@@ -192,24 +203,24 @@ export class SqliteStore implements Store {
 
   /** Starts the listing workers now rather than at the first listing; true once one is ready to read pages. */
   async startListingWorkers(): Promise<boolean> {
-    if (this.listingReader() === null || !this.listing) return false;
-    return this.listing.whenReady();
+    if (this.listingReader() === null || !this.workers) return false;
+    return this.workers.whenReady();
   }
 
   /** For tests and the bench: the listing workers' state, and the pages and other reads they answered so far. */
   listingWorkerStats(): ListingWorkerStats {
-    return this.listing?.stats ?? { running: 0, pending: 0, pages: 0, reads: 0 };
+    return this.workers?.stats ?? { running: 0, pending: 0, pages: 0, reads: 0 };
   }
 
   /** Stops the listing workers, as if they failed: pages waiting are refused (tests: workers gone mid-listing). */
   async stopListingWorkers(): Promise<void> {
-    await this.listing?.stop(new RegistryError('unavailable', 'the listing workers were stopped'));
+    await this.workers?.stop(new RegistryError('unavailable', 'the listing workers were stopped'));
   }
 
   /** Commits what is queued, stops the checkpointer, then closes the database. */
   async close(): Promise<void> {
     await this.queue.close();
-    await this.listing?.stop(new RegistryError('unavailable', 'the database is closed'));
+    await this.workers?.stop(new RegistryError('unavailable', 'the database is closed'));
     await this.wal.close();
     if (this.checkpointer) {
       await this.checkpointer.stop();

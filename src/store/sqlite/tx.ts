@@ -7,7 +7,8 @@ import { recordOf } from '../../domain/lease.js';
 import type { HistoryEntry, HistoryEvent, IdentifierRecord, RecordTuple } from '../../domain/types.js';
 import { asRow, instanceColumn, recordTuples } from '../columns.js';
 import { NO_CLAIM, NO_PROOF } from '../types.js';
-import type { FreeEntry, GrantClaim, HeldProof, HistoryRows, InstanceBeat, ListJson, ListQuery, PoolRow, RawCounts, Reader, Tx, ViewRules } from '../types.js';
+import type { ListJson, ViewRules } from '../listing.js';
+import type { FreeEntry, GrantClaim, HeldProof, HistoryRows, InstanceBeat, ListQuery, PoolRow, RawCounts, Reader, Tx } from '../types.js';
 import { intColumn, scalar, toHistoryEntry, toHistoryRows, toRecord } from './rows.js';
 import type { Statements } from './statements.js';
 
@@ -66,7 +67,8 @@ export class SqliteReader implements Reader {
     return recordTuples(stmt.all(params));
   }
 
-  async listJson(q: ListQuery, view: ViewRules): Promise<ListJson | null> {
+  /** The listing capability's pageJson (store.ts) on this reader's connection: see listing-json.ts. */
+  listJson(q: ListQuery, view: ViewRules): ListJson | null {
     return this.s.listingJson.write(q, view);
   }
 
