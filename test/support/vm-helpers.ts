@@ -29,10 +29,21 @@ export function script(name: string, env: Record<string, string>): Script {
   let ran: Ran | undefined;
   child.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
   child.stderr?.on('data', (d: Buffer) => { out += d.toString(); });
-  const done = new Promise<Ran>((resolve) => child.on('exit', (code) => {
+  const closed = (stream: NodeJS.ReadableStream | null): Promise<void> =>
+    stream ? new Promise((r) => { stream.once('close', () => r()); }) : Promise.resolve();
+  const drained = Promise.all([closed(child.stdout), closed(child.stderr)]);
+  const done = new Promise<Ran>((resolve) => child.once('exit', (code) => {
     const at = Date.now();
-    // Let the pipes drain so `out` has the last line.
-    setImmediate(() => { ran = { code, out, ms: at - started, at }; resolve(ran); });
+    // 'exit' can come before the pipes are read to the end: `out` is complete once both have
+    // closed, which is when every process holding them (the script, its curl) has gone. A
+    // process the script left behind could hold them on: then what was read after 2 s.
+    let bound: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((r) => { bound = setTimeout(r, 2000); });
+    void Promise.race([drained, late]).then(() => {
+      clearTimeout(bound);
+      ran = { code, out, ms: at - started, at };
+      resolve(ran);
+    });
   }));
   return { child, done, out: () => out, exited: () => ran };
 }
