@@ -31,7 +31,7 @@ function idreg(args: string[], env: Record<string, string>): Promise<string> {
   let out = '';
   child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
   child.stderr.on('data', (d: Buffer) => { out += d.toString(); });
-  return new Promise((resolve) => child.on('exit', () => resolve(out)));
+  return new Promise((resolve) => child.on('close', () => resolve(out)));
 }
 const INSTANCE = DOCUMENT_DEFAULTS.instanceId;
 const ACCOUNT = DOCUMENT_DEFAULTS.accountId;

@@ -50,7 +50,7 @@ function idreg(args: string[], env: Record<string, string>): Promise<{ code: num
   let out = '';
   child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
   child.stderr.on('data', (d: Buffer) => { out += d.toString(); });
-  return new Promise((resolve) => child.on('exit', (code) => resolve({ code, out })));
+  return new Promise((resolve) => child.on('close', (code) => resolve({ code, out })));
 }
 
 function code(a: Answer): string {

@@ -19,7 +19,7 @@ function idreg(args: string[], env: Record<string, string> = {}, cwd = ROOT): Pr
   let stderr = '';
   child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
   child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-  return new Promise((resolve) => child.on('exit', (code) => resolve({ code, stdout, stderr })));
+  return new Promise((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr })));
 }
 
 const ADMIN = 'admin-token-0123456789';

@@ -28,7 +28,7 @@ function idreg(args: string[], env: Record<string, string> = {}): Promise<string
   let out = '';
   child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
   child.stderr.on('data', (d: Buffer) => { out += d.toString(); });
-  return new Promise((resolve, reject) => child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`idreg ${args.join(' ')}: exit ${String(code)}: ${out}`)))));
+  return new Promise((resolve, reject) => child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`idreg ${args.join(' ')}: exit ${String(code)}: ${out}`)))));
 }
 
 const KEY = 'key-move-0123456789abcdef';
