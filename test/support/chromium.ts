@@ -14,6 +14,8 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, wri
 import { randomBytes } from 'node:crypto';
 import { dirname, join, normalize } from 'node:path';
 import { brotliDecompressSync } from 'node:zlib';
+import { chromium } from 'playwright-core';
+import type { Browser } from 'playwright-core';
 import { ROOT } from './process-helpers.js';
 
 export interface BundledChromium {
@@ -115,4 +117,14 @@ export function bundledChromium(): BundledChromium {
     },
     unpacked,
   };
+}
+
+/** The bundled Chromium, headless, launched as the browser tests need it (no sandbox, no network chatter). */
+export async function launchChromium(): Promise<Browser> {
+  const bundled = bundledChromium();
+  return chromium.launch({
+    executablePath: bundled.executablePath,
+    env: { ...process.env, ...bundled.env },
+    args: ['--no-zygote', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
 }

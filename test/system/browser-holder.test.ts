@@ -5,9 +5,8 @@
 import { expect } from 'chai';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
 import type { Browser } from 'playwright-core';
-import { bundledChromium } from '../support/chromium.js';
+import { launchChromium } from '../support/chromium.js';
 import { tempDir } from '../support/helpers.js';
 import { startProcess } from '../support/process-helpers.js';
 import type { RunningRegistry } from '../support/process-helpers.js';
@@ -46,12 +45,7 @@ describe('dashboard in headless Chromium: attested holders', function () {
     const document = identityDocument({ region: 'eu-west-1', availabilityZone: 'eu-west-1c', instanceType: 'c7g.large' });
     expect(await post(reg.base, '/allocate', { client_id: DOCUMENT_DEFAULTS.instanceId, key: KEY, identity: await signer.sign(document) })).to.equal(200);
     expect(await post(reg.base, '/liveness', { client_id: DOCUMENT_DEFAULTS.instanceId, identifier: 'worker-000', key: KEY, watermark: 1767866400123 })).to.equal(200);
-    const bundled = bundledChromium();
-    browser = await chromium.launch({
-      executablePath: bundled.executablePath,
-      env: { ...process.env, ...bundled.env },
-      args: ['--no-zygote', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    });
+    browser = await launchChromium();
   });
   after(async () => {
     await browser?.close();

@@ -12,9 +12,8 @@
 import { expect } from 'chai';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
 import type { Browser } from 'playwright-core';
-import { bundledChromium } from '../support/chromium.js';
+import { launchChromium } from '../support/chromium.js';
 import { tempDir } from '../support/helpers.js';
 import { ROOT, eventually, startProcess } from '../support/process-helpers.js';
 import type { RunningRegistry } from '../support/process-helpers.js';
@@ -47,12 +46,7 @@ describe('dashboard in headless Chromium', function () {
         STARTUP_GRACE_SECONDS: '0', REAPER_MAX_FRACTION: '0.5', REAPER_MIN_HOLD: '2', REUSE_COOLDOWN_SECONDS: '600',
       },
     });
-    const bundled = bundledChromium();
-    browser = await chromium.launch({
-      executablePath: bundled.executablePath,
-      env: { ...process.env, ...bundled.env },
-      args: ['--no-zygote', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    });
+    browser = await launchChromium();
   });
   after(async () => {
     await browser?.close();
